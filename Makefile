@@ -1,0 +1,36 @@
+# One way to set up and run: `make run` (the app) and `make test` (every test). Both create the
+# virtual environment on first use and are quick on the next call.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt | sha1sum | cut -c1-12)
+PORT ?= 8501
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: run test venv cohort browser clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --disable-pip-version-check -q -r requirements.txt
+	rm -f $(VENV)/.installed-* && touch $@
+
+cohort: venv
+	$(BIN)/python -c "from core.data.cohort.generate import ensure_cohort; from core.paths import default_cohort_dir; ensure_cohort(default_cohort_dir())"
+
+run: venv cohort
+	$(BIN)/streamlit run app.py --server.port $(PORT) --browser.gatherUsageStats false
+
+# Debian's chromium for the real-browser test (never a downloaded browser).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
+test: venv browser
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache test-output

@@ -1,0 +1,159 @@
+"""Write the embedded cohort to disk as real files: images, notes, lab tables, truth, manifest, spec, card."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import shutil
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from core.data.cohort import scenario as sc
+from core.data.cohort.sample import SampledCase, sample_case
+from core.data.spec import DatasetSpec, ModalitySpec
+
+def _source_digest() -> str:
+    """The generator's identity: a digest of its own source, so that any change regenerates cached cohorts."""
+    h = hashlib.sha256()
+    for p in sorted(Path(__file__).parent.glob("*.py")):
+        if p.name != "card.py":
+            h.update(p.read_bytes())
+    return h.hexdigest()[:12]
+
+
+GENERATOR_VERSION = _source_digest()
+DEFAULT_N = 3000
+DEFAULT_SEED = 7
+DEFAULT_IMAGE_SIZE = 128
+
+
+def cohort_spec(image_size: int = DEFAULT_IMAGE_SIZE) -> DatasetSpec:
+    return DatasetSpec(
+        name="acute-chest-cohort", label="diagnosis", case_id="case_id", split="split",
+        classes=list(sc.CLASSES), rare_classes=list(sc.RARE_CLASSES),
+        modalities=[ModalitySpec("image", "image", column="image_path"),
+                    ModalitySpec("note", "text", column="note_path"),
+                    ModalitySpec("labs", "tabular", column="labs_path")],
+        labs=list(sc.LAB_CATALOGUE), image_size=image_size)
+
+
+def assign_diagnoses(n: int, seed: int) -> tuple[list[str], list[str]]:
+    """Exact prevalences (largest remainder) in a seeded order, and a stratified 70/15/15 split."""
+    rng = np.random.default_rng([seed, 10**9])
+    raw = np.array([sc.PREVALENCE[c] * n for c in sc.CLASSES])
+    counts = np.floor(raw).astype(int)
+    counts[np.argsort(-(raw - counts))[: n - counts.sum()]] += 1
+    labels = np.repeat(np.array(sc.CLASSES, dtype=object), counts)
+    rng.shuffle(labels)
+    splits = np.empty(n, dtype=object)
+    for c in sc.CLASSES:
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        n_train, n_val = round(len(idx) * 0.7), round(len(idx) * 0.15)
+        splits[idx[:n_train]], splits[idx[n_train:n_train + n_val]], splits[idx[n_train + n_val:]] = "train", "val", "test"
+    return list(labels), list(splits)
+
+
+def _write_case(out: Path, case: SampledCase) -> dict[str, str]:
+    cid = case.case_id
+    row = {"case_id": cid, "diagnosis": case.diagnosis, "image_path": "", "note_path": "", "labs_path": "",
+           "truth_path": f"truth/{cid}.json"}
+    truth: dict = {"case_id": cid, "diagnosis": case.diagnosis, "severity": round(case.severity, 3),
+                   "present": case.present, "comorbidities": case.comorbidities, "portable_film": case.portable}
+    if case.image is not None:
+        row["image_path"] = f"images/{cid}.png"
+        Image.fromarray(case.image).save(out / row["image_path"], optimize=False)
+        label_map = np.zeros(case.image.shape, dtype=np.uint8)
+        findings = {}
+        for f, params in case.image_findings.items():
+            mask = case.masks.get(f)
+            if mask is None or not mask.any():
+                continue
+            label_map[mask & (label_map == 0)] = sc.IMAGE_FINDINGS.index(f) + 1
+            ys, xs = np.nonzero(mask)
+            findings[f] = {**params, "pixels": int(mask.sum()),
+                           "bbox": [int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())]}
+        truth["image_findings"] = findings
+        if findings:
+            truth["image_mask"] = f"truth/{cid}_mask.png"
+            truth["image_mask_values"] = {f: sc.IMAGE_FINDINGS.index(f) + 1 for f in findings}
+            Image.fromarray(label_map).save(out / truth["image_mask"])
+    if case.note is not None:
+        row["note_path"] = f"notes/{cid}.txt"
+        (out / row["note_path"]).write_text(case.note, encoding="utf-8")
+        decisive = set(sc.NOTE_DECISIVE[case.diagnosis])
+        truth["note_spans"] = [{"start": m.start, "end": m.end, "text": case.note[m.start:m.end], "finding": m.finding,
+                                "negated": m.negated, "decisive": (not m.negated) and m.finding in decisive}
+                               for m in case.mentions]
+    if case.labs:
+        row["labs_path"] = f"labs/{cid}.csv"
+        with open(out / row["labs_path"], "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["name", "value", "unit"])
+            w.writerows(case.labs)
+        truth["signal_labs"] = case.signal_labs
+    (out / row["truth_path"]).write_text(json.dumps(truth, indent=1), encoding="utf-8")
+    return row
+
+
+def _make(args: tuple[str, int, int, str, int, str]) -> dict[str, str]:
+    out, seed, index, dx, size, split = args
+    row = _write_case(Path(out), sample_case(seed, index, dx, size))
+    row["split"] = split
+    return row
+
+
+def generate_cohort(out: str | Path, n: int = DEFAULT_N, seed: int = DEFAULT_SEED, image_size: int = DEFAULT_IMAGE_SIZE,
+                    workers: int = 2, progress: bool = True, card: bool = True) -> Path:
+    """Write the cohort into `out` (replacing a previous cohort there) and return the folder."""
+    if n < 50:
+        raise ValueError("a cohort needs at least 50 cases to hold every diagnosis in every split")
+    out = Path(out)
+    for sub in ("images", "notes", "labs", "truth"):
+        shutil.rmtree(out / sub, ignore_errors=True)
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    labels, splits = assign_diagnoses(n, seed)
+    jobs = [(str(out), seed, i, labels[i], image_size, splits[i]) for i in range(n)]
+    bar = tqdm(total=n, desc="cohort", unit="case", disable=not progress)
+    rows: list[dict[str, str]] = []
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            for row in pool.map(_make, jobs, chunksize=64):
+                rows.append(row)
+                bar.update()
+    else:
+        for job in jobs:
+            rows.append(_make(job))
+            bar.update()
+    bar.close()
+    cols = ["case_id", "split", "diagnosis", "image_path", "note_path", "labs_path", "truth_path"]
+    with open(out / "manifest.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        w.writerows(rows)
+    cohort_spec(image_size).save(out / "spec.yaml")
+    (out / "cohort.json").write_text(json.dumps({"generator_version": GENERATOR_VERSION, "n": n, "seed": seed,
+                                                 "image_size": image_size}, indent=1))
+    if card:
+        from core.data.cohort.card import write_card
+        write_card(out)
+    return out
+
+
+def cohort_params(folder: str | Path) -> dict | None:
+    """The parameters a cohort folder was generated with, or None when it is not a (complete) cohort."""
+    p = Path(folder) / "cohort.json"
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def ensure_cohort(folder: str | Path, n: int = DEFAULT_N, seed: int = DEFAULT_SEED,
+                  image_size: int = DEFAULT_IMAGE_SIZE, progress: bool = True) -> Path:
+    """The embedded default, generated once on first use (deterministic, so identical everywhere)."""
+    want = {"generator_version": GENERATOR_VERSION, "n": n, "seed": seed, "image_size": image_size}
+    if cohort_params(folder) != want or not (Path(folder) / "manifest.csv").exists():
+        generate_cohort(folder, n=n, seed=seed, image_size=image_size, progress=progress)
+    return Path(folder)

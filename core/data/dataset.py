@@ -1,0 +1,173 @@
+"""A data set on disk: a dataset spec plus a manifest (CSV or Parquet, one row per case).
+
+This is the one path by which data reaches the model: the embedded cohort is read through it exactly
+as a user's own data is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from core.data.readers import LabPanel, Scan, read_labs, read_note, read_scan
+from core.data.readers.labs import labs_from_mapping
+from core.data.spec import DatasetSpec
+from core.errors import ManifestError
+
+SPEC_NAMES = ("spec.yaml", "spec.yml", "spec.json")
+MANIFEST_NAMES = ("manifest.csv", "manifest.parquet")
+SPLITS = ("train", "val", "test")
+
+Modal = Scan | str | LabPanel
+
+
+@dataclass
+class CaseInputs:
+    """One case as the model reads it: each modality's parsed input, or None when absent."""
+
+    case_id: str
+    inputs: dict[str, Modal | None]
+    label: str | None = None
+
+    @property
+    def present(self) -> list[str]:
+        return [k for k, v in self.inputs.items() if v is not None]
+
+
+def _find(folder: Path, names: tuple[str, ...], what: str) -> Path:
+    for n in names:
+        if (folder / n).exists():
+            return folder / n
+    raise ManifestError(folder.name or str(folder), f"has no {what} (looked for {', '.join(names)})")
+
+
+def stable_split(case_ids: pd.Series, labels: pd.Series, fractions=(0.7, 0.15, 0.15)) -> np.ndarray:
+    """Stratified train/val/test from a hash of each case id: the same case always lands in the same split."""
+    out = np.empty(len(case_ids), dtype=object)
+    for label in labels.unique():
+        idx = np.flatnonzero((labels == label).to_numpy())
+        order = sorted(idx, key=lambda i: hashlib.sha256(str(case_ids.iloc[i]).encode()).hexdigest())
+        n_train = round(len(order) * fractions[0])
+        n_val = round(len(order) * fractions[1])
+        for rank, i in enumerate(order):
+            out[i] = "train" if rank < n_train else "val" if rank < n_train + n_val else "test"
+    return out
+
+
+class Dataset:
+    def __init__(self, spec: DatasetSpec, manifest: pd.DataFrame, root: Path):
+        self.spec, self.root = spec, root
+        label = manifest.attrs.get("name", "manifest")
+        needed = [spec.label, spec.case_id] + [c for m in spec.modalities for c in ([m.column] if m.column else list(m.columns))]
+        missing = [c for c in needed if c not in manifest.columns]
+        if missing:
+            raise ManifestError(label, f"is missing column(s) {missing}; it has {list(manifest.columns)}")
+        if manifest.empty:
+            raise ManifestError(label, "has no rows")
+        manifest = manifest.reset_index(drop=True)
+        if manifest[spec.label].isna().any() or (manifest[spec.label].astype(str).str.strip() == "").any():
+            raise ManifestError(label, f"has rows without a label in column '{spec.label}'")
+        labels = manifest[spec.label].astype(str)
+        self.classes = list(spec.classes) or sorted(labels.unique())
+        unknown = sorted(set(labels) - set(self.classes))
+        if unknown:
+            raise ManifestError(label, f"has labels {unknown} that are not among the spec's classes {self.classes}")
+        if spec.split and spec.split in manifest.columns:
+            splits = manifest[spec.split].astype(str).str.lower().to_numpy()
+            bad = sorted(set(splits) - set(SPLITS))
+            if bad:
+                raise ManifestError(label, f"column '{spec.split}' has values {bad}; use train, val or test")
+        else:
+            splits = stable_split(manifest[spec.case_id], labels)
+        self.manifest = manifest
+        self.splits = splits
+        self.labels = np.array([self.classes.index(x) for x in labels], dtype=np.int64)
+
+    # ---- opening ------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | Path, manifest: str | Path | None = None) -> "Dataset":
+        """`path`: a folder with spec.yaml and manifest.csv, or a spec file (then `manifest` or the default)."""
+        path = Path(path)
+        if not path.exists():
+            raise ManifestError(path.name, "does not exist")
+        spec_path = _find(path, SPEC_NAMES, "dataset spec") if path.is_dir() else path
+        folder = spec_path.parent
+        manifest_path = Path(manifest) if manifest else _find(folder, MANIFEST_NAMES, "manifest")
+        spec = DatasetSpec.load(spec_path)
+        try:
+            if manifest_path.suffix == ".parquet":
+                df = pd.read_parquet(manifest_path)
+            else:
+                df = pd.read_csv(manifest_path, dtype=str, keep_default_na=False)
+        except FileNotFoundError:
+            raise ManifestError(manifest_path.name, "file not found") from None
+        except (ValueError, OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+            raise ManifestError(manifest_path.name, f"cannot be read ({str(e).splitlines()[0][:120]})") from None
+        df.attrs["name"] = manifest_path.name
+        return cls(spec, df, manifest_path.parent)
+
+    # ---- access -------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.manifest)
+
+    def case_id(self, i: int) -> str:
+        return str(self.manifest.at[i, self.spec.case_id])
+
+    def indices(self, split: str | None = None) -> np.ndarray:
+        return np.arange(len(self)) if split is None else np.flatnonzero(self.splits == split)
+
+    def path(self, i: int, modality: str) -> Path | None:
+        """The file of a file-backed modality, or None when the case does not have it."""
+        col = self.spec.modality(modality).column
+        if col is None:
+            return None
+        value = self.manifest.at[i, col]
+        if value is None or (isinstance(value, float) and np.isnan(value)) or str(value).strip() == "":
+            return None
+        p = Path(str(value))
+        return p if p.is_absolute() else self.root / p
+
+    def is_present(self, i: int, modality: str) -> bool:
+        m = self.spec.modality(modality)
+        if m.column:
+            return self.path(i, modality) is not None
+        row = self.manifest.loc[i, list(m.columns)]
+        return bool(row.astype(str).str.strip().replace({"nan": ""}).ne("").any())
+
+    def presence(self) -> np.ndarray:
+        """(cases, modalities) bool matrix of what each case has."""
+        return np.array([[self.is_present(i, m) for m in self.spec.modality_names] for i in range(len(self))])
+
+    def load(self, i: int) -> CaseInputs:
+        """Read every present modality of case `i` through the same readers the app uses."""
+        inputs: dict[str, Modal | None] = {}
+        for m in self.spec.modalities:
+            if not self.is_present(i, m.name):
+                inputs[m.name] = None
+            elif m.type == "image":
+                inputs[m.name] = read_scan(self.path(i, m.name))
+            elif m.type == "text":
+                inputs[m.name] = read_note(self.path(i, m.name))
+            elif m.column:
+                inputs[m.name] = read_labs(self.path(i, m.name), self.spec.lab_features(m.name))
+            else:
+                values = {c: self.manifest.at[i, c] for c in m.columns}
+                inputs[m.name] = labs_from_mapping(values, self.spec.lab_features(m.name), label=f"row {i}")
+        return CaseInputs(self.case_id(i), inputs, self.classes[self.labels[i]])
+
+    def fingerprint(self) -> str:
+        """sha256 over the spec, the manifest and every file it names: which data a model saw."""
+        h = hashlib.sha256()
+        h.update(repr(self.spec.to_dict()).encode())
+        h.update(self.manifest.to_csv(index=False).encode())
+        for i in range(len(self)):
+            for m in self.spec.modalities:
+                p = self.path(i, m.name) if m.column else None
+                if p is not None and p.exists():
+                    h.update(p.read_bytes())
+        return h.hexdigest()
+

@@ -1,0 +1,208 @@
+"""Lab tables: a CSV in wide form (a column per lab) or long form (name, value, unit), mapped onto the
+dataset's lab catalogue, converted to its canonical units and checked against plausible ranges."""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Iterable, Literal, Mapping
+
+import numpy as np
+import pandas as pd
+
+from core.data.readers.note import decode_text
+from core.data.readers.source import Source, read_source
+from core.data.spec import LabSpec, normalise_name
+from core.errors import LabError
+
+Unknown = Literal["error", "warn"]
+_NAME_COLS = {"name", "lab", "labname", "test", "testname", "analyte", "parameter", "item", "component"}
+_VALUE_COLS = {"value", "result", "val", "resultvalue", "numericvalue"}
+_UNIT_COLS = {"unit", "units", "uom", "resultunit"}
+# Columns that identify a person or a time and are never labs: dropped without being read or stored.
+_IDENTIFIER_COLS = {"id", "caseid", "patientid", "patient", "patientname", "name", "mrn", "subject", "subjectid",
+                    "dob", "birthdate", "dateofbirth", "date", "time", "datetime", "timestamp", "encounterid",
+                    "accession", "accessionnumber", "visitid", "admissionid"}
+_MISSING = {"", "na", "n/a", "nan", "null", "none", "-", "--", "?", "missing", "not done", "nd"}
+_HEADER_UNIT = re.compile(r"^(?P<name>.*?)\s*[\(\[](?P<unit>[^\)\]]*)[\)\]]\s*$")
+
+
+@dataclass(frozen=True)
+class LabValue:
+    name: str
+    value: float  # canonical unit
+    unit: str
+    flag: str  # 'L', 'H' or ''
+    given: str  # the value and unit as written in the file (for the report)
+
+
+@dataclass
+class LabPanel:
+    """One case's labs in canonical units; labs not measured are simply absent."""
+
+    values: dict[str, LabValue] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def vector(self, catalogue: Iterable[LabSpec]) -> np.ndarray:
+        """Values in catalogue order, NaN where not measured."""
+        return np.array([self.values[lab.name].value if lab.name in self.values else np.nan for lab in catalogue],
+                        dtype=np.float32)
+
+    def table(self, catalogue: Iterable[LabSpec]) -> pd.DataFrame:
+        rows = []
+        for lab in catalogue:
+            v = self.values.get(lab.name)
+            rows.append({"lab": lab.name, "label": lab.label, "value": v.value if v else np.nan, "unit": lab.unit,
+                         "reference": lab.ref_text(), "flag": v.flag if v else ""})
+        return pd.DataFrame(rows)
+
+
+def parse_number(raw: object) -> tuple[float | None, str | None]:
+    """A lab value as written → (number or None when missing, a note when the value was qualified)."""
+    if raw is None or (isinstance(raw, float) and math.isnan(raw)):
+        return None, None
+    if isinstance(raw, (int, float, np.integer, np.floating)):
+        return float(raw), None
+    s = str(raw).strip()
+    if s.lower() in _MISSING:
+        return None, None
+    note = None
+    if s[:1] in "<>≤≥":
+        note = "given as a detection limit"
+        s = s.lstrip("<>≤≥= ").strip()
+    if re.fullmatch(r"-?\d{1,3}(,\d{3})+(\.\d+)?", s):
+        s = s.replace(",", "")
+    elif re.fullmatch(r"-?\d+,\d+", s):
+        s = s.replace(",", ".")
+    try:
+        value = float(s)
+    except ValueError:
+        raise ValueError(f"'{raw}' is not a number") from None
+    if math.isnan(value):
+        return None, None
+    if math.isinf(value):
+        raise ValueError(f"'{raw}' is not a finite number")
+    return value, note
+
+
+class LabMatcher:
+    """Maps names as found in files (aliases, any case and punctuation) onto catalogue entries."""
+
+    def __init__(self, catalogue: Iterable[LabSpec]):
+        self.catalogue = list(catalogue)
+        self.by_name: dict[str, LabSpec] = {}
+        for lab in self.catalogue:
+            for n in lab.names():
+                self.by_name[n] = lab
+
+    def match(self, name: str) -> LabSpec | None:
+        return self.by_name.get(normalise_name(name))
+
+
+def convert(lab: LabSpec, raw: object, unit: str | None, label: str) -> tuple[float, str] | None:
+    """One raw value → (canonical value, what was written); None when missing; LabError when impossible."""
+    try:
+        value, note = parse_number(raw)
+    except ValueError as e:
+        raise LabError(label, f"{lab.label}: {e}") from None
+    if value is None:
+        return None
+    unit = None if unit is None or str(unit).strip().lower() in _MISSING else str(unit).strip()
+    conv = lab.conversion(unit)
+    if conv is None:
+        raise LabError(label, f"{lab.label}: unit '{unit}' is not known; use one of {lab.accepted_units()}")
+    canonical = value * conv[0] + conv[1]
+    lo, hi = lab.plausible
+    if canonical < 0 <= lo:
+        raise LabError(label, f"{lab.label}: value {value:g} is negative")
+    if not lo <= canonical <= hi:
+        raise LabError(label, f"{lab.label}: {value:g} {unit or lab.unit} is outside the plausible range "
+                              f"{lo:g}–{hi:g} {lab.unit}; check the value and its unit")
+    given = f"{raw}{' ' + unit if unit else ''}" + (f" ({note})" if note else "")
+    return canonical, given
+
+
+def labs_from_items(items: Iterable[tuple[str, object, str | None]], catalogue: Iterable[LabSpec],
+                    label: str = "labs", unknown: Unknown = "error") -> LabPanel:
+    """(name, value, unit) triples → LabPanel. The one place where names, units and ranges are checked."""
+    matcher = LabMatcher(catalogue)
+    panel = LabPanel()
+    unknown_names: list[str] = []
+    for name, raw, unit in items:
+        lab = matcher.match(str(name))
+        if lab is None:
+            if normalise_name(str(name)) not in _IDENTIFIER_COLS:
+                unknown_names.append(str(name))
+            continue
+        result = convert(lab, raw, unit, label)
+        if result is None:
+            continue
+        value, given = result
+        previous = panel.values.get(lab.name)
+        if previous is not None and not math.isclose(previous.value, value, rel_tol=0.02, abs_tol=1e-9):
+            raise LabError(label, f"{lab.label} is given twice with different values "
+                                  f"({previous.given} and {given})")
+        panel.values[lab.name] = LabValue(lab.name, value, lab.unit, lab.flag(value), given)
+        if "detection limit" in given:
+            panel.warnings.append(f"{lab.label}: {given.split(' (')[0]} taken at the detection limit")
+    if unknown_names:
+        known = ", ".join(lab.name for lab in matcher.catalogue)
+        msg = f"unknown lab(s) {', '.join(repr(n) for n in unknown_names)}; known labs: {known}"
+        if unknown == "error":
+            raise LabError(label, msg)
+        panel.warnings.append(f"ignored {msg}")
+    return panel
+
+
+def read_lab_frame(data: bytes, label: str) -> pd.DataFrame:
+    """CSV/TSV bytes → a DataFrame of strings (delimiter sniffed)."""
+    text = decode_text(data, label)
+    try:
+        df = pd.read_csv(io.StringIO(text), sep=None, engine="python", dtype=str, keep_default_na=False,
+                         skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError, TypeError, IndexError) as e:
+        raise LabError(label, f"is not a readable CSV table ({str(e).splitlines()[0][:120]})") from None
+    except Exception as e:  # noqa: BLE001 - the python CSV engine raises csv.Error and friends on junk
+        raise LabError(label, f"is not a readable CSV table ({type(e).__name__})") from None
+    df.columns = [str(c).strip() for c in df.columns]
+    if df.empty or len(df.columns) == 0:
+        raise LabError(label, "contains no lab values (an empty table)")
+    return df
+
+
+def frame_items(df: pd.DataFrame, label: str, one_case: bool = True) -> list[tuple[str, object, str | None]]:
+    """Long or wide table → (name, value, unit) triples."""
+    cols = {normalise_name(c): c for c in df.columns}
+    name_col = next((cols[c] for c in cols if c in _NAME_COLS), None)
+    value_col = next((cols[c] for c in cols if c in _VALUE_COLS), None)
+    if name_col is not None and value_col is not None:
+        unit_col = next((cols[c] for c in cols if c in _UNIT_COLS), None)
+        return [(str(r[name_col]), r[value_col], r[unit_col] if unit_col else None) for _, r in df.iterrows()]
+    if one_case and len(df) > 1:
+        raise LabError(label, f"has {len(df)} rows in wide form; one case per file is expected "
+                              "(or use long form: columns name, value, unit)")
+    items = []
+    for col in df.columns:
+        m = _HEADER_UNIT.match(col)
+        name, unit = (m["name"], m["unit"]) if m else (col, None)
+        items.append((name, df[col].iloc[0], unit))
+    return items
+
+
+def read_labs(source: Source, catalogue: Iterable[LabSpec], name: str | None = None,
+              unknown: Unknown = "error") -> LabPanel:
+    """Read one case's lab table (CSV, wide or long) from a path or bytes."""
+    data, label = read_source(source, name, LabError)
+    return labs_from_items(frame_items(read_lab_frame(data, label), label), catalogue, label, unknown)
+
+
+def labs_from_mapping(values: Mapping[str, object], catalogue: Iterable[LabSpec], label: str = "labs",
+                      units: Mapping[str, str] | None = None, unknown: Unknown = "error") -> LabPanel:
+    """{lab name: value} (canonical units unless `units` says otherwise) → LabPanel, e.g. from the app's table."""
+    units = units or {}
+    return labs_from_items(((k, v, units.get(k)) for k, v in values.items()), catalogue, label, unknown)

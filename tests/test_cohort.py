@@ -1,0 +1,135 @@
+"""The embedded cohort: deterministic, clinically structured, with truth consistent with its content."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from core.data.cohort import scenario as sc
+from core.data.cohort.generate import generate_cohort
+from core.data.dataset import Dataset
+from core.data.readers import read_labs
+
+
+def _digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() and p.suffix in (".png", ".txt", ".csv", ".json", ".yaml"):
+            h.update(p.relative_to(folder).as_posix().encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def test_same_seed_same_files_different_seed_different(tmp_path):
+    a = generate_cohort(tmp_path / "a", n=80, seed=5, workers=1, progress=False, card=False)
+    b = generate_cohort(tmp_path / "b", n=80, seed=5, workers=2, progress=False, card=False)
+    c = generate_cohort(tmp_path / "c", n=80, seed=6, workers=1, progress=False, card=False)
+    assert _digest(a) == _digest(b)
+    assert _digest(a) != _digest(c)
+
+
+def test_prevalence_rare_classes_and_splits(default_cohort):
+    m = pd.read_csv(default_cohort / "manifest.csv")
+    assert len(m) == 3000
+    prev = m.diagnosis.value_counts(normalize=True)
+    for c, p in sc.PREVALENCE.items():
+        assert abs(prev[c] - p) < 1e-3
+    assert len(sc.CLASSES) >= 5
+    assert all(prev[c] <= 0.05 for c in sc.RARE_CLASSES) and len(sc.RARE_CLASSES) >= 2
+    # every diagnosis in every split, in about the same proportion
+    for split, frac in (("train", 0.7), ("val", 0.15), ("test", 0.15)):
+        sub = m[m.split == split]
+        assert abs(len(sub) / len(m) - frac) < 0.01
+        assert set(sub.diagnosis) == set(sc.CLASSES)
+
+
+def test_missingness_realistic_and_case_dependent(default_cohort):
+    ds = Dataset.open(default_cohort)
+    pres = ds.presence()
+    assert pres.any(1).all(), "every case has at least one modality"
+    complete = pres.all(1).mean()
+    assert 0.33 <= complete <= 0.5
+    for j in range(3):
+        assert 0.1 < 1 - pres[:, j].mean() < 0.4
+    # images are missing more often for the mildest presentations than for suspected pneumothorax
+    img = pres[:, ds.spec.modality_names.index("image")]
+    normal = ds.labels == ds.classes.index("no_acute_disease")
+    ptx = ds.labels == ds.classes.index("pneumothorax")
+    assert (1 - img[normal].mean()) > (1 - img[ptx].mean()) + 0.15
+
+
+def test_note_spans_match_text_and_negations_are_not_decisive(small_cohort):
+    m = pd.read_csv(small_cohort / "manifest.csv", keep_default_na=False)
+    n_decisive = n_negated = 0
+    for _, row in m.iterrows():
+        truth = json.loads((small_cohort / row.truth_path).read_text())
+        if not row.note_path:
+            assert "note_spans" not in truth
+            continue
+        text = (small_cohort / row.note_path).read_text(encoding="utf-8")
+        for span in truth["note_spans"]:
+            assert text[span["start"]:span["end"]] == span["text"]
+            if span["negated"]:
+                n_negated += 1
+                assert not span["decisive"]
+                before = text[max(0, span["start"] - 60):span["start"]].lower()
+                assert any(w in before for w in ("denies", "no ", " or ", ", ")), before
+            n_decisive += span["decisive"]
+            if span["decisive"]:
+                assert span["finding"] in sc.NOTE_DECISIVE[row.diagnosis]
+    assert n_decisive > 100 and n_negated > 50
+
+
+def test_image_masks_mark_the_finding(small_cohort):
+    m = pd.read_csv(small_cohort / "manifest.csv", keep_default_na=False)
+    checked = 0
+    for _, row in m.iterrows():
+        truth = json.loads((small_cohort / row.truth_path).read_text())
+        if "image_mask" not in truth:
+            continue
+        img = np.asarray(Image.open(small_cohort / row.image_path), dtype=float)
+        label = np.asarray(Image.open(small_cohort / truth["image_mask"]))
+        assert label.shape == img.shape
+        for f, v in truth["image_mask_values"].items():
+            inside = label == v
+            assert inside.any()
+            if f in ("consolidation", "pleural_effusion", "wedge_opacity"):  # opacities are brighter than lung
+                ring = (label == 0)
+                assert img[inside].mean() > np.percentile(img[ring], 25)
+            if f == "pneumothorax":  # air without lung markings is darker than the body around it
+                assert img[inside].mean() < img[label == 0].mean()
+            checked += 1
+    assert checked > 50
+
+
+def test_signal_labs_are_measured_and_deviate(default_cohort):
+    ds = Dataset.open(default_cohort)
+    catalogue = ds.spec.lab_features("labs")
+    crp = {"pneumonia": [], "no_acute_disease": []}
+    for i in ds.indices("train")[:900]:
+        truth = json.loads((default_cohort / ds.manifest.at[i, "truth_path"]).read_text())
+        p = ds.path(i, "labs")
+        if p is None:
+            continue
+        panel = read_labs(p, catalogue)
+        assert set(truth["signal_labs"]) <= set(panel.values)
+        dx = ds.classes[ds.labels[i]]
+        if dx in crp and "crp" in panel.values:
+            crp[dx].append(panel.values["crp"].value)
+    assert np.median(crp["pneumonia"]) > 4 * np.median(crp["no_acute_disease"])
+
+
+def test_card_shows_no_single_modality_suffices(default_cohort):
+    card = json.loads((default_cohort / "card.json").read_text())
+    auc = card["separability_auc"]
+    singles = [v for k, v in auc.items() if "complete" in k and "fusion" not in k]
+    fused = auc["all three, late fusion (complete cases)"]
+    assert all(0.7 < s < 0.93 for s in singles), singles
+    assert fused > max(singles) + 0.03
+    text = (default_cohort / "DATASET_CARD.md").read_text()
+    assert "Missingness" in text and "macro AUC" in text

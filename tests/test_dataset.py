@@ -1,0 +1,108 @@
+"""Dataset spec and manifest: the path every data set takes, with clear errors for bad ones."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from core.data.dataset import Dataset, stable_split
+from core.data.readers import LabPanel, Scan
+from core.data.spec import DatasetSpec
+from core.errors import ManifestError, SpecError
+from core.paths import ROOT
+
+
+def test_cohort_loads_through_the_manifest(small_cohort):
+    ds = Dataset.open(small_cohort)
+    assert ds.spec.modality_names == ["image", "note", "labs"]
+    i = int(np.flatnonzero(ds.presence().all(axis=1))[0])
+    case = ds.load(i)
+    assert isinstance(case.inputs["image"], Scan) and isinstance(case.inputs["note"], str)
+    assert isinstance(case.inputs["labs"], LabPanel) and len(case.inputs["labs"]) > 5
+    assert case.label in ds.classes
+    assert len(ds.fingerprint()) == 64
+
+
+def test_spec_round_trip(small_cohort, tmp_path):
+    spec = DatasetSpec.load(small_cohort / "spec.yaml")
+    spec.save(tmp_path / "spec.yaml")
+    again = DatasetSpec.load(tmp_path / "spec.yaml")
+    assert again.to_dict() == spec.to_dict()
+    assert again.labs[0].conversion("/uL") == (0.001, 0.0)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("label: y\n", "missing required keys"),
+    ("label: y\nmodalities: []\n", "no modalities"),
+    ("label: y\nmodalities: [{name: a, type: video, column: a}]\n", "has type 'video'"),
+    ("label: y\nmodalities: [{name: a, type: image}]\n", "needs a 'column'"),
+    ("label: y\nmodalities: [{name: a, type: image, column: p}]\ncolour: blue\n", "unknown keys"),
+    ("label: [y\n", "not valid YAML"),
+])
+def test_bad_specs(tmp_path, text, message):
+    (tmp_path / "spec.yaml").write_text(text)
+    with pytest.raises(SpecError, match=message):
+        DatasetSpec.load(tmp_path / "spec.yaml")
+
+
+def _two_image_dataset(tmp_path, fmt="csv"):
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(40):
+        for view in ("pa", "lat"):
+            Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(tmp_path / f"{i}_{view}.png")
+        rows.append({"id": f"c{i}", "y": "a" if i % 2 else "b", "pa": f"{i}_pa.png", "lat": f"{i}_lat.png" if i % 3 else ""})
+    df = pd.DataFrame(rows)
+    if fmt == "parquet":
+        df.to_parquet(tmp_path / "manifest.parquet")
+    else:
+        df.to_csv(tmp_path / "manifest.csv", index=False)
+    (tmp_path / "spec.yaml").write_text("label: y\ncase_id: id\nmodalities:\n  - {name: pa, type: image, column: pa}\n"
+                                        "  - {name: lat, type: image, column: lat}\n")
+    return tmp_path
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_two_image_modalities_and_parquet(tmp_path, fmt):
+    ds = Dataset.open(_two_image_dataset(tmp_path, fmt))
+    assert ds.spec.modality_names == ["pa", "lat"]
+    pres = ds.presence()
+    assert pres[:, 0].all() and pres[:, 1].sum() == 26
+    assert ds.load(0).inputs["lat"] is None and isinstance(ds.load(1).inputs["lat"], Scan)
+
+
+def test_manifest_errors(tmp_path):
+    _two_image_dataset(tmp_path)
+    df = pd.read_csv(tmp_path / "manifest.csv")
+    df.drop(columns=["lat"]).to_csv(tmp_path / "manifest.csv", index=False)
+    with pytest.raises(ManifestError, match=r"missing column\(s\) \['lat'\]"):
+        Dataset.open(tmp_path)
+    df.assign(y="").to_csv(tmp_path / "manifest.csv", index=False)
+    with pytest.raises(ManifestError, match="without a label"):
+        Dataset.open(tmp_path)
+    with pytest.raises(ManifestError, match="does not exist"):
+        Dataset.open(tmp_path / "nope")
+
+
+def test_stable_split_is_stratified_and_stable():
+    ids = pd.Series([f"id{i}" for i in range(200)])
+    labels = pd.Series(["a"] * 150 + ["b"] * 50)
+    s1 = stable_split(ids, labels)
+    s2 = stable_split(ids[::-1].reset_index(drop=True), labels[::-1].reset_index(drop=True))
+    assert list(s1) == list(s2[::-1])
+    b = list(s1[150:])
+    assert (b.count("train"), b.count("val"), b.count("test")) == (35, 8, 7)
+
+
+def test_cli_help_and_cohort(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "core", "--help"], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0 and "cohort" in out.stdout
+    out = subprocess.run([sys.executable, "-m", "core", "cohort", "--out", str(tmp_path / "c"), "--n", "60",
+                          "--no-card", "--workers", "1"], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert len(pd.read_csv(tmp_path / "c" / "manifest.csv")) == 60

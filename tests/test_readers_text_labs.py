@@ -1,0 +1,105 @@
+"""Notes of any encoding, and lab tables mapped onto a catalogue with units and plausibility checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.datasets import load_diabetes
+
+from core.data.cohort.scenario import LAB_CATALOGUE
+from core.data.dataset import Dataset
+from core.data.readers import read_labs, read_note
+from core.data.readers.labs import labs_from_mapping
+from core.data.spec import DatasetSpec, LabSpec, ModalitySpec
+from core.errors import LabError, NoteError
+
+CAT = list(LAB_CATALOGUE)
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "utf-16", "latin-1", "cp1252"])
+def test_note_encodings(encoding):
+    text = "Pt c/o SOB, T 38.9 °C. Denies fever — café worker."
+    if encoding in ("latin-1",):
+        text = text.replace("—", "-")
+    assert read_note(text.encode(encoding), name="n.txt") == text
+
+
+@pytest.mark.parametrize("data, message", [(b"", "empty"), (b"   \n\t  ", "empty"), (b"12 34 56", "no words"),
+                                           (bytes(range(256)) * 20, "binary")])
+def test_bad_notes(data, message):
+    with pytest.raises(NoteError, match=message):
+        read_note(data, name="note.txt")
+
+
+def test_long_note_is_kept_whole():
+    text = "Pt reports cough. " * 20000
+    assert len(read_note(text.encode())) == len(text.strip())
+
+
+def test_long_and_wide_labs_with_units_and_aliases():
+    long = b"name,value,unit\nHgb,135,g/L\nglucose,7.0,mmol/L\nCRP,12.5,mg/dL\nD-dimer,<0.27,mg/L FEU\nwbc,12 500,/uL\n"
+    with pytest.raises(LabError, match="wbc|White"):
+        read_labs(long, CAT, name="l.csv")  # '12 500' is not a number
+    long = long.replace(b"12 500", b"12500")
+    panel = read_labs(long, CAT, name="l.csv")
+    assert panel.values["hemoglobin"].value == pytest.approx(13.5)
+    assert panel.values["glucose"].value == pytest.approx(7.0 * 18.016)
+    assert panel.values["crp"].value == pytest.approx(125.0) and panel.values["crp"].flag == "H"
+    assert panel.values["wbc"].value == pytest.approx(12.5)
+    assert panel.values["d_dimer"].value == pytest.approx(0.27) and any("detection limit" in w for w in panel.warnings)
+    wide = b"patient_id;Sodium (mmol/L);creatinine [umol/L];troponin\nMRN123;131;176.8;\n"
+    panel = read_labs(wide, CAT, name="w.csv")
+    assert panel.values["sodium"].flag == "L"
+    assert panel.values["creatinine"].value == pytest.approx(2.0)
+    assert "troponin" not in panel.values  # empty cell = not measured
+    vec = panel.vector(CAT)
+    assert np.isnan(vec).sum() == len(CAT) - 2
+
+
+@pytest.mark.parametrize("csv, message", [
+    (b"name,value,unit\nfoo,1,mg\n", "unknown lab"),
+    (b"name,value,unit\nsodium,-4,mmol/L\n", "negative"),
+    (b"name,value,unit\nsodium,1400,mmol/L\n", "outside the plausible range"),
+    (b"name,value,unit\nglucose,5.5,furlongs\n", "unit 'furlongs' is not known"),
+    (b"name,value,unit\ncrp,high,mg/L\n", "not a number"),
+    (b"name,value,unit\nglucose,100,mg/dL\nglucose,9.9,mmol/L\n", "given twice"),
+    (b"sodium,potassium\n140,4\n139,4.1\n", "one case per file"),
+    (b"name,value,unit\n", "no lab values"),
+])
+def test_bad_lab_tables(csv, message):
+    with pytest.raises(LabError, match=message) as e:
+        read_labs(csv, CAT, name="labs.csv")
+    assert "labs.csv" in str(e.value)
+
+
+def test_mixed_units_that_agree_are_accepted():
+    panel = read_labs(b"name,value,unit\nglucose,108,mg/dL\nglucose,6.0,mmol/L\n", CAT, name="m.csv")
+    assert panel.values["glucose"].value == pytest.approx(108, rel=0.01)
+
+
+def test_nan_values_are_missing_and_unknown_can_warn():
+    panel = labs_from_mapping({"sodium": float("nan"), "potassium": 4.0, "mystery": 3}, CAT, unknown="warn")
+    assert set(panel.values) == {"potassium"} and "mystery" in panel.warnings[0]
+
+
+def test_diabetes_table_as_inline_labs_through_a_manifest(tmp_path):
+    """scikit-learn's real diabetes data (442 patients) as bring-your-own tabular data."""
+    data = load_diabetes(scaled=False, as_frame=True).frame
+    data.insert(0, "case_id", [f"P{i}" for i in range(len(data))])
+    data["label"] = np.where(data.target > data.target.median(), "progressed", "stable")
+    data.to_csv(tmp_path / "manifest.csv", index=False)
+    labs = [LabSpec("age", "Age", "years", (None, None), (0, 120)),
+            LabSpec("bmi", "Body mass index", "kg/m2", (18.5, 25), (10, 80)),
+            LabSpec("bp", "Mean arterial pressure", "mmHg", (70, 100), (30, 250)),
+            LabSpec("s1", "Total cholesterol", "mg/dL", (None, 200), (50, 600), ("tc",), {"mmol/L": (38.67, 0.0)}),
+            LabSpec("s6", "Glucose", "mg/dL", (70, 100), (10, 2000), ("glu",))]
+    spec = DatasetSpec(name="diabetes", label="label", modalities=[
+        ModalitySpec("labs", "tabular", columns=("age", "bmi", "bp", "s1", "s6"))], labs=labs)
+    spec.save(tmp_path / "spec.yaml")
+    ds = Dataset.open(tmp_path)
+    assert len(ds) == 442 and ds.classes == ["progressed", "stable"]
+    assert {len(ds.indices(s)) for s in ("train", "val", "test")} <= set(range(60, 320))
+    case = ds.load(0)
+    assert case.inputs["labs"].values["bmi"].value == pytest.approx(data.bmi[0])
+    assert case.inputs["labs"].values["s6"].value == pytest.approx(data.s6[0])
