@@ -3,7 +3,9 @@ the same place `make run` and the shipped checkpoint's tests use."""
 
 from __future__ import annotations
 
+import fcntl
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -12,22 +14,66 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from core.data.cohort.generate import ensure_cohort, generate_cohort  # noqa: E402
-from core.paths import ROOT, default_cohort_dir  # noqa: E402
+from core.paths import CONFIGS, ROOT, data_dir, default_cohort_dir  # noqa: E402
+
+
+@contextmanager
+def _exclusive(name: str):
+    """A file lock, so that parallel test workers build shared data once."""
+    data_dir().mkdir(parents=True, exist_ok=True)
+    with open(data_dir() / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @pytest.fixture(scope="session")
 def default_cohort() -> Path:
-    """The embedded default cohort (3,000 cases), generated on first use; a file lock keeps
-    parallel test workers from writing it twice."""
-    import fcntl
+    """The embedded default cohort (3,000 cases), generated on first use."""
+    with _exclusive("cohort"):
+        return ensure_cohort(default_cohort_dir(), progress=False)
 
-    folder = default_cohort_dir()
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with open(folder.parent / ".cohort.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        ensure_cohort(folder, progress=False)
-        fcntl.flock(lock, fcntl.LOCK_UN)
-    return folder
+
+@pytest.fixture(scope="session")
+def default_dataset(default_cohort):
+    from core.data.dataset import Dataset
+
+    return Dataset.open(default_cohort)
+
+
+@pytest.fixture(scope="session")
+def default_features(default_dataset):
+    """Frozen-backbone features of the default cohort (cached on disk after the first run)."""
+    from core.features import dataset_features
+    from core.model.config import Config
+
+    with _exclusive("features"):
+        return dataset_features(default_dataset, Config.load(CONFIGS / "default.yaml").model, progress=False)
+
+
+@pytest.fixture(scope="session")
+def predictor():
+    """The shipped default checkpoint, loaded once."""
+    from core.inference import Predictor
+
+    return Predictor.load()
+
+
+@pytest.fixture(scope="session")
+def quick_checkpoint(small_cohort, tmp_path_factory) -> Path:
+    """A model trained for a few epochs on the small cohort (seconds): for tests of the training loop."""
+    from core.cli.train import QUICK
+    from core.model.config import Config
+    from core.training import train
+
+    config = Config.load(CONFIGS / "default.yaml")
+    for section, changes in QUICK.items():
+        config = config.override(section, **changes)
+    out = tmp_path_factory.mktemp("ckpt") / "quick"
+    train(small_cohort, config, out, device="cpu", progress=False)
+    return out
 
 
 @pytest.fixture(scope="session")

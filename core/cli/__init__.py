@@ -9,7 +9,7 @@ import sys
 
 from core.errors import RobustMDiffError
 
-COMMANDS = ("cohort",)
+COMMANDS = ("cohort", "train", "predict")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,1 @@
+"""Evaluation: availability patterns, metrics, statistics, tables and figures."""

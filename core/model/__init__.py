@@ -1,0 +1,1 @@
+"""The RobustMDiff model: encoders → knowledge-enhanced fusion → latent diffusion → classifier."""

