@@ -68,7 +68,7 @@ def mask_probability(config: Config, epoch: int) -> float:
 def sample_mask(present: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
     """Which present modalities stay given: each is hidden with probability p; one always stays."""
     keep = present & (torch.rand(present.shape, generator=generator) >= p).to(present.device)
-    empty = ~keep.any(1)
+    empty = ~keep.any(1) & present.any(1)
     if empty.any():
         scores = torch.rand(present.shape, generator=generator).to(present.device) * present
         keep[empty, scores[empty].argmax(1)] = True

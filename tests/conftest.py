@@ -64,13 +64,10 @@ def predictor():
 @pytest.fixture(scope="session")
 def quick_checkpoint(small_cohort, tmp_path_factory) -> Path:
     """A model trained for a few epochs on the small cohort (seconds): for tests of the training loop."""
-    from core.cli.train import QUICK
-    from core.model.config import Config
+    from core.model.config import Config, quick
     from core.training import train
 
-    config = Config.load(CONFIGS / "default.yaml")
-    for section, changes in QUICK.items():
-        config = config.override(section, **changes)
+    config = quick(Config.load(CONFIGS / "default.yaml"))
     out = tmp_path_factory.mktemp("ckpt") / "quick"
     train(small_cohort, config, out, device="cpu", progress=False)
     return out

@@ -9,7 +9,7 @@ import sys
 
 from core.errors import RobustMDiffError
 
-COMMANDS = ("cohort", "train", "predict")
+COMMANDS = ("cohort", "train", "predict", "evaluate")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,10 +11,6 @@ from pathlib import Path
 from core.model.config import Config
 from core.paths import CONFIGS, ROOT, default_cohort_dir
 
-QUICK = {"training": {"epochs": 6, "diffusion_epochs": 20, "finetune_epochs": 3, "patience": 3}}
-QUICK_COHORT_N = 600
-
-
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model and write a checkpoint folder",
                        description="Train RobustMDiff (three phases, see core/training.py) and write a checkpoint "
@@ -30,18 +26,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from core.data.cohort.generate import ensure_cohort
+    from core.data.cohort.generate import ensure_cohort, quick_cohort
+    from core.model.config import quick
     from core.training import train
 
     config = Config.load(args.config)
     if args.seed is not None:
         config = config.override("training", seed=args.seed)
     if args.quick:
-        for section, changes in QUICK.items():
-            config = config.override(section, **changes)
-    data = Path(args.data) if args.data else (
-        ensure_cohort(default_cohort_dir().with_name("cohort-quick"), n=QUICK_COHORT_N) if args.quick
-        else ensure_cohort(default_cohort_dir()))
+        config = quick(config)
+    data = Path(args.data) if args.data else quick_cohort() if args.quick else ensure_cohort(default_cohort_dir())
     out = Path(args.out) if args.out else ROOT / "runs" / time.strftime("%Y%m%d-%H%M%S")
     command = "python -m core " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     meta = train(data, config, out, device=args.device, command=command)

@@ -101,3 +101,11 @@ class Config:
 
     def override(self, section: str, **changes: Any) -> "Config":
         return replace(self, **{section: replace(getattr(self, section), **changes)})
+
+
+# --quick (train, evaluate): a smoke-test schedule that finishes in about a minute on a 2-core CPU.
+QUICK_TRAINING = {"epochs": 6, "diffusion_epochs": 20, "finetune_epochs": 3, "patience": 3}
+
+
+def quick(config: Config) -> Config:
+    return config.override("training", **QUICK_TRAINING)

@@ -30,6 +30,7 @@ GENERATOR_VERSION = _source_digest()
 DEFAULT_N = 3000
 DEFAULT_SEED = 7
 DEFAULT_IMAGE_SIZE = 128
+QUICK_N = 600  # the smaller cohort that --quick commands use
 
 
 def cohort_spec(image_size: int = DEFAULT_IMAGE_SIZE) -> DatasetSpec:
@@ -157,3 +158,10 @@ def ensure_cohort(folder: str | Path, n: int = DEFAULT_N, seed: int = DEFAULT_SE
     if cohort_params(folder) != want or not (Path(folder) / "manifest.csv").exists():
         generate_cohort(folder, n=n, seed=seed, image_size=image_size, progress=progress)
     return Path(folder)
+
+
+def quick_cohort() -> Path:
+    """The 600-case cohort that `--quick` commands train and evaluate on."""
+    from core.paths import default_cohort_dir
+
+    return ensure_cohort(default_cohort_dir().with_name("cohort-quick"), n=QUICK_N)

@@ -1,0 +1,99 @@
+"""Train every method with the same harness and score it on the test split under every availability
+pattern, under random missingness at 30 % and 50 %, and as the data come (natural missingness)."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from core.data.dataset import Dataset
+from core.evaluation.methods import Method
+from core.evaluation.metrics import classification_metrics
+from core.evaluation.patterns import availability_patterns, pattern_name, random_missing
+from core.features import FeatureTable
+from core.inference import predict_table
+from core.model.config import Config
+from core.model.robustmdiff import RobustMDiff
+from core.training import train_model
+
+log = logging.getLogger(__name__)
+RANDOM_RATES = (0.3, 0.5)
+GROUPS = ("all", "rare", "common")
+
+
+@dataclass
+class Setup:
+    ds: Dataset
+    table: FeatureTable
+    config: Config
+    device: torch.device
+    reuse: dict[tuple[str, int], RobustMDiff] = field(default_factory=dict)  # (method, seed) → trained model
+
+    @property
+    def names(self) -> list[str]:
+        return [n for n, _ in self.table.modalities]
+
+    def groups(self) -> dict[str, list[int] | None]:
+        rare = [self.ds.classes.index(c) for c in self.ds.spec.rare_classes]
+        common = [i for i in range(len(self.ds.classes)) if i not in rare]
+        return {"all": None, "rare": rare, "common": common} if rare else {"all": None}
+
+
+def restricted(table: FeatureTable, only: str) -> FeatureTable:
+    """The same features with every modality but `only` switched off (for single-modality models)."""
+    t = copy.copy(table)
+    t.present = table.present.copy()
+    others = np.array([n != only for n, _ in table.modalities])
+    t.present[:, others] = False
+    return t
+
+
+def conditions(setup: Setup, seed: int) -> Iterator[tuple[str, np.ndarray, np.ndarray | None]]:
+    """(condition name, test rows, drop mask) for every evaluation condition."""
+    te = setup.ds.indices("test")
+    complete = te[setup.table.present[te].all(1)]
+    for pattern in availability_patterns(len(setup.names)):
+        yield pattern_name(pattern, setup.names), complete, np.tile(~np.asarray(pattern), (len(complete), 1))
+    for rate in RANDOM_RATES:
+        yield f"random_{int(rate * 100)}", complete, random_missing(setup.table.present[complete], rate, 1000 + seed)
+    yield "natural", te, None
+
+
+def score(model: RobustMDiff, setup: Setup, table: FeatureTable, method: str, seed: int) -> tuple[list[dict], dict]:
+    """Metric rows for one trained model, and its natural-missingness probabilities (for reliability plots)."""
+    rows, natural = [], {}
+    for name, idx, drop in conditions(setup, seed):
+        probs = predict_table(model, table, idx, drop, seed=seed, device=setup.device, value_of_information=False).probs
+        y = setup.ds.labels[idx]
+        if name == "natural":
+            natural = {"y": y.tolist(), "probs": probs.tolist()}
+        for group, classes in setup.groups().items():
+            rows.append({"method": method, "seed": seed, "condition": name, "group": group, "n": int(len(idx)),
+                         **classification_metrics(y, probs, classes)})
+    return rows, natural
+
+
+def run(setup: Setup, methods: list[Method], seeds: list[int],
+        on_step: Callable[[str], None] | None = None) -> tuple[list[dict], dict]:
+    """Train and score every (method, seed); returns metric rows and natural probabilities per method (first seed)."""
+    rows: list[dict] = []
+    reliability: dict[str, dict] = {}
+    for seed in seeds:
+        for m in methods:
+            if on_step:
+                on_step(f"{m.name} (seed {seed})")
+            table = restricted(setup.table, m.only) if m.only else setup.table
+            model = setup.reuse.get((m.name, seed))
+            if model is None:
+                config = m.change(setup.config).override("training", seed=seed)
+                model = train_model(setup.ds, table, config, setup.device, progress=False).model
+            r, natural = score(model, setup, table, m.name, seed)
+            rows += r
+            if seed == seeds[0]:
+                reliability[m.name] = natural
+    return rows, reliability

@@ -1,0 +1,61 @@
+"""The methods compared by the evaluation: baselines from the seeds and RobustMDiff's ablations.
+
+Every method is a variant of one configuration, trained by the same harness (`core/training.py`) on the
+same cached encoder features, so that only the way missing modalities are handled differs. Baselines do
+not get RobustMDiff's own training devices (curriculum, consistency, rare-disease sampling).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from core.model.config import Config
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    label: str
+    kind: str  # single | baseline | robustmdiff | ablation
+    change: Callable[[Config], Config]
+    only: str | None = None  # single-modality methods: the modality they read
+
+
+def _baseline(fusion: str, p: float) -> Callable[[Config], Config]:
+    def change(c: Config) -> Config:
+        c = c.override("model", fusion=fusion).override("diffusion", enabled=False)
+        return c.override("training", curriculum=False, p_min=p, p_max=p, lambda_cons=0.0, rare_gamma=0.0)
+    return change
+
+
+def methods_for(modalities: list[str]) -> list[Method]:
+    """All methods, in table order, for a data set with these modalities."""
+    single = [Method(f"single_{m}", f"Single modality: {m}", "single", _baseline("knowledge", 0.0), only=m)
+              for m in modalities]
+    return single + [
+        Method("early_zero", "Early fusion, zero imputation", "baseline", _baseline("early_zero", 0.0)),
+        Method("early_mean", "Early fusion, mean imputation", "baseline", _baseline("early_mean", 0.0)),
+        Method("missing_token", "Learned missing-modality token", "baseline", _baseline("early_token", 0.0)),
+        Method("dropout_0.3", "Modality dropout p=0.3", "baseline", _baseline("early_zero", 0.3)),
+        Method("dropout_0.5", "Modality dropout p=0.5", "baseline", _baseline("early_zero", 0.5)),
+        Method("late_fusion", "Late fusion", "baseline", _baseline("late", 0.0)),
+        Method("masked_attention", "Masked attention (MARIA-style)", "baseline", _baseline("masked_attention", 0.3)),
+        Method("robustmdiff", "RobustMDiff", "robustmdiff", lambda c: c),
+        Method("no_diffusion", "w/o diffusion", "ablation", lambda c: c.override("diffusion", enabled=False)),
+        Method("no_knowledge", "w/o knowledge attention", "ablation", lambda c: c.override("model", use_knowledge=False)),
+        Method("no_curriculum", "w/o curriculum (fixed masking)", "ablation", lambda c: c.override("training", curriculum=False)),
+        Method("no_consistency", "w/o consistency", "ablation", lambda c: c.override("training", lambda_cons=0.0)),
+        Method("no_rare_sampling", "w/o rare-disease sampling", "ablation", lambda c: c.override("training", rare_gamma=0.0)),
+    ]
+
+
+def select(methods: list[Method], spec: str) -> list[Method]:
+    """'all', or a comma-separated list of names (robustmdiff is always included: it is the reference)."""
+    if spec in ("", "all"):
+        return methods
+    wanted = {s.strip() for s in spec.split(",") if s.strip()} | {"robustmdiff"}
+    unknown = wanted - {m.name for m in methods}
+    if unknown:
+        raise ValueError(f"unknown methods {sorted(unknown)}; choose from {[m.name for m in methods]}")
+    return [m for m in methods if m.name in wanted]
