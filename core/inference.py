@@ -11,7 +11,6 @@ so the same inputs always give the same answer, alone or in a batch, from one th
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -141,7 +140,6 @@ class Predictor:
         self.spec = DatasetSpec.from_dict(meta["spec"])
         self.classes = list(model.info.classes)
         self.modalities = list(model.info.modalities)
-        self._lock = threading.Lock()
 
     @classmethod
     def load(cls, checkpoint: str | Path | None = None, device: str | torch.device | None = None) -> "Predictor":
@@ -202,7 +200,13 @@ class Predictor:
             if not any(c.inputs.get(n) is not None and n not in absent for n in names):
                 raise NoModalityError("no modality is present: give at least one of "
                                       f"{', '.join(names)} (refusing to guess from nothing)")
-        table = self.features(cases)
+        return self.results(cases, self.features(cases), drop, samples, steps, seed, t0)
+
+    def results(self, cases: list[CaseInputs], table: FeatureTable, drop: np.ndarray, samples: int | None = None,
+                steps: int | None = None, seed: int = 0, t0: float | None = None) -> list[Prediction]:
+        """Predictions for cases whose features are already computed (`drop`: modalities switched off)."""
+        t0 = time.perf_counter() if t0 is None else t0
+        names = [n for n, _ in self.modalities]
         out = predict_table(self.model, table, range(len(cases)), drop, samples, steps, seed, device=self.device)
         latency = (time.perf_counter() - t0) * 1000 / len(cases)
         results = []

@@ -9,7 +9,7 @@ import sys
 
 from core.errors import RobustMDiffError
 
-COMMANDS = ("cohort", "train", "predict", "evaluate")
+COMMANDS = ("cohort", "train", "predict", "evaluate", "explain", "faithfulness")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,154 @@
+"""One case as differentiable functions of each input, for attribution.
+
+`CaseGraph` encodes the case once, draws the K diffusion samples for what is missing once (seeded, as
+prediction does), and then exposes the predicted class probabilities as a function of one modality's
+input at a time, the others held fixed: pixels for the image, token embeddings for the note,
+standardised values for the labs, or the latents H_i themselves (design §3.3.2).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from core.data.dataset import CaseInputs
+from core.data.readers import LabPanel, Scan
+from core.errors import NoModalityError
+from core.features import image_input
+from core.inference import Prediction, Predictor
+from core.model.backbones import ImageBackbone, NoteChunks, TextBackbone, chunk_note, tokenizer
+
+
+class CaseGraph:
+    def __init__(self, predictor: Predictor, case: CaseInputs, absent=(), samples: int | None = None,
+                 steps: int | None = None, seed: int = 0):
+        self.predictor, self.case, self.seed = predictor, case, seed
+        self.model = model = predictor.model
+        self.device = predictor.device
+        self.names = [n for n, _ in model.info.modalities]
+        self.kinds = dict(model.info.modalities)
+        absent = set(absent)
+        drop = np.array([[n in absent for n in self.names]])
+        self.table = predictor.features([case])
+        self.present = torch.as_tensor(self.table.present[0] & ~drop[0], device=self.device)
+        if not bool(self.present.any()):
+            raise NoModalityError("no modality is present to explain")
+        k = samples or model.config.diffusion.samples
+        s = steps or model.config.diffusion.sample_steps
+        with torch.no_grad():
+            h, _ = model.encode(self.table.batch([0], self.device, drop))
+            if model.denoiser is not None and not bool(self.present.all()):
+                gen = torch.Generator(device=self.device).manual_seed(seed)
+                self.hs = model.synthesize(h, self.present[None], k, s, gen)  # (K, 1, M, d)
+                self.avail = torch.ones_like(self.present)
+                self.syn = ~self.present
+            else:
+                self.hs = h[None]
+                self.avail, self.syn = self.present, torch.zeros_like(self.present)
+        self.h = h
+        with torch.no_grad():
+            self.probs = self.probs_from({})[0]
+        self.target = int(self.probs.argmax())
+
+    # ---- the common tail: latents → probabilities ------------------------------------------------------
+    def probs_from(self, replace: dict[int, torch.Tensor]) -> torch.Tensor:
+        """Class probabilities (B, C), averaged over the diffusion samples, with the latents of some
+        modalities replaced by `replace[i]` (B, d_h); B is the largest batch among the replacements."""
+        b = max([len(v) for v in replace.values()], default=1)
+        k, _, m, d = self.hs.shape
+        h = self.hs.expand(k, b, m, d)
+        if replace:
+            slots = [h[:, :, i] if i not in replace else replace[i].unsqueeze(0).expand(k, b, d) for i in range(m)]
+            h = torch.stack(slots, 2)
+        avail = self.avail.expand(k, b, m)
+        syn = self.syn.expand(k, b, m)
+        z, _ = self.model.fuse(h, avail, syn)
+        return torch.softmax(self.model.logits(z) / self.model.temperature, -1).mean(0)
+
+    @torch.no_grad()
+    def probs_without(self, i: int, seed: int = 0) -> torch.Tensor:
+        """Probabilities when modality i is switched off too (then synthesized, as at prediction); computed
+        from the latents already encoded, so no backbone runs again."""
+        given = self.present.clone()
+        given[i] = False
+        if not bool(given.any()):
+            return torch.full_like(self.probs, float("nan"))
+        model = self.model
+        if model.denoiser is None:
+            z, _ = model.fuse(self.h, given[None])
+            return torch.softmax(model.logits(z) / model.temperature, -1)[0]
+        k, s = self.hs.shape[0], model.config.diffusion.sample_steps
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        hs = model.synthesize(self.h, given[None], k, s, gen)
+        m = len(given)
+        z, _ = model.fuse(hs, torch.ones(k, 1, m, dtype=torch.bool, device=self.device), (~given).expand(k, 1, m))
+        return torch.softmax(model.logits(z) / model.temperature, -1).mean(0)[0]
+
+    def prediction(self) -> Prediction:
+        """The case's prediction from the features already computed (same result as Predictor.predict)."""
+        drop = (~self.present).cpu().numpy()[None]
+        return self.predictor.results([self.case], self.table, drop, seed=self.seed)[0]
+
+    @staticmethod
+    def objective(probs: torch.Tensor, target: int) -> torch.Tensor:
+        """What input attributions explain: log p(target). Near-certain predictions saturate p itself, which
+        would leave every pixel and word with a vanishing share."""
+        return torch.log(probs[:, target].clamp_min(1e-12))
+
+    # ---- inputs per modality type ---------------------------------------------------------------------
+    def index(self, name: str) -> int:
+        return self.names.index(name)
+
+    def image_pixels(self, name: str) -> torch.Tensor:
+        scan = self.case.inputs[name]
+        assert isinstance(scan, Scan)
+        return torch.as_tensor(image_input(scan, self.model.config.model), device=self.device)[None]
+
+    def probs_from_image(self, name: str, pixels: torch.Tensor) -> torch.Tensor:
+        """pixels (B, 1, S, S) in [0, 1] → probabilities (B, C)."""
+        enc = self.model.encoders[name]
+        x = pixels if getattr(enc, "input_kind", "") == "pixels" else ImageBackbone().to(self.device)(pixels)
+        return self.probs_from({self.index(name): enc(x)})
+
+    def note_chunks(self, name: str) -> NoteChunks:
+        text = self.case.inputs[name]
+        assert isinstance(text, str)
+        mc = self.model.config.model
+        return chunk_note(text, mc.text_max_tokens, mc.text_max_chunks)
+
+    def note_embeddings(self, chunks: NoteChunks) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token embeddings (1, n, L, 384) of the note, and of its IG baseline ([PAD] for every word token,
+        [CLS]/[SEP] kept)."""
+        emb = TextBackbone().word_embeddings
+        ids = chunks.input_ids.to(self.device)
+        tok = tokenizer()
+        special = (ids == tok.cls_token_id) | (ids == tok.sep_token_id) | (chunks.attention_mask.to(self.device) == 0)
+        base_ids = torch.where(special, ids, torch.zeros_like(ids))
+        with torch.no_grad():
+            return emb(ids)[None], emb(base_ids)[None]
+
+    def probs_from_note(self, name: str, chunks: NoteChunks, embeds: torch.Tensor) -> torch.Tensor:
+        """embeds (B, n, L, 384) → probabilities (B, C)."""
+        b, n, length, dim = embeds.shape
+        mask = chunks.attention_mask.to(self.device).repeat(b, 1)
+        out = TextBackbone().model(inputs_embeds=embeds.reshape(b * n, length, dim), attention_mask=mask).last_hidden_state
+        m = mask.unsqueeze(-1).to(out.dtype)
+        pooled = ((out * m).sum(1) / m.sum(1).clamp(min=1)).reshape(b, n, -1)
+        valid = torch.ones(b, n, dtype=torch.bool, device=self.device)
+        return self.probs_from({self.index(name): self.model.encoders[name](pooled, valid)})
+
+    def lab_inputs(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Standardised lab values (1, L) (0 where not measured) and the measured mask (1, L)."""
+        panel = self.case.inputs[name]
+        assert isinstance(panel, LabPanel)
+        vals = torch.as_tensor(self.table.tabular[name][:1], device=self.device)
+        enc = self.model.encoders[name]
+        measured = ~torch.isnan(vals)
+        z = torch.nan_to_num(enc.transform(torch.nan_to_num(vals, nan=0.0)), nan=0.0) * measured
+        return z, measured
+
+    def probs_from_labs(self, name: str, z: torch.Tensor, measured: torch.Tensor) -> torch.Tensor:
+        """Standardised values (B, L) → probabilities (B, C); unmeasured labs stay missing."""
+        m = measured.expand_as(z)
+        feats = torch.cat([z * m, (~m).to(z.dtype)], -1)
+        return self.probs_from({self.index(name): self.model.encoders[name].mlp(feats)})
