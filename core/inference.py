@@ -132,6 +132,16 @@ class Prediction:
         return max(self.synthesized, key=lambda n: self.synthesized[n]["expected_change"])
 
 
+def _is_file(s: str) -> bool:
+    """Whether a string names an existing file (a pasted note is text, however long)."""
+    if "\n" in s or len(s) > 4096:
+        return False
+    try:
+        return Path(s).is_file()
+    except OSError:
+        return False
+
+
 class Predictor:
     """A loaded checkpoint with everything needed to read, predict and explain one case."""
 
@@ -172,7 +182,7 @@ class Predictor:
         if kind == "image":
             return read_scan(src)
         if kind == "text":
-            if isinstance(src, str) and not Path(src).exists():
+            if isinstance(src, str) and not _is_file(src):
                 return clean_note(src, "pasted note")
             return read_note(src)
         return read_labs(src, self.spec.lab_features(name))

@@ -1,0 +1,1 @@
+"""The explanation-review study: a durable ratings store (SQLite) and agreement statistics."""

@@ -1,0 +1,113 @@
+"""Explanations: completeness of Integrated Gradients, word merging, an end-to-end explanation, and
+faithfulness above random on the embedded cohort."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from captum.attr import IntegratedGradients
+
+from core.explain.explanation import explain_case
+from core.explain.faithfulness import faithfulness
+from core.explain.graph import CaseGraph
+from core.explain.render import report_html
+from core.explain.text import merge_tokens, note_attribution, words_of
+from core.model.backbones import tokenizer
+from core.paths import ROOT
+
+
+@pytest.fixture(scope="module")
+def complete_case(default_dataset):
+    i = int(np.flatnonzero(default_dataset.presence().all(1) & (default_dataset.labels == 1))[0])
+    return default_dataset.load(i)
+
+
+def test_integrated_gradients_is_complete(predictor, complete_case):
+    """Sum of attributions = f(input) - f(baseline) (the completeness axiom), for labs and the note."""
+    g = CaseGraph(predictor, complete_case)
+    z, measured = g.lab_inputs("labs")
+
+    def f(x):
+        return g.objective(g.probs_from_labs("labs", x, measured), g.target)
+
+    attr = IntegratedGradients(f).attribute(z, baselines=torch.zeros_like(z), n_steps=64, method="gausslegendre")
+    with torch.no_grad():
+        diff = float(f(z) - f(torch.zeros_like(z)))
+    assert float(attr.sum()) == pytest.approx(diff, abs=1e-3 + 0.01 * abs(diff))
+    words, delta = note_attribution(g, "note", steps=32)
+    chunks = g.note_chunks("note")
+    emb, base = g.note_embeddings(chunks)
+    with torch.no_grad():
+        total = float(g.objective(g.probs_from_note("note", chunks, emb), g.target)
+                      - g.objective(g.probs_from_note("note", chunks, base), g.target))
+    assert delta < 0.05 * abs(total) + 1e-3
+    assert sum(w.score for w in words) == pytest.approx(total, abs=0.05 * abs(total) + 1e-3)
+
+
+def test_word_merging_on_tricky_text():
+    text = "Pt c/o SOB; T 38.9°C, SpO2 89%… naïve café-owner, DDx: PE vs. PNA (r/o TB)!\n\tIL-6 élevé 1,234 mg/dL"
+    enc = tokenizer()(text, add_special_tokens=False, return_offsets_mapping=True)
+    offsets = enc["offset_mapping"]
+    scores = list(np.linspace(-1, 1, len(offsets)))
+    words = merge_tokens(text, offsets, scores)
+    for w in words:
+        assert text[w.start:w.end] == w.word
+    assert {"38.9", "SpO2", "café-owner", "naïve", "IL-6", "élevé", "c/o"} <= {w.word for w in words}
+    inside = sum(s for (a, b), s in zip(offsets, scores) if b > a)
+    assert sum(w.score for w in words) == pytest.approx(inside)
+    assert [w.word for w in words] == [t for _, _, t in words_of(text)]
+
+
+def test_long_note_beyond_the_token_limit_is_explained_whole(predictor, complete_case):
+    long = complete_case.inputs["note"] + "\n" + " ".join(f"Unrelated history item {i}." for i in range(150))
+    case = predictor.case(case_id="long", note=long)
+    g = CaseGraph(predictor, case)
+    assert sum(int(m.sum()) for m in g.note_chunks("note").attention_mask) > 1000  # far beyond 512 tokens
+    words, _ = note_attribution(g, "note", steps=4)
+    assert words[-2].word == "149" and words[-2].score != 0.0
+
+
+@pytest.mark.parametrize("method", ["integrated_gradients", "gradient_x_input", "shap", "random"])
+def test_explanation_end_to_end(predictor, complete_case, method):
+    exp = explain_case(predictor, complete_case, method=method)
+    d = json.loads(json.dumps(exp.to_dict()))
+    assert d["prediction"]["prediction"] == exp.target
+    assert {c["modality"] for c in d["contributions"]} == {"image", "note", "labs"}
+    assert sum(c["gradient"] for c in d["contributions"]) == pytest.approx(1.0)
+    assert exp.image["image"].shape == (128, 128) and np.isfinite(exp.image["image"]).all()
+    assert len(d["note"]["note"]) > 20 and len(d["labs"]["labs"]) == 14
+    html = report_html(exp, complete_case.inputs)
+    assert "data:image/png;base64" in html and "not a medical device" in html
+
+
+def test_missing_modality_explanation_reports_value_of_acquiring(predictor, complete_case):
+    exp = explain_case(predictor, complete_case, absent=["labs"])
+    assert "labs" not in exp.labs and exp.contributions[2]["status"] == "synthesized"
+    s = exp.prediction.synthesized["labs"]
+    assert 0 <= s["confidence"] <= 1 and s["expected_change"] >= 0
+
+
+def test_explain_command(default_cohort, tmp_path):
+    case = "RMD-00001"
+    out = subprocess.run([sys.executable, "-m", "core", "explain", "--image", str(default_cohort / f"images/{case}.png"),
+                          "--note", str(default_cohort / f"notes/{case}.txt"), "--labs", str(default_cohort / f"labs/{case}.csv"),
+                          "--out", str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "heatmap_image.png").stat().st_size > 1000
+    d = json.loads((tmp_path / "explanation.json").read_text())
+    assert d["labs"]["labs"][0]["value"] is not None
+    assert "<html" in (tmp_path / "report.html").read_text()
+
+
+def test_faithfulness_above_random(predictor, default_dataset, default_features):
+    r = faithfulness(predictor, default_dataset, default_features, n=16, image_methods=("integrated_gradients",),
+                     progress=False)["metrics"]
+    assert r["labs/integrated_gradients/recall_at_3"]["mean"] > r["labs/random/recall_at_3"]["mean"] + 0.1
+    assert r["note/integrated_gradients/precision_at_5"]["mean"] > r["note/random/precision_at_5"]["mean"]
+    assert r["note/deletion_attribution"]["mean"] < r["note/deletion_random"]["mean"]
+    assert r["image/integrated_gradients/mass_in_mask"]["mean"] > r["image/random/mass_in_mask"]["mean"]
