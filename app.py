@@ -1,6 +1,7 @@
-"""RobustMDiff web app: `streamlit run app.py` (or `make run`).
+"""RobustMDiff web app: `make run` (or `streamlit run app.py`).
 
-Sets up the page and navigates over the files in pages/. All work happens in `core`.
+Sets up the page and navigates over the files in pages/; all work happens in `core`, and the model is
+loaded once for every session (pages/common.py).
 """
 
 import os
@@ -10,9 +11,15 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import streamlit as st  # noqa: E402
 
-st.set_page_config(page_title="RobustMDiff", page_icon="🩻", layout="wide")
+st.set_page_config(page_title="RobustMDiff", page_icon=":material/radiology:", layout="wide")
 
 pages = [
-    st.Page("pages/home.py", title="Overview", icon="🏠", default=True),
+    st.Page("pages/case_explorer.py", title="Case explorer", icon=":material/radiology:", default=True),
+    st.Page("pages/robustness_lab.py", title="Robustness lab", icon=":material/monitoring:"),
+    st.Page("pages/review.py", title="Explanation review", icon=":material/rate_review:"),
+    st.Page("pages/model_card.py", title="Model card", icon=":material/description:"),
 ]
+st.sidebar.markdown("**RobustMDiff** · multimodal diagnosis that stays accurate when data is missing, says how "
+                    "confident it is in what it synthesized, and shows why.")
+st.sidebar.caption("Research software, not a medical device.")
 st.navigation(pages).run()

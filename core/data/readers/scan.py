@@ -73,6 +73,14 @@ class Scan:
             raise ScanError("scan", f"slice {idx} does not exist (0-{self.n_slices - 1})")
         return self.pixels[idx]
 
+    def view(self, window: tuple[float, float] | None = None, slice_index: int | None = None,
+             projection: str | None = None) -> "Scan":
+        """A 2D scan of one plane (a slice or a projection) with a chosen window: what the viewer shows
+        is then exactly what the model reads."""
+        plane = self.plane(slice_index, projection)[None].copy()
+        return Scan(plane, self.source_format, self.modality, window or self.window, self.invert, self.spacing,
+                    dict(self.info))
+
     def display(self, window: tuple[float, float] | None = None, slice_index: int | None = None,
                 projection: str | None = None) -> np.ndarray:
         """A 2D plane windowed to [0, 1], bright = dense, as a radiologist reads it."""

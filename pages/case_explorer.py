@@ -1,0 +1,201 @@
+"""Case explorer: a demo case or your own files → prediction, synthesis confidence, explanations, report."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pandas as pd
+import streamlit as st
+
+from core.data.dataset import CaseInputs
+from core.data.readers import read_labs, read_note, read_scan
+from core.data.readers.labs import labs_from_mapping
+from core.data.readers.note import clean_note
+from core.data.readers.scan import CT_WINDOWS, Scan
+from core.errors import RobustMDiffError
+from core.explain.explanation import explain_case
+from core.explain.render import legend_html, note_html, overlay, report_html
+from pages.common import (contribution_chart, fail, get_demo_cases, get_predictor, lab_chart, load_demo_case, notice,
+                          probability_chart)
+
+st.title("Case explorer")
+notice()
+predictor = get_predictor()
+names = [n for n, _ in predictor.modalities]
+kinds = dict(predictor.modalities)
+
+
+def scan_controls(scan: Scan, key: str) -> Scan:
+    """Slice/projection for volumes and window/level; the model reads exactly what is shown."""
+    slice_index, projection = None, None
+    if scan.is_volume:
+        c1, c2 = st.columns(2)
+        mode = c1.radio("Volume view", ["slice", "maximum projection", "mean projection"], horizontal=True, key=f"{key}_mode")
+        if mode == "slice":
+            slice_index = c2.slider("Slice", 0, scan.n_slices - 1, scan.n_slices // 2, key=f"{key}_slice")
+        else:
+            projection = "max" if mode.startswith("maximum") else "mean"
+    centre, width = scan.default_window()
+    presets = {"file / automatic": (centre, width)}
+    if scan.modality == "CT":
+        presets.update(CT_WINDOWS)
+    c1, c2, c3 = st.columns(3)
+    preset = c1.selectbox("Window preset", list(presets), key=f"{key}_preset")
+    lo, hi = float(scan.pixels.min()), float(scan.pixels.max())
+    span = max(hi - lo, 1.0)
+    pc, pw = presets[preset]
+    centre = c2.slider("Window centre (level)", lo - span / 2, hi + span / 2, float(pc), key=f"{key}_c_{preset}")
+    width = c3.slider("Window width", span / 200, 2 * span, float(min(max(pw, span / 200), 2 * span)), key=f"{key}_w_{preset}")
+    return scan.view((centre, width), slice_index, projection)
+
+
+def uploaded_case() -> tuple[CaseInputs | None, str]:
+    """Build a case from uploads; every problem is shown next to its input, nothing is stored."""
+    inputs: dict = {n: None for n in names}
+    digest = hashlib.sha256()
+    for name in names:
+        kind = kinds[name]
+        with st.expander(f"{name} ({kind})", expanded=True):
+            try:
+                if kind == "image":
+                    f = st.file_uploader("Scan: DICOM, NIfTI, MHA/NRRD, PNG or JPEG", key=f"up_{name}")
+                    if f is not None:
+                        data = f.getvalue()
+                        digest.update(data)
+                        inputs[name] = scan_controls(read_scan(data, name=f.name), f"scan_{name}")
+                elif kind == "text":
+                    f = st.file_uploader("Note file (any encoding)", type=None, key=f"up_{name}")
+                    pasted = st.text_area("…or paste the note", key=f"paste_{name}", height=160)
+                    if f is not None:
+                        digest.update(f.getvalue())
+                        inputs[name] = read_note(f.getvalue(), name=f.name)
+                    elif pasted.strip():
+                        digest.update(pasted.encode())
+                        inputs[name] = clean_note(pasted, "pasted note")
+                else:
+                    catalogue = predictor.spec.lab_features(name)
+                    f = st.file_uploader("Lab table, CSV (wide, or long: name,value,unit)", key=f"up_{name}")
+                    if f is not None:
+                        digest.update(f.getvalue())
+                        inputs[name] = read_labs(f.getvalue(), catalogue, name=f.name)
+                    else:
+                        base = pd.DataFrame({"lab": [lab.label for lab in catalogue], "value": [None] * len(catalogue),
+                                             "unit": [lab.unit for lab in catalogue],
+                                             "reference": [lab.ref_text() for lab in catalogue]})
+                        edited = st.data_editor(base, key=f"edit_{name}", disabled=["lab", "unit", "reference"],
+                                                hide_index=True, column_config={"value": st.column_config.NumberColumn()})
+                        values = {lab.name: v for lab, v in zip(catalogue, edited["value"]) if pd.notna(v)}
+                        if values:
+                            digest.update(repr(sorted(values.items())).encode())
+                            panel = labs_from_mapping(values, catalogue, label="lab table")
+                            inputs[name] = panel
+                            flagged = [f"{v.name} {v.flag}" for v in panel.values.values() if v.flag]
+                            if flagged:
+                                st.warning("Out of reference range: " + ", ".join(flagged))
+                if isinstance(inputs[name], Scan):
+                    st.image(inputs[name].display(), caption=f"{inputs[name].modality}, "
+                             f"{inputs[name].info.get('TransferSyntax', inputs[name].source_format)}", width=320)
+            except RobustMDiffError as e:
+                st.error(str(e))
+                inputs[name] = None
+    if not any(v is not None for v in inputs.values()):
+        return None, ""
+    return CaseInputs("uploaded case", inputs), digest.hexdigest()
+
+
+source = st.radio("Start from", ["Demo case", "Upload your own"], horizontal=True, key="source")
+if source == "Demo case":
+    demos = get_demo_cases()
+    choice = st.selectbox("Demo case (test split of the embedded cohort)", [d.label for d in demos], key="demo")
+    demo = demos[[d.label for d in demos].index(choice)]
+    case, case_key = load_demo_case(demo.row), f"demo-{demo.case_id}"
+    with st.expander("Inputs of this case", expanded=False):
+        if case.inputs.get("image") is not None:
+            st.image(case.inputs["image"].display(), width=256)
+        if case.inputs.get("note"):
+            st.text(case.inputs["note"])
+        if case.inputs.get("labs") is not None:
+            st.dataframe(case.inputs["labs"].table(predictor.spec.lab_features("labs")), hide_index=True)
+else:
+    case, case_key = uploaded_case()
+    if case is None:
+        st.info("Upload a scan, a note or labs (any subset) to get a prediction.")
+        st.stop()
+
+st.subheader("Modalities")
+cols = st.columns(len(names))
+absent = []
+for col, name in zip(cols, names):
+    available = case.inputs.get(name) is not None
+    on = col.toggle(f"{name}" + ("" if available else " (missing)"), value=available, disabled=not available,
+                    key=f"on_{case_key}_{name}")
+    if not on:
+        absent.append(name)
+if len(absent) == len(names):
+    st.warning("Switch on at least one modality: with nothing to read, the model will not guess.")
+    st.stop()
+
+try:
+    pred = predictor.predict(case, absent=absent)
+except Exception as e:  # noqa: BLE001 - shown to the user without a traceback
+    fail(e)
+    st.stop()
+
+# what changed since the last switch of a modality (kept across reruns until the next switch)
+state = st.session_state.setdefault("explorer", {})
+if state.get("case") != case_key:
+    state.clear()
+    state.update(case=case_key, absent=absent, probs=pred.probabilities, previous=None)
+elif state.get("absent") != absent:
+    state.update(previous=state["probs"], absent=absent, probs=pred.probabilities)
+previous = state.get("previous")
+
+st.subheader("Prediction")
+c1, c2 = st.columns([2, 1])
+c1.plotly_chart(probability_chart(pred, previous), width="stretch")
+c2.metric("Predicted", pred.prediction, help="class with the highest calibrated probability")
+c2.caption(f"{pred.latency_ms:.0f} ms on {pred.device}")
+if previous:
+    changed = max(pred.probabilities, key=lambda c: abs(pred.probabilities[c] - previous.get(c, 0)))
+    c2.info(f"Largest change: {changed} {previous.get(changed, 0):.1%} → {pred.probabilities[changed]:.1%}")
+if pred.synthesized:
+    st.markdown("**Missing modalities, synthesized in latent space**")
+    st.dataframe(pd.DataFrame([{"modality": m, "synthesis confidence": round(s["confidence"], 2),
+                                "expected change of the answer if acquired": f"{s['expected_change']:.1%}",
+                                "expected information gain (nats)": round(s["expected_information_gain"], 3)}
+                               for m, s in pred.synthesized.items()]), hide_index=True)
+    st.success(f"Which test next: **{pred.next_test}** would be expected to change the answer most.")
+for w in pred.warnings:
+    st.warning(w)
+
+st.subheader("Why")
+c1, c2 = st.columns([2, 1])
+method = c1.selectbox("Attribution method", ["integrated_gradients", "gradient_x_input", "shap"], key="method")
+key = (case_key, tuple(absent), method)
+explanations = st.session_state.setdefault("explanations", {})
+if c2.button("Explain this prediction", type="primary", key="explain") and key not in explanations:
+    with st.spinner("Computing attributions…"):
+        try:
+            explanations[key] = explain_case(predictor, case, absent, method)
+        except Exception as e:  # noqa: BLE001
+            fail(e)
+exp = explanations.get(key)
+if exp is None:
+    st.caption("Press the button to compute the heatmap, highlighted note and lab attributions.")
+    st.stop()
+st.caption(f"Explained in {exp.seconds:.1f} s. Attributions explain log p({exp.target}).")
+st.plotly_chart(contribution_chart(exp.contributions), width="stretch")
+for name, heat in exp.image.items():
+    c1, c2 = st.columns([2, 1])
+    show = c2.toggle("Show heatmap", value=True, key="heat_on")
+    opacity = c2.slider("Opacity", 0.0, 1.0, 0.55, key="opacity")
+    cmap = c2.selectbox("Colour map", ["inferno", "jet", "viridis", "hot"], key="cmap")
+    gray = case.inputs[name].display()
+    c1.image(overlay(gray, heat, opacity if show else 0.0, cmap), caption=f"{name}: {exp.image_method[name]}", width=420)
+for name, words in exp.note.items():
+    st.markdown(f"**{name}**")
+    st.html(legend_html() + note_html(case.inputs[name], words))
+for name, rows in exp.labs.items():
+    st.plotly_chart(lab_chart(rows), width="stretch")
+st.download_button("Download case report (HTML)", report_html(exp, case.inputs), file_name="robustmdiff_report.html",
+                   mime="text/html", key="report")

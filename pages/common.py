@@ -1,0 +1,87 @@
+"""What every page shares: the model loaded once, the demo cohort, charts, and error display.
+
+Not a page itself (app.py lists the pages). All work happens in `core`; this only caches and draws.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+import streamlit as st
+
+from core.data.cohort.generate import ensure_cohort
+from core.data.dataset import CaseInputs, Dataset
+from core.demo import DemoCase, demo_cases
+from core.errors import RobustMDiffError
+from core.inference import Prediction, Predictor
+from core.paths import default_cohort_dir
+
+NOTICE = "Research software, not a medical device: not for diagnosis or treatment decisions."
+
+
+@st.cache_resource(show_spinner="Loading the model…")
+def get_predictor() -> Predictor:
+    """One model for every session; inference uses no shared mutable state, so sessions may predict at once."""
+    return Predictor.load()
+
+
+@st.cache_resource(show_spinner="Preparing the embedded cohort…")
+def get_cohort() -> Dataset:
+    return Dataset.open(ensure_cohort(default_cohort_dir(), progress=False))
+
+
+@st.cache_resource(show_spinner=False)
+def get_demo_cases() -> list[DemoCase]:
+    return demo_cases(get_cohort())
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def load_demo_case(row: int) -> CaseInputs:
+    return get_cohort().load(row)
+
+
+def notice() -> None:
+    st.caption(f":material/warning: {NOTICE}")
+
+
+def fail(err: Exception) -> None:
+    """Show a problem the user can act on; anything else is reported without a traceback."""
+    if isinstance(err, RobustMDiffError):
+        st.error(str(err))
+    else:
+        st.error(f"Something went wrong ({type(err).__name__}). The inputs were not stored; please try again.")
+
+
+def probability_chart(pred: Prediction, previous: dict[str, float] | None = None) -> go.Figure:
+    classes = list(pred.probabilities)
+    fig = go.Figure()
+    if previous:
+        fig.add_trace(go.Bar(y=classes, x=[previous.get(c, np.nan) for c in classes], orientation="h",
+                             name="before", marker_color="lightgray"))
+    fig.add_trace(go.Bar(y=classes, x=[pred.probabilities[c] for c in classes], orientation="h", name="now",
+                         marker_color=["#2563eb" if c == pred.prediction else "#93c5fd" for c in classes],
+                         text=[f"{pred.probabilities[c]:.1%}" for c in classes], textposition="outside"))
+    fig.update_layout(barmode="group", height=60 + 34 * len(classes), xaxis=dict(range=[0, 1.1], tickformat=".0%"),
+                      margin=dict(l=10, r=10, t=10, b=10), yaxis=dict(autorange="reversed"),
+                      legend=dict(orientation="h"))
+    return fig
+
+
+def contribution_chart(contributions: list[dict]) -> go.Figure:
+    names = [c["modality"] + ("" if c["status"] == "present" else f" ({c['status']})") for c in contributions]
+    fig = go.Figure(go.Bar(x=[c["gradient"] for c in contributions], y=names, orientation="h",
+                           text=[f"{c['gradient']:.0%}" for c in contributions], textposition="auto"))
+    fig.update_layout(height=80 + 40 * len(names), margin=dict(l=10, r=10, t=30, b=10), xaxis_tickformat=".0%",
+                      title="Gradient share |∂p/∂H_i| per modality")
+    return fig
+
+
+def lab_chart(rows) -> go.Figure:
+    shown = [r for r in rows if r.value is not None]
+    labels = [f"{r.label} {r.value:.3g} {r.unit} {r.flag}" for r in shown]
+    fig = go.Figure([go.Bar(y=labels, x=[r.integrated_gradients for r in shown], orientation="h", name="Integrated Gradients"),
+                     go.Bar(y=labels, x=[r.shap for r in shown], orientation="h", name="SHAP")])
+    fig.update_layout(barmode="group", height=80 + 36 * len(shown), yaxis=dict(autorange="reversed"),
+                      margin=dict(l=10, r=10, t=30, b=10), title="Labs ranked by influence (+ supports the prediction)",
+                      legend=dict(orientation="h"))
+    return fig

@@ -1,0 +1,106 @@
+"""Every page through Streamlit's AppTest: renders, predicts demo and uploaded cases, switches change the
+prediction, and the review page stores a rating in a real (temporary) SQLite database."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pydicom
+import pytest
+import streamlit as st
+from PIL import Image
+from pydicom.data import get_testdata_file
+from streamlit.testing.v1 import AppTest
+
+from core.paths import ROOT
+from core.review.store import ReviewStore
+
+APP = str(ROOT / "app.py")
+PAGES = ["pages/case_explorer.py", "pages/robustness_lab.py", "pages/review.py", "pages/model_card.py"]
+
+
+@pytest.fixture
+def app(monkeypatch, tmp_path, default_cohort):
+    monkeypatch.setenv("RMD_REVIEWER_CODE", "demo")
+    monkeypatch.setenv("RMD_REVIEW_DB", str(tmp_path / "review.sqlite3"))
+    st.cache_resource.clear()
+    return AppTest.from_file(APP, default_timeout=600)
+
+
+def _ok(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_renders(app, page):
+    at = app.run()
+    _ok(at)
+    at.switch_page(page).run()
+    _ok(at)
+    assert at.title[0].value
+
+
+def test_demo_case_prediction_and_switch(app):
+    at = app.run()
+    _ok(at)
+    before = at.metric[0].value
+    assert before and len(at.toggle) == 3
+    probs_before = at.session_state["explorer"]["probs"]
+    at.toggle[2].set_value(False).run()  # labs off
+    _ok(at)
+    probs_after = at.session_state["explorer"]["probs"]
+    assert probs_after != probs_before
+    assert any("Largest change" in i.value for i in at.info)
+    assert any("Which test next" in s.value for s in at.success)
+
+
+def _upload(at: AppTest, name: str, data: bytes, mime: str) -> AppTest:
+    at.radio(key="source").set_value("Upload your own").run()
+    _ok(at)
+    at.file_uploader[0].set_value((name, data, mime)).run()
+    return at
+
+
+def test_uploaded_dicom_is_predicted_without_identifiers(app):
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.PatientName = "Secret^Patient"
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    at = _upload(app.run(), "scan.dcm", buf.getvalue(), "application/dicom")
+    _ok(at)
+    assert at.metric and at.metric[0].value
+    assert "Secret" not in str(at.session_state["explorer"])
+
+
+def test_uploaded_png_is_predicted(app, default_cohort):
+    data = (default_cohort / "images" / "RMD-00001.png").read_bytes()
+    at = _upload(app.run(), "cxr.png", data, "image/png")
+    _ok(at)
+    assert at.metric[0].value in at.session_state["explorer"]["probs"]
+
+
+def test_corrupt_upload_gets_a_message_not_a_traceback(app):
+    at = _upload(app.run(), "broken.dcm", b"not a scan at all" * 10, "application/dicom")
+    _ok(at)
+    assert any("not a supported scan" in e.value for e in at.error)
+
+
+def test_review_stores_a_rating(app, tmp_path):
+    at = app.run()
+    at.switch_page("pages/review.py").run()
+    _ok(at)
+    at.text_input(key="reviewer_name").input("alice")
+    at.text_input(key="reviewer_code").input("demo")
+    at.button[0].click().run()
+    _ok(at)
+    assert at.session_state["reviewer"] == "alice"
+    at.radio(key="relevance_0").set_value(5)
+    at.radio(key="trust_0").set_value(2)
+    at.text_area(key="comment_0").input("heatmap on the right base")
+    next(b for b in at.button if b.label == "Save rating").click().run()
+    _ok(at)
+    rows = ReviewStore(tmp_path / "review.sqlite3").all_ratings()
+    assert len(rows) == 1 and rows[0]["reviewer"] == "alice" and rows[0]["relevance"] == 5 and rows[0]["trust"] == 2
+    assert rows[0]["comment"] == "heatmap on the right base"
+    assert "1 of" in at.get("progress")[0].proto.text
