@@ -132,6 +132,10 @@ class Prediction:
         return max(self.synthesized, key=lambda n: self.synthesized[n]["expected_change"])
 
 
+def absent_names(drop_row: np.ndarray, names: list[str]) -> set[str]:
+    return {n for n, d in zip(names, drop_row) if d}
+
+
 def _is_file(s: str) -> bool:
     """Whether a string names an existing file (a pasted note is text, however long)."""
     if "\n" in s or len(s) > 4096:
@@ -226,7 +230,8 @@ class Predictor:
                               "expected_change": float(out.expected_change[r, j]),
                               "expected_information_gain": float(out.info_gain[r, j])}
                    for j in range(len(names)) if not out.given[r, j]}
-            warnings = [w for v in c.inputs.values() if isinstance(v, LabPanel) for w in v.warnings]
+            warnings = [f"{n}: {w}" for n, v in c.inputs.items() if n not in absent_names(drop[r], names)
+                        for w in (v.warnings if isinstance(v, LabPanel) else v.notes if isinstance(v, Scan) else [])]
             results.append(Prediction(prediction=self.classes[int(out.probs[r].argmax())], probabilities=probs,
                                       present=[names[j] for j in range(len(names)) if out.given[r, j]], synthesized=syn,
                                       device=str(self.device), latency_ms=latency, warnings=warnings))

@@ -9,7 +9,7 @@ import sys
 
 from core.errors import RobustMDiffError
 
-COMMANDS = ("cohort", "train", "predict", "evaluate", "explain", "faithfulness")
+COMMANDS = ("cohort", "train", "predict", "evaluate", "explain", "faithfulness", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

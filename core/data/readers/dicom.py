@@ -75,6 +75,15 @@ def read_dicom(data: bytes, label: str) -> Scan:
         raise ScanError(label, f"is not a readable DICOM file ({type(e).__name__})") from None
     except Exception as e:  # noqa: BLE001 - pydicom raises many types on hostile bytes
         raise ScanError(label, f"is a corrupt DICOM file ({type(e).__name__})") from None
+    try:
+        return _decode(ds, label)
+    except ScanError:
+        raise
+    except Exception as e:  # noqa: BLE001 - elements are parsed lazily, so a corrupt one can fail anywhere
+        raise ScanError(label, f"is a corrupt DICOM file ({type(e).__name__})") from None
+
+
+def _decode(ds: Dataset, label: str) -> Scan:
     deidentify(ds)
 
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
@@ -99,6 +108,9 @@ def read_dicom(data: bytes, label: str) -> Scan:
     n_frames = int(_first(ds.get("NumberOfFrames")) or 1)
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     window: tuple[float, float] | None = None
+    notes: list[str] = []
+    if samples > 1 or photometric == "PALETTE COLOR":
+        notes.append(f"colour DICOM ({photometric}) converted to grey for a greyscale model")
     try:
         if photometric == "PALETTE COLOR":
             arr = to_gray(apply_color_lut(arr, ds))
@@ -126,6 +138,6 @@ def read_dicom(data: bytes, label: str) -> Scan:
     info = {k: str(ds.get(k)) for k in SAFE_INFO if ds.get(k) is not None}
     if ts is not None:
         info["TransferSyntax"] = ts.name
-    return Scan(pixels=finalise(frames, label), source_format="dicom", modality=str(ds.get("Modality") or "OT"),
+    return Scan(pixels=finalise(frames, label, notes), source_format="dicom", notes=notes, modality=str(ds.get("Modality") or "OT"),
                 window=window, invert=photometric == "MONOCHROME1",
                 spacing=tuple(float(s) for s in spacing) if spacing else None, info=info)

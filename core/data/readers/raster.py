@@ -23,7 +23,11 @@ def read_raster(data: bytes, label: str, fmt: str) -> Scan:
                                        f"{MAX_PIXELS // 1_000_000} megapixels are refused")
             if fmt == "jpeg" and max(img.size) > MAX_SIDE:
                 img.draft("L", (MAX_SIDE, MAX_SIDE))  # decode huge JPEGs at reduced size
-            frames = []
+            frames, notes = [], []
+            if max(img.size) > MAX_SIDE:
+                notes.append(f"large image {img.width}×{img.height} downscaled to at most {MAX_SIDE} px")
+            if img.mode not in ("L", "I", "I;16", "I;16B", "F", "1"):
+                notes.append(f"colour image ({img.mode}) converted to grey for a greyscale model")
             for frame in ImageSequence.Iterator(img):
                 if frame.mode in ("P", "PA", "LA", "1", "CMYK", "YCbCr", "HSV", "LAB"):
                     frame = frame.convert("RGBA" if frame.mode in ("P", "PA", "LA") else "RGB")
@@ -41,6 +45,6 @@ def read_raster(data: bytes, label: str, fmt: str) -> Scan:
         raise ScanError(label, f"is a {fmt.upper()} with frames of different sizes")
     arr = np.stack(frames)
     bits = "16" if arr.max() > 255 else "8"
-    return Scan(pixels=finalise(arr, label), source_format=fmt, modality="OT",
+    return Scan(pixels=finalise(arr, label), source_format=fmt, modality="OT", notes=notes,
                 window=(127.5, 255.0) if bits == "8" else None,  # 16-bit: percentile window
                 info={"Rows": str(arr.shape[1]), "Columns": str(arr.shape[2]), "Bits": bits})

@@ -42,6 +42,7 @@ class Scan:
     invert: bool = False  # MONOCHROME1: high values are dark
     spacing: tuple[float, ...] | None = None
     info: dict[str, str] = field(default_factory=dict)  # whitelisted, non-identifying
+    notes: list[str] = field(default_factory=list)  # what was done to make it readable (shown to the user)
 
     @property
     def n_slices(self) -> int:
@@ -79,7 +80,7 @@ class Scan:
         is then exactly what the model reads."""
         plane = self.plane(slice_index, projection)[None].copy()
         return Scan(plane, self.source_format, self.modality, window or self.window, self.invert, self.spacing,
-                    dict(self.info))
+                    dict(self.info), list(self.notes))
 
     def display(self, window: tuple[float, float] | None = None, slice_index: int | None = None,
                 projection: str | None = None) -> np.ndarray:
@@ -122,7 +123,7 @@ def to_gray(arr: np.ndarray) -> np.ndarray:
     return arr
 
 
-def limit_size(frames: np.ndarray, label: str) -> np.ndarray:
+def limit_size(frames: np.ndarray, label: str, notes: list[str] | None = None) -> np.ndarray:
     """Refuse absurd sizes, downscale large frames so that the longest side is at most MAX_SIDE."""
     n, h, w = frames.shape
     if h == 0 or w == 0:
@@ -133,12 +134,14 @@ def limit_size(frames: np.ndarray, label: str) -> np.ndarray:
         return frames
     scale = MAX_SIDE / max(h, w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    if notes is not None:
+        notes.append(f"large image {w}×{h} downscaled to {size[0]}×{size[1]}")
     return np.stack([np.asarray(Image.fromarray(f.astype(np.float32), mode="F").resize(size, Image.Resampling.BOX))
                      for f in frames])
 
 
-def finalise(frames: np.ndarray, label: str) -> np.ndarray:
-    frames = limit_size(np.asarray(frames, dtype=np.float32), label)
+def finalise(frames: np.ndarray, label: str, notes: list[str] | None = None) -> np.ndarray:
+    frames = limit_size(np.asarray(frames, dtype=np.float32), label, notes)
     if not np.isfinite(frames).all():
         bad = ~np.isfinite(frames)
         if bad.all():
@@ -163,4 +166,7 @@ def read_scan(source: Source, name: str | None = None) -> Scan:
     else:
         from core.data.readers.raster import read_raster
         scan = read_raster(data, label, fmt)
+    if scan.is_volume:
+        scan.notes.append(f"a volume of {scan.n_slices} slices: the model reads one 2D plane "
+                          f"(default: the middle slice, {scan.n_slices // 2})")
     return scan

@@ -91,4 +91,5 @@ def read_volume(data: bytes, label: str, fmt: str) -> Scan:
     info = {"Dimensions": "×".join(str(s) for s in image.GetSize()), "PixelType": image.GetPixelIDTypeAsString()}
     # A volume's intensities are usually CT (HU) when its range goes well below zero.
     modality = "CT" if arr.min() < -500 else "MR" if fmt == "nifti" else "OT"
-    return Scan(pixels=finalise(arr, label), source_format=fmt, modality=modality, spacing=spacing, info=info)
+    notes: list[str] = []
+    return Scan(pixels=finalise(arr, label, notes), notes=notes, source_format=fmt, modality=modality, spacing=spacing, info=info)

@@ -1,0 +1,39 @@
+"""`python -m core bench`: latency, throughput, memory and sampler speed on this machine."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="measure latency, throughput, memory and sampler speed on this machine",
+                       description="Medians over repeated runs after warm-up: latency per case for every availability "
+                                   "pattern, a MUST-style sampler (50 steps × 5 samples) for comparison with both "
+                                   "samplers' test AUROC, explanation latency, batch throughput, peak memory, model "
+                                   "load time and app start to first prediction.")
+    p.add_argument("--checkpoint", help="checkpoint folder (default: checkpoints/default)")
+    p.add_argument("--repeats", type=int, default=10, help="timed runs per measurement (default 10)")
+    p.add_argument("--no-accuracy", action="store_true", help="skip the samplers' AUROC on the test split")
+    p.add_argument("--no-app", action="store_true", help="skip the app start-up measurement")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--device", help="cpu or cuda")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from core.bench import bench
+
+    res = bench(args.checkpoint, args.device, args.repeats, not args.no_accuracy, not args.no_app)
+    if args.json:
+        print(json.dumps(res, indent=1))
+        return 0
+    print(f"device {res['device']}; model load {res['model_load_s']:.2f} s; peak memory {res['peak_memory_mb']:.0f} MB")
+    for k, v in res["latency_ms"].items():
+        must = res["must_style_latency_ms"].get(k)
+        print(f"  {k:<18} {v:8.1f} ms" + (f"   MUST-style {must:8.1f} ms ({must / v:.1f}× slower)" if must else ""))
+    print(f"worst missing / complete: {res['missing_over_complete']:.2f}×; explanation {res['explanation_ms']:.0f} ms")
+    print("throughput: " + ", ".join(f"batch {b}: {v:.1f} cases/s" for b, v in res["throughput_cases_per_s"].items()))
+    if "app_start_to_first_prediction_s" in res:
+        print(f"app start to first prediction: {res['app_start_to_first_prediction_s']:.1f} s")
+    return 0
