@@ -20,8 +20,9 @@ $(STAMP): requirements.txt
 cohort: venv
 	$(BIN)/python -c "from core.data.cohort.generate import ensure_cohort; from core.paths import default_cohort_dir; ensure_cohort(default_cohort_dir())"
 
+# The review page asks for a shared reviewer code; `demo` unless RMD_REVIEWER_CODE is set.
 run: venv cohort
-	$(BIN)/streamlit run app.py --server.port $(PORT) --browser.gatherUsageStats false
+	RMD_REVIEWER_CODE=$${RMD_REVIEWER_CODE:-demo} $(BIN)/streamlit run app.py --server.port $(PORT) --browser.gatherUsageStats false
 
 # Debian's chromium for the real-browser test (never a downloaded browser).
 browser:
