@@ -44,22 +44,14 @@ def test_any_bytes_as_scan(data):
     _valid_or_ours(lambda d: read_scan(d, name="x"), data)
 
 
+@pytest.mark.parametrize("blob, name", [(CT, "x.dcm"), (PNG, "x.png")])
 @FUZZ
-@given(st.integers(0, len(CT) - 1), st.integers(0, 255), st.integers(200, len(CT)))
-def test_corrupted_dicom(pos, value, cut):
-    data = bytearray(CT[:cut])
-    if pos < len(data):
-        data[pos] = value
-    _valid_or_ours(lambda d: read_scan(d, name="x.dcm"), bytes(data))
-
-
-@FUZZ
-@given(st.integers(0, len(PNG) - 1), st.integers(0, 255), st.integers(8, len(PNG)))
-def test_corrupted_png(pos, value, cut):
-    data = bytearray(PNG[:cut])
-    if pos < len(data):
-        data[pos] = value
-    _valid_or_ours(lambda d: read_scan(d, name="x.png"), bytes(data))
+@given(data=st.data())
+def test_corrupted_and_truncated_files(blob, name, data):
+    cut = data.draw(st.integers(8, len(blob)))
+    corrupted = bytearray(blob[:cut])
+    corrupted[data.draw(st.integers(0, cut - 1))] = data.draw(st.integers(0, 255))
+    _valid_or_ours(lambda d: read_scan(d, name=name), bytes(corrupted))
 
 
 @FUZZ

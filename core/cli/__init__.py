@@ -12,6 +12,20 @@ from core.errors import RobustMDiffError
 COMMANDS = ("cohort", "train", "predict", "evaluate", "explain", "faithfulness", "bench")
 
 
+def add_case_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of every command that reads one case: checkpoint, the three inputs, what to switch off."""
+    p.add_argument("--checkpoint", help="checkpoint folder (default: the shipped checkpoints/default)")
+    p.add_argument("--image", help="scan: DICOM, NIfTI, MHA/NRRD, PNG or JPEG")
+    p.add_argument("--note", help="clinical note, a text file")
+    p.add_argument("--labs", help="lab table, CSV (wide, or long with name,value,unit)")
+    p.add_argument("--absent", default="", help="comma-separated modalities to switch off, e.g. labs,image")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+
+
+def absent_list(text: str) -> list[str]:
+    return [a.strip() for a in text.split(",") if a.strip()]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m core", description="RobustMDiff: multimodal diagnosis robust to "
                                      "missing data. Research software, not a medical device.")

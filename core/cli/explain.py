@@ -6,22 +6,19 @@ import argparse
 import json
 from pathlib import Path
 
+from core.cli import absent_list, add_case_arguments
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("explain", help="explain one case: heatmap, highlighted note, lab attributions",
                        description="Predict and explain one case. Writes <out>/heatmap_<modality>.png, "
                                    "<out>/report.html (self-contained) and <out>/explanation.json.")
-    p.add_argument("--checkpoint", help="checkpoint folder (default: checkpoints/default)")
-    p.add_argument("--image", help="scan: DICOM, NIfTI, MHA/NRRD, PNG or JPEG")
-    p.add_argument("--note", help="clinical note, a text file")
-    p.add_argument("--labs", help="lab table, CSV")
-    p.add_argument("--absent", default="", help="comma-separated modalities to switch off")
+    add_case_arguments(p)
     p.add_argument("--method", default="integrated_gradients",
                    choices=["integrated_gradients", "gradient_x_input", "shap", "random"], help="attribution method")
     p.add_argument("--image-method", choices=["integrated_gradients", "grad_cam", "gradient_x_input"],
                    help="override the image attribution method")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--device", help="cpu or cuda")
     p.set_defaults(run=run)
 
 
@@ -32,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
 
     predictor = Predictor.load(args.checkpoint, args.device)
     case = predictor.case(case_id="case", image=args.image, note=args.note, labs=args.labs)
-    absent = [a.strip() for a in args.absent.split(",") if a.strip()]
+    absent = absent_list(args.absent)
     exp = explain_case(predictor, case, absent, args.method, args.image_method)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -5,20 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 
+from core.cli import absent_list, add_case_arguments
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="predict one case (any subset of modalities)",
                        description="Predict the diagnosis of one case. Modalities not given (or named in --absent) "
                                    "are synthesized in latent space; their confidence is reported.")
-    p.add_argument("--checkpoint", help="checkpoint folder (default: the shipped checkpoints/default)")
-    p.add_argument("--image", help="scan: DICOM, NIfTI, MHA/NRRD, PNG or JPEG")
-    p.add_argument("--note", help="clinical note, a text file")
-    p.add_argument("--labs", help="lab table, CSV (wide, or long with name,value,unit)")
-    p.add_argument("--absent", default="", help="comma-separated modalities to switch off, e.g. labs,image")
+    add_case_arguments(p)
     p.add_argument("--samples", type=int, help="diffusion samples K (default from the checkpoint)")
     p.add_argument("--steps", type=int, help="DDIM steps (default from the checkpoint)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.set_defaults(run=run)
 
 
@@ -27,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
 
     predictor = Predictor.load(args.checkpoint, args.device)
     case = predictor.case(image=args.image, note=args.note, labs=args.labs)
-    absent = [a.strip() for a in args.absent.split(",") if a.strip()]
+    absent = absent_list(args.absent)
     result = predictor.predict(case, absent=absent, samples=args.samples, steps=args.steps)
     if args.json:
         print(json.dumps(result.to_dict(), indent=1))
