@@ -195,3 +195,34 @@ def test_predict_command_every_subset(default_cohort, given):
 def test_predict_command_without_input_fails_clearly():
     out = subprocess.run([sys.executable, "-m", "core", "predict"], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 2 and "no modality is present" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_two_image_modalities_with_the_vit_encoder(small_cohort, tmp_path):
+    """A spec with two image modalities and a lab table trains without code changes (ViT option)."""
+    import pandas as pd
+    import yaml
+
+    from core.model.config import Config, quick
+    from core.paths import CONFIGS
+    from core.training import train
+
+    m = pd.read_csv(small_cohort / "manifest.csv", keep_default_na=False)
+    m["image_path"] = [str(small_cohort / p) if p else "" for p in m.image_path]
+    m["lateral_path"] = m.image_path.where(m.index % 3 != 0, "")  # a second view, missing for a third of cases
+    m["labs_path"] = [str(small_cohort / p) if p else "" for p in m.labs_path]
+    m.to_csv(tmp_path / "manifest.csv", index=False)
+    spec = yaml.safe_load((small_cohort / "spec.yaml").read_text())
+    spec["modalities"] = [{"name": "frontal", "type": "image", "column": "image_path"},
+                          {"name": "lateral", "type": "image", "column": "lateral_path"},
+                          {"name": "labs", "type": "tabular", "column": "labs_path"}]
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    config = quick(Config.load(CONFIGS / "default.yaml")).override("model", image_encoder="vit")
+    meta = train(tmp_path, config, tmp_path / "ckpt", device="cpu", progress=False)
+    model, _ = load_checkpoint(tmp_path / "ckpt")
+    assert [type(model.encoders[n]).__name__ for n in ("frontal", "lateral", "labs")] == ["ViTEncoder", "ViTEncoder", "LabEncoder"]
+    assert "frontal+lateral" in meta["test_metrics"] and meta["test_metrics"]["natural"]["auroc"] > 0.5
+    predictor = Predictor.load(tmp_path / "ckpt")
+    case = predictor.case(frontal=small_cohort / m.image_path[1], labs=small_cohort / m.labs_path[1]) if m.labs_path[1] \
+        else predictor.case(frontal=small_cohort / m.image_path[1])
+    result = predictor.predict(case)
+    assert "lateral" in result.synthesized and "frontal" in result.present

@@ -1,0 +1,92 @@
+"""Evaluation: availability patterns, metrics against scikit-learn, and a quick run end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
+
+from core.evaluation.evaluate import evaluate
+from core.evaluation.metrics import classification_metrics, expected_calibration_error, macro_auroc
+from core.evaluation.patterns import availability_patterns, pattern_name, random_missing
+from core.evaluation.report import pattern_columns, significance
+
+
+def test_every_non_empty_subset_once():
+    for m in range(1, 6):
+        pats = availability_patterns(m)
+        assert len(pats) == 2 ** m - 1 == len(set(pats))
+        assert all(any(p) for p in pats) and pats[0] == (True,) * m
+    names = ["image", "note", "labs"]
+    assert pattern_columns(names) == ["image", "note", "labs", "image+note", "image+labs", "note+labs", "image+note+labs"]
+    assert pattern_name((True, False, True), names) == "image+labs"
+
+
+def test_random_missingness_rate_and_at_least_one_kept():
+    present = np.ones((20000, 3), bool)
+    drop = random_missing(present, 0.5, seed=0)
+    assert (present & ~drop).any(1).all()
+    assert 0.4 < drop.mean() < 0.5  # 0.5 minus the restored ones
+
+
+def test_metrics_match_scikit_learn():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 400)
+    logits = rng.normal(size=(400, 4)) + 1.5 * np.eye(4)[y]
+    proba = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    m = classification_metrics(y, proba)
+    pred = proba.argmax(1)
+    assert m["auroc"] == pytest.approx(roc_auc_score(y, proba, multi_class="ovr", average="macro"))
+    assert m["accuracy"] == pytest.approx(accuracy_score(y, pred))
+    assert m["f1"] == pytest.approx(f1_score(y, pred, average="macro"))
+    assert m["precision"] == pytest.approx(precision_score(y, pred, average="macro"))
+    assert m["recall"] == pytest.approx(recall_score(y, pred, average="macro")) == m["sensitivity"]
+    spec = np.mean([((pred != c) & (y != c)).sum() / (y != c).sum() for c in range(4)])
+    assert m["specificity"] == pytest.approx(spec)
+    rare = classification_metrics(y, proba, classes=[3])
+    assert rare["auroc"] == pytest.approx(roc_auc_score(y == 3, proba[:, 3]))
+    assert rare["recall"] == pytest.approx(((pred == 3) & (y == 3)).sum() / (y == 3).sum())
+    # a class without positives is left out rather than breaking the macro average
+    assert macro_auroc(y[y != 2], proba[y != 2]) == pytest.approx(
+        np.mean([roc_auc_score(y[y != 2] == c, proba[y != 2][:, c]) for c in (0, 1, 3)]))
+
+
+def test_ece_of_perfectly_calibrated_and_overconfident():
+    rng = np.random.default_rng(1)
+    conf = rng.uniform(0.5, 1.0, 100000)
+    correct = rng.random(100000) < conf
+    proba = np.stack([conf, 1 - conf], 1)
+    y = np.where(correct, 0, 1)
+    assert expected_calibration_error(y, proba) < 0.01
+    assert expected_calibration_error(np.ones_like(y), proba) > 0.5
+
+
+def test_wilcoxon_detects_a_consistent_gap():
+    rows = []
+    for seed in range(3):
+        for k, cond in enumerate(["a", "b", "a+b"]):
+            rows.append({"method": "robustmdiff", "seed": seed, "condition": cond, "group": "all", "auroc": 0.9 + 0.01 * k})
+            rows.append({"method": "worse", "seed": seed, "condition": cond, "group": "all", "auroc": 0.8 + 0.01 * k - 0.001 * seed})
+            rows.append({"method": "same", "seed": seed, "condition": cond, "group": "all", "auroc": 0.9 + 0.01 * k})
+    sig = significance(rows, ["a", "b"])
+    assert sig["worse"]["p_value"] < 0.05 and sig["worse"]["wins"] == 9
+    assert sig["same"]["p_value"] == 1.0
+
+
+def test_quick_evaluation_end_to_end(tmp_path):
+    result = evaluate(methods="early_zero,late_fusion", quick=True, out=tmp_path, progress=False)
+    for f in ("results.json", "results.csv", "table.md", "auroc_by_pattern.html", "retention.html", "reliability.html"):
+        assert (tmp_path / f).exists(), f
+    df = pd.read_csv(tmp_path / "results.csv")
+    assert set(df.method) == {"early_zero", "late_fusion", "robustmdiff"}
+    conditions = set(df.condition)
+    assert {"image", "note", "labs", "image+note+labs", "random_30", "random_50", "natural"} <= conditions
+    assert set(df.group) == {"all", "rare", "common"}
+    table = (tmp_path / "table.md").read_text()
+    assert "AVG AUROC" in table and "RobustMDiff" in table and "Wilcoxon" in table
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert set(saved["significance"]) == {"early_zero", "late_fusion"}
+    assert all(0 <= r["auroc"] <= 1 for r in saved["rows"] if r["auroc"] == r["auroc"])
