@@ -12,6 +12,13 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # parallel workers share the cores: one thread each avoids oversubscription (and its spin-waits),
+    # for this process and the subprocesses tests start
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
 
 from core.data.cohort.generate import ensure_cohort, generate_cohort  # noqa: E402
 from core.paths import CONFIGS, ROOT, data_dir, default_cohort_dir  # noqa: E402
