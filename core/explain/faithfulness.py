@@ -2,7 +2,7 @@
 
 - Against ground truth: share of positive heatmap mass inside the finding mask and the pointing game;
   precision of the top-k note words against the decisive evidence spans; recall of the top-k labs
-  against the signal labs. Each beside the expectation of a random attribution.
+  against the signal labs (k = the case's number of signal labs). Each beside the expectation of a random attribution.
 - By perturbation: deletion and insertion curves (area under p(target)) for image patches and note
   words in attribution order, against a random order.
 - Synthesis confidence: how it relates to the real error of the synthesized latent and to whether the
@@ -34,7 +34,9 @@ from core.inference import Predictor
 PATCH = 8
 FRACTIONS = np.linspace(0, 1, 11)
 TOP_WORDS = 5
-TOP_LABS = 3
+# "all": each modality's explanation within the full case (as the app shows it); "alone": the modality on
+# its own, the others switched off, so that its evidence is all the model has (deletion curves there).
+SETTINGS = ("all", "alone")
 
 
 def _auc(curve: np.ndarray) -> float:
@@ -119,6 +121,54 @@ def synthesis_calibration(predictor: Predictor, ds: Dataset, table: FeatureTable
     return out
 
 
+def _score_modality(graph: CaseGraph, predictor: Predictor, ds: Dataset, mname: str, kind: str, truth: dict, row: int,
+                    setting: str, image_methods, add) -> None:
+    """Ground-truth and perturbation scores of one modality's explanation, under keys '<setting>/<modality>/…'."""
+    p = f"{setting}/"
+    curves = setting == "alone"
+    if kind == "image" and truth.get("image_mask"):
+        mask = np.asarray(Image.open(ds.root / truth["image_mask"])) > 0
+        if mask.shape != (graph.image_pixels(mname).shape[-1],) * 2:
+            return
+        near = ndimage.binary_dilation(mask, iterations=2)
+        add(f"{p}image/random/mass_in_mask", mask.mean())
+        add(f"{p}image/random/pointing", near.mean())
+        for method in image_methods:
+            heat, _ = image_attribution(graph, mname, method)
+            pos = np.clip(heat, 0, None)
+            add(f"{p}image/{method}/mass_in_mask", pos[mask].sum() / max(pos.sum(), 1e-12))
+            add(f"{p}image/{method}/pointing", float(near.ravel()[np.argmax(ndimage.uniform_filter(heat, 3))]))
+            if method == "integrated_gradients" and curves:
+                for k, v in image_curves(graph, mname, heat, row).items():
+                    add(f"{p}image/{k}", v)
+    elif kind == "text":
+        words, _ = note_attribution(graph, mname)
+        spans = [(s["start"], s["end"]) for s in truth.get("note_spans", []) if s["decisive"]]
+        real = [w for w in words if any(ch.isalnum() for ch in w.word)]
+        if spans and real:
+            hit = np.array([any(a < e and s < b for s, e in spans) for a, b in ((w.start, w.end) for w in real)])
+            top = np.argsort([-w.score for w in real])[:TOP_WORDS]
+            add(f"{p}note/integrated_gradients/precision_at_5", hit[top].mean())
+            add(f"{p}note/random/precision_at_5", hit.mean())
+        if curves:
+            for k, v in note_curves(graph, mname, words, row).items():
+                add(f"{p}note/{k}", v)
+    elif kind == "tabular":
+        signal = set(truth.get("signal_labs", []))
+        _, measured = graph.lab_inputs(mname)
+        names = [lab.name for lab in predictor.spec.lab_features(mname)]
+        idx = np.flatnonzero(measured[0].cpu().numpy())
+        wanted = [j for j in idx if names[j] in signal]
+        if not wanted:
+            return
+        k = len(wanted)  # top-k with k = the number of signal labs (recall = precision = R-precision)
+        for method, scores in (("integrated_gradients", lab_ig(graph, mname, graph.target)[0]),
+                               ("shap", lab_shap(graph, mname, graph.target))):
+            top = idx[np.argsort(-np.abs(scores[idx]))[:k]]
+            add(f"{p}labs/{method}/recall_at_k", len(set(top) & set(wanted)) / k)
+        add(f"{p}labs/random/recall_at_k", k / len(idx))
+
+
 def faithfulness(predictor: Predictor, ds: Dataset, table: FeatureTable, n: int = 60, seed: int = 0,
                  image_methods=("integrated_gradients", "grad_cam", "gradient_x_input"), progress: bool = True) -> dict:
     t0 = time.perf_counter()
@@ -135,48 +185,12 @@ def faithfulness(predictor: Predictor, ds: Dataset, table: FeatureTable, n: int 
     for row in tqdm(chosen, desc="faithfulness", unit="case", disable=not progress):
         case = ds.load(int(row))
         truth = json.loads((ds.root / ds.manifest.at[int(row), "truth_path"]).read_text())
-        graph = CaseGraph(predictor, case, seed=seed)
-        for mname, kind in predictor.modalities:
-            if kind == "image" and truth.get("image_mask"):
-                mask = np.asarray(Image.open(ds.root / truth["image_mask"])) > 0
-                if mask.shape != (graph.image_pixels(mname).shape[-1],) * 2:
-                    continue
-                near = ndimage.binary_dilation(mask, iterations=2)
-                add("image/random/mass_in_mask", mask.mean())
-                add("image/random/pointing", near.mean())
-                for method in image_methods:
-                    heat, _ = image_attribution(graph, mname, method)
-                    pos = np.clip(heat, 0, None)
-                    add(f"image/{method}/mass_in_mask", pos[mask].sum() / max(pos.sum(), 1e-12))
-                    add(f"image/{method}/pointing", float(near.ravel()[np.argmax(ndimage.uniform_filter(heat, 3))]))
-                    if method == "integrated_gradients":
-                        for k, v in image_curves(graph, mname, heat, int(row)).items():
-                            add(f"image/{k}", v)
-            elif kind == "text":
-                words, _ = note_attribution(graph, mname)
-                spans = [(s["start"], s["end"]) for s in truth.get("note_spans", []) if s["decisive"]]
-                real = [w for w in words if any(ch.isalnum() for ch in w.word)]
-                if spans and real:
-                    hit = np.array([any(a < e and s < b for s, e in spans) for a, b in ((w.start, w.end) for w in real)])
-                    top = np.argsort([-w.score for w in real])[:TOP_WORDS]
-                    add("note/integrated_gradients/precision_at_5", hit[top].mean())
-                    add("note/random/precision_at_5", hit.mean())
-                for k, v in note_curves(graph, mname, words, int(row)).items():
-                    add(f"note/{k}", v)
-            elif kind == "tabular":
-                signal = set(truth.get("signal_labs", []))
-                z, measured = graph.lab_inputs(mname)
-                names = [lab.name for lab in predictor.spec.lab_features(mname)]
-                idx = np.flatnonzero(measured[0].cpu().numpy())
-                wanted = [j for j in idx if names[j] in signal]
-                if not wanted:
-                    continue
-                k = min(TOP_LABS, len(idx))
-                for method, scores in (("integrated_gradients", lab_ig(graph, mname, graph.target)[0]),
-                                       ("shap", lab_shap(graph, mname, graph.target))):
-                    top = idx[np.argsort(-np.abs(scores[idx]))[:k]]
-                    add(f"labs/{method}/recall_at_3", len(set(top) & set(wanted)) / len(wanted))
-                add("labs/random/recall_at_3", k / len(idx))
+        full = CaseGraph(predictor, case, seed=seed)
+        for setting in SETTINGS:
+            for mname, kind in predictor.modalities:
+                others = [n for n, _ in predictor.modalities if n != mname]
+                graph = full if setting == "all" else CaseGraph(predictor, case, absent=others, seed=seed)
+                _score_modality(graph, predictor, ds, mname, kind, truth, int(row), setting, image_methods, add)
     summary = {k: {"mean": float(np.mean(v)), "n": len(v)} for k, v in sorted(acc.items())}
     return {"cases": int(len(chosen)), "seconds": time.perf_counter() - t0, "metrics": summary,
             "synthesis_confidence": synthesis_calibration(predictor, ds, table, complete, seed)}
