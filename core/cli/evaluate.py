@@ -14,7 +14,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="data set folder (default: the embedded cohort)")
     p.add_argument("--methods", default="all", help="'all' or a comma-separated list, e.g. early_zero,late_fusion")
     p.add_argument("--seeds", type=int, help="training seeds per method (default 3, or 1 with --quick)")
-    p.add_argument("--out", help="output folder (default runs/eval-<time>)")
+    p.add_argument("--out", help="output folder (default runs/eval-<time>); rerunning with the same --out resumes "
+                   "from the models already finished there")
     p.add_argument("--quick", action="store_true", help="fewer epochs, 600-case cohort, one seed: a few minutes")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.set_defaults(run=run)

@@ -64,11 +64,11 @@ def evaluate(checkpoint: str | Path | None = None, data: str | Path | None = Non
             on_step(step[0], total, name)
         step[0] += 1
 
-    rows, reliability = run(setup, chosen, seed_list, on)
-    bar.update()
-    bar.close()
     out = Path(out) if out else ROOT / "runs" / f"eval-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
+    rows, reliability = run(setup, chosen, seed_list, on, parts=out / "parts")
+    bar.update()
+    bar.close()
     names = setup.names
     result = {
         "data": str(data), "data_fingerprint": ds.fingerprint(), "n_test": int(len(ds.indices("test"))),

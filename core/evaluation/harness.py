@@ -4,8 +4,10 @@ pattern, under random missingness at 30 % and 50 %, and as the data come (natura
 from __future__ import annotations
 
 import copy
+import json
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
@@ -78,22 +80,38 @@ def score(model: RobustMDiff, setup: Setup, table: FeatureTable, method: str, se
     return rows, natural
 
 
-def run(setup: Setup, methods: list[Method], seeds: list[int],
-        on_step: Callable[[str], None] | None = None) -> tuple[list[dict], dict]:
-    """Train and score every (method, seed); returns metric rows and natural probabilities per method (first seed)."""
+def run(setup: Setup, methods: list[Method], seeds: list[int], on_step: Callable[[str], None] | None = None,
+        parts: Path | None = None) -> tuple[list[dict], dict]:
+    """Train and score every (method, seed); returns metric rows and natural probabilities per method (first seed).
+
+    With `parts`, each finished (method, seed) is saved there and reused by a rerun on the same data and
+    configuration, so that an interrupted multi-hour evaluation resumes where it stopped."""
     rows: list[dict] = []
     reliability: dict[str, dict] = {}
+    stamp = {"data": setup.ds.fingerprint(), "config": setup.config.to_dict()}
     for seed in seeds:
         for m in methods:
             if on_step:
                 on_step(f"{m.name} (seed {seed})")
-            table = restricted(setup.table, m.only) if m.only else setup.table
-            model = setup.reuse.get((m.name, seed))
-            if model is None:
-                config = m.change(setup.config).override("training", seed=seed)
-                model = train_model(setup.ds, table, config, setup.device, progress=False).model
-            r, natural = score(model, setup, table, m.name, seed)
+            part = parts / f"{m.name}-seed{seed}.json" if parts else None
+            saved = json.loads(part.read_text()) if part and part.exists() else None
+            if saved and saved["stamp"] == json.loads(json.dumps(stamp)):
+                r, natural = saved["rows"], saved["natural"]
+            else:
+                r, natural = train_and_score(setup, m, seed)
+                if part:
+                    part.parent.mkdir(parents=True, exist_ok=True)
+                    part.write_text(json.dumps({"stamp": stamp, "rows": r, "natural": natural}, default=float))
             rows += r
             if seed == seeds[0]:
                 reliability[m.name] = natural
     return rows, reliability
+
+
+def train_and_score(setup: Setup, m: Method, seed: int) -> tuple[list[dict], dict]:
+    table = restricted(setup.table, m.only) if m.only else setup.table
+    model = setup.reuse.get((m.name, seed))
+    if model is None:
+        config = m.change(setup.config).override("training", seed=seed)
+        model = train_model(setup.ds, table, config, setup.device, progress=False).model
+    return score(model, setup, table, m.name, seed)

@@ -22,7 +22,7 @@ def summary(rows: list[dict]) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     metrics = [c for c in df.columns if c not in ("method", "seed", "condition", "group", "n")]
     g = df.groupby(["method", "condition", "group"], sort=False)[metrics]
-    return g.mean().join(g.std(ddof=0), rsuffix="_std").reset_index()
+    return g.mean().join(g.std(ddof=0).add_suffix("_std")).reset_index()
 
 
 def averages(rows: list[dict], names: list[str], metric: str = "auroc", group: str = "all") -> pd.DataFrame:
