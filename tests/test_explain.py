@@ -17,7 +17,7 @@ from core.explain.faithfulness import faithfulness
 from core.explain.graph import CaseGraph
 from core.explain.render import report_html
 from core.explain.text import merge_tokens, note_attribution, words_of
-from core.model.backbones import tokenizer
+from core.model.backbones import TextBackbone, chunk_note, tokenizer
 from core.paths import ROOT
 
 
@@ -70,6 +70,19 @@ def test_long_note_beyond_the_token_limit_is_explained_whole(predictor, complete
     assert sum(int(m.sum()) for m in g.note_chunks("note").attention_mask) > 1000  # far beyond 512 tokens
     words, _ = note_attribution(g, "note", steps=4)
     assert words[-2].word == "149" and words[-2].score != 0.0
+
+
+def test_packed_note_pooling_equals_the_padded_batch(predictor, complete_case):
+    """Attribution packs a note's chunks into few rows; the chunk vectors must be those the model was trained on."""
+    backbone = TextBackbone()
+    for text in (complete_case.inputs["note"], "Denies fever.", (complete_case.inputs["note"] + "\n") * 10):
+        chunks = chunk_note(text)
+        with torch.no_grad():
+            padded = backbone(chunks.input_ids, chunks.attention_mask)
+            emb = backbone.word_embeddings(chunks.input_ids)[None].repeat(2, 1, 1, 1)
+            packed = backbone.pooled_from_embeddings(emb, chunks.attention_mask, row_tokens=128)
+        assert packed.shape == (2, *padded.shape)
+        torch.testing.assert_close(packed[1], padded, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("method", ["integrated_gradients", "gradient_x_input", "shap", "random"])

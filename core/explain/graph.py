@@ -129,12 +129,8 @@ class CaseGraph:
 
     def probs_from_note(self, name: str, chunks: NoteChunks, embeds: torch.Tensor) -> torch.Tensor:
         """embeds (B, n, L, 384) → probabilities (B, C)."""
-        b, n, length, dim = embeds.shape
-        mask = chunks.attention_mask.to(self.device).repeat(b, 1)
-        out = TextBackbone().model(inputs_embeds=embeds.reshape(b * n, length, dim), attention_mask=mask).last_hidden_state
-        m = mask.unsqueeze(-1).to(out.dtype)
-        pooled = ((out * m).sum(1) / m.sum(1).clamp(min=1)).reshape(b, n, -1)
-        valid = torch.ones(b, n, dtype=torch.bool, device=self.device)
+        pooled = TextBackbone().pooled_from_embeddings(embeds, chunks.attention_mask.to(self.device))
+        valid = torch.ones(pooled.shape[:2], dtype=torch.bool, device=self.device)
         return self.probs_from({self.index(name): self.model.encoders[name](pooled, valid)})
 
     def lab_inputs(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
