@@ -18,6 +18,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "from the models already finished there")
     p.add_argument("--quick", action="store_true", help="fewer epochs, 600-case cohort, one seed: a few minutes")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--jobs", type=int, default=1, help="models trained at once in worker processes, one CPU thread "
+                   "each (CPU only; e.g. the number of cores)")
     p.set_defaults(run=run)
 
 
@@ -25,7 +27,8 @@ def run(args: argparse.Namespace) -> int:
     from core.evaluation.evaluate import evaluate
 
     try:
-        result = evaluate(args.checkpoint, args.data, args.methods, args.seeds, args.out, args.quick, args.device)
+        result = evaluate(args.checkpoint, args.data, args.methods, args.seeds, args.out, args.quick, args.device,
+                          jobs=args.jobs)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
     print(f"results in {result['out']} ({result['seconds'] / 60:.1f} min)")

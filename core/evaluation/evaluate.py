@@ -33,22 +33,15 @@ def machine() -> dict[str, str]:
 
 def evaluate(checkpoint: str | Path | None = None, data: str | Path | None = None, methods: str = "all",
              seeds: int | None = None, out: str | Path | None = None, quick: bool = False, device: str | None = None,
-             progress: bool = True, on_step: Callable[[int, int, str], None] | None = None) -> dict:
+             progress: bool = True, on_step: Callable[[int, int, str], None] | None = None, jobs: int = 1) -> dict:
+    """`jobs` > 1 trains that many models at once in worker processes (CPU only; one torch thread each)."""
     t0 = time.perf_counter()
     dev = pick_device(device)
-    ckpt = Path(checkpoint) if checkpoint else DEFAULT_CHECKPOINT
-    meta = read_meta(ckpt) if (ckpt / "meta.json").exists() else None
-    config = Config.from_dict(meta["config"]) if meta else Config.load(CONFIGS / "default.yaml")
-    if quick:
-        config = quick_config(config)
     data = Path(data) if data else quick_cohort() if quick else ensure_cohort(default_cohort_dir())
+    setup = make_setup(checkpoint, data, quick, str(dev), progress)
+    ds, table, config = setup.ds, setup.table, setup.config
     n_seeds = seeds or (1 if quick else 3)
-    ds = Dataset.open(data)
-    table = dataset_features(ds, config.model, dev, progress=progress)
-    setup = Setup(ds, table, config, dev)
     base_seed = config.training.seed
-    if meta and not quick and meta.get("data_fingerprint") == ds.fingerprint():
-        setup.reuse[("robustmdiff", base_seed)] = load_checkpoint(ckpt, dev)[0]  # the shipped model is seed 0 itself
     chosen = select(methods_for(setup.names), methods)
     labels = {m.name: m.label for m in chosen}
     seed_list = [base_seed + i for i in range(n_seeds)]
@@ -66,7 +59,9 @@ def evaluate(checkpoint: str | Path | None = None, data: str | Path | None = Non
 
     out = Path(out) if out else ROOT / "runs" / f"eval-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
-    rows, reliability = run(setup, chosen, seed_list, on, parts=out / "parts")
+    rows, reliability = run(setup, chosen, seed_list, on, parts=out / "parts",
+                            jobs=jobs if dev.type == "cpu" else 1,
+                            worker_args=(checkpoint and str(checkpoint), str(data), quick, str(dev)))
     bar.update()
     bar.close()
     names = setup.names
@@ -88,6 +83,21 @@ def evaluate(checkpoint: str | Path | None = None, data: str | Path | None = Non
     result["figures"] = [str(p) for p in figures.write_figures(figs, out)]
     result["out"] = str(out)
     return result
+
+
+def make_setup(checkpoint: str | None, data: Path, quick: bool, device: str, progress: bool = False) -> Setup:
+    """What every model of the evaluation shares: data, cached encoder features, base configuration."""
+    dev = torch.device(device)
+    ckpt = Path(checkpoint) if checkpoint else DEFAULT_CHECKPOINT
+    meta = read_meta(ckpt) if (ckpt / "meta.json").exists() else None
+    config = Config.from_dict(meta["config"]) if meta else Config.load(CONFIGS / "default.yaml")
+    if quick:
+        config = quick_config(config)
+    ds = Dataset.open(Path(data))
+    setup = Setup(ds, dataset_features(ds, config.model, dev, progress=progress), config, dev)
+    if meta and not quick and meta.get("data_fingerprint") == ds.fingerprint():
+        setup.reuse[("robustmdiff", config.training.seed)] = load_checkpoint(ckpt, dev)[0]  # the shipped model is seed 0
+    return setup
 
 
 def markdown(result: dict) -> str:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -14,7 +16,7 @@ import numpy as np
 import torch
 
 from core.data.dataset import Dataset
-from core.evaluation.methods import Method
+from core.evaluation.methods import Method, methods_for
 from core.evaluation.metrics import classification_metrics
 from core.evaluation.patterns import availability_patterns, pattern_name, random_missing
 from core.features import FeatureTable
@@ -81,27 +83,56 @@ def score(model: RobustMDiff, setup: Setup, table: FeatureTable, method: str, se
 
 
 def run(setup: Setup, methods: list[Method], seeds: list[int], on_step: Callable[[str], None] | None = None,
-        parts: Path | None = None) -> tuple[list[dict], dict]:
+        parts: Path | None = None, jobs: int = 1, worker_args: tuple | None = None) -> tuple[list[dict], dict]:
     """Train and score every (method, seed); returns metric rows and natural probabilities per method (first seed).
 
     With `parts`, each finished (method, seed) is saved there and reused by a rerun on the same data and
-    configuration, so that an interrupted multi-hour evaluation resumes where it stopped."""
-    rows: list[dict] = []
-    reliability: dict[str, dict] = {}
-    stamp = {"data": setup.ds.fingerprint(), "config": setup.config.to_dict()}
+    configuration, so that an interrupted multi-hour evaluation resumes where it stopped. With `jobs` > 1,
+    models train in that many worker processes, each rebuilding the setup from `worker_args` (the
+    arguments of `core.evaluation.evaluate.make_setup`): small models use one CPU core poorly, so
+    two single-threaded trainings on two cores finish well before two two-threaded ones in turn."""
+    stamp = json.loads(json.dumps({"data": setup.ds.fingerprint(), "config": setup.config.to_dict()}))
+    done: dict[tuple[str, int], tuple[list[dict], dict]] = {}
+    todo: list[tuple[Method, int]] = []
     for seed in seeds:
         for m in methods:
-            if on_step:
-                on_step(f"{m.name} (seed {seed})")
             part = parts / f"{m.name}-seed{seed}.json" if parts else None
             saved = json.loads(part.read_text()) if part and part.exists() else None
-            if saved and saved["stamp"] == json.loads(json.dumps(stamp)):
-                r, natural = saved["rows"], saved["natural"]
+            if saved and saved["stamp"] == stamp:
+                done[(m.name, seed)] = saved["rows"], saved["natural"]
             else:
-                r, natural = train_and_score(setup, m, seed)
-                if part:
-                    part.parent.mkdir(parents=True, exist_ok=True)
-                    part.write_text(json.dumps({"stamp": stamp, "rows": r, "natural": natural}, default=float))
+                todo.append((m, seed))
+
+    def finish(m: Method, seed: int, result: tuple[list[dict], dict]) -> None:
+        done[(m.name, seed)] = result
+        if parts:
+            parts.mkdir(parents=True, exist_ok=True)
+            (parts / f"{m.name}-seed{seed}.json").write_text(
+                json.dumps({"stamp": stamp, "rows": result[0], "natural": result[1]}, default=float))
+
+    for key in list(done):
+        if on_step:
+            on_step(f"{key[0]} (seed {key[1]}, saved)")
+    if jobs > 1 and len(todo) > 1:
+        ctx = multiprocessing.get_context("spawn")  # no fork: torch's thread pools do not survive it
+        with ProcessPoolExecutor(min(jobs, len(todo)), mp_context=ctx, initializer=_init_worker,
+                                 initargs=(worker_args,)) as pool:
+            futures = {pool.submit(_work, m.name, seed): (m, seed) for m, seed in todo}
+            for future in as_completed(futures):
+                m, seed = futures[future]
+                if on_step:
+                    on_step(f"{m.name} (seed {seed})")
+                finish(m, seed, future.result())
+    else:
+        for m, seed in todo:
+            if on_step:
+                on_step(f"{m.name} (seed {seed})")
+            finish(m, seed, train_and_score(setup, m, seed))
+    rows: list[dict] = []
+    reliability: dict[str, dict] = {}
+    for seed in seeds:  # table order, however the models finished
+        for m in methods:
+            r, natural = done[(m.name, seed)]
             rows += r
             if seed == seeds[0]:
                 reliability[m.name] = natural
@@ -115,3 +146,20 @@ def train_and_score(setup: Setup, m: Method, seed: int) -> tuple[list[dict], dic
         config = m.change(setup.config).override("training", seed=seed)
         model = train_model(setup.ds, table, config, setup.device, progress=False).model
     return score(model, setup, table, m.name, seed)
+
+
+_worker_setup: Setup | None = None
+
+
+def _init_worker(worker_args: tuple) -> None:
+    global _worker_setup
+    from core.evaluation.evaluate import make_setup
+
+    torch.set_num_threads(1)
+    _worker_setup = make_setup(*worker_args)
+
+
+def _work(method: str, seed: int) -> tuple[list[dict], dict]:
+    assert _worker_setup is not None
+    m = next(m for m in methods_for(_worker_setup.names) if m.name == method)
+    return train_and_score(_worker_setup, m, seed)
