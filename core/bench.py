@@ -4,7 +4,9 @@
 - the same with a MUST-style sampler (50 DDIM steps × 5 samples, drawn one after another) for
   comparison, and both samplers' AUROC on the test split, so speed is compared at equal accuracy;
 - latency of a full explanation; batch throughput at batch 1, 8 and 32; peak memory; model load time;
-  the time from a fresh app process to its first prediction.
+  the time from a fresh app process to its first prediction;
+- optionally (`ig_steps`) how Integrated Gradients' completeness error and time fall with the number of
+  integration steps, which is how the explanation's step counts were chosen.
 """
 
 from __future__ import annotations
@@ -77,7 +79,37 @@ def app_first_prediction_seconds() -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def bench(checkpoint=None, device=None, repeats: int = 10, accuracy: bool = True, app: bool = True) -> dict:
+def ig_step_sweep(predictor: Predictor, cases: list, image_steps=(8, 16, 32, 64), text_steps=(4, 8, 16, 32)) -> dict:
+    """Per modality and step count: median relative completeness error |Σattr − Δf| / |Σattr| (Δf: the change
+    of log p(target) from the baseline to the input) and median milliseconds, over complete cases."""
+    from core.explain.graph import CaseGraph
+    from core.explain.image import image_attribution
+    from core.explain.text import note_attribution
+
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for name, kind in predictor.modalities:
+        if kind not in ("image", "text"):
+            continue
+        for steps in image_steps if kind == "image" else text_steps:
+            errors, times = [], []
+            for case in cases:
+                graph = CaseGraph(predictor, case)
+                t = time.perf_counter()
+                if kind == "image":
+                    heat, delta = image_attribution(graph, name, "integrated_gradients", steps)
+                    total = float(heat.sum())
+                else:
+                    words, delta = note_attribution(graph, name, "integrated_gradients", steps)
+                    total = sum(w.score for w in words)
+                times.append((time.perf_counter() - t) * 1000)
+                errors.append(delta / max(abs(total), 1e-6))
+            out.setdefault(name, {})[str(steps)] = {"relative_completeness_error": float(median(errors)),
+                                                    "ms": float(median(times))}
+    return out
+
+
+def bench(checkpoint=None, device=None, repeats: int = 10, accuracy: bool = True, app: bool = True,
+          ig_steps: bool = False) -> dict:
     from core.data.cohort.generate import ensure_cohort
     from core.explain.explanation import explain_case
     from core.paths import default_cohort_dir
@@ -111,6 +143,9 @@ def bench(checkpoint=None, device=None, repeats: int = 10, accuracy: bool = True
     cases = [ds.load(int(i)) for i in ds.indices("test")[:32]]
     res["throughput_cases_per_s"] = {str(b): b / (timed(lambda: predictor.predict_many(cases[:b]), max(3, repeats // 3)) / 1000)
                                      for b in (1, 8, 32)}
+    if ig_steps:
+        complete = [c for c in cases if all(c.inputs.get(n) is not None for n in names)][:5]
+        res["ig_steps"] = ig_step_sweep(predictor, complete)
     if accuracy:
         res["sampler_auroc"] = sampler_auroc(predictor, ds, dataset_features(ds, predictor.model.config.model,
                                                                              predictor.device, progress=False))

@@ -16,6 +16,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=10, help="timed runs per measurement (default 10)")
     p.add_argument("--no-accuracy", action="store_true", help="skip the samplers' AUROC on the test split")
     p.add_argument("--no-app", action="store_true", help="skip the app start-up measurement")
+    p.add_argument("--ig-steps", action="store_true", help="also sweep Integrated Gradients' step count (completeness "
+                   "error and time per modality; how the explanation's steps were chosen)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--device", help="cpu or cuda")
     p.set_defaults(run=run)
@@ -24,7 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from core.bench import bench
 
-    res = bench(args.checkpoint, args.device, args.repeats, not args.no_accuracy, not args.no_app)
+    res = bench(args.checkpoint, args.device, args.repeats, not args.no_accuracy, not args.no_app, args.ig_steps)
     if args.json:
         print(json.dumps(res, indent=1))
         return 0
@@ -34,6 +36,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {k:<18} {v:8.1f} ms" + (f"   MUST-style {must:8.1f} ms ({must / v:.1f}× slower)" if must else ""))
     print(f"worst missing / complete: {res['missing_over_complete']:.2f}×; explanation {res['explanation_ms']:.0f} ms")
     print("throughput: " + ", ".join(f"batch {b}: {v:.1f} cases/s" for b, v in res["throughput_cases_per_s"].items()))
+    for name, sweep in res.get("ig_steps", {}).items():
+        print(f"IG steps, {name}: " + ", ".join(f"{k}: {v['relative_completeness_error']:.3f} in {v['ms']:.0f} ms"
+                                              for k, v in sweep.items()))
     if "app_start_to_first_prediction_s" in res:
         print(f"app start to first prediction: {res['app_start_to_first_prediction_s']:.1f} s")
     return 0
