@@ -108,7 +108,8 @@ def markdown(result: dict) -> str:
              "", f"Test split: {result['n_test_complete']} cases with all modalities, the others switched off per "
              f"pattern; mean ± std over seeds {result['seeds']}. AVG: mean over the patterns. p: Wilcoxon "
              "signed-rank test of RobustMDiff against the method, paired over patterns × seeds (* p < 0.05).", "",
-             report.main_table(rows, names, labels), "", "## Retention (share of the all-modalities AUROC kept)", "",
+             report.main_table(rows, names, labels), "",
+             "## Retention (share of the all-modalities AUROC kept; first column: that AUROC)", "",
              ret.to_markdown(index=False, floatfmt=".3f"), "", "## Rare vs common classes (natural missingness)", "",
              report.rare_table(rows, labels).to_markdown(index=False, floatfmt=".3f"), "", "## Targets", "",
              pd.DataFrame(result["targets"]).to_markdown(index=False)]
