@@ -21,6 +21,8 @@ def test_bench_json(default_cohort):
     assert all(v > 0 for v in res["latency_ms"].values())
     # 250 denoiser calls one after another cannot be as fast as 10 batched ones
     assert all(v > 1 for v in res["speedup_over_must_style"].values())
+    assert set(res["synthesis_and_classification_ms"]) == set(res["must_style_latency_ms"])
+    assert all(v["speedup"] > 1 for v in res["synthesis_and_classification_ms"].values())
     assert res["missing_over_complete"] > 0 and res["explanation_ms"] > 0
     assert set(res["throughput_cases_per_s"]) == {"1", "8", "32"}
 

@@ -87,6 +87,8 @@ def test_quick_evaluation_end_to_end(tmp_path):
     assert set(df.group) == {"all", "rare", "common"}
     table = (tmp_path / "table.md").read_text()
     assert "AVG AUROC" in table and "RobustMDiff" in table and "Wilcoxon" in table
+    main = table.split("## Retention")[0]
+    assert main.count("**") >= 2 * 16  # the best of each of the 7 × 2 + 2 columns in bold
     saved = json.loads((tmp_path / "results.json").read_text())
     assert set(saved["significance"]) == {"early_zero", "late_fusion"}
     assert all(0 <= r["auroc"] <= 1 for r in saved["rows"] if r["auroc"] == r["auroc"])

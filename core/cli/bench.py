@@ -34,6 +34,9 @@ def run(args: argparse.Namespace) -> int:
     for k, v in res["latency_ms"].items():
         must = res["must_style_latency_ms"].get(k)
         print(f"  {k:<18} {v:8.1f} ms" + (f"   MUST-style {must:8.1f} ms ({must / v:.1f}× slower)" if must else ""))
+    for k, v in res["synthesis_and_classification_ms"].items():
+        print(f"  sampler only, {k:<12} ours {v['ours_ms']:6.1f} ms, MUST-style {v['must_style_ms']:7.1f} ms "
+              f"({v['speedup']:.1f}× faster)")
     print(f"worst missing / complete: {res['missing_over_complete']:.2f}×; explanation {res['explanation_ms']:.0f} ms")
     print("throughput: " + ", ".join(f"batch {b}: {v:.1f} cases/s" for b, v in res["throughput_cases_per_s"].items()))
     for name, sweep in res.get("ig_steps", {}).items():

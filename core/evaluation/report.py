@@ -56,13 +56,20 @@ def _cell(mean: float, std: float) -> str:
 
 def main_table(rows: list[dict], names: list[str], labels: dict[str, str], metric: str = "auroc") -> str:
     """Methods as rows, availability patterns as columns (ACC and the metric), AVG last (CMML Table 2).
-    A * after the method marks a significant difference from RobustMDiff (Wilcoxon, p < 0.05)."""
+    The best mean of each column is in bold; a * after the method marks a significant difference from
+    RobustMDiff (Wilcoxon, p < 0.05)."""
     s = summary(rows)
     s = s[s.group == "all"]
     cols = pattern_columns(names)
     sig = significance(rows, names, metric)
     avg_m = averages(rows, names, metric).groupby("method")[metric].agg(["mean", "std"])
     avg_a = averages(rows, names, "accuracy").groupby("method")["accuracy"].agg(["mean", "std"])
+    best = s.groupby("condition")[["accuracy", metric]].max()
+
+    def cell(mean: float, std: float, top: float) -> str:
+        text = _cell(mean, std)
+        return f"**{text}**" if np.isclose(mean, top) else text
+
     head = "| Method | " + " | ".join(f"{c} ACC | {c} {metric.upper()}" for c in cols) + f" | AVG ACC | AVG {metric.upper()} | p |"
     lines = [head, "|" + "---|" * (2 * len(cols) + 4)]
     for method in s.method.unique():
@@ -71,11 +78,12 @@ def main_table(rows: list[dict], names: list[str], labels: dict[str, str], metri
         cells = []
         for c in cols:
             r = sub.loc[c]
-            cells += [_cell(r["accuracy"], r["accuracy_std"]), _cell(r[metric], r[f"{metric}_std"])]
+            cells += [cell(r["accuracy"], r["accuracy_std"], best.at[c, "accuracy"]),
+                      cell(r[metric], r[f"{metric}_std"], best.at[c, metric])]
         p = f"{sig[method]['p_value']:.3g}" if method in sig else "ref."
         lines.append(f"| {labels.get(method, method)}{star} | " + " | ".join(cells)
-                     + f" | {_cell(avg_a.loc[method, 'mean'], avg_a.loc[method, 'std'])}"
-                     + f" | **{_cell(avg_m.loc[method, 'mean'], avg_m.loc[method, 'std'])}** | {p} |")
+                     + f" | {cell(avg_a.loc[method, 'mean'], avg_a.loc[method, 'std'], avg_a['mean'].max())}"
+                     + f" | {cell(avg_m.loc[method, 'mean'], avg_m.loc[method, 'std'], avg_m['mean'].max())} | {p} |")
     return "\n".join(lines)
 
 

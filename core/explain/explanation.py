@@ -30,7 +30,7 @@ METHODS = ("integrated_gradients", "gradient_x_input", "shap", "random")
 SHAP_PATCH = 16  # image SHAP features: patches of 16×16 model pixels
 # Integration steps, chosen by measurement (BENCHMARKS.md): enough for IG's completeness error to be
 # small, few enough for a full explanation in about 2 s on a 2-core CPU.
-IMAGE_STEPS = 32
+IMAGE_STEPS = 64
 TEXT_STEPS = 16
 
 

@@ -14,6 +14,7 @@ from core.explain.graph import CaseGraph
 from core.model.backbones import ImageBackbone
 
 IMAGE_METHODS = ("integrated_gradients", "grad_cam", "gradient_x_input")
+BATCH = 16  # IG path points per forward/backward pass: larger batches slow down on a 2-core CPU (cache)
 
 
 def image_attribution(graph: CaseGraph, name: str, method: str = "integrated_gradients", steps: int = 32,
@@ -28,7 +29,7 @@ def image_attribution(graph: CaseGraph, name: str, method: str = "integrated_gra
     if method == "integrated_gradients":
         ig = IntegratedGradients(f)
         attr, delta = ig.attribute(pixels, baselines=blurred(pixels), n_steps=steps,
-                                   method="gausslegendre", internal_batch_size=steps, return_convergence_delta=True)
+                                   method="gausslegendre", internal_batch_size=min(steps, BATCH), return_convergence_delta=True)
         return attr[0, 0].detach().cpu().numpy(), float(delta.abs().max())
     if method == "gradient_x_input":
         attr = InputXGradient(f).attribute(pixels.clone().requires_grad_(True))
