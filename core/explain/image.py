@@ -17,7 +17,7 @@ IMAGE_METHODS = ("integrated_gradients", "grad_cam", "gradient_x_input")
 BATCH = 16  # IG path points per forward/backward pass: larger batches slow down on a 2-core CPU (cache)
 
 
-def image_attribution(graph: CaseGraph, name: str, method: str = "integrated_gradients", steps: int = 32,
+def image_attribution(graph: CaseGraph, name: str, method: str = "integrated_gradients", steps: int = 64,
                       target: int | None = None) -> tuple[np.ndarray, float]:
     """(S, S) signed attribution for the target class and the IG completeness error (0 for other methods)."""
     target = graph.target if target is None else target
