@@ -148,7 +148,8 @@ def bench(checkpoint=None, device=None, repeats: int = 10, accuracy: bool = True
     res["explanation_ms"] = timed(lambda: explain_case(predictor, case), max(3, repeats // 3), warmup=1)
     present = ds.presence()
     cases = [ds.load(int(i)) for i in ds.indices("test") if present[i].all()][:32]  # comparable across batch sizes
-    res["throughput_cases_per_s"] = {str(b): b / (timed(lambda: predictor.predict_many(cases[:b]), max(3, repeats // 3)) / 1000)
+    res["throughput_cases_per_s"] = {str(b): len(cases[:b]) / (timed(lambda: predictor.predict_many(cases[:b]),
+                                                                      max(3, repeats // 3)) / 1000)
                                      for b in (1, 8, 32)}
     if ig_steps:
         res["ig_steps"] = ig_step_sweep(predictor, cases[:5])

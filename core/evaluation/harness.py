@@ -7,6 +7,7 @@ import copy
 import json
 import logging
 import multiprocessing
+import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,9 +97,8 @@ def run(setup: Setup, methods: list[Method], seeds: list[int], on_step: Callable
     todo: list[tuple[Method, int]] = []
     for seed in seeds:
         for m in methods:
-            part = parts / f"{m.name}-seed{seed}.json" if parts else None
-            saved = json.loads(part.read_text()) if part and part.exists() else None
-            if saved and saved["stamp"] == stamp:
+            saved = _read_part(parts / f"{m.name}-seed{seed}.json") if parts else None
+            if saved and saved.get("stamp") == stamp:
                 done[(m.name, seed)] = saved["rows"], saved["natural"]
             else:
                 todo.append((m, seed))
@@ -107,22 +107,32 @@ def run(setup: Setup, methods: list[Method], seeds: list[int], on_step: Callable
         done[(m.name, seed)] = result
         if parts:
             parts.mkdir(parents=True, exist_ok=True)
-            (parts / f"{m.name}-seed{seed}.json").write_text(
-                json.dumps({"stamp": stamp, "rows": result[0], "natural": result[1]}, default=float))
+            tmp = parts / f"{m.name}-seed{seed}.json.tmp"  # written whole, then renamed: an interrupt leaves no half file
+            tmp.write_text(json.dumps({"stamp": stamp, "rows": result[0], "natural": result[1]}, default=float))
+            os.replace(tmp, parts / f"{m.name}-seed{seed}.json")
 
     for key in list(done):
         if on_step:
             on_step(f"{key[0]} (seed {key[1]}, saved)")
     if jobs > 1 and len(todo) > 1:
+        if worker_args is None:
+            raise ValueError("jobs > 1 needs worker_args (the arguments of make_setup) to rebuild the setup")
         ctx = multiprocessing.get_context("spawn")  # no fork: torch's thread pools do not survive it
+        failed: BaseException | None = None
         with ProcessPoolExecutor(min(jobs, len(todo)), mp_context=ctx, initializer=_init_worker,
                                  initargs=(worker_args,)) as pool:
             futures = {pool.submit(_work, m.name, seed): (m, seed) for m, seed in todo}
             for future in as_completed(futures):
                 m, seed = futures[future]
                 if on_step:
-                    on_step(f"{m.name} (seed {seed})")
-                finish(m, seed, future.result())
+                    on_step(f"{m.name} (seed {seed}, done)")
+                try:
+                    finish(m, seed, future.result())  # every model that succeeds is saved, even after a failure
+                except Exception as e:  # noqa: BLE001 - re-raised below, once the others are saved
+                    log.error("training %s (seed %d) failed: %s", m.name, seed, e)
+                    failed = failed or e
+        if failed:
+            raise failed
     else:
         for m, seed in todo:
             if on_step:
@@ -137,6 +147,13 @@ def run(setup: Setup, methods: list[Method], seeds: list[int], on_step: Callable
             if seed == seeds[0]:
                 reliability[m.name] = natural
     return rows, reliability
+
+
+def _read_part(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):  # absent, or unreadable: trained again
+        return None
 
 
 def train_and_score(setup: Setup, m: Method, seed: int) -> tuple[list[dict], dict]:

@@ -99,7 +99,7 @@ def retention(rows: list[dict], names: list[str], metric: str = "auroc") -> pd.D
     out = []
     for method in s.index.get_level_values(0).unique():
         f = s[(method, full)]
-        row = {"method": method, "auroc_all_present": f}
+        row = {"method": method, f"{metric}_all_present": f}
         for k, pats in sorted(by_missing.items()):
             if k == 0:
                 continue
