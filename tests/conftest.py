@@ -92,3 +92,23 @@ def out_dir(request) -> Path:
     d = ROOT / "test-output" / request.node.name
     d.mkdir(parents=True, exist_ok=True)
     return d
+
+
+@pytest.fixture(scope="session")
+def identified_dicom() -> tuple[bytes, list[str]]:
+    """A real CT (pydicom's CT_small) carrying planted patient identifiers and a private tag, and the strings
+    that must never reach anything the project shows, logs or stores."""
+    import io
+
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    secrets = {"PatientName": "Zyxwv^Qutsr", "PatientID": "MRN-31415926", "PatientBirthDate": "19270101",
+               "PatientAddress": "77 Hidden Road", "AccessionNumber": "ACC-27182818", "InstitutionName": "Nowhere Clinic"}
+    for k, v in secrets.items():
+        setattr(ds, k, v)
+    ds.add_new(0x00111010, "LO", "PRIVATE-SECRET-42")
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue(), list(secrets.values()) + ["PRIVATE-SECRET-42", "Zyxwv", "31415926"]

@@ -21,17 +21,13 @@ from captum.attr import KernelShap
 
 from core.data.dataset import CaseInputs
 from core.explain.graph import CaseGraph
-from core.explain.image import image_attribution
+from core.explain.image import IMAGE_STEPS, image_attribution
 from core.explain.labs import LabAttribution, lab_attribution, lab_ig, lab_shap
-from core.explain.text import WordAttribution, merge_tokens, note_attribution, words_of
+from core.explain.text import TEXT_STEPS, WordAttribution, merge_tokens, note_attribution, words_of
 from core.inference import Prediction, Predictor
 
 METHODS = ("integrated_gradients", "gradient_x_input", "shap", "random")
 SHAP_PATCH = 16  # image SHAP features: patches of 16×16 model pixels
-# Integration steps, chosen by measurement (BENCHMARKS.md): enough for IG's completeness error to be
-# small, few enough for a full explanation in about 2 s on a 2-core CPU.
-IMAGE_STEPS = 64
-TEXT_STEPS = 16
 
 
 @dataclass

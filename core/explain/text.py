@@ -19,6 +19,7 @@ from core.explain.graph import CaseGraph
 
 WORD = re.compile(r"\w+(?:[-'’./]\w+)*|[^\w\s]", re.UNICODE)
 TEXT_METHODS = ("integrated_gradients", "gradient_x_input")
+TEXT_STEPS = 16  # IG steps, chosen with IMAGE_STEPS (core/explain/image.py)
 
 
 @dataclass
@@ -51,7 +52,7 @@ def merge_tokens(text: str, offsets: list[tuple[int, int]], scores: list[float])
     return [WordAttribution(w, a, b, float(t)) for (a, b, w), t in zip(words, totals)]
 
 
-def note_attribution(graph: CaseGraph, name: str, method: str = "integrated_gradients", steps: int = 16,
+def note_attribution(graph: CaseGraph, name: str, method: str = "integrated_gradients", steps: int = TEXT_STEPS,
                      target: int | None = None) -> tuple[list[WordAttribution], float]:
     """Word attributions for the target class, and the IG completeness error (0 for other methods)."""
     target = graph.target if target is None else target
