@@ -48,7 +48,7 @@ def timed(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
 def must_style_probs(predictor: Predictor, table: FeatureTable, idx, drop) -> np.ndarray:
     """MUST's sampler: 5 samples of 50 DDIM steps, one after another, probabilities averaged."""
     runs = [predict_table(predictor.model, table, idx, drop, samples=1, steps=MUST_STEPS, seed=s,
-                          device=predictor.device, value_of_information=False).probs for s in range(MUST_SAMPLES)]
+                          device=predictor.device, describe=False).probs for s in range(MUST_SAMPLES)]
     return np.mean(runs, 0)
 
 
@@ -62,7 +62,7 @@ def sampler_auroc(predictor: Predictor, ds: Dataset, table: FeatureTable) -> dic
     for pattern in availability_patterns(len(names))[1:]:
         drop = np.tile(~np.asarray(pattern), (len(complete), 1))
         ours = predict_table(predictor.model, table, complete, drop, device=predictor.device,
-                             value_of_information=False).probs
+                             describe=False).probs
         out[pattern_name(pattern, names)] = {"ours": macro_auroc(y, ours),
                                              "must_style": macro_auroc(y, must_style_probs(predictor, table, complete, drop))}
     return out
@@ -136,7 +136,7 @@ def bench(checkpoint=None, device=None, repeats: int = 10, accuracy: bool = True
             drop = np.array([[n in absent for n in names]])
             must[name] = timed(lambda: must_style_probs(predictor, predictor.features([case]), [0], drop), max(3, repeats // 3))
             ours = timed(lambda: predict_table(predictor.model, features, [0], drop, device=predictor.device,
-                                               value_of_information=False), repeats)
+                                               describe=False), repeats)
             theirs = timed(lambda: must_style_probs(predictor, features, [0], drop), max(3, repeats // 3))
             sampler[name] = {"ours_ms": ours, "must_style_ms": theirs, "speedup": theirs / ours}
     res["latency_ms"] = latency

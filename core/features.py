@@ -26,15 +26,22 @@ from core.model.config import ModelConfig
 from core.paths import cache_dir
 
 log = logging.getLogger(__name__)
-FEATURE_VERSION = "1"
+FEATURE_VERSION = "2"
+
+
+def content_key(data: bytes) -> int:
+    """A stable 63-bit key of a modality's content (seeds the sampler per case; see `case_seeds`)."""
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little") >> 1
 
 
 @dataclass
 class FeatureTable:
-    """Per modality, what its trainable encoder reads, for N cases; `present` (N, M) says who has what."""
+    """Per modality, what its trainable encoder reads, for N cases; `present` (N, M) says who has what and
+    `keys` (N, M) is a hash of each present input's content (0 where absent)."""
 
     modalities: list[tuple[str, str]]
     present: np.ndarray
+    keys: np.ndarray
     image: dict[str, np.ndarray] = field(default_factory=dict)  # (N, C, h, w) maps or (N, 1, S, S) pixels
     text: dict[str, list[np.ndarray]] = field(default_factory=dict)  # per case (n_chunks, 384)
     tabular: dict[str, np.ndarray] = field(default_factory=dict)  # (N, L) canonical values, NaN = not measured
@@ -72,7 +79,7 @@ class FeatureTable:
         return out
 
     def save(self, path: Path) -> None:
-        arrays: dict[str, np.ndarray] = {"present": self.present}
+        arrays: dict[str, np.ndarray] = {"present": self.present, "keys": self.keys}
         for k, v in self.image.items():
             arrays[f"image/{k}"] = v
         for k, v in self.tabular.items():
@@ -89,7 +96,7 @@ class FeatureTable:
     def load(cls, path: Path) -> "FeatureTable":
         with np.load(path, allow_pickle=False) as z:
             mods = [tuple(m) for m in json.loads(str(z["modalities"]))]
-            t = cls(mods, z["present"])
+            t = cls(mods, z["present"], z["keys"])
             for name, kind in mods:
                 if kind == "image":
                     t.image[name] = z[f"image/{name}"]
@@ -126,10 +133,11 @@ def table_from_inputs(cases: list[CaseInputs], spec_modalities: list[tuple[str, 
     """Frozen features for parsed cases: the one function both the cache and live prediction use."""
     n = len(cases)
     present = np.array([[c.inputs.get(name) is not None for name, _ in spec_modalities] for c in cases], bool).reshape(n, -1)
-    table = FeatureTable(spec_modalities, present)
+    table = FeatureTable(spec_modalities, present, np.zeros((n, len(spec_modalities)), np.int64))
     for j, (name, kind) in enumerate(spec_modalities):
         if kind == "image":
             imgs = [image_input(c.inputs[name], config) if present[i, j] else None for i, c in enumerate(cases)]
+            table.keys[:, j] = [content_key(im.tobytes()) if im is not None else 0 for im in imgs]
             real = [im for im in imgs if im is not None]
             enc = encode_images(real, config, device) if real else None
             shape = enc.shape[1:] if enc is not None else _image_shape(config)
@@ -139,6 +147,8 @@ def table_from_inputs(cases: list[CaseInputs], spec_modalities: list[tuple[str, 
             table.image[name] = arr
         elif kind == "text":
             texts = [c.inputs[name] for c in cases if c.inputs.get(name) is not None]
+            table.keys[:, j] = [content_key(c.inputs[name].encode("utf-8", "surrogatepass")) if present[i, j] else 0
+                                for i, c in enumerate(cases)]
             emb = iter(embed_texts(texts, config.text_max_tokens, config.text_max_chunks, device=device)) if texts else iter(())
             table.text[name] = [next(emb) if present[i, j] else np.zeros((0, 384), np.float32) for i in range(n)]
         else:
@@ -149,6 +159,8 @@ def table_from_inputs(cases: list[CaseInputs], spec_modalities: list[tuple[str, 
                 rows.append([panel.values[k].value if isinstance(panel, LabPanel) and k in panel.values else np.nan
                              for k in names])
             table.tabular[name] = np.array(rows, np.float32).reshape(n, len(names))
+            table.keys[:, j] = [content_key(np.nan_to_num(r, nan=-1e30).tobytes()) if present[i, j] else 0
+                                for i, r in enumerate(table.tabular[name])]
     return table
 
 

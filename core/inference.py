@@ -5,7 +5,7 @@
     result = predictor.predict(case, absent=["labs"])  # switch a present modality off
     result.to_dict()  # prediction, probabilities, present, synthesized {modality: confidence...}, device, latency_ms
 
-The diffusion sampler is seeded per call (`seed`), and every case starts from the same noise draws,
+The diffusion sampler draws each case's noise from a hash of that case's inputs and the sampler `seed`,
 so the same inputs always give the same answer, alone or in a batch, from one thread or many.
 """
 
@@ -27,7 +27,7 @@ from core.data.readers.source import Source
 from core.data.spec import DatasetSpec
 from core.errors import InputError, NoModalityError
 from core.features import FeatureTable, table_from_inputs
-from core.model.robustmdiff import RobustMDiff
+from core.model.robustmdiff import SIGNALS, RobustMDiff, entropy
 from core.paths import DEFAULT_CHECKPOINT
 
 
@@ -37,13 +37,13 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def entropy(p: torch.Tensor) -> torch.Tensor:
-    return -(p * p.clamp_min(1e-12).log()).sum(-1)
-
-
 @dataclass
 class TableOutput:
-    """Batch results: probabilities (N, C), and per modality (N, M) what synthesis did (NaN where given)."""
+    """Batch results: probabilities (N, C), and per modality (N, M) what synthesis did (NaN where given).
+
+    `signals` (N, M, F) is what the confidence model read; `assumed` holds, for each tabular modality, the
+    standardised median, low and high (N, L) of the values its synthesized latent implies (NaN where given);
+    `concepts` (N, M, k) the knowledge-attention lift of each synthesized latent over its training average."""
 
     probs: np.ndarray
     given: np.ndarray
@@ -51,63 +51,87 @@ class TableOutput:
     confidence: np.ndarray
     expected_change: np.ndarray  # mean total-variation change of the answer over the samples of that modality
     info_gain: np.ndarray  # expected entropy reduction from acquiring it (mutual information, nats)
+    signals: np.ndarray
+    sample_probs: np.ndarray  # (K, N, C) per diffusion sample (K copies where nothing was synthesized)
+    assumed: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
+    concepts: np.ndarray | None = None
 
 
 @torch.no_grad()
 def predict_table(model: RobustMDiff, table: FeatureTable, idx: Iterable[int], drop: np.ndarray | None = None,
                   samples: int | None = None, steps: int | None = None, seed: int = 0, batch_size: int = 256,
-                  device: torch.device | str = "cpu", value_of_information: bool = True) -> TableOutput:
+                  device: torch.device | str = "cpu", describe: bool = True) -> TableOutput:
+    """Predict rows `idx` of a feature table with the modalities in `drop` switched off. With `describe`, each
+    synthesized modality also gets its confidence, value of information, assumed lab values and concepts
+    (the evaluation, which needs only probabilities, skips them)."""
     idx = np.asarray(list(idx))
     k = samples or model.config.diffusion.samples
     s = steps or model.config.diffusion.sample_steps
     m = len(model.info.modalities)
-    outs: dict[str, list[np.ndarray]] = {n: [] for n in ("probs", "given", "spread", "conf", "change", "gain")}
+    f = len(SIGNALS) + m
+    tab = [n for n, kind in model.info.modalities if kind == "tabular"]
+    keys = ("probs", "sample_probs", "given", "spread", "conf", "change", "gain", "signals", "concepts",
+            *[f"{n}/{q}" for n in tab for q in range(3)])
+    outs: dict[str, list[np.ndarray]] = {n: [] for n in keys}
     for start in range(0, len(idx), batch_size):
         rows = idx[start:start + batch_size]
         batch = table.batch(rows, device, None if drop is None else drop[start:start + batch_size])
-        gen = torch.Generator(device=device).manual_seed(seed)
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=torch.device(device).type == "cuda"):
             h, present = model.encode(batch)
-            logits, hs = model.sample_logits(h.float(), present, k, s, gen)
-        probs_k = torch.softmax(logits.float() / model.temperature, -1)
+        h = h.float()
+        noise = None if bool(present.all()) or model.denoiser is None else model.case_noise(table.keys[rows], present, k, seed)
+        probs_k, hs = model.sample_probabilities(h, present, noise, s)
         probs = probs_k.mean(0)
-        nan = torch.full((len(rows), m), float("nan"), device=probs.device)
+        b = len(rows)
+        nan = torch.full((b, m), float("nan"), device=probs.device)
         spread, conf, change, gain = nan.clone(), nan.clone(), nan.clone(), nan.clone()
-        if hs is not None:
-            hs = hs.float()
+        signals = torch.full((b, m, f), float("nan"), device=probs.device)
+        n_concepts = model.concept_baseline.shape[1] if model.concept_attention(h[:1]) is not None else 0
+        concepts = torch.full((b, m, n_concepts), float("nan"), device=probs.device)
+        assumed = {n: [torch.full((b, len(model.info.labs[n])), float("nan"), device=probs.device)] * 3 for n in tab}
+        if hs is not None and describe:
             missing = ~present
-            sp = model.spread(hs)
-            spread = torch.where(missing, sp, nan)
-            conf = torch.where(missing, model.confidence(sp), nan)
-            if value_of_information:
-                change, gain = _value_of_information(model, hs, present, change, gain)
+            change, gain = _value_of_information(model, hs, present)
+            signals = model.synthesis_signals(hs, probs_k, present, change, gain)
+            spread = torch.where(missing, model.spread(hs), nan)
+            conf = torch.where(missing, model.confidence(signals), nan)
+            change, gain = torch.where(missing, change, nan), torch.where(missing, gain, nan)
+            signals = torch.where(missing.unsqueeze(-1), signals, float("nan"))
+            for n in tab:
+                i = model.info.names.index(n)
+                rows_missing = missing[:, i].unsqueeze(-1)
+                assumed[n] = [torch.where(rows_missing, v, float("nan")) for v in model.decoders[n].interval(hs[:, :, i])]
+            if n_concepts:
+                lift = model.concept_attention(hs).mean(0) - model.concept_baseline
+                concepts = torch.where(missing.unsqueeze(-1), lift, float("nan"))
+        outs["sample_probs"].append(probs_k.expand(k, -1, -1).cpu().numpy())
         for n, v in (("probs", probs), ("given", present), ("spread", spread), ("conf", conf), ("change", change),
-                     ("gain", gain)):
+                     ("gain", gain), ("signals", signals), ("concepts", concepts)):
             outs[n].append(v.cpu().numpy())
-    cat = {n: np.concatenate(v) for n, v in outs.items()}
-    return TableOutput(cat["probs"], cat["given"], cat["spread"], cat["conf"], cat["change"], cat["gain"])
+        for n in tab:
+            for q in range(3):
+                outs[f"{n}/{q}"].append(assumed[n][q].cpu().numpy())
+    cat = {n: np.concatenate(v, axis=1 if n == "sample_probs" else 0) for n, v in outs.items()}
+    return TableOutput(cat["probs"], cat["given"], cat["spread"], cat["conf"], cat["change"], cat["gain"],
+                       cat["signals"], cat["sample_probs"], {n: tuple(cat[f"{n}/{q}"] for q in range(3)) for n in tab}, cat["concepts"])
 
 
-def _value_of_information(model: RobustMDiff, hs: torch.Tensor, present: torch.Tensor, change: torch.Tensor,
-                          gain: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _value_of_information(model: RobustMDiff, hs: torch.Tensor, present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """For each missing modality: let only its latent vary over the K samples (others at their sample mean)
     and measure how much the answer moves (expected change) and how much uncertainty it would remove."""
-    k = hs.shape[0]
     mean = hs.mean(0, keepdim=True)
-    ones = torch.ones_like(present)
+    change = torch.zeros(present.shape, device=hs.device)
+    gain = torch.zeros(present.shape, device=hs.device)
     for i in range(present.shape[1]):
         rows = ~present[:, i]
         if not rows.any():
             continue
         h = torch.where(present.unsqueeze(0).unsqueeze(-1), hs, mean.expand_as(hs)).clone()
         h[:, :, i] = hs[:, :, i]
-        z, _ = model.fuse(h, ones.unsqueeze(0).expand(k, -1, -1), (~present).unsqueeze(0).expand(k, -1, -1))
-        p = torch.softmax(model.logits(z) / model.temperature, -1)
+        p = model.completed_probabilities(h, present)
         pbar = p.mean(0)
-        tv = 0.5 * (p - pbar).abs().sum(-1).mean(0)
-        mi = entropy(pbar) - entropy(p).mean(0)
-        change[:, i] = torch.where(rows, tv, change[:, i])
-        gain[:, i] = torch.where(rows, mi.clamp_min(0), gain[:, i])
+        change[:, i] = 0.5 * (p - pbar).abs().sum(-1).mean(0)
+        gain[:, i] = (entropy(pbar) - entropy(p).mean(0)).clamp_min(0)
     return change, gain
 
 
@@ -116,7 +140,7 @@ class Prediction:
     prediction: str
     probabilities: dict[str, float]
     present: list[str]
-    synthesized: dict[str, dict[str, float]]
+    synthesized: dict[str, dict]
     device: str
     latency_ms: float
     warnings: list[str] = field(default_factory=list)
@@ -124,12 +148,32 @@ class Prediction:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def assumed_text(self, modality: str, top: int = 3) -> str:
+        """What the synthesis of a missing modality assumed, in a line: abnormal assumed labs first
+        ("assumed CRP 120 mg/L (80–160) H, …"), or the concepts a synthesized note leans on."""
+        s = self.synthesized.get(modality, {})
+        if "expected_values" in s:
+            vals = sorted(s["expected_values"].values(), key=lambda v: v["flag"] == "")[:top]
+            return "assumed " + ", ".join(f"{v['label']} {v['median']:g} {v['unit']} ({v['low']:g}–{v['high']:g})"
+                                          f"{' ' + v['flag'] if v['flag'] else ''}" for v in vals)
+        if s.get("implied_concepts"):
+            return "implies " + ", ".join(c["concept"] for c in s["implied_concepts"][:top])
+        return ""
+
     @property
     def next_test(self) -> str | None:
         """The missing modality whose acquisition is expected to change the answer most."""
         if not self.synthesized:
             return None
         return max(self.synthesized, key=lambda n: self.synthesized[n]["expected_change"])
+
+
+IMPLIED_CONCEPTS = 5
+
+
+def _sig(x: float, digits: int = 3) -> float:
+    """A value rounded to `digits` significant figures (assumed values are estimates, not measurements)."""
+    return float(f"{float(x):.{digits}g}")
 
 
 def absent_names(drop_row: np.ndarray, names: list[str]) -> set[str]:
@@ -191,6 +235,28 @@ class Predictor:
             return read_note(src)
         return read_labs(src, self.spec.lab_features(name))
 
+    # ---- what synthesis assumed ------------------------------------------------------------------------
+    def _assumed(self, out: TableOutput, r: int, j: int) -> dict:
+        """For a synthesized tabular modality, the lab values its latent implies (median and 80 % interval, in
+        the catalogue's units); for a synthesized note, the concepts its latent leans on most."""
+        name, kind = self.modalities[j]
+        if kind == "tabular" and name in out.assumed and np.isfinite(out.assumed[name][0][r]).all():
+            enc = self.model.encoders[name]
+            med, low, high = (enc.inverse(torch.as_tensor(a[r], device=self.device)).cpu().numpy() for a in out.assumed[name])
+            labs = self.spec.lab_features(name)
+            return {"expected_values": {lab.name: {"median": _sig(med[i]), "low": _sig(max(low[i], lab.plausible[0])),
+                                                   "high": _sig(min(high[i], lab.plausible[1])), "unit": lab.unit,
+                                                   "label": lab.label, "reference": lab.ref_text(),
+                                                   "flag": lab.flag(float(med[i]))}
+                                        for i, lab in enumerate(labs)}}
+        if kind == "text" and out.concepts.shape[-1] and np.isfinite(out.concepts[r, j]).all():
+            ids = self.meta.get("concept_ids", [])
+            lift = out.concepts[r, j]
+            top = np.argsort(-lift)[:IMPLIED_CONCEPTS]
+            return {"implied_concepts": [{"concept": ids[t].replace("_", " ") if t < len(ids) else str(t),
+                                          "lift": float(lift[t])} for t in top if lift[t] > 0]}
+        return {}
+
     # ---- prediction --------------------------------------------------------------------------------------
     def features(self, cases: list[CaseInputs]) -> FeatureTable:
         labs = {n: self.model.info.labs[n] for n, t in self.modalities if t == "tabular"}
@@ -228,7 +294,8 @@ class Predictor:
             probs = {cl: float(p) for cl, p in zip(self.classes, out.probs[r])}
             syn = {names[j]: {"confidence": float(out.confidence[r, j]), "spread": float(out.spread[r, j]),
                               "expected_change": float(out.expected_change[r, j]),
-                              "expected_information_gain": float(out.info_gain[r, j])}
+                              "expected_information_gain": float(out.info_gain[r, j]),
+                              **self._assumed(out, r, j)}
                    for j in range(len(names)) if not out.given[r, j]}
             warnings = [f"{n}: {w}" for n, v in c.inputs.items() if n not in absent_names(drop[r], names)
                         for w in (v.warnings if isinstance(v, LabPanel) else v.notes if isinstance(v, Scan) else [])]

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from core.calibration import fit_confidence, fit_latent_scale, fit_temperature
+from core.calibration import calibrate
 from core.data.dataset import Dataset
 from core.evaluation.metrics import classification_metrics, macro_auroc
 from core.features import FeatureTable, dataset_features, modalities_of
@@ -75,10 +75,14 @@ def sample_mask(present: torch.Tensor, p: float, generator: torch.Generator) -> 
     return keep
 
 
-def rare_weights(labels: np.ndarray, n_classes: int, gamma: float) -> np.ndarray:
-    """Per-case sampling weight w_c = (f_max / f_c)^gamma (design §3.2.2)."""
+def rare_weights(labels: np.ndarray, n_classes: int, gamma: float, rare: list[int]) -> np.ndarray:
+    """Per-case sampling weight w_c = (f_max / f_c)^gamma for the declared rare classes, 1 for the others
+    (design §3.2.2); the prior shift this causes is undone by the calibration's class bias."""
     f = np.bincount(labels, minlength=n_classes).astype(float)
-    w_c = np.where(f > 0, (f.max() / np.maximum(f, 1)) ** gamma, 0.0)
+    w_c = np.ones(n_classes)
+    for c in rare:
+        if f[c] > 0:
+            w_c[c] = (f.max() / f[c]) ** gamma
     return w_c[labels]
 
 
@@ -109,6 +113,7 @@ class TrainResult:
     val_score: float
     seconds: float
     concept_ids: list[str]
+    calibration: dict
 
 
 def _classify_views(model: RobustMDiff, h: torch.Tensor, present: torch.Tensor, y: torch.Tensor, p: float,
@@ -119,7 +124,8 @@ def _classify_views(model: RobustMDiff, h: torch.Tensor, present: torch.Tensor, 
     for _ in range(2):
         given = sample_mask(present, p, gen)
         if synth_steps:
-            hs = model.synthesize(h.detach().float(), given, 1, synth_steps, gen, shared_noise=False)[0].to(h.dtype)
+            noise = torch.randn((1, *h.shape), generator=gen).to(h.device)
+            hs = model.synthesize(h.detach().float(), given, noise, synth_steps)[0].to(h.dtype)
             z, _ = model.fuse(torch.where(given.unsqueeze(-1), h, hs), torch.ones_like(given), ~given)
         else:
             z, _ = model.fuse(h * given.unsqueeze(-1), given)
@@ -131,8 +137,8 @@ def _classify_views(model: RobustMDiff, h: torch.Tensor, present: torch.Tensor, 
 
 def _val_score(model: RobustMDiff, table: FeatureTable, va: np.ndarray, y: np.ndarray, drops, device) -> list[float]:
     model.eval()
-    return [macro_auroc(y, predict_table(model, table, va, d, samples=4, device=device,
-                                         value_of_information=False).probs) for d in drops]
+    return [macro_auroc(y, predict_table(model, table, va, d, samples=4, device=device, describe=False).probs)
+            for d in drops]
 
 
 class _Best:
@@ -170,7 +176,8 @@ def train_model(ds: Dataset, table: FeatureTable, config: Config, device: str | 
     tr, va = ds.indices("train"), ds.indices("val")
     model, concept_ids = build_model(data_info(ds), config, table, tr)
     model.to(device)
-    weights = torch.as_tensor(rare_weights(ds.labels[tr], len(ds.classes), tc.rare_gamma))
+    rare = [ds.classes.index(c) for c in ds.spec.rare_classes if c in ds.classes]
+    weights = torch.as_tensor(rare_weights(ds.labels[tr], len(ds.classes), tc.rare_gamma, rare))
     y_all = torch.as_tensor(ds.labels)
     drops = validation_drops(table.present[va], tc.p_max, tc.seed)
     use_diffusion = model.denoiser is not None
@@ -273,10 +280,8 @@ def train_model(ds: Dataset, table: FeatureTable, config: Config, device: str | 
         bar.close()
         best.restore()
         val_score = best.score
-    model.eval()
-    fit_latent_scale(model, table, tr, device)
-    fit_temperature(model, table, va, ds.labels[va], drops, device)
-    return TrainResult(model, history, best_epoch, val_score, time.perf_counter() - t0, concept_ids)
+    calibration = calibrate(model, table, tr, va, ds.labels[va], drops, device)
+    return TrainResult(model, history, best_epoch, val_score, time.perf_counter() - t0, concept_ids, calibration)
 
 
 def _val_score_dropped(model: RobustMDiff, table: FeatureTable, va: np.ndarray, y: np.ndarray, drops,
@@ -300,11 +305,11 @@ def test_metrics(model: RobustMDiff, ds: Dataset, table: FeatureTable, device="c
     te = ds.indices("test")
     names = [n for n, _ in model.info.modalities]
     out = {"natural": {**classification_metrics(ds.labels[te], predict_table(
-        model, table, te, None, seed=seed, device=device, value_of_information=False).probs), "n": len(te)}}
+        model, table, te, None, seed=seed, device=device, describe=False).probs), "n": len(te)}}
     complete = te[table.present[te].all(1)]
     for pattern in availability_patterns(len(names)):
         drop = np.tile(~np.asarray(pattern), (len(complete), 1))
-        probs = predict_table(model, table, complete, drop, seed=seed, device=device, value_of_information=False).probs
+        probs = predict_table(model, table, complete, drop, seed=seed, device=device, describe=False).probs
         out[pattern_name(pattern, names)] = {**classification_metrics(ds.labels[complete], probs), "n": len(complete)}
     return out
 
@@ -312,17 +317,19 @@ def test_metrics(model: RobustMDiff, ds: Dataset, table: FeatureTable, device="c
 def train(data: str | Path, config: Config, out: str | Path, device: str | None = None, progress: bool = True,
           command: str = "") -> dict:
     """Train on a data set folder and write a checkpoint folder; returns its metadata."""
+    from core.calibration.report import calibration_report
     from core.checkpoint import save_checkpoint
 
     ds = Dataset.open(data)
     dev = pick_device(device)
     table = dataset_features(ds, config.model, dev, progress=progress)
     result = train_model(ds, table, config, dev, progress)
-    calib = fit_confidence(result.model, table, ds.indices("val"), dev)
     metrics = test_metrics(result.model, ds, table, dev)
+    calibration = calibration_report(result.model, ds, table, dev) if result.model.denoiser is not None else None
     meta = {"spec": ds.spec.to_dict(), "n_concepts": len(result.concept_ids), "concept_ids": result.concept_ids,
             "data_fingerprint": ds.fingerprint(), "data_size": len(ds), "test_metrics": metrics,
-            "confidence_calibration": calib, "temperature": float(result.model.temperature),
+            "calibration_fit": result.calibration, "calibration": calibration,
+            "temperature": float(result.model.temperature),
             "best_epoch": result.best_epoch, "val_score": result.val_score, "history": result.history,
             "train_seconds": result.seconds, "device": str(dev), "command": command}
     save_checkpoint(result.model, out, meta)

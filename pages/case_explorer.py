@@ -159,11 +159,20 @@ if previous:
     changed = max(pred.probabilities, key=lambda c: abs(pred.probabilities[c] - previous.get(c, 0)))
     c2.info(f"Largest change: {changed} {previous.get(changed, 0):.1%} → {pred.probabilities[changed]:.1%}")
 if pred.synthesized:
-    st.markdown("**Missing modalities, synthesized in latent space**")
-    st.dataframe(pd.DataFrame([{"modality": m, "synthesis confidence": round(s["confidence"], 2),
+    st.markdown("**Missing modalities, synthesized in latent space**",
+                help="Synthesis confidence: the probability that the answer stays the same when the real modality "
+                     "is added, learned on validation cases (see the Model card for how well it holds on test cases).")
+    st.dataframe(pd.DataFrame([{"modality": m, "synthesis confidence": f"{s['confidence']:.0%}",
                                 "expected change of the answer if acquired": f"{s['expected_change']:.1%}",
-                                "expected information gain (nats)": round(s["expected_information_gain"], 3)}
-                               for m, s in pred.synthesized.items()]), hide_index=True)
+                                "what the synthesis assumed": pred.assumed_text(m)}
+                               for m, s in pred.synthesized.items()]), hide_index=True, width="stretch")
+    for m, s in pred.synthesized.items():
+        if "expected_values" in s:
+            with st.expander(f"Assumed {m} values (median and 80 % interval implied by the synthesized latent)"):
+                st.dataframe(pd.DataFrame([{"lab": v["label"], "assumed": f"{v['median']:g}",
+                                            "80 % interval": f"{v['low']:g}–{v['high']:g}", "unit": v["unit"],
+                                            "reference": v["reference"], "flag": v["flag"]}
+                                           for v in s["expected_values"].values()]), hide_index=True, width="stretch")
     st.success(f"Which test next: **{pred.next_test}** would be expected to change the answer most.")
 for w in pred.warnings:
     st.warning(w)

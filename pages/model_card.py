@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import plotly.graph_objects as go
 import streamlit as st
 import yaml
 
@@ -20,7 +21,7 @@ st.markdown(f"""
 **Model.** RobustMDiff: frozen EfficientNet-Lite0 (images) and all-MiniLM-L6-v2 (notes) with trained heads, a lab
 MLP, knowledge-enhanced fusion over {meta['n_concepts']} medical concepts, a conditional latent diffusion model that
 restores missing modalities ({predictor.model.config.diffusion.sample_steps} DDIM steps × {predictor.model.config.diffusion.samples}
-samples), and a classifier with temperature scaling (T = {meta['temperature']:.2f}).
+samples), and a calibrated classifier (see Calibration).
 
 **Training data.** `{spec['name']}`: {meta['data_size']} cases, classes {', '.join(predictor.classes)}
 (rare: {', '.join(spec.get('rare_classes', [])) or 'none'}). Data fingerprint `{meta['data_fingerprint'][:16]}…`.
@@ -32,10 +33,44 @@ rows = [{"pattern": k, **{m: v[m] for m in ("auroc", "auprc", "accuracy", "f1", 
          "n": v.get("n")} for k, v in meta["test_metrics"].items()]
 st.dataframe(pd.DataFrame(rows).round(3), hide_index=True)
 st.subheader("Calibration")
-st.markdown("Class probabilities are temperature-scaled on the validation split. The synthesis confidence of a "
-            "missing modality is the validation rate at which the answer with the synthesized latent matched the "
-            "answer with the real one, for cases whose diffusion samples disagreed as much.")
-st.dataframe(pd.DataFrame(meta.get("confidence_calibration", {})).T, width="stretch")
+st.markdown(f"""
+Class probabilities are softmax(logits / T + b) averaged over the diffusion samples, with the temperature
+T = {meta['temperature']:.2f} and a per-class prior correction b fitted on the validation split on exactly that average
+(this undoes the prior shift of rare-class oversampling).
+
+The **synthesis confidence** of a missing modality is the probability that the answer stays the same when the
+real modality is added. It is learned on validation cases, each predicted from every subset of its modalities,
+by a logistic regression on the spread of the diffusion samples, the expected change and information gain of
+that modality, the disagreement of the per-sample answers, the margin and entropy of the answer and which
+modalities were given; its inputs are clipped to the range seen on validation, so it never claims 0 or 1.
+Measured on the test split (`python -m core calibration`):
+""")
+cal = meta.get("calibration")
+if cal:
+    st.dataframe(pd.DataFrame([{"modality hidden": m, "views": c["n"], "confidence ECE": c["ece"], "AUROC": c["auroc"],
+                                "Brier": c["brier"], "mean confidence": c["mean_confidence"],
+                                "answer unchanged": c["unchanged_rate"], "seed sensitivity": cal["seed_sensitivity"][m]}
+                               for m, c in cal["confidence"].items()]).round(3), hide_index=True, width="stretch")
+    fig = go.Figure(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dash", color="#aaa"), name="ideal"))
+    for m, c in cal["confidence"].items():
+        fig.add_scatter(x=[b["mean_predicted"] for b in c["bins"]], y=[b["observed"] for b in c["bins"]],
+                        mode="lines+markers", name=f"{m} hidden")
+    fig.update_layout(height=340, xaxis_title="synthesis confidence", yaxis_title="answer unchanged (observed)",
+                      margin=dict(l=10, r=10, t=30, b=10), title="Reliability of the synthesis confidence (test)")
+    st.plotly_chart(fig, width="stretch")
+    p, nt = cal["probabilities"], cal["next_test"]
+    lines = [f"- Class probabilities under natural missingness: ECE {p['ece']:.3f}, Brier {p['brier']:.3f}; the mean "
+             f"predicted probability of every class is within {p['prevalence_gap']:.3f} of its prevalence."]
+    if nt.get("n_views"):
+        lines.append(f"- Which test next: the suggested modality is the one whose real value changes the answer most in "
+                     f"{nt['top1_agreement']:.0%} of test views missing two or more (chance {nt['top1_chance']:.0%}).")
+    lines += [f"- Assumed {m} values: their 80 % intervals contain {a['coverage']:.0%} of the real test values."
+              for m, a in cal["assumed_values"].items()]
+    st.markdown("\n".join(lines))
+    with st.expander("Targets"):
+        st.dataframe(pd.DataFrame([{"target": t["target"], "measured": round(t["measured"], 4),
+                                    "met": "yes" if t["met"] else "no"} for t in cal["targets"]]),
+                     hide_index=True, width="stretch")
 evaluation = ASSETS / "evaluation" / "table.md"
 if evaluation.exists():
     with st.expander("Comparison with baselines and ablations (python -m core evaluate)"):
@@ -46,7 +81,7 @@ st.markdown(f"""
 - Trained on a synthetic cohort whose images are far simpler than real radiographs; its numbers say that the
   method works as designed, not how it would perform on patients.
 - A synthesized modality is a statistical guess of a latent representation, never a reconstruction of the
-  missing test; its confidence is calibrated on validation data of the same cohort.
+  missing test; its confidence and the assumed lab values are calibrated on validation data of the same cohort.
 - To use it on real data, train and evaluate your own model (`python -m core train --data …`, `python -m core evaluate`).
 """)
 with st.expander("Configuration"):

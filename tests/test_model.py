@@ -102,7 +102,7 @@ def test_absent_modality_cannot_influence_the_output(quick_checkpoint, small_coh
     assert np.abs(on.probs - base.probs).max() > 1e-3
 
 
-def test_batch_composition_does_not_change_a_case(quick_checkpoint, small_cohort):
+def test_batch_composition_does_not_change_a_complete_case(quick_checkpoint, small_cohort):
     model, _ = load_checkpoint(quick_checkpoint)
     table = dataset_features(Dataset.open(small_cohort), model.config.model, progress=False)
     alone = predict_table(model, table, [5]).probs

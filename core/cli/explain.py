@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from core.cli import absent_list, add_case_arguments
+from core.jsonout import dumps
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -36,6 +36,6 @@ def run(args: argparse.Namespace) -> int:
     for name, heat in exp.image.items():
         (out / f"heatmap_{name}.png").write_bytes(png_bytes(overlay(case.inputs[name].display(), heat)))
     (out / "report.html").write_text(report_html(exp, case.inputs), encoding="utf-8")
-    (out / "explanation.json").write_text(json.dumps(exp.to_dict(), indent=1), encoding="utf-8")
+    (out / "explanation.json").write_text(dumps(exp.to_dict()), encoding="utf-8")
     print(f"prediction {exp.prediction.prediction}; explanation ({exp.method}, {exp.seconds:.1f} s) written to {out}")
     return 0

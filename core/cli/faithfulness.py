@@ -9,7 +9,7 @@ from pathlib import Path
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("faithfulness", help="score explanations on the test split (truth and perturbation)",
                        description="Heatmap mass in finding masks, pointing game, top-k note words and labs against "
-                                   "the evidence, deletion/insertion curves, and the synthesis confidence's calibration.")
+                                   "the evidence, and deletion/insertion curves (the synthesis confidence: `python -m core calibration`).")
     p.add_argument("--checkpoint", help="checkpoint folder (default: checkpoints/default)")
     p.add_argument("--data", help="cohort folder with truth/ (default: the embedded cohort)")
     p.add_argument("--n", type=int, default=60, help="number of complete test cases to explain (default 60)")

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from core.cli import absent_list, add_case_arguments
+from core.jsonout import dumps
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -27,15 +27,17 @@ def run(args: argparse.Namespace) -> int:
     absent = absent_list(args.absent)
     result = predictor.predict(case, absent=absent, samples=args.samples, steps=args.steps)
     if args.json:
-        print(json.dumps(result.to_dict(), indent=1))
+        print(dumps(result.to_dict()))
         return 0
     print(f"prediction: {result.prediction}  ({result.latency_ms:.0f} ms on {result.device})")
     for c, p in sorted(result.probabilities.items(), key=lambda kv: -kv[1]):
         print(f"  {c:<22} {p:6.1%}")
     print(f"present: {', '.join(result.present)}")
     for m, s in result.synthesized.items():
-        print(f"synthesized {m}: confidence {s['confidence']:.2f}, acquiring it would change the answer by "
-              f"{s['expected_change']:.1%} on average")
+        print(f"synthesized {m}: confidence {s['confidence']:.0%} that the answer stays the same with the real {m}; "
+              f"acquiring it would change the answer by {s['expected_change']:.1%} on average")
+        if result.assumed_text(m):
+            print(f"  {result.assumed_text(m, top=5)}")
     if result.next_test:
         print(f"which test next: {result.next_test}")
     for w in result.warnings:

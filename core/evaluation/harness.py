@@ -73,7 +73,7 @@ def score(model: RobustMDiff, setup: Setup, table: FeatureTable, method: str, se
     """Metric rows for one trained model, and its natural-missingness probabilities (for reliability plots)."""
     rows, natural = [], {}
     for name, idx, drop in conditions(setup, seed):
-        probs = predict_table(model, table, idx, drop, seed=seed, device=setup.device, value_of_information=False).probs
+        probs = predict_table(model, table, idx, drop, seed=seed, device=setup.device, describe=False).probs
         y = setup.ds.labels[idx]
         if name == "natural":
             natural = {"y": y.tolist(), "probs": probs.tolist()}

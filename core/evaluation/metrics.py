@@ -51,6 +51,27 @@ def expected_calibration_error(y: np.ndarray, proba: np.ndarray, bins: int = 15)
     return float(ece)
 
 
+def reliability_bins(p: np.ndarray, outcome: np.ndarray, bins: int = 10) -> list[dict]:
+    """Equal-width bins of a predicted probability: count, mean prediction and observed frequency."""
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
+    return [{"low": float(edges[b]), "high": float(edges[b + 1]), "n": int((which == b).sum()),
+             "mean_predicted": float(p[which == b].mean()), "observed": float(outcome[which == b].mean())}
+            for b in range(bins) if (which == b).any()]
+
+
+def binary_ece(p: np.ndarray, outcome: np.ndarray, bins: int = 10) -> float:
+    """ECE of a probability for a binary outcome: bin-weighted |observed - predicted| over equal-width bins."""
+    n = len(p)
+    return float(sum(b["n"] / n * abs(b["observed"] - b["mean_predicted"]) for b in reliability_bins(p, outcome, bins)))
+
+
+def brier(y: np.ndarray, proba: np.ndarray) -> float:
+    """Multi-class Brier score: mean over cases of the squared distance to the one-hot label."""
+    onehot = np.eye(proba.shape[1])[y]
+    return float(((proba - onehot) ** 2).sum(1).mean())
+
+
 def classification_metrics(y: np.ndarray, proba: np.ndarray, classes: list[int] | None = None) -> dict[str, float]:
     """AUROC, AUPRC, accuracy, F1, precision, recall (= sensitivity), specificity, ECE.
 

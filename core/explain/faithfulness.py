@@ -5,8 +5,7 @@
   against the signal labs (k = the case's number of signal labs). Each beside the expectation of a random attribution.
 - By perturbation: deletion and insertion curves (area under p(target)) for image patches and note
   words in attribution order, against a random order.
-- Synthesis confidence: how it relates to the real error of the synthesized latent and to whether the
-  prediction stayed right when the modality was hidden.
+The synthesis confidence is measured by `python -m core calibration` (`core/calibration/report.py`).
 """
 
 from __future__ import annotations
@@ -19,8 +18,6 @@ import numpy as np
 import torch
 from PIL import Image
 from scipy import ndimage
-from scipy.stats import spearmanr
-from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
 from core.data.dataset import Dataset
@@ -90,34 +87,6 @@ def note_curves(graph: CaseGraph, name: str, words, order_seed: int) -> dict[str
         with torch.no_grad():
             p = graph.probs_from_note(name, chunks, torch.cat(batch))[:, graph.target].cpu().numpy()
         out[f"deletion_{kind}"] = _auc(p)
-    return out
-
-
-def synthesis_calibration(predictor: Predictor, ds: Dataset, table: FeatureTable, rows: np.ndarray, seed: int = 0) -> dict:
-    """For each modality hidden on complete test cases: Spearman of confidence with the latent error, and
-    AUROC of confidence for 'the prediction stayed right'."""
-    from core.inference import predict_table
-
-    model = predictor.model
-    y = ds.labels[rows]
-    out = {}
-    with torch.no_grad():
-        h, present = model.encode(table.batch(rows, predictor.device))
-    for i, name in enumerate(predictor.model.info.names):
-        drop = np.zeros((len(rows), len(predictor.modalities)), bool)
-        drop[:, i] = True
-        res = predict_table(model, table, rows, drop, seed=seed, device=predictor.device, value_of_information=False)
-        given = present.clone()
-        given[:, i] = False
-        gen = torch.Generator(device=predictor.device).manual_seed(seed)
-        with torch.no_grad():
-            hs = model.synthesize(h, given, model.config.diffusion.samples, model.config.diffusion.sample_steps, gen)
-        err = (((hs.mean(0)[:, i] - h[:, i]) ** 2).mean(-1) / h[:, i].var(0).mean()).cpu().numpy()
-        conf = res.confidence[:, i]
-        right = res.probs.argmax(1) == y
-        out[name] = {"n": int(len(rows)), "mean_confidence": float(conf.mean()), "accuracy_when_hidden": float(right.mean()),
-                     "spearman_confidence_vs_latent_error": float(spearmanr(conf, err).statistic),
-                     "auroc_confidence_for_staying_right": float(roc_auc_score(right, conf)) if 0 < right.mean() < 1 else float("nan")}
     return out
 
 
@@ -192,19 +161,13 @@ def faithfulness(predictor: Predictor, ds: Dataset, table: FeatureTable, n: int 
                 graph = full if setting == "all" else CaseGraph(predictor, case, absent=others, seed=seed)
                 _score_modality(graph, predictor, ds, mname, kind, truth, int(row), setting, image_methods, add)
     summary = {k: {"mean": float(np.mean(v)), "n": len(v)} for k, v in sorted(acc.items())}
-    return {"cases": int(len(chosen)), "seconds": time.perf_counter() - t0, "metrics": summary,
-            "synthesis_confidence": synthesis_calibration(predictor, ds, table, complete, seed)}
+    return {"cases": int(len(chosen)), "seconds": time.perf_counter() - t0, "metrics": summary}
 
 
 def markdown(result: dict) -> str:
     lines = [f"Scored on {result['cases']} complete test cases of the embedded cohort.", "",
              "| measure | mean | n |", "|---|---|---|"]
     lines += [f"| {k} | {v['mean']:.3f} | {v['n']} |" for k, v in result["metrics"].items()]
-    lines += ["", "| hidden modality | mean confidence | accuracy when hidden | Spearman(confidence, latent error) | "
-                  "AUROC(confidence → stays right) |", "|---|---|---|---|---|"]
-    for m, v in result["synthesis_confidence"].items():
-        lines.append(f"| {m} | {v['mean_confidence']:.3f} | {v['accuracy_when_hidden']:.3f} | "
-                     f"{v['spearman_confidence_vs_latent_error']:+.3f} | {v['auroc_confidence_for_staying_right']:.3f} |")
     return "\n".join(lines) + "\n"
 
 

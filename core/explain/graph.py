@@ -1,7 +1,7 @@
 """One case as differentiable functions of each input, for attribution.
 
-`CaseGraph` encodes the case once, draws the K diffusion samples for what is missing once (seeded, as
-prediction does), and then exposes the predicted class probabilities as a function of one modality's
+`CaseGraph` encodes the case once, draws the K diffusion samples for what is missing once (the same
+per-case noise as prediction), and then exposes the predicted class probabilities as a function of one modality's
 input at a time, the others held fixed: pixels for the image, token embeddings for the note,
 standardised values for the labs, or the latents H_i themselves (design §3.3.2).
 """
@@ -35,11 +35,12 @@ class CaseGraph:
             raise NoModalityError("no modality is present to explain")
         k = samples or model.config.diffusion.samples
         s = steps or model.config.diffusion.sample_steps
+        self.samples, self.steps = k, s
         with torch.no_grad():
             h, _ = model.encode(self.table.batch([0], self.device, drop))
             if model.denoiser is not None and not bool(self.present.all()):
-                gen = torch.Generator(device=self.device).manual_seed(seed)
-                self.hs = model.synthesize(h, self.present[None], k, s, gen)  # (K, 1, M, d)
+                noise = model.case_noise(self.table.keys[:1], self.present[None], k, seed)
+                self.hs = model.synthesize(h, self.present[None], noise, s)  # (K, 1, M, d)
                 self.avail = torch.ones_like(self.present)
                 self.syn = ~self.present
             else:
@@ -63,26 +64,19 @@ class CaseGraph:
         avail = self.avail.expand(k, b, m)
         syn = self.syn.expand(k, b, m)
         z, _ = self.model.fuse(h, avail, syn)
-        return torch.softmax(self.model.logits(z) / self.model.temperature, -1).mean(0)
+        return self.model.probabilities(self.model.logits(z)).mean(0)
 
     @torch.no_grad()
-    def probs_without(self, i: int, seed: int = 0) -> torch.Tensor:
-        """Probabilities when modality i is switched off too (then synthesized, as at prediction); computed
-        from the latents already encoded, so no backbone runs again."""
+    def probs_without(self, i: int) -> torch.Tensor:
+        """Probabilities when modality i is switched off too (then synthesized, as prediction would with
+        the same per-case noise); computed from the latents already encoded, so no backbone runs again."""
         given = self.present.clone()
         given[i] = False
         if not bool(given.any()):
             return torch.full_like(self.probs, float("nan"))
         model = self.model
-        if model.denoiser is None:
-            z, _ = model.fuse(self.h, given[None])
-            return torch.softmax(model.logits(z) / model.temperature, -1)[0]
-        k, s = self.hs.shape[0], model.config.diffusion.sample_steps
-        gen = torch.Generator(device=self.device).manual_seed(seed)
-        hs = model.synthesize(self.h, given[None], k, s, gen)
-        m = len(given)
-        z, _ = model.fuse(hs, torch.ones(k, 1, m, dtype=torch.bool, device=self.device), (~given).expand(k, 1, m))
-        return torch.softmax(model.logits(z) / model.temperature, -1).mean(0)[0]
+        noise = None if model.denoiser is None else model.case_noise(self.table.keys[:1], given[None], self.samples, self.seed)
+        return model.sample_probabilities(self.h, given[None], noise, self.steps)[0].mean(0)[0]
 
     def prediction(self) -> Prediction:
         """The case's prediction from the features already computed (same result as Predictor.predict)."""

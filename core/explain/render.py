@@ -89,10 +89,13 @@ def report_html(exp: Explanation, case_inputs: dict, opacity: float = 0.5, cmap:
         parts.append(f"<tr><td>{c['modality']}</td><td>{c['status']}</td><td>{c['gradient']:.1%}</td><td>{pert}</td></tr>")
     parts.append("</table>")
     if p.synthesized:
-        parts.append("<h2>Missing modalities</h2><table><tr><th>modality</th><th>synthesis confidence</th>"
-                     "<th>expected change of the answer if acquired</th></tr>")
+        parts.append("<h2>Missing modalities</h2><p>Synthesis confidence: the probability that the answer stays the "
+                     "same when the real modality is added (learned on validation cases).</p><table><tr><th>modality</th>"
+                     "<th>synthesis confidence</th><th>expected change of the answer if acquired</th>"
+                     "<th>what the synthesis assumed</th></tr>")
         for m, s in p.synthesized.items():
-            parts.append(f"<tr><td>{m}</td><td>{s['confidence']:.2f}</td><td>{s['expected_change']:.1%}</td></tr>")
+            parts.append(f"<tr><td>{html.escape(m)}</td><td>{s['confidence']:.0%}</td><td>{s['expected_change']:.1%}</td>"
+                         f"<td>{html.escape(p.assumed_text(m, top=len(s.get('expected_values', {})) or 3))}</td></tr>")
         parts.append(f"</table><p>Which test next: <b>{html.escape(p.next_test or '–')}</b></p>")
     for name, heat in exp.image.items():
         scan = case_inputs[name]

@@ -99,6 +99,11 @@ class LabEncoder(nn.Module):
         x = torch.where(self.log_mask, torch.log1p(values.clamp(min=0)), values)
         return (x - self.mean) / self.std
 
+    def inverse(self, z: torch.Tensor) -> torch.Tensor:
+        """Standardised values back to canonical units (the inverse of `transform`)."""
+        x = z * self.std + self.mean
+        return torch.where(self.log_mask, torch.expm1(x), x)
+
     def fit_stats(self, values: np.ndarray) -> None:
         """Set the normalisation from training values (NaN ignored)."""
         v = np.asarray(values, dtype=np.float64)

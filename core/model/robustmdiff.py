@@ -4,11 +4,16 @@ latents of absent modalities → knowledge-enhanced fusion into Z → classifier
 Absent modalities never reach the output except through synthesis: their latents are zeroed at
 encoding and replaced by samples of the denoiser, which sees only the present latents and the mask.
 K samples are drawn as one batch; the classifier reads each completed latent and the probabilities are
-averaged, so the spread of the samples shows as uncertainty in the answer.
+averaged, so the spread of the samples shows as uncertainty in the answer. A case's noise draws come from
+a hash of its own inputs and the sampler seed (`case_noise`), never from its batch-mates.
+
+What is fitted after training (`core/calibration/`) lives here as buffers, so a checkpoint carries it:
+temperature and class-prior bias, the synthesis-confidence model, the lab decoders, the concept baseline.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -23,7 +28,23 @@ from core.model.knowledge import KnowledgeAttention
 from core.model.schedule import NoiseSchedule
 
 Batch = dict[str, dict[str, torch.Tensor]]
-CONFIDENCE_POINTS = 32
+# per missing modality, what the synthesis-confidence model reads (then one "given" flag per modality)
+SIGNALS = ("log_spread", "expected_change", "information_gain", "sample_disagreement", "margin", "entropy")
+CONFIDENCE_RANGE = (0.005, 0.995)  # a probability the model cannot vouch for beyond what validation showed
+
+
+def entropy(p: torch.Tensor) -> torch.Tensor:
+    return -(p * p.clamp_min(1e-12).log()).sum(-1)
+
+
+def case_seeds(keys: np.ndarray, given: np.ndarray, seed: int) -> list[int]:
+    """One sampler seed per case from the content keys of its given modalities and the sampler seed:
+    the same inputs draw the same noise, alone or in any batch."""
+    out = []
+    for k, g in zip(np.asarray(keys, np.int64), np.asarray(given, bool)):
+        h = hashlib.blake2b(np.int64(seed).tobytes() + np.where(g, k, 0).astype("<i8").tobytes(), digest_size=8)
+        out.append(int.from_bytes(h.digest(), "little") >> 1)
+    return out
 
 
 @dataclass
@@ -73,6 +94,29 @@ class Fusion(nn.Module):
         return self.norm((alpha.unsqueeze(-1) * u).sum(-2)), attn
 
 
+class LabDecoder(nn.Module):
+    """What a lab latent says about the lab values: a linear map H_labs → standardised values (fitted by
+    ridge regression on real latents), with the residual scale and the interval factor fitted on
+    validation so that [low, high] covers 80 % of real values."""
+
+    def __init__(self, d_h: int, n_labs: int):
+        super().__init__()
+        self.register_buffer("weight", torch.zeros(n_labs, d_h))
+        self.register_buffer("bias", torch.zeros(n_labs))
+        self.register_buffer("sigma", torch.ones(n_labs))
+        self.register_buffer("q", torch.full((n_labs,), 1.2816))  # N(0,1) 80 % half-width until fitted
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h @ self.weight.T + self.bias
+
+    def interval(self, hk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """K latent samples (K, B, d_h) → standardised median, low and high (B, L) of the assumed values."""
+        v = self(hk)
+        centre = v.median(0).values
+        scale = (v.var(0, unbiased=False) + self.sigma ** 2).sqrt()
+        return centre, centre - self.q * scale, centre + self.q * scale
+
+
 class RobustMDiff(nn.Module):
     def __init__(self, info: DataInfo, config: Config, n_concepts: int, concept_dim: int = 384):
         super().__init__()
@@ -106,11 +150,21 @@ class RobustMDiff(nn.Module):
             raise ValueError(f"unknown fusion {mc.fusion!r}")
         self.schedule = NoiseSchedule(dc.train_steps, dc.beta_schedule)
         self.denoiser = LatentDenoiser(m, mc.d_h, dc.denoiser_width, dc.denoiser_depth, dc.denoiser_heads) if dc.enabled else None
-        # set after training: temperature scaling, latent scale and the confidence calibration per modality
+        self.decoders = nn.ModuleDict({name: LabDecoder(mc.d_h, len(info.labs[name]))
+                                       for name, kind in info.modalities if kind == "tabular"})
+        # set after training (core/calibration/): temperature and class-prior bias, latent scale, the
+        # synthesis-confidence model (logistic regression on clipped, standardised signals), concept baseline
+        f = len(SIGNALS) + m
         self.register_buffer("temperature", torch.ones(()))
+        self.register_buffer("class_bias", torch.zeros(len(info.classes)))
         self.register_buffer("latent_scale", torch.ones(m))
-        self.register_buffer("confidence_x", torch.linspace(0, 1, CONFIDENCE_POINTS).repeat(m, 1))
-        self.register_buffer("confidence_y", torch.linspace(1, 0, CONFIDENCE_POINTS).repeat(m, 1))
+        self.register_buffer("conf_lo", torch.full((m, f), -1e6))
+        self.register_buffer("conf_hi", torch.full((m, f), 1e6))
+        self.register_buffer("conf_mean", torch.zeros(m, f))
+        self.register_buffer("conf_std", torch.ones(m, f))
+        self.register_buffer("conf_w", torch.zeros(m, f))
+        self.register_buffer("conf_b", torch.zeros(m))
+        self.register_buffer("concept_baseline", torch.zeros(m, n_concepts))
 
     # ---- encoding and fusion -----------------------------------------------------------------------
     def encode(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,13 +187,27 @@ class RobustMDiff(nn.Module):
     def logits(self, z: torch.Tensor) -> torch.Tensor:
         return self.head(z)
 
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Calibrated class probabilities of one latent: softmax(logits / T + b), T and the prior correction b
+        fitted on validation on exactly this quantity averaged over the samples (`core/calibration/`)."""
+        return torch.softmax(logits.float() / self.temperature + self.class_bias, -1)
+
+    def completed_probabilities(self, hs: torch.Tensor, given: torch.Tensor) -> torch.Tensor:
+        """Per-sample calibrated probabilities (K, B, C) of completed latents hs (K, B, M, d_h), where
+        `given` (B, M) marks the real slots and the rest are synthesized."""
+        k = hs.shape[0]
+        z, _ = self.fuse(hs, torch.ones_like(given).unsqueeze(0).expand(k, -1, -1),
+                         (~given).unsqueeze(0).expand(k, -1, -1))
+        return self.probabilities(self.logits(z))
+
     # ---- diffusion ---------------------------------------------------------------------------------
     def diffusion_loss(self, h: torch.Tensor, present: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Denoising loss (design §3.1.3) on latents of present modalities hidden from the denoiser."""
         if self.denoiser is None:
             return h.new_zeros(())
         b, m, _ = h.shape
-        keep = torch.rand(b, m, generator=generator, device=h.device) < 0.5
+        # random draws on the generator's device (the CPU), then moved: one stream on every device
+        keep = torch.rand(b, m, generator=generator).to(h.device) < 0.5
         given = present & keep
         # every example needs something given and something to restore
         none_given = given.sum(1) == 0
@@ -151,24 +219,27 @@ class RobustMDiff(nn.Module):
             return h.new_zeros(())
         x0 = h.detach()[rows]
         given, target = given[rows], target[rows]
-        noise = torch.randn(x0.shape, generator=generator, device=h.device)
-        t = torch.randint(0, self.schedule.steps, (len(x0),), generator=generator, device=h.device)
+        noise = torch.randn(x0.shape, generator=generator).to(h.device)
+        t = torch.randint(0, self.schedule.steps, (len(x0),), generator=generator).to(h.device)
         out = self.denoiser(self.schedule.add_noise(x0, noise, t), t, x0 * given.unsqueeze(-1), given)
         err = ((out - self.schedule.target(x0, noise, t, self.config.diffusion.prediction)) ** 2).mean(-1)
         return (err * target).sum() / target.sum()
 
-    @torch.no_grad()
-    def synthesize(self, h: torch.Tensor, given: torch.Tensor, samples: int, steps: int,
-                   generator: torch.Generator | None = None, shared_noise: bool = True) -> torch.Tensor:
-        """K samples of the complete latents (K, B, M, d_h): given slots are kept, the others restored by DDIM.
+    def case_noise(self, keys: np.ndarray, given: torch.Tensor, samples: int, seed: int) -> torch.Tensor:
+        """Starting noise (K, B, M, d_h) for the sampler, each case's from its own seed (`case_seeds`)."""
+        m, d = given.shape[1], self.config.model.d_h
+        seeds = case_seeds(keys, given.cpu().numpy(), seed)
+        x = torch.stack([torch.randn((samples, m, d), generator=torch.Generator().manual_seed(s)) for s in seeds], 1)
+        return x.to(given.device)
 
-        With `shared_noise` every case starts from the same K noise draws, so a case's prediction does
-        not depend on which other cases share its batch (deterministic per case for a fixed seed)."""
-        k, (b, m, d) = samples, h.shape
+    @torch.no_grad()
+    def synthesize(self, h: torch.Tensor, given: torch.Tensor, noise: torch.Tensor, steps: int) -> torch.Tensor:
+        """Complete latents (K, B, M, d_h) from starting noise (K, B, M, d_h): given slots are kept, the others
+        restored by deterministic DDIM."""
+        k, (b, m, d) = noise.shape[0], h.shape
         hk = h.unsqueeze(0).expand(k, b, m, d).reshape(k * b, m, d)
         gk = given.unsqueeze(0).expand(k, b, m).reshape(k * b, m)
-        shape = (k, 1, m, d) if shared_noise else (k, b, m, d)
-        x = torch.randn(shape, generator=generator, device=h.device, dtype=h.dtype).expand(k, b, m, d).reshape(k * b, m, d)
+        x = noise.to(h.dtype).reshape(k * b, m, d)
         ts = self.schedule.timesteps(steps)
         cond = hk * gk.unsqueeze(-1)
         for i, t in enumerate(ts):
@@ -179,25 +250,40 @@ class RobustMDiff(nn.Module):
         return x.view(k, b, m, d)
 
     # ---- prediction ----------------------------------------------------------------------------------
-    def sample_logits(self, h: torch.Tensor, present: torch.Tensor, samples: int, steps: int,
-                      generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits per diffusion sample (K, B, C) and the samples (K, B, M, d_h); without diffusion K = 1."""
-        if self.denoiser is None or bool(present.all()):
+    def sample_probabilities(self, h: torch.Tensor, present: torch.Tensor, noise: torch.Tensor | None,
+                             steps: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Calibrated probabilities per diffusion sample (K, B, C) and the completed latents (K, B, M, d_h);
+        nothing to synthesize (or no denoiser): K = 1 and no samples."""
+        if self.denoiser is None or bool(present.all()) or noise is None:
             z, _ = self.fuse(h, present)
-            return self.logits(z).unsqueeze(0), None
-        hs = self.synthesize(h, present, samples, steps, generator)
-        ones = torch.ones_like(present)
-        z, _ = self.fuse(hs, ones.unsqueeze(0).expand(samples, -1, -1), (~present).unsqueeze(0).expand(samples, -1, -1))
-        return self.logits(z), hs
+            return self.probabilities(self.logits(z)).unsqueeze(0), None
+        hs = self.synthesize(h, present, noise, steps)
+        return self.completed_probabilities(hs, present), hs
 
     def spread(self, hs: torch.Tensor) -> torch.Tensor:
         """Per modality, how far the K samples disagree, relative to the latent's population spread (B, M)."""
         return hs.std(0, unbiased=False).mean(-1) / self.latent_scale
 
-    def confidence(self, spread: torch.Tensor) -> torch.Tensor:
-        """Calibrated synthesis confidence (B, M) in [0, 1], from the validation mapping spread → agreement."""
-        out = torch.empty_like(spread)
-        for i in range(spread.shape[1]):
-            x, y = self.confidence_x[i].cpu().numpy(), self.confidence_y[i].cpu().numpy()
-            out[:, i] = torch.as_tensor(np.interp(spread[:, i].cpu().numpy(), x, y), dtype=spread.dtype)
-        return out
+    def synthesis_signals(self, hs: torch.Tensor, probs_k: torch.Tensor, present: torch.Tensor,
+                          change: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
+        """What the confidence model reads (B, M, F): per modality `SIGNALS`, then the given mask."""
+        b, m = present.shape
+        pbar = probs_k.mean(0)
+        top2 = pbar.topk(min(2, pbar.shape[-1]), -1).values
+        margin = top2[:, 0] - (top2[:, 1] if top2.shape[1] > 1 else 0)
+        disagree = (probs_k.argmax(-1) != pbar.argmax(-1)).float().mean(0)
+        per_case = torch.stack([disagree, margin, entropy(pbar)], -1).unsqueeze(1).expand(b, m, 3)
+        per_mod = torch.stack([self.spread(hs).clamp_min(1e-6).log(), change.nan_to_num(0), gain.nan_to_num(0)], -1)
+        return torch.cat([per_mod, per_case, present.float().unsqueeze(1).expand(b, m, m)], -1)
+
+    def confidence(self, signals: torch.Tensor) -> torch.Tensor:
+        """Synthesis confidence (B, M): the probability that the answer stays the same when the real modality
+        is added, from a logistic model whose inputs are clipped to the range seen on validation."""
+        x = torch.maximum(torch.minimum(signals, self.conf_hi), self.conf_lo)
+        logit = (((x - self.conf_mean) / self.conf_std) * self.conf_w).sum(-1) + self.conf_b
+        return torch.sigmoid(logit).clamp(*CONFIDENCE_RANGE)
+
+    def concept_attention(self, h: torch.Tensor) -> torch.Tensor | None:
+        """Knowledge-attention weights over the concepts (..., M, k), or None without knowledge fusion."""
+        knowledge = getattr(self.fusion, "knowledge", None)
+        return None if knowledge is None else knowledge(h)[1]

@@ -1,0 +1,46 @@
+"""Post-training calibration on validation data, so that what the app shows means what it says.
+
+`calibrate` runs every fit in order (each stored as buffers on the model, hence in the checkpoint):
+1. latent scale (training latents): the unit of the synthesis spread;
+2. temperature and class-prior bias (`temperature.py`) on the sample-averaged probabilities;
+3. lab decoders and the concept baseline (`assumed.py`) on real latents;
+4. validation views (`views.py`) predicted with the sampler settings of prediction, then the synthesis
+   confidence (`confidence.py`) and the lab intervals' coverage factor from those views.
+`report.py` measures the result on the test split (`python -m core calibration`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from core.calibration.assumed import fit_concept_baseline, fit_decoders, fit_intervals, real_latents
+from core.calibration.confidence import fit_confidence
+from core.calibration.temperature import fit_temperature
+from core.calibration.views import case_views
+from core.features import FeatureTable
+from core.model.robustmdiff import RobustMDiff
+
+
+@torch.no_grad()
+def fit_latent_scale(model: RobustMDiff, table: FeatureTable, idx: np.ndarray, device="cpu") -> None:
+    """The population spread of each modality's latent (mean over dimensions of its std across cases)."""
+    h, present = real_latents(model, table, idx, device)
+    scale = [float(h[present[:, i], i].std(0).mean()) if int(present[:, i].sum()) > 1 else 1.0
+             for i in range(h.shape[1])]
+    model.latent_scale.copy_(torch.tensor(scale))
+
+
+def calibrate(model: RobustMDiff, table: FeatureTable, train_idx: np.ndarray, val_idx: np.ndarray, val_y: np.ndarray,
+              drops: list[np.ndarray | None], device="cpu") -> dict:
+    model.eval()
+    fit_latent_scale(model, table, train_idx, device)
+    report = {"temperature": fit_temperature(model, table, val_idx, val_y, drops, device)}
+    if model.denoiser is None:
+        return report
+    report["lab_decoders"] = fit_decoders(model, table, train_idx, val_idx, device)
+    fit_concept_baseline(model, table, train_idx, device)
+    views = case_views(model, table, val_idx, device=device)
+    report["confidence"] = fit_confidence(model, views)
+    report["lab_intervals"] = fit_intervals(model, table, views)
+    return report
