@@ -162,10 +162,11 @@ class Prediction:
 
     @property
     def next_test(self) -> str | None:
-        """The missing modality whose acquisition is expected to change the answer most."""
+        """The missing modality most likely to change the answer if acquired: the lowest calibrated synthesis
+        confidence (ties broken by the expected change over the diffusion samples)."""
         if not self.synthesized:
             return None
-        return max(self.synthesized, key=lambda n: self.synthesized[n]["expected_change"])
+        return min(self.synthesized, key=lambda n: (self.synthesized[n]["confidence"], -self.synthesized[n]["expected_change"]))
 
 
 IMPLIED_CONCEPTS = 5

@@ -75,15 +75,15 @@ def sample_mask(present: torch.Tensor, p: float, generator: torch.Generator) -> 
     return keep
 
 
-def rare_weights(labels: np.ndarray, n_classes: int, gamma: float, rare: list[int]) -> np.ndarray:
-    """Per-case sampling weight w_c = (f_max / f_c)^gamma for the declared rare classes, 1 for the others
-    (design §3.2.2); the prior shift this causes is undone by the calibration's class bias."""
+def rare_weights(labels: np.ndarray, n_classes: int, gamma: float, rare: list[int], balance_gamma: float = 0.0) -> np.ndarray:
+    """Per-case sampling weight w_c = (f_max / f_c)^gamma for the declared rare classes (design §3.2.2) and
+    (f_max / f_c)^balance_gamma for the others (plain class balancing; 0 = none). The prior shift this
+    causes is undone after training by the calibration's class bias."""
     f = np.bincount(labels, minlength=n_classes).astype(float)
-    w_c = np.ones(n_classes)
-    for c in rare:
-        if f[c] > 0:
-            w_c[c] = (f.max() / f[c]) ** gamma
-    return w_c[labels]
+    ratio = np.where(f > 0, f.max() / np.maximum(f, 1), 1.0)
+    exponent = np.full(n_classes, balance_gamma)
+    exponent[list(rare)] = gamma
+    return (ratio ** exponent)[labels]
 
 
 def validation_drops(present: np.ndarray, p: float, seed: int) -> list[np.ndarray | None]:
@@ -177,7 +177,7 @@ def train_model(ds: Dataset, table: FeatureTable, config: Config, device: str | 
     model, concept_ids = build_model(data_info(ds), config, table, tr)
     model.to(device)
     rare = [ds.classes.index(c) for c in ds.spec.rare_classes if c in ds.classes]
-    weights = torch.as_tensor(rare_weights(ds.labels[tr], len(ds.classes), tc.rare_gamma, rare))
+    weights = torch.as_tensor(rare_weights(ds.labels[tr], len(ds.classes), tc.rare_gamma, rare, tc.balance_gamma))
     y_all = torch.as_tensor(ds.labels)
     drops = validation_drops(table.present[va], tc.p_max, tc.seed)
     use_diffusion = model.denoiser is not None
@@ -280,7 +280,7 @@ def train_model(ds: Dataset, table: FeatureTable, config: Config, device: str | 
         bar.close()
         best.restore()
         val_score = best.score
-    calibration = calibrate(model, table, tr, va, ds.labels[va], drops, device)
+    calibration = calibrate(model, table, ds.labels, tr, va, device)
     return TrainResult(model, history, best_epoch, val_score, time.perf_counter() - t0, concept_ids, calibration)
 
 
@@ -329,7 +329,7 @@ def train(data: str | Path, config: Config, out: str | Path, device: str | None 
     meta = {"spec": ds.spec.to_dict(), "n_concepts": len(result.concept_ids), "concept_ids": result.concept_ids,
             "data_fingerprint": ds.fingerprint(), "data_size": len(ds), "test_metrics": metrics,
             "calibration_fit": result.calibration, "calibration": calibration,
-            "temperature": float(result.model.temperature),
+            "temperature": float(result.model.temperature.mean()),
             "best_epoch": result.best_epoch, "val_score": result.val_score, "history": result.history,
             "train_seconds": result.seconds, "device": str(dev), "command": command}
     save_checkpoint(result.model, out, meta)

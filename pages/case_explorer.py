@@ -173,7 +173,9 @@ if pred.synthesized:
                                             "80 % interval": f"{v['low']:g}–{v['high']:g}", "unit": v["unit"],
                                             "reference": v["reference"], "flag": v["flag"]}
                                            for v in s["expected_values"].values()]), hide_index=True, width="stretch")
-    st.success(f"Which test next: **{pred.next_test}** would be expected to change the answer most.")
+    nxt = pred.next_test
+    st.success(f"Which test next: **{nxt}** is the most likely to change the answer "
+               f"({1 - pred.synthesized[nxt]['confidence']:.0%} chance).")
 for w in pred.warnings:
     st.warning(w)
 

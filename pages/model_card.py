@@ -33,10 +33,11 @@ rows = [{"pattern": k, **{m: v[m] for m in ("auroc", "auprc", "accuracy", "f1", 
          "n": v.get("n")} for k, v in meta["test_metrics"].items()]
 st.dataframe(pd.DataFrame(rows).round(3), hide_index=True)
 st.subheader("Calibration")
+temps = list(meta.get("calibration_fit", {}).get("temperature", {}).get("temperature", {}).values()) or [meta["temperature"]]
 st.markdown(f"""
-Class probabilities are softmax(logits / T + b) averaged over the diffusion samples, with the temperature
-T = {meta['temperature']:.2f} and a per-class prior correction b fitted on the validation split on exactly that average
-(this undoes the prior shift of rare-class oversampling).
+Class probabilities are softmax(logits / T + b) averaged over the diffusion samples, with a temperature T for each
+availability pattern ({min(temps):.2f}–{max(temps):.2f}) and a per-class prior correction b, fitted on the validation
+split on exactly that average (this also undoes the prior shift of rare-class oversampling).
 
 The **synthesis confidence** of a missing modality is the probability that the answer stays the same when the
 real modality is added. It is learned on validation cases, each predicted from every subset of its modalities,
@@ -47,7 +48,8 @@ Measured on the test split (`python -m core calibration`):
 """)
 cal = meta.get("calibration")
 if cal:
-    st.dataframe(pd.DataFrame([{"modality hidden": m, "views": c["n"], "confidence ECE": c["ece"], "AUROC": c["auroc"],
+    st.dataframe(pd.DataFrame([{"modality hidden": m, "views": c["n"], "confidence ECE": c["ece"],
+                                "ECE of a perfectly calibrated model (mean)": c["ece_noise_floor"][0], "AUROC": c["auroc"],
                                 "Brier": c["brier"], "mean confidence": c["mean_confidence"],
                                 "answer unchanged": c["unchanged_rate"], "seed sensitivity": cal["seed_sensitivity"][m]}
                                for m, c in cal["confidence"].items()]).round(3), hide_index=True, width="stretch")
@@ -59,11 +61,13 @@ if cal:
                       margin=dict(l=10, r=10, t=30, b=10), title="Reliability of the synthesis confidence (test)")
     st.plotly_chart(fig, width="stretch")
     p, nt = cal["probabilities"], cal["next_test"]
-    lines = [f"- Class probabilities under natural missingness: ECE {p['ece']:.3f}, Brier {p['brier']:.3f}; the mean "
+    lines = [f"- Class probabilities under natural missingness: ECE {p['ece']:.3f} (a perfectly calibrated model would "
+             f"show about {p['ece_noise_floor'][0]:.3f} on these {cal['n_test']} cases), Brier {p['brier']:.3f}; the mean "
              f"predicted probability of every class is within {p['prevalence_gap']:.3f} of its prevalence."]
     if nt.get("n_views"):
-        lines.append(f"- Which test next: the suggested modality is the one whose real value changes the answer most in "
-                     f"{nt['top1_agreement']:.0%} of test views missing two or more (chance {nt['top1_chance']:.0%}).")
+        lines.append(f"- Which test next (the missing modality most likely to change the answer): it is the one whose real "
+                     f"value changes the answer most in {nt['top1_agreement_probability_of_change']:.0%} of test views "
+                     f"missing two or more (chance {nt['top1_chance']:.0%}).")
     lines += [f"- Assumed {m} values: their 80 % intervals contain {a['coverage']:.0%} of the real test values."
               for m, a in cal["assumed_values"].items()]
     st.markdown("\n".join(lines))

@@ -11,14 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from core.calibration.temperature import fit_temperature
+from core.calibration.temperature import fit_temperature, reset
+from core.calibration.views import case_views
 from core.checkpoint import load_checkpoint
 from core.data.dataset import Dataset
 from core.features import dataset_features
 from core.inference import Predictor, predict_table
 from core.model.robustmdiff import CONFIDENCE_RANGE, SIGNALS, case_seeds
 from core.paths import ROOT
-from core.training import rare_weights, validation_drops
+from core.training import rare_weights
 
 
 @pytest.fixture(scope="module")
@@ -62,19 +63,28 @@ def test_rare_weighting_only_for_declared_rare_classes():
     assert (rare_weights(labels, 3, 0.5, []) == 1).all()
     w = rare_weights(labels, 3, 0.5, [2])
     assert w[labels == 2][0] == pytest.approx(4.0) and (w[labels != 2] == 1).all()
+    balanced = rare_weights(labels, 3, 1.0, [], balance_gamma=1.0)  # plain class balancing, when asked for
+    assert np.bincount(labels, weights=balanced) == pytest.approx([80, 80, 80])
+    both = rare_weights(labels, 3, 1.0, [2], balance_gamma=0.0)  # the rare class's own exponent
+    assert np.bincount(labels, weights=both) == pytest.approx([80, 15, 80])
 
 
 def test_prior_correction_matches_class_frequencies(quick):
-    """At the optimum of the class bias the mean predicted probability of each class equals its
-    validation frequency (undoing oversampling); the fit is on the sample-averaged probabilities."""
+    """At the optimum of the class bias the (case-weighted) mean predicted probability of each class equals
+    its validation frequency, undoing oversampling; the fit is on the sample-averaged probabilities."""
     model, _, ds, table = quick
     va = ds.indices("val")
-    drops = validation_drops(table.present[va], 0.6, 0)
-    fit = fit_temperature(model, table, va, ds.labels[va], drops)
-    probs = np.concatenate([predict_table(model, table, va, d, describe=False).probs for d in drops])
-    freq = np.bincount(np.concatenate([ds.labels[va]] * 2), minlength=len(model.info.classes)) / len(probs)
-    assert np.abs(probs.mean(0) - freq).max() < 0.02
-    assert fit["val_nll_after"] <= fit["val_nll_before"]
+    reset(model)
+    raw = case_views(model, table, va, describe=False)
+    fit = fit_temperature(model, raw, ds.labels[raw.rows])
+    views = case_views(model, table, va, describe=False)
+    _, inverse, counts = np.unique(views.rows, return_inverse=True, return_counts=True)
+    w = 1.0 / counts[inverse]
+    mean_p = (views.out.probs * w[:, None]).sum(0) / w.sum()
+    freq = np.array([(w * (ds.labels[views.rows] == c)).sum() for c in range(len(model.info.classes))]) / w.sum()
+    assert np.abs(mean_p - freq).max() < 0.02
+    assert fit["val_nll_after"] < fit["val_nll_before"]
+    assert len(fit["temperature"]) == 7  # one per availability pattern of three modalities
 
 
 def test_confidence_never_reaches_0_or_1_and_stays_within_what_validation_saw(quick):

@@ -2,10 +2,11 @@
 
 `calibrate` runs every fit in order (each stored as buffers on the model, hence in the checkpoint):
 1. latent scale (training latents): the unit of the synthesis spread;
-2. temperature and class-prior bias (`temperature.py`) on the sample-averaged probabilities;
-3. lab decoders and the concept baseline (`assumed.py`) on real latents;
-4. validation views (`views.py`) predicted with the sampler settings of prediction, then the synthesis
-   confidence (`confidence.py`) and the lab intervals' coverage factor from those views.
+2. lab decoders and the concept baseline (`assumed.py`) on real latents;
+3. validation views (`views.py`: every case from every subset of its modalities, with the sampler
+   settings of prediction) → the temperature per pattern and the class-prior bias (`temperature.py`);
+4. the views again with those probabilities → the synthesis confidence (`confidence.py`) and the lab
+   intervals' coverage factor.
 `report.py` measures the result on the test split (`python -m core calibration`).
 """
 
@@ -16,7 +17,7 @@ import torch
 
 from core.calibration.assumed import fit_concept_baseline, fit_decoders, fit_intervals, real_latents
 from core.calibration.confidence import fit_confidence
-from core.calibration.temperature import fit_temperature
+from core.calibration.temperature import fit_temperature, reset
 from core.calibration.views import case_views
 from core.features import FeatureTable
 from core.model.robustmdiff import RobustMDiff
@@ -31,15 +32,20 @@ def fit_latent_scale(model: RobustMDiff, table: FeatureTable, idx: np.ndarray, d
     model.latent_scale.copy_(torch.tensor(scale))
 
 
-def calibrate(model: RobustMDiff, table: FeatureTable, train_idx: np.ndarray, val_idx: np.ndarray, val_y: np.ndarray,
-              drops: list[np.ndarray | None], device="cpu") -> dict:
+def calibrate(model: RobustMDiff, table: FeatureTable, labels: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray,
+              device="cpu") -> dict:
+    """Every post-training fit (`labels`: the class of every row of the table)."""
     model.eval()
     fit_latent_scale(model, table, train_idx, device)
-    report = {"temperature": fit_temperature(model, table, val_idx, val_y, drops, device)}
+    report = {}
+    if model.denoiser is not None:
+        report["lab_decoders"] = fit_decoders(model, table, train_idx, val_idx, device)
+        fit_concept_baseline(model, table, train_idx, device)
+    reset(model)
+    raw = case_views(model, table, val_idx, device=device, describe=False)
+    report["temperature"] = fit_temperature(model, raw, labels[raw.rows])
     if model.denoiser is None:
         return report
-    report["lab_decoders"] = fit_decoders(model, table, train_idx, val_idx, device)
-    fit_concept_baseline(model, table, train_idx, device)
     views = case_views(model, table, val_idx, device=device)
     report["confidence"] = fit_confidence(model, views)
     report["lab_intervals"] = fit_intervals(model, table, views)

@@ -23,7 +23,7 @@ from sklearn.metrics import roc_auc_score
 from core.calibration.assumed import interval_hits
 from core.calibration.views import Views, case_views
 from core.data.dataset import Dataset
-from core.evaluation.metrics import binary_ece, brier, expected_calibration_error, reliability_bins
+from core.evaluation.metrics import binary_ece, brier, ece_noise_floor, expected_calibration_error, reliability_bins
 from core.features import FeatureTable
 from core.inference import predict_table
 from core.jsonout import dumps
@@ -42,7 +42,8 @@ def _confidence(model: RobustMDiff, views: Views, other: Views) -> tuple[dict, d
             continue
         c, unchanged = views.out.confidence[src, i], (answer[src] == answer[ref]).astype(float)
         both = 0 < unchanged.mean() < 1
-        conf[name] = {"n": int(len(src)), "ece": binary_ece(c, unchanged), "brier": float(((c - unchanged) ** 2).mean()),
+        conf[name] = {"n": int(len(src)), "ece": binary_ece(c, unchanged), "ece_noise_floor": ece_noise_floor(c, 10),
+                      "brier": float(((c - unchanged) ** 2).mean()),
                       "auroc": float(roc_auc_score(unchanged, c)) if both else float("nan"),
                       "mean_confidence": float(c.mean()), "unchanged_rate": float(unchanged.mean()),
                       "min": float(c.min()), "max": float(c.max()),
@@ -52,28 +53,35 @@ def _confidence(model: RobustMDiff, views: Views, other: Views) -> tuple[dict, d
 
 
 def _next_test(model: RobustMDiff, views: Views) -> dict:
-    """Expected change (the app's 'which test next') against the change the real modality makes."""
+    """Two rankings of the missing modalities against the change the real modality actually makes (total
+    variation of the probabilities): by the expected change over the diffusion samples, and by the
+    calibrated probability that the answer changes (1 - synthesis confidence)."""
+    names = model.info.names
     tv = {}
-    for i in range(len(model.info.names)):
+    for i in range(len(names)):
         src, ref = views.pairs(i)
         tv.update({(int(s), i): 0.5 * float(np.abs(views.out.probs[s] - views.out.probs[r]).sum())
                    for s, r in zip(src, ref)})
-    hits, exp_all, act_all = [], [], []
+    rankers = {"expected_change": views.out.expected_change, "probability_of_change": 1 - views.out.confidence}
+    hits: dict[str, list[float]] = {k: [] for k in rankers}
+    scores: dict[str, list[float]] = {k: [] for k in rankers}
+    actual, chance = [], []
     for v in range(len(views.rows)):
-        cand = [i for i in range(len(model.info.names)) if (v, i) in tv]
+        cand = [i for i in range(len(names)) if (v, i) in tv]
         if len(cand) < 2:
             continue
-        exp = np.array([views.out.expected_change[v, i] for i in cand])
         act = np.array([tv[(v, i)] for i in cand])
-        hits.append(float(cand[int(exp.argmax())] == cand[int(act.argmax())]))
-        exp_all += list(exp)
-        act_all += list(act)
-    if not hits:
+        actual += list(act)
+        chance.append(1 / len(cand))
+        for k, r in rankers.items():
+            score = np.array([r[v, i] for i in cand])
+            hits[k].append(float(cand[int(score.argmax())] == cand[int(act.argmax())]))
+            scores[k] += list(score)
+    if not chance:
         return {"n_views": 0}
-    chance = float(np.mean([1 / sum(1 for i in range(len(model.info.names)) if (v, i) in tv)
-                            for v in range(len(views.rows)) if sum(1 for i in range(len(model.info.names)) if (v, i) in tv) >= 2]))
-    return {"n_views": len(hits), "top1_agreement": float(np.mean(hits)), "top1_chance": chance,
-            "spearman_expected_vs_actual_change": float(spearmanr(exp_all, act_all).statistic)}
+    return {"n_views": len(chance), "top1_chance": float(np.mean(chance)),
+            **{f"top1_agreement_{k}": float(np.mean(hits[k])) for k in rankers},
+            **{f"spearman_{k}_vs_actual_change": float(spearmanr(scores[k], actual).statistic) for k in rankers}}
 
 
 def _coverage(model: RobustMDiff, table: FeatureTable, views: Views) -> dict:
@@ -100,7 +108,8 @@ def calibration_report(model: RobustMDiff, ds: Dataset, table: FeatureTable, dev
     report = {
         "n_test": int(len(te)), "n_complete": int(len(complete)), "seeds": list(seeds),
         "confidence": conf, "seed_sensitivity": sens,
-        "probabilities": {"ece": expected_calibration_error(y, probs), "brier": brier(y, probs),
+        "probabilities": {"ece": expected_calibration_error(y, probs), "ece_noise_floor": ece_noise_floor(probs.max(1), 15),
+                          "brier": brier(y, probs),
                           "prevalence_gap": float(np.abs(mean_p - prevalence).max()),
                           "per_class": {c: {"prevalence": float(prevalence[j]), "mean_predicted": float(mean_p[j])}
                                         for j, c in enumerate(model.info.classes)},
@@ -137,19 +146,25 @@ def targets(report: dict) -> list[dict]:
 def markdown(report: dict) -> str:
     lines = [f"Test split: {report['n_test']} cases, {report['n_complete']} complete (each predicted from every subset "
              "of its modalities).", "",
-             "| modality hidden | views | confidence ECE | AUROC | Brier | mean confidence | answer unchanged | "
-             "seed sensitivity | range |", "|---|---|---|---|---|---|---|---|---|"]
+             "| modality hidden | views | confidence ECE (noise floor: mean, 95th pct) | AUROC | Brier | mean confidence | "
+             "answer unchanged | seed sensitivity | range |", "|---|---|---|---|---|---|---|---|---|"]
     for m, c in report["confidence"].items():
-        lines.append(f"| {m} | {c['n']} | {c['ece']:.3f} | {c['auroc']:.3f} | {c['brier']:.3f} | {c['mean_confidence']:.3f} | "
-                     f"{c['unchanged_rate']:.3f} | {report['seed_sensitivity'][m]:.4f} | {c['min']:.3f}–{c['max']:.3f} |")
+        f0, f95 = c["ece_noise_floor"]
+        lines.append(f"| {m} | {c['n']} | {c['ece']:.3f} ({f0:.3f}, {f95:.3f}) | {c['auroc']:.3f} | {c['brier']:.3f} | "
+                     f"{c['mean_confidence']:.3f} | {c['unchanged_rate']:.3f} | {report['seed_sensitivity'][m]:.4f} | "
+                     f"{c['min']:.3f}–{c['max']:.3f} |")
     p = report["probabilities"]
-    lines += ["", f"Class probabilities, natural missingness: ECE {p['ece']:.3f}, Brier {p['brier']:.3f}, worst gap "
-              f"between mean predicted probability and prevalence {p['prevalence_gap']:.3f}."]
+    lines += ["", f"Class probabilities, natural missingness: top-label ECE {p['ece']:.3f} (a perfectly calibrated model "
+              f"would show {p['ece_noise_floor'][0]:.3f} on these cases, 95th percentile {p['ece_noise_floor'][1]:.3f}), "
+              f"Brier {p['brier']:.3f}, worst gap between mean predicted probability and prevalence {p['prevalence_gap']:.3f}."]
     nt = report["next_test"]
     if nt.get("n_views"):
-        lines.append(f"Which test next ({nt['n_views']} views missing two or more modalities): top-1 agreement "
-                     f"{nt['top1_agreement']:.3f} (chance {nt['top1_chance']:.3f}), Spearman(expected, actual change) "
-                     f"{nt['spearman_expected_vs_actual_change']:.3f}.")
+        lines.append(f"Which test next ({nt['n_views']} views missing two or more modalities; chance {nt['top1_chance']:.3f}): "
+                     f"top-1 agreement with the modality whose real value changes the answer most, ranked by "
+                     f"expected change {nt['top1_agreement_expected_change']:.3f} (Spearman "
+                     f"{nt['spearman_expected_change_vs_actual_change']:.3f}), by calibrated probability of change "
+                     f"{nt['top1_agreement_probability_of_change']:.3f} (Spearman "
+                     f"{nt['spearman_probability_of_change_vs_actual_change']:.3f}).")
     for m, a in report["assumed_values"].items():
         lines.append(f"Assumed {m} values: 80 % interval coverage {a['coverage']:.3f} over {a['n_values']} test values.")
     lines += ["", "| target | measured | met |", "|---|---|---|"]

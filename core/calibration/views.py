@@ -58,7 +58,7 @@ def subsets(present: np.ndarray, max_views: int, rng: np.random.Generator) -> li
 
 
 def case_views(model: RobustMDiff, table: FeatureTable, idx: np.ndarray, seed: int = 0, max_views: int = 15,
-               device="cpu") -> Views:
+               device="cpu", describe: bool = True) -> Views:
     """Predict every case of `idx` from each subset of its present modalities (with the sampler settings
     and per-case noise of prediction)."""
     rng = np.random.default_rng(0)
@@ -68,5 +68,5 @@ def case_views(model: RobustMDiff, table: FeatureTable, idx: np.ndarray, seed: i
             rows.append(r)
             given.append(g)
     rows_a, given_a = np.array(rows, int), np.array(given, bool).reshape(len(rows), -1)
-    out = predict_table(model, table, rows_a, table.present[rows_a] & ~given_a, seed=seed, device=device)
+    out = predict_table(model, table, rows_a, table.present[rows_a] & ~given_a, seed=seed, device=device, describe=describe)
     return Views(rows_a, given_a, out)

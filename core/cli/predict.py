@@ -39,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
         if result.assumed_text(m):
             print(f"  {result.assumed_text(m, top=5)}")
     if result.next_test:
-        print(f"which test next: {result.next_test}")
+        print(f"which test next: {result.next_test} ({1 - result.synthesized[result.next_test]['confidence']:.0%} chance "
+              "that it changes the answer)")
     for w in result.warnings:
         print(f"warning: {w}")
     return 0

@@ -25,7 +25,7 @@ class Method:
 def _baseline(fusion: str, p: float) -> Callable[[Config], Config]:
     def change(c: Config) -> Config:
         c = c.override("model", fusion=fusion).override("diffusion", enabled=False)
-        return c.override("training", curriculum=False, p_min=p, p_max=p, lambda_cons=0.0, rare_gamma=0.0)
+        return c.override("training", curriculum=False, p_min=p, p_max=p, lambda_cons=0.0, rare_gamma=0.0, balance_gamma=0.0)
     return change
 
 
@@ -46,7 +46,8 @@ def methods_for(modalities: list[str]) -> list[Method]:
         Method("no_knowledge", "w/o knowledge attention", "ablation", lambda c: c.override("model", use_knowledge=False)),
         Method("no_curriculum", "w/o curriculum (fixed masking)", "ablation", lambda c: c.override("training", curriculum=False)),
         Method("no_consistency", "w/o consistency", "ablation", lambda c: c.override("training", lambda_cons=0.0)),
-        Method("no_rare_sampling", "w/o rare-disease sampling", "ablation", lambda c: c.override("training", rare_gamma=0.0)),
+        Method("no_rare_sampling", "w/o rare-disease sampling", "ablation",
+               lambda c: c.override("training", rare_gamma=0.0, balance_gamma=0.0)),
     ]
 
 

@@ -66,6 +66,14 @@ def binary_ece(p: np.ndarray, outcome: np.ndarray, bins: int = 10) -> float:
     return float(sum(b["n"] / n * abs(b["observed"] - b["mean_predicted"]) for b in reliability_bins(p, outcome, bins)))
 
 
+def ece_noise_floor(p: np.ndarray, bins: int, draws: int = 200, seed: int = 0) -> tuple[float, float]:
+    """The ECE a perfectly calibrated predictor with these probabilities would show on this many cases
+    (outcomes drawn as Bernoulli(p)): its mean and 95th percentile. A measured ECE within it is noise."""
+    rng = np.random.default_rng(seed)
+    sims = [binary_ece(p, (rng.random(len(p)) < p).astype(float), bins) for _ in range(draws)]
+    return float(np.mean(sims)), float(np.quantile(sims, 0.95))
+
+
 def brier(y: np.ndarray, proba: np.ndarray) -> float:
     """Multi-class Brier score: mean over cases of the squared distance to the one-hot label."""
     onehot = np.eye(proba.shape[1])[y]

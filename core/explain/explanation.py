@@ -61,7 +61,7 @@ def modality_contributions(graph: CaseGraph) -> list[dict]:
     hs = graph.hs.clone().requires_grad_(True)
     k, b, m, _ = hs.shape
     z, _ = graph.model.fuse(hs, graph.avail.expand(k, b, m), graph.syn.expand(k, b, m))
-    p = graph.model.probabilities(graph.model.logits(z)).mean(0)[0, graph.target]
+    p = graph.model.probabilities(graph.model.logits(z), graph.present[None]).mean(0)[0, graph.target]
     (grad,) = torch.autograd.grad(p, hs)
     score = grad.abs().sum(-1).mean(0)[0].cpu().numpy()
     score = score / max(score.sum(), 1e-12)

@@ -64,7 +64,7 @@ class CaseGraph:
         avail = self.avail.expand(k, b, m)
         syn = self.syn.expand(k, b, m)
         z, _ = self.model.fuse(h, avail, syn)
-        return self.model.probabilities(self.model.logits(z)).mean(0)
+        return self.model.probabilities(self.model.logits(z), self.present.expand(b, -1)).mean(0)
 
     @torch.no_grad()
     def probs_without(self, i: int) -> torch.Tensor:

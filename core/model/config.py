@@ -36,8 +36,8 @@ class DiffusionConfig:
     train_steps: int = 1000
     beta_schedule: str = "cosine"
     prediction: str = "v"
-    sample_steps: int = 10
-    samples: int = 8
+    sample_steps: int = 3
+    samples: int = 40
     denoiser_width: int = 256
     denoiser_depth: int = 3
     denoiser_heads: int = 4
@@ -59,6 +59,7 @@ class TrainingConfig:
     curriculum_ratio: float = 0.5
     curriculum: bool = True
     rare_gamma: float = 0.5
+    balance_gamma: float = 0.0
     lambda_cons: float = 0.5
     lambda_diff: float = 1.0
     lambda_cls: float = 1.0

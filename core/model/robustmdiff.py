@@ -31,6 +31,16 @@ Batch = dict[str, dict[str, torch.Tensor]]
 # per missing modality, what the synthesis-confidence model reads (then one "given" flag per modality)
 SIGNALS = ("log_spread", "expected_change", "information_gain", "sample_disagreement", "margin", "entropy")
 CONFIDENCE_RANGE = (0.005, 0.995)  # a probability the model cannot vouch for beyond what validation showed
+PATTERN_MODALITIES = 8  # a temperature per availability pattern up to this many modalities; one for all beyond
+
+
+def pattern_index(given: torch.Tensor) -> torch.Tensor:
+    """The availability pattern of each row of a given-mask (..., M) as an integer (bit i = modality i given);
+    0 for every row when there are more modalities than `PATTERN_MODALITIES`."""
+    m = given.shape[-1]
+    if m > PATTERN_MODALITIES:
+        return torch.zeros(given.shape[:-1], dtype=torch.long, device=given.device)
+    return (given.long() << torch.arange(m, device=given.device)).sum(-1)
 
 
 def entropy(p: torch.Tensor) -> torch.Tensor:
@@ -155,7 +165,7 @@ class RobustMDiff(nn.Module):
         # set after training (core/calibration/): temperature and class-prior bias, latent scale, the
         # synthesis-confidence model (logistic regression on clipped, standardised signals), concept baseline
         f = len(SIGNALS) + m
-        self.register_buffer("temperature", torch.ones(()))
+        self.register_buffer("temperature", torch.ones(2 ** m if m <= PATTERN_MODALITIES else 1))
         self.register_buffer("class_bias", torch.zeros(len(info.classes)))
         self.register_buffer("latent_scale", torch.ones(m))
         self.register_buffer("conf_lo", torch.full((m, f), -1e6))
@@ -187,10 +197,13 @@ class RobustMDiff(nn.Module):
     def logits(self, z: torch.Tensor) -> torch.Tensor:
         return self.head(z)
 
-    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        """Calibrated class probabilities of one latent: softmax(logits / T + b), T and the prior correction b
-        fitted on validation on exactly this quantity averaged over the samples (`core/calibration/`)."""
-        return torch.softmax(logits.float() / self.temperature + self.class_bias, -1)
+    def probabilities(self, logits: torch.Tensor, given: torch.Tensor) -> torch.Tensor:
+        """Calibrated class probabilities softmax(logits / T_m + b): logits (..., B, C), given (B, M). The
+        temperature depends on which modalities were given (the availability pattern m), the prior
+        correction b does not; both are fitted on validation on exactly this quantity averaged over the
+        samples (`core/calibration/temperature.py`)."""
+        t = self.temperature[pattern_index(given)].unsqueeze(-1)
+        return torch.softmax(logits.float() / t + self.class_bias, -1)
 
     def completed_probabilities(self, hs: torch.Tensor, given: torch.Tensor) -> torch.Tensor:
         """Per-sample calibrated probabilities (K, B, C) of completed latents hs (K, B, M, d_h), where
@@ -198,7 +211,7 @@ class RobustMDiff(nn.Module):
         k = hs.shape[0]
         z, _ = self.fuse(hs, torch.ones_like(given).unsqueeze(0).expand(k, -1, -1),
                          (~given).unsqueeze(0).expand(k, -1, -1))
-        return self.probabilities(self.logits(z))
+        return self.probabilities(self.logits(z), given)
 
     # ---- diffusion ---------------------------------------------------------------------------------
     def diffusion_loss(self, h: torch.Tensor, present: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -256,7 +269,7 @@ class RobustMDiff(nn.Module):
         nothing to synthesize (or no denoiser): K = 1 and no samples."""
         if self.denoiser is None or bool(present.all()) or noise is None:
             z, _ = self.fuse(h, present)
-            return self.probabilities(self.logits(z)).unsqueeze(0), None
+            return self.probabilities(self.logits(z), present).unsqueeze(0), None
         hs = self.synthesize(h, present, noise, steps)
         return self.completed_probabilities(hs, present), hs
 
