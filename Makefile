@@ -8,7 +8,7 @@ PORT ?= 8501
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: run test venv cohort browser clean
+.PHONY: run test venv cohort browser clean gpu-check
 
 venv: $(STAMP)
 
@@ -32,6 +32,11 @@ browser:
 
 test: venv browser
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
+
+# On a machine with an NVIDIA GPU (CUDA build of torch in .venv, see README "GPU"): compare the GPU with the
+# CPU, benchmark it and time the default checkpoint's training there; results in runs/gpu-check/.
+gpu-check: venv cohort
+	$(BIN)/python -m core doctor --device cuda --bench --train-default --out runs/gpu-check
 
 clean:
 	rm -rf $(VENV) .pytest_cache test-output

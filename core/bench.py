@@ -3,7 +3,7 @@
 - latency per case, all modalities present and under every missing pattern (files already parsed);
 - the same with a MUST-style sampler (50 DDIM steps × 5 samples, drawn one after another) for
   comparison, end to end and from cached encoder outputs (the samplers alone), and both samplers' AUROC on the test split, so speed is compared at equal accuracy;
-- latency of a full explanation; batch throughput at batch 1, 8 and 32; peak memory; model load time;
+- latency of a full explanation; batch throughput (batch 1, 8 and 32 by default); peak memory; model load time;
   the time from a fresh app process to its first prediction;
 - optionally (`ig_steps`) how Integrated Gradients' completeness error and time fall with the number of
   integration steps, which is how the explanation's step counts were chosen.
@@ -109,7 +109,7 @@ def ig_step_sweep(predictor: Predictor, cases: list, image_steps=(8, 16, 32, 64)
 
 
 def bench(checkpoint=None, device=None, repeats: int = 10, accuracy: bool = True, app: bool = True,
-          ig_steps: bool = False) -> dict:
+          ig_steps: bool = False, batches: tuple[int, ...] = (1, 8, 32)) -> dict:
     from core.data.cohort.generate import ensure_cohort
     from core.explain.explanation import explain_case
     from core.paths import default_cohort_dir
@@ -147,10 +147,10 @@ def bench(checkpoint=None, device=None, repeats: int = 10, accuracy: bool = True
     res["speedup_over_must_style"] = {k: must[k] / latency[k] for k in must}
     res["explanation_ms"] = timed(lambda: explain_case(predictor, case), max(3, repeats // 3), warmup=1)
     present = ds.presence()
-    cases = [ds.load(int(i)) for i in ds.indices("test") if present[i].all()][:32]  # comparable across batch sizes
+    cases = [ds.load(int(i)) for i in ds.indices("test") if present[i].all()][:max(batches)]  # comparable across batches
     res["throughput_cases_per_s"] = {str(b): len(cases[:b]) / (timed(lambda: predictor.predict_many(cases[:b]),
                                                                       max(3, repeats // 3)) / 1000)
-                                     for b in (1, 8, 32)}
+                                     for b in batches}
     if ig_steps:
         res["ig_steps"] = ig_step_sweep(predictor, cases[:5])
     if accuracy:

@@ -21,12 +21,19 @@ from tqdm import tqdm
 from core.data.dataset import CaseInputs, Dataset
 from core.data.readers import LabPanel, Scan
 from core.data.spec import DatasetSpec
+from core.device import backbone_autocast
 from core.model.backbones import TEXT_DIM, ImageBackbone, embed_texts
 from core.model.config import ModelConfig
 from core.paths import cache_dir
 
 log = logging.getLogger(__name__)
 FEATURE_VERSION = "2"
+
+
+def _to(array: np.ndarray, device: torch.device | str) -> torch.Tensor:
+    """A host array as a tensor on the device; through pinned memory without blocking on CUDA."""
+    t = torch.as_tensor(array)
+    return t.pin_memory().to(device, non_blocking=True) if torch.device(device).type == "cuda" else t
 
 
 def content_key(data: bytes) -> int:
@@ -58,9 +65,9 @@ class FeatureTable:
             present &= ~drop
         out: dict[str, dict[str, torch.Tensor]] = {}
         for j, (name, kind) in enumerate(self.modalities):
-            p = torch.as_tensor(present[:, j], device=device)
+            p = _to(present[:, j], device)
             if kind == "image":
-                out[name] = {"x": torch.as_tensor(self.image[name][idx], device=device), "present": p}
+                out[name] = {"x": _to(self.image[name][idx], device), "present": p}
             elif kind == "text":
                 rows = [self.text[name][i] for i in idx]
                 n = max(1, max(len(r) for r in rows))
@@ -70,12 +77,11 @@ class FeatureTable:
                     x[r, : len(arr)] = arr
                     valid[r, : len(arr)] = True
                 valid &= present[:, j][:, None]
-                out[name] = {"x": torch.as_tensor(x, device=device), "valid": torch.as_tensor(valid, device=device),
-                             "present": p}
+                out[name] = {"x": _to(x, device), "valid": _to(valid, device), "present": p}
             else:
                 vals = self.tabular[name][idx].copy()
                 vals[~present[:, j]] = np.nan
-                out[name] = {"x": torch.as_tensor(vals, device=device), "present": p}
+                out[name] = {"x": _to(vals, device), "present": p}
         return out
 
     def save(self, path: Path) -> None:
@@ -118,9 +124,9 @@ def encode_images(images: list[np.ndarray], config: ModelConfig, device: torch.d
     """(1, S, S) images → what the trainable image encoder reads: EfficientNet maps, or pixels for the ViT."""
     if config.image_encoder == "vit":
         return np.stack(images).astype(np.float32)
-    backbone = ImageBackbone().to(device)
+    backbone = ImageBackbone(device)
     out = []
-    with torch.inference_mode():
+    with torch.inference_mode(), backbone_autocast(device):
         for s in range(0, len(images), batch_size):
             x = torch.as_tensor(np.stack(images[s:s + batch_size]), device=device)
             out.append(backbone(x).float().cpu().numpy())

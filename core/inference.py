@@ -25,16 +25,11 @@ from core.data.readers import LabPanel, Scan, read_labs, read_note, read_scan
 from core.data.readers.note import clean_note
 from core.data.readers.source import Source
 from core.data.spec import DatasetSpec
+from core.device import model_device, pick_device
 from core.errors import InputError, NoModalityError
 from core.features import FeatureTable, table_from_inputs
 from core.model.robustmdiff import SIGNALS, RobustMDiff, entropy
 from core.paths import DEFAULT_CHECKPOINT
-
-
-def pick_device(device: str | torch.device | None = None) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @dataclass
@@ -60,11 +55,12 @@ class TableOutput:
 @torch.no_grad()
 def predict_table(model: RobustMDiff, table: FeatureTable, idx: Iterable[int], drop: np.ndarray | None = None,
                   samples: int | None = None, steps: int | None = None, seed: int = 0, batch_size: int = 256,
-                  device: torch.device | str = "cpu", describe: bool = True) -> TableOutput:
+                  device: torch.device | str | None = None, describe: bool = True) -> TableOutput:
     """Predict rows `idx` of a feature table with the modalities in `drop` switched off. With `describe`, each
     synthesized modality also gets its confidence, value of information, assumed lab values and concepts
     (the evaluation, which needs only probabilities, skips them)."""
     idx = np.asarray(list(idx))
+    device = model_device(model) if device is None else device
     k = samples or model.config.diffusion.samples
     s = steps or model.config.diffusion.sample_steps
     m = len(model.info.modalities)
@@ -76,9 +72,7 @@ def predict_table(model: RobustMDiff, table: FeatureTable, idx: Iterable[int], d
     for start in range(0, len(idx), batch_size):
         rows = idx[start:start + batch_size]
         batch = table.batch(rows, device, None if drop is None else drop[start:start + batch_size])
-        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=torch.device(device).type == "cuda"):
-            h, present = model.encode(batch)
-        h = h.float()
+        h, present = model.encode(batch)  # float32 on every device (core/device.py)
         noise = None if bool(present.all()) or model.denoiser is None else model.case_noise(table.keys[rows], present, k, seed)
         probs_k, hs = model.sample_probabilities(h, present, noise, s)
         probs = probs_k.mean(0)

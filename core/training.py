@@ -2,7 +2,8 @@
 diffusion loss plus classification loss; validation each epoch, early stopping, then calibration.
 
 Frozen backbone features are cached (`core/features.py`), so an epoch on the default cohort takes
-seconds on a 2-core CPU. The same loop runs on CUDA (with bf16 autocast) when a GPU is there.
+seconds on a 2-core CPU. The same loop runs on CUDA when a GPU is there (`core/device.py`: the trained
+parts in float32 with TF32 products; random draws from CPU generators, so a seed means one stream).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from core.calibration import calibrate
 from core.data.dataset import Dataset
 from core.evaluation.metrics import classification_metrics, macro_auroc
 from core.features import FeatureTable, dataset_features, modalities_of
-from core.inference import pick_device, predict_table
+from core.device import pick_device
+from core.inference import predict_table
 from core.model.config import Config
 from core.model.knowledge import KnowledgeGraph, embed_concepts
 from core.model.robustmdiff import DataInfo, RobustMDiff
@@ -181,7 +183,6 @@ def train_model(ds: Dataset, table: FeatureTable, config: Config, device: str | 
     y_all = torch.as_tensor(ds.labels)
     drops = validation_drops(table.present[va], tc.p_max, tc.seed)
     use_diffusion = model.denoiser is not None
-    amp = device.type == "cuda"
     history: list[dict] = []
 
     def epoch_order() -> np.ndarray:
@@ -195,23 +196,22 @@ def train_model(ds: Dataset, table: FeatureTable, config: Config, device: str | 
     for epoch in bar:
         model.train()
         p = mask_probability(config, epoch)
-        sums = np.zeros(3)
+        sums = torch.zeros(3, device=device)  # summed on the device: no host sync per batch
         order = epoch_order()
         for start in range(0, len(order), tc.batch_size):
             rows = order[start:start + tc.batch_size]
             y = y_all[rows].to(device)
-            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp):
-                h, present = model.encode(table.batch(rows, device))
-                cls, cons = _classify_views(model, h, present, y, p, gen, None)
-                diff = model.diffusion_loss(h.float(), present, gen) if use_diffusion else h.new_zeros(())
-                loss = tc.lambda_cls * cls + tc.lambda_cons * cons + tc.lambda_diff * diff
+            h, present = model.encode(table.batch(rows, device))
+            cls, cons = _classify_views(model, h, present, y, p, gen, None)
+            diff = model.diffusion_loss(h, present, gen) if use_diffusion else h.new_zeros(())
+            loss = tc.lambda_cls * cls + tc.lambda_cons * cons + tc.lambda_diff * diff
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             opt.step()
-            sums += [float(cls.detach()), float(cons.detach()), float(diff.detach())]
+            sums += torch.stack([cls.detach().float(), cons.detach().float(), diff.detach().float()])
         sched.step()
-        sums /= max(1, -(-len(order) // tc.batch_size))
+        sums = sums.cpu().numpy() / max(1, -(-len(order) // tc.batch_size))
         scores = _val_score(model, table, va, ds.labels[va], drops, device) if not use_diffusion else \
             _val_score_dropped(model, table, va, ds.labels[va], drops, device)
         history.append({"phase": 1, "epoch": epoch, "p_mask": p, "cls": sums[0], "cons": sums[1], "diff": sums[2],

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 from core.bench import ig_step_sweep
+from core.device import pick_device
 from core.paths import ROOT
 
 
@@ -15,7 +16,7 @@ def test_bench_json(default_cohort):
                          cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-2000:]
     res = json.loads(out.stdout)
-    assert res["device"] == "cpu" and res["model_load_s"] > 0 and res["peak_memory_mb"] > 100
+    assert res["device"] == str(pick_device()) and res["model_load_s"] > 0 and res["peak_memory_mb"] > 100
     assert set(res["latency_ms"]) == {"image", "note", "labs", "image+note", "image+labs", "note+labs", "image+note+labs"}
     assert set(res["must_style_latency_ms"]) == set(res["latency_ms"]) - {"image+note+labs"}
     assert all(v > 0 for v in res["latency_ms"].values())

@@ -13,6 +13,7 @@ import torch
 
 from core.checkpoint import load_checkpoint
 from core.data.dataset import Dataset
+from core.doctor import TOLERANCE
 from core.errors import CheckpointError, NoModalityError
 from core.features import dataset_features
 from core.inference import Predictor, predict_table
@@ -146,8 +147,10 @@ def test_shipped_checkpoint_reproduces_its_test_metrics(predictor, default_datas
     from core.training import test_metrics
 
     again = test_metrics(predictor.model, default_dataset, default_features, predictor.device)
+    # trained and scored on the CPU: the same numbers there; TF32 products on a GPU move them a little
+    tol = 2e-3 if predictor.device.type == "cpu" else 1e-2
     for pattern, metrics in meta["test_metrics"].items():
-        assert again[pattern]["auroc"] == pytest.approx(metrics["auroc"], abs=2e-3), pattern
+        assert again[pattern]["auroc"] == pytest.approx(metrics["auroc"], abs=tol), pattern
     assert meta["test_metrics"]["image+note+labs"]["auroc"] > 0.9
     size = sum(p.stat().st_size for p in (ROOT / "checkpoints" / "default").iterdir())
     assert size < 20 * 2**20
@@ -157,13 +160,15 @@ def test_live_features_equal_cached_features(predictor, default_dataset, default
     rows = [int(i) for i in np.flatnonzero(default_features.present.all(1))[:3]]
     cases = [default_dataset.load(i) for i in rows]
     live = predictor.features(cases)
-    np.testing.assert_allclose(live.image["image"], default_features.image["image"][rows], atol=1e-4)
+    # the cache is written on whatever device built it; bf16 backbones on a GPU differ from the CPU's float32
+    feat_tol, prob_tol = (1e-4, 1e-4) if predictor.device.type == "cpu" else (0.1, TOLERANCE["cuda"])
+    np.testing.assert_allclose(live.image["image"], default_features.image["image"][rows], atol=feat_tol)
     for a, b in zip(live.text["note"], [default_features.text["note"][i] for i in rows]):
-        np.testing.assert_allclose(a, b, atol=1e-4)
+        np.testing.assert_allclose(a, b, atol=feat_tol)
     np.testing.assert_allclose(live.tabular["labs"], default_features.tabular["labs"][rows], rtol=1e-6)
     from_files = [p.probabilities for p in predictor.predict_many(cases)]
     cached = predict_table(predictor.model, default_features, rows).probs
-    np.testing.assert_allclose([[p[c] for c in predictor.classes] for p in from_files], cached, atol=1e-4)
+    np.testing.assert_allclose([[p[c] for c in predictor.classes] for p in from_files], cached, atol=prob_tol)
 
 
 def test_no_modality_is_refused(predictor, default_dataset):

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
+
+from core.jsonout import dumps
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -18,6 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-app", action="store_true", help="skip the app start-up measurement")
     p.add_argument("--ig-steps", action="store_true", help="also sweep Integrated Gradients' step count (completeness "
                    "error and time per modality; how the explanation's steps were chosen)")
+    p.add_argument("--batches", default="1,8,32", help="batch sizes for the throughput (default 1,8,32)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--device", help="cpu or cuda")
     p.set_defaults(run=run)
@@ -26,9 +28,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from core.bench import bench
 
-    res = bench(args.checkpoint, args.device, args.repeats, not args.no_accuracy, not args.no_app, args.ig_steps)
+    batches = tuple(int(b) for b in args.batches.split(",") if b.strip())
+    res = bench(args.checkpoint, args.device, args.repeats, not args.no_accuracy, not args.no_app, args.ig_steps, batches)
     if args.json:
-        print(json.dumps(res, indent=1))
+        print(dumps(res))
         return 0
     print(f"device {res['device']}; model load {res['model_load_s']:.2f} s; peak memory {res['peak_memory_mb']:.0f} MB")
     for k, v in res["latency_ms"].items():

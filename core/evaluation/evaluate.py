@@ -20,7 +20,7 @@ from core.evaluation import figures, report
 from core.evaluation.harness import Setup, run
 from core.evaluation.methods import methods_for, select
 from core.features import dataset_features
-from core.inference import pick_device
+from core.device import pick_device
 from core.model.config import Config
 from core.model.config import quick as quick_config
 from core.paths import CONFIGS, DEFAULT_CHECKPOINT, ROOT, default_cohort_dir

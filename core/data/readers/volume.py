@@ -14,7 +14,6 @@ import zlib
 import tempfile
 
 import numpy as np
-import SimpleITK as sitk
 
 from core.data.readers.scan import Scan, finalise, to_gray
 from core.errors import ScanError
@@ -44,7 +43,7 @@ def _header_size(data: bytes, fmt: str) -> int | None:
     return None
 
 
-def _check_complete(data: bytes, fmt: str, image: sitk.Image, label: str) -> None:
+def _check_complete(data: bytes, fmt: str, image, label: str) -> None:  # image: a SimpleITK Image
     """SimpleITK pads truncated files with zeros; refuse them instead."""
     if data.startswith(b"\x1f\x8b"):
         try:
@@ -60,6 +59,8 @@ def _check_complete(data: bytes, fmt: str, image: sitk.Image, label: str) -> Non
 
 
 def read_volume(data: bytes, label: str, fmt: str) -> Scan:
+    import SimpleITK as sitk  # here, not at import: it is large, and only volumes need it
+
     suffix = SUFFIX[fmt] + (".gz" if fmt == "nifti" and data.startswith(b"\x1f\x8b") else "")
     fd, path = tempfile.mkstemp(suffix=suffix)
     try:
