@@ -211,7 +211,7 @@ def train_model(ds: Dataset, table: FeatureTable, config: Config, device: str | 
             opt.step()
             sums += torch.stack([cls.detach().float(), cons.detach().float(), diff.detach().float()])
         sched.step()
-        sums = sums.cpu().numpy() / max(1, -(-len(order) // tc.batch_size))
+        sums = sums.cpu().double().numpy() / max(1, -(-len(order) // tc.batch_size))
         scores = _val_score(model, table, va, ds.labels[va], drops, device) if not use_diffusion else \
             _val_score_dropped(model, table, va, ds.labels[va], drops, device)
         history.append({"phase": 1, "epoch": epoch, "p_mask": p, "cls": sums[0], "cons": sums[1], "diff": sums[2],
