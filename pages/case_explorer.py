@@ -163,9 +163,11 @@ if pred.synthesized:
                 help="Synthesis confidence: the probability that the answer stays the same when the real modality "
                      "is added, learned on validation cases (see the Model card for how well it holds on test cases).")
     st.dataframe(pd.DataFrame([{"modality": m, "synthesis confidence": f"{s['confidence']:.0%}",
-                                "expected change of the answer if acquired": f"{s['expected_change']:.1%}",
-                                "what the synthesis assumed": pred.assumed_text(m)}
+                                "expected change of the answer if acquired": f"{s['expected_change']:.1%}"}
                                for m, s in pred.synthesized.items()]), hide_index=True, width="stretch")
+    for m in pred.synthesized:
+        if pred.assumed_text(m):
+            st.caption(f"Synthesized {m}: {pred.assumed_text(m)}")
     for m, s in pred.synthesized.items():
         if "expected_values" in s:
             with st.expander(f"Assumed {m} values (median and 80 % interval implied by the synthesized latent)"):
