@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,9 @@ from core.device import backbone_autocast
 from core.model.backbones import TEXT_DIM, ImageBackbone, embed_texts
 from core.model.config import ModelConfig
 from core.paths import cache_dir
+
+if TYPE_CHECKING:
+    from core.distributed import Context
 
 log = logging.getLogger(__name__)
 FEATURE_VERSION = "2"
@@ -97,6 +101,28 @@ class FeatureTable:
         tmp = path.with_suffix(".tmp.npz")
         np.savez(tmp, modalities=json.dumps(self.modalities), **arrays)
         tmp.replace(path)
+
+    @classmethod
+    def interleave(cls, shards: list["FeatureTable"]) -> "FeatureTable":
+        """One table from shards where shard r holds rows r, r + w, r + 2w, … (w = number of shards)."""
+        w, n = len(shards), sum(len(s) for s in shards)
+
+        def rows(get):
+            first = get(shards[0])
+            out = np.empty((n, *first.shape[1:]), first.dtype)
+            for r, s in enumerate(shards):
+                out[r::w] = get(s)
+            return out
+
+        t = cls(shards[0].modalities, rows(lambda s: s.present), rows(lambda s: s.keys))
+        for name, kind in t.modalities:
+            if kind == "image":
+                t.image[name] = rows(lambda s: s.image[name])
+            elif kind == "tabular":
+                t.tabular[name] = rows(lambda s: s.tabular[name])
+            else:
+                t.text[name] = [shards[i % w].text[name][i // w] for i in range(n)]
+        return t
 
     @classmethod
     def load(cls, path: Path) -> "FeatureTable":
@@ -182,8 +208,9 @@ def modalities_of(spec: DatasetSpec) -> tuple[list[tuple[str, str]], dict[str, l
 
 
 def dataset_features(ds: Dataset, config: ModelConfig, device: torch.device | str = "cpu",
-                     progress: bool = True, use_cache: bool = True) -> FeatureTable:
-    """Features of every case of a data set, from the on-disk cache when the same data was seen before."""
+                     progress: bool = True, use_cache: bool = True, ctx: "Context | None" = None) -> FeatureTable:
+    """Features of every case of a data set, from the on-disk cache when the same data was seen before.
+    Under torchrun (`ctx`) each process encodes every world-th case and rank 0 merges the shards."""
     keys = {k: getattr(config, k) for k in ("image_encoder", "image_size", "text_max_tokens", "text_max_chunks")}
     fingerprint = ds.fingerprint()
     key = hashlib.sha256(json.dumps([FEATURE_VERSION, fingerprint, keys], sort_keys=True).encode()).hexdigest()[:20]
@@ -191,9 +218,21 @@ def dataset_features(ds: Dataset, config: ModelConfig, device: torch.device | st
     if use_cache and path.exists():
         return FeatureTable.load(path)
     mods, labs = modalities_of(ds.spec)
-    cases = [ds.load(i) for i in tqdm(range(len(ds)), desc="reading cases", disable=not progress, unit="case")]
+    sharded = ctx is not None and ctx.active and use_cache
+    rows = range(ctx.rank, len(ds), ctx.world) if sharded else range(len(ds))
+    cases = [ds.load(i) for i in tqdm(rows, desc="reading cases", disable=not progress, unit="case")]
     log.info("encoding %d cases with the frozen backbones (cached afterwards)", len(cases))
     table = table_from_inputs(cases, mods, labs, config, device, progress)
-    if use_cache:
-        table.save(path)
-    return table
+    if not sharded:
+        if use_cache:
+            table.save(path)
+        return table
+    table.save(path.with_suffix(f".rank{ctx.rank}.npz"))
+    ctx.barrier()
+    if ctx.main:
+        shards = [path.with_suffix(f".rank{r}.npz") for r in range(ctx.world)]
+        FeatureTable.interleave([FeatureTable.load(s) for s in shards]).save(path)
+        for s in shards:
+            s.unlink()
+    ctx.barrier()
+    return FeatureTable.load(path)

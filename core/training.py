@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from core.calibration import calibrate
@@ -24,6 +26,7 @@ from core.data.dataset import Dataset
 from core.evaluation.metrics import classification_metrics, macro_auroc
 from core.features import FeatureTable, dataset_features, modalities_of
 from core.device import pick_device
+from core.distributed import Context, context, process_device
 from core.inference import predict_table
 from core.model.config import Config
 from core.model.knowledge import KnowledgeGraph, embed_concepts
@@ -162,8 +165,37 @@ class _Best:
         self.model.load_state_dict(self.state)
 
 
+class _Loss(nn.Module):
+    """One phase's loss as a module whose forward is `fn(model, ...)`, so that DistributedDataParallel sees
+    the computation and averages the gradients across processes."""
+
+    def __init__(self, model: RobustMDiff, fn):
+        super().__init__()
+        self.model, self.fn = model, fn
+
+    def forward(self, *args):
+        return self.fn(self.model, *args)
+
+
+def _distributed(module: nn.Module, ctx: Context, device: torch.device) -> nn.Module:
+    if not ctx.active:
+        return module
+    # some parameters sit out a phase (the encoders in phase 2, the denoiser in phase 3)
+    return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None,
+                                   find_unused_parameters=True)
+
+
+def _global_batches(order: np.ndarray | torch.Tensor, size: int, ctx: Context):
+    """Batches of `size` rows of a shared order, each split between the processes (this one's share);
+    a tail too small to give every process a row is dropped by all of them alike."""
+    for start in range(0, len(order), size):
+        rows = order[start:start + size]
+        if len(rows) >= ctx.world:
+            yield ctx.shard(rows)
+
+
 def train_model(ds: Dataset, table: FeatureTable, config: Config, device: str | torch.device | None = None,
-                progress: bool = True) -> TrainResult:
+                progress: bool = True, ctx: Context | None = None) -> TrainResult:
     """Three phases, one objective (L_cls + lambda_cons L_cons + lambda_diff L_diff):
     1. encoders, fusion and classifier under curriculum masking, the denoiser learning alongside on the
        (detached) latents; early stopping picks the best encoders;
@@ -172,9 +204,13 @@ def train_model(ds: Dataset, table: FeatureTable, config: Config, device: str | 
        so that the classifier reads what it will read at inference."""
     t0 = time.perf_counter()
     tc = config.training
+    ctx = ctx or Context()
     device = pick_device(device)
+    progress = progress and ctx.main
     seed_everything(tc.seed)
-    gen = torch.Generator().manual_seed(tc.seed)
+    # the sampling order is drawn alike by every process; masks and noise by each for its own rows
+    order_gen = torch.Generator().manual_seed(tc.seed)
+    gen = order_gen if not ctx.active else torch.Generator().manual_seed(tc.seed + 7919 * (ctx.rank + 1))
     tr, va = ds.indices("train"), ds.indices("val")
     model, concept_ids = build_model(data_info(ds), config, table, tr)
     model.to(device)
@@ -186,9 +222,17 @@ def train_model(ds: Dataset, table: FeatureTable, config: Config, device: str | 
     history: list[dict] = []
 
     def epoch_order() -> np.ndarray:
-        return tr[torch.multinomial(weights, len(tr), replacement=True, generator=gen).numpy()]
+        return tr[torch.multinomial(weights, len(tr), replacement=True, generator=order_gen).numpy()]
 
     # ---- phase 1 ----------------------------------------------------------------------------------------
+    def phase1_loss(m: RobustMDiff, rows: np.ndarray, p: float):
+        h, present = m.encode(table.batch(rows, device))
+        cls, cons = _classify_views(m, h, present, y_all[rows].to(device), p, gen, None)
+        diff = m.diffusion_loss(h, present, gen) if use_diffusion else h.new_zeros(())
+        loss = tc.lambda_cls * cls + tc.lambda_cons * cons + tc.lambda_diff * diff
+        return loss, torch.stack([cls.detach().float(), cons.detach().float(), diff.detach().float()])
+
+    step = _distributed(_Loss(model, phase1_loss), ctx, device)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, tc.epochs))
     best = _Best(model, tc.patience)
@@ -198,18 +242,13 @@ def train_model(ds: Dataset, table: FeatureTable, config: Config, device: str | 
         p = mask_probability(config, epoch)
         sums = torch.zeros(3, device=device)  # summed on the device: no host sync per batch
         order = epoch_order()
-        for start in range(0, len(order), tc.batch_size):
-            rows = order[start:start + tc.batch_size]
-            y = y_all[rows].to(device)
-            h, present = model.encode(table.batch(rows, device))
-            cls, cons = _classify_views(model, h, present, y, p, gen, None)
-            diff = model.diffusion_loss(h, present, gen) if use_diffusion else h.new_zeros(())
-            loss = tc.lambda_cls * cls + tc.lambda_cons * cons + tc.lambda_diff * diff
+        for rows in _global_batches(order, tc.batch_size, ctx):
+            loss, parts = step(rows, p)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             opt.step()
-            sums += torch.stack([cls.detach().float(), cons.detach().float(), diff.detach().float()])
+            sums += parts
         sched.step()
         sums = sums.cpu().double().numpy() / max(1, -(-len(order) // tc.batch_size))
         scores = _val_score(model, table, va, ds.labels[va], drops, device) if not use_diffusion else \
@@ -217,7 +256,7 @@ def train_model(ds: Dataset, table: FeatureTable, config: Config, device: str | 
         history.append({"phase": 1, "epoch": epoch, "p_mask": p, "cls": sums[0], "cons": sums[1], "diff": sums[2],
                         "val_auroc": scores[0], "val_auroc_masked": scores[1]})
         bar.set_postfix(cls=f"{sums[0]:.3f}", cons=f"{sums[1]:.3f}", diff=f"{sums[2]:.3f}", val=f"{np.mean(scores):.3f}")
-        if best.update(float(np.mean(scores)), epoch):
+        if best.update(ctx.agree(float(np.mean(scores))), epoch):
             break
     bar.close()
     best.restore()
@@ -230,16 +269,17 @@ def train_model(ds: Dataset, table: FeatureTable, config: Config, device: str | 
         with torch.no_grad():
             h_tr, present_tr = model.encode(table.batch(tr, device))
         # ---- phase 2 ------------------------------------------------------------------------------------
+        step = _distributed(_Loss(model, lambda m, idx: tc.lambda_diff * m.diffusion_loss(h_tr[idx], present_tr[idx], gen)),
+                            ctx, device)
         opt = torch.optim.AdamW(model.denoiser.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, tc.diffusion_epochs))
         bar = tqdm(range(tc.diffusion_epochs), desc="phase 2: latent diffusion", unit="epoch", disable=not progress)
         for epoch in bar:
             model.denoiser.train()
-            perm = torch.randperm(len(tr), generator=gen)
+            perm = torch.randperm(len(tr), generator=order_gen)
             total, n = 0.0, 0
-            for start in range(0, len(tr), 2 * tc.batch_size):
-                idx = perm[start:start + 2 * tc.batch_size].to(device)
-                loss = tc.lambda_diff * model.diffusion_loss(h_tr[idx], present_tr[idx], gen)
+            for idx in _global_batches(perm, 2 * tc.batch_size, ctx):
+                loss = step(idx.to(device))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -251,7 +291,13 @@ def train_model(ds: Dataset, table: FeatureTable, config: Config, device: str | 
         # ---- phase 3 ------------------------------------------------------------------------------------
         model.eval()
         best = _Best(model, tc.patience)
-        best.update(float(np.mean(_val_score(model, table, va, ds.labels[va], drops, device))), -1)
+        best.update(ctx.agree(float(np.mean(_val_score(model, table, va, ds.labels[va], drops, device)))), -1)
+
+        def phase3_loss(m: RobustMDiff, idx: torch.Tensor, y: torch.Tensor):
+            cls, cons = _classify_views(m, h_tr[idx], present_tr[idx], y, tc.p_max, gen, config.diffusion.train_sample_steps)
+            return tc.lambda_cls * cls + tc.lambda_cons * cons
+
+        step = _distributed(_Loss(model, phase3_loss), ctx, device)
         params = list(model.fusion.parameters()) + list(model.head.parameters())
         opt = torch.optim.AdamW(params, lr=tc.finetune_lr, weight_decay=tc.weight_decay)
         bar = tqdm(range(tc.finetune_epochs), desc="phase 3: classifier on completed latents", unit="epoch",
@@ -261,12 +307,8 @@ def train_model(ds: Dataset, table: FeatureTable, config: Config, device: str | 
             model.head.train()
             order = torch.as_tensor(np.searchsorted(tr, epoch_order()))
             total, n = 0.0, 0
-            for start in range(0, len(order), tc.batch_size):
-                idx = order[start:start + tc.batch_size].to(device)
-                y = y_all[tr[idx.cpu().numpy()]].to(device)
-                cls, cons = _classify_views(model, h_tr[idx], present_tr[idx], y, tc.p_max, gen,
-                                            config.diffusion.train_sample_steps)
-                loss = tc.lambda_cls * cls + tc.lambda_cons * cons
+            for idx in _global_batches(order, tc.batch_size, ctx):
+                loss = step(idx.to(device), y_all[tr[idx.numpy()]].to(device))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -275,7 +317,7 @@ def train_model(ds: Dataset, table: FeatureTable, config: Config, device: str | 
             history.append({"phase": 3, "epoch": epoch, "cls": total / n, "val_auroc": scores[0],
                             "val_auroc_masked": scores[1]})
             bar.set_postfix(loss=f"{total / n:.3f}", val=f"{np.mean(scores):.3f}")
-            if best.update(float(np.mean(scores)), epoch):
+            if best.update(ctx.agree(float(np.mean(scores))), epoch):
                 break
         bar.close()
         best.restore()
@@ -315,22 +357,27 @@ def test_metrics(model: RobustMDiff, ds: Dataset, table: FeatureTable, device="c
 
 
 def train(data: str | Path, config: Config, out: str | Path, device: str | None = None, progress: bool = True,
-          command: str = "") -> dict:
-    """Train on a data set folder and write a checkpoint folder; returns its metadata."""
+          command: str = "") -> dict | None:
+    """Train on a data set folder and write a checkpoint folder; returns its metadata. Under torchrun
+    (`core/distributed.py`) every process trains its share and rank 0 writes (the others return None)."""
     from core.calibration.report import calibration_report
     from core.checkpoint import save_checkpoint
 
+    ctx = context()
     ds = Dataset.open(data)
-    dev = pick_device(device)
-    table = dataset_features(ds, config.model, dev, progress=progress)
-    result = train_model(ds, table, config, dev, progress)
-    metrics = test_metrics(result.model, ds, table, dev)
-    calibration = calibration_report(result.model, ds, table, dev) if result.model.denoiser is not None else None
-    meta = {"spec": ds.spec.to_dict(), "n_concepts": len(result.concept_ids), "concept_ids": result.concept_ids,
-            "data_fingerprint": ds.fingerprint(), "data_size": len(ds), "test_metrics": metrics,
-            "calibration_fit": result.calibration, "calibration": calibration,
-            "temperature": float(result.model.temperature.mean()),
-            "best_epoch": result.best_epoch, "val_score": result.val_score, "history": result.history,
-            "train_seconds": result.seconds, "device": str(dev), "command": command}
-    save_checkpoint(result.model, out, meta)
+    dev = pick_device(process_device(ctx, device))
+    table = dataset_features(ds, config.model, dev, progress=progress and ctx.main, ctx=ctx)
+    result = train_model(ds, table, config, dev, progress, ctx)
+    meta = None
+    if ctx.main:
+        metrics = test_metrics(result.model, ds, table, dev)
+        calibration = calibration_report(result.model, ds, table, dev) if result.model.denoiser is not None else None
+        meta = {"spec": ds.spec.to_dict(), "n_concepts": len(result.concept_ids), "concept_ids": result.concept_ids,
+                "data_fingerprint": ds.fingerprint(), "data_size": len(ds), "test_metrics": metrics,
+                "calibration_fit": result.calibration, "calibration": calibration,
+                "temperature": float(result.model.temperature.mean()),
+                "best_epoch": result.best_epoch, "val_score": result.val_score, "history": result.history,
+                "train_seconds": result.seconds, "device": str(dev), "processes": ctx.world, "command": command}
+        save_checkpoint(result.model, out, meta)
+    ctx.barrier()
     return meta

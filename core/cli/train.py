@@ -14,7 +14,8 @@ from core.paths import CONFIGS, ROOT, default_cohort_dir
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model and write a checkpoint folder",
                        description="Train RobustMDiff (three phases, see core/training.py) and write a checkpoint "
-                                   "(model.safetensors + meta.json with config, classes, data fingerprint, test metrics).")
+                                   "(model.safetensors + meta.json with config, classes, data fingerprint, test metrics). "
+                                   "Several processes or machines: torchrun --nproc_per_node N -m core train ...")
     p.add_argument("--config", default=str(CONFIGS / "default.yaml"), help="config YAML (default configs/default.yaml)")
     p.add_argument("--data", help="data set folder with spec.yaml + manifest.csv (default: the embedded cohort, "
                                   "generated on first use)")
@@ -39,7 +40,10 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else ROOT / "runs" / time.strftime("%Y%m%d-%H%M%S")
     command = "python -m core " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     meta = train(data, config, out, device=args.device, command=command)
+    if meta is None:  # a torchrun process other than rank 0: rank 0 reports
+        return 0
     m = meta["test_metrics"]
-    print(f"checkpoint written to {out} ({meta['train_seconds']:.0f} s on {meta['device']})")
+    on = f"{meta['device']}" + (f", {meta['processes']} processes" if meta["processes"] > 1 else "")
+    print(f"checkpoint written to {out} ({meta['train_seconds']:.0f} s on {on})")
     print("test macro AUROC: " + ", ".join(f"{k} {v['auroc']:.3f}" for k, v in m.items()))
     return 0
