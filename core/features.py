@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import shutil
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from pathlib import Path
@@ -31,7 +33,25 @@ if TYPE_CHECKING:
     from core.distributed import Context
 
 log = logging.getLogger(__name__)
-FEATURE_VERSION = "2"
+FEATURE_VERSION = "3"  # 3: a folder of memory-mapped .npy files
+CHUNK = 512  # cases read and encoded at a time
+
+
+def _scratch(path: Path) -> Path:
+    """A fresh folder beside `path`, private to this process (parallel test workers share the cache)."""
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def _publish(tmp: Path, path: Path) -> None:
+    """Move a finished folder into place in one step; if another process published it first, keep theirs
+    (the same data gives the same features)."""
+    try:
+        tmp.rename(path)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _to(array: np.ndarray, device: torch.device | str) -> torch.Tensor:
@@ -89,18 +109,69 @@ class FeatureTable:
         return out
 
     def save(self, path: Path) -> None:
-        arrays: dict[str, np.ndarray] = {"present": self.present, "keys": self.keys}
-        for k, v in self.image.items():
-            arrays[f"image/{k}"] = v
-        for k, v in self.tabular.items():
-            arrays[f"tabular/{k}"] = v
-        for k, rows in self.text.items():
-            arrays[f"text/{k}/data"] = np.concatenate(rows) if rows else np.zeros((0, 384), np.float32)
-            arrays[f"text/{k}/lengths"] = np.array([len(r) for r in rows])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, modalities=json.dumps(self.modalities), **arrays)
-        tmp.replace(path)
+        """Write as a folder of .npy files (replaced atomically), which `load` memory-maps; files are named by
+        the modality's position, never by its (user-given) name."""
+        tmp = _scratch(path)
+        np.save(tmp / "present.npy", np.asarray(self.present))
+        np.save(tmp / "keys.npy", np.asarray(self.keys))
+        for j, (name, kind) in enumerate(self.modalities):
+            if kind == "image":
+                np.save(tmp / f"{j}-image.npy", self.image[name])
+            elif kind == "tabular":
+                np.save(tmp / f"{j}-tabular.npy", self.tabular[name])
+            else:
+                rows = self.text[name]
+                np.save(tmp / f"{j}-text.npy", np.concatenate(rows) if rows else np.zeros((0, TEXT_DIM), np.float32))
+                np.save(tmp / f"{j}-offsets.npy", np.concatenate([[0], np.cumsum([len(r) for r in rows])]).astype(np.int64))
+        (tmp / "modalities.json").write_text(json.dumps(self.modalities), encoding="utf-8")
+        _publish(tmp, path)
+
+    @classmethod
+    def stack(cls, parts: list["FeatureTable"]) -> "FeatureTable":
+        """The rows of several tables one after another, in memory."""
+        t = cls(parts[0].modalities, np.concatenate([p.present for p in parts]), np.concatenate([p.keys for p in parts]))
+        for name, kind in t.modalities:
+            if kind == "image":
+                t.image[name] = np.concatenate([p.image[name] for p in parts])
+            elif kind == "tabular":
+                t.tabular[name] = np.concatenate([p.tabular[name] for p in parts])
+            else:
+                t.text[name] = [r for p in parts for r in p.text[name]]
+        return t
+
+    @classmethod
+    def concatenate(cls, parts: list["FeatureTable"], path: Path) -> "FeatureTable":
+        """Write the rows of several tables one after another into the folder `path`, streaming through
+        memory-mapped output (a data set larger than memory is never held whole), and load it."""
+        tmp = _scratch(path)
+        mods = parts[0].modalities
+
+        def stream(file: str, get) -> None:
+            first = get(parts[0])
+            out = np.lib.format.open_memmap(tmp / file, "w+", first.dtype, (sum(len(get(p)) for p in parts), *first.shape[1:]))
+            at = 0
+            for p in parts:
+                block = get(p)
+                out[at:at + len(block)] = block
+                at += len(block)
+            out.flush()
+            del out
+
+        stream("present.npy", lambda t: t.present)
+        stream("keys.npy", lambda t: t.keys)
+        for j, (name, kind) in enumerate(mods):
+            if kind == "image":
+                stream(f"{j}-image.npy", lambda t, n=name: t.image[n])
+            elif kind == "tabular":
+                stream(f"{j}-tabular.npy", lambda t, n=name: t.tabular[n])
+            else:
+                lengths = [len(r) for p in parts for r in p.text[name]]
+                np.save(tmp / f"{j}-offsets.npy", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
+                stream(f"{j}-text.npy", lambda t, n=name: np.concatenate(t.text[n]) if t.text[n]
+                       else np.zeros((0, TEXT_DIM), np.float32))
+        (tmp / "modalities.json").write_text(json.dumps(mods), encoding="utf-8")
+        _publish(tmp, path)
+        return cls.load(path)
 
     @classmethod
     def interleave(cls, shards: list["FeatureTable"]) -> "FeatureTable":
@@ -126,17 +197,18 @@ class FeatureTable:
 
     @classmethod
     def load(cls, path: Path) -> "FeatureTable":
-        with np.load(path, allow_pickle=False) as z:
-            mods = [tuple(m) for m in json.loads(str(z["modalities"]))]
-            t = cls(mods, z["present"], z["keys"])
-            for name, kind in mods:
-                if kind == "image":
-                    t.image[name] = z[f"image/{name}"]
-                elif kind == "tabular":
-                    t.tabular[name] = z[f"tabular/{name}"]
-                else:
-                    data, lengths = z[f"text/{name}/data"], z[f"text/{name}/lengths"]
-                    t.text[name] = np.split(data, np.cumsum(lengths)[:-1])
+        """A saved table with its large arrays (image features, note chunk vectors) memory-mapped: rows are
+        read from disk when a batch asks for them."""
+        mods = [tuple(m) for m in json.loads((path / "modalities.json").read_text(encoding="utf-8"))]
+        t = cls(mods, np.load(path / "present.npy"), np.load(path / "keys.npy"))
+        for j, (name, kind) in enumerate(mods):
+            if kind == "image":
+                t.image[name] = np.load(path / f"{j}-image.npy", mmap_mode="r")
+            elif kind == "tabular":
+                t.tabular[name] = np.load(path / f"{j}-tabular.npy")
+            else:
+                data, offsets = np.load(path / f"{j}-text.npy", mmap_mode="r"), np.load(path / f"{j}-offsets.npy")
+                t.text[name] = [data[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
         return t
 
 
@@ -209,30 +281,44 @@ def modalities_of(spec: DatasetSpec) -> tuple[list[tuple[str, str]], dict[str, l
 
 def dataset_features(ds: Dataset, config: ModelConfig, device: torch.device | str = "cpu",
                      progress: bool = True, use_cache: bool = True, ctx: "Context | None" = None) -> FeatureTable:
-    """Features of every case of a data set, from the on-disk cache when the same data was seen before.
-    Under torchrun (`ctx`) each process encodes every world-th case and rank 0 merges the shards."""
+    """Features of every case of a data set, from the on-disk cache when the same data was seen before (a
+    folder of memory-mapped arrays). Cases are read and encoded `CHUNK` at a time, so a data set larger than
+    memory streams through. Under torchrun (`ctx`) each process encodes every world-th case and rank 0
+    merges the shards."""
     keys = {k: getattr(config, k) for k in ("image_encoder", "image_size", "text_max_tokens", "text_max_chunks")}
     fingerprint = ds.fingerprint()
     key = hashlib.sha256(json.dumps([FEATURE_VERSION, fingerprint, keys], sort_keys=True).encode()).hexdigest()[:20]
-    path = cache_dir() / f"features-{key}.npz"
-    if use_cache and path.exists():
+    path = cache_dir() / f"features-{key}"
+    if use_cache and (path / "modalities.json").exists():
         return FeatureTable.load(path)
     mods, labs = modalities_of(ds.spec)
     sharded = ctx is not None and ctx.active and use_cache
-    rows = range(ctx.rank, len(ds), ctx.world) if sharded else range(len(ds))
-    cases = [ds.load(i) for i in tqdm(rows, desc="reading cases", disable=not progress, unit="case")]
-    log.info("encoding %d cases with the frozen backbones (cached afterwards)", len(cases))
-    table = table_from_inputs(cases, mods, labs, config, device, progress)
+    rows = list(range(ctx.rank, len(ds), ctx.world) if sharded else range(len(ds)))
+    log.info("encoding %d cases with the frozen backbones (cached afterwards)", len(rows))
+    bar = tqdm(total=len(rows), desc="encoding cases", disable=not progress, unit="case")
+    parts, scratch = [], path.with_name(f"{path.name}.parts{os.getpid()}")
+    for start in range(0, len(rows), CHUNK):
+        part = table_from_inputs([ds.load(i) for i in rows[start:start + CHUNK]], mods, labs, config, device)
+        if use_cache and len(rows) > CHUNK:  # spill each chunk to disk, keep only a memory map of it
+            part.save(scratch / f"{start:09d}")
+            part = FeatureTable.load(scratch / f"{start:09d}")
+        parts.append(part)
+        bar.update(len(part))
+    bar.close()
+    if not use_cache:
+        return parts[0] if len(parts) == 1 else FeatureTable.stack(parts)
+    target = path.with_name(path.name + f".rank{ctx.rank}") if sharded else path
+    if sharded:
+        shutil.rmtree(target, ignore_errors=True)  # a shard left by an interrupted run
+    table = FeatureTable.concatenate(parts, target)
+    shutil.rmtree(scratch, ignore_errors=True)
     if not sharded:
-        if use_cache:
-            table.save(path)
         return table
-    table.save(path.with_suffix(f".rank{ctx.rank}.npz"))
     ctx.barrier()
     if ctx.main:
-        shards = [path.with_suffix(f".rank{r}.npz") for r in range(ctx.world)]
+        shards = [path.with_name(path.name + f".rank{r}") for r in range(ctx.world)]
         FeatureTable.interleave([FeatureTable.load(s) for s in shards]).save(path)
         for s in shards:
-            s.unlink()
+            shutil.rmtree(s)
     ctx.barrier()
     return FeatureTable.load(path)

@@ -80,7 +80,7 @@ def predict_table(model: RobustMDiff, table: FeatureTable, idx: Iterable[int], d
         nan = torch.full((b, m), float("nan"), device=probs.device)
         spread, conf, change, gain = nan.clone(), nan.clone(), nan.clone(), nan.clone()
         signals = torch.full((b, m, f), float("nan"), device=probs.device)
-        n_concepts = model.concept_baseline.shape[1] if model.concept_attention(h[:1]) is not None else 0
+        n_concepts = model.concept_baseline.shape[1] if getattr(model.fusion, "knowledge", None) is not None else 0
         concepts = torch.full((b, m, n_concepts), float("nan"), device=probs.device)
         assumed = {n: [torch.full((b, len(model.info.labs[n])), float("nan"), device=probs.device)] * 3 for n in tab}
         if hs is not None and describe:
@@ -108,6 +108,20 @@ def predict_table(model: RobustMDiff, table: FeatureTable, idx: Iterable[int], d
     cat = {n: np.concatenate(v, axis=1 if n == "sample_probs" else 0) for n, v in outs.items()}
     return TableOutput(cat["probs"], cat["given"], cat["spread"], cat["conf"], cat["change"], cat["gain"],
                        cat["signals"], cat["sample_probs"], {n: tuple(cat[f"{n}/{q}"] for q in range(3)) for n in tab}, cat["concepts"])
+
+
+@torch.no_grad()
+def encode_table(model: RobustMDiff, table: FeatureTable, idx: np.ndarray, device: torch.device | str | None = None,
+                 drop: np.ndarray | None = None, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """Latents H (N, M, d_h) and presence (N, M) of rows `idx`, encoded `batch_size` rows at a time (the
+    table's large arrays may be memory-mapped), on the model's device."""
+    device = model_device(model) if device is None else device
+    hs, ps = [], []
+    for s in range(0, len(idx), batch_size):
+        h, p = model.encode(table.batch(idx[s:s + batch_size], device, None if drop is None else drop[s:s + batch_size]))
+        hs.append(h.float())
+        ps.append(p)
+    return torch.cat(hs), torch.cat(ps)
 
 
 def _value_of_information(model: RobustMDiff, hs: torch.Tensor, present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -27,7 +27,7 @@ from core.evaluation.metrics import classification_metrics, macro_auroc
 from core.features import FeatureTable, dataset_features, modalities_of
 from core.device import pick_device
 from core.distributed import Context, context, process_device
-from core.inference import predict_table
+from core.inference import encode_table, predict_table
 from core.model.config import Config
 from core.model.knowledge import KnowledgeGraph, embed_concepts
 from core.model.robustmdiff import DataInfo, RobustMDiff
@@ -266,8 +266,7 @@ def train_model(ds: Dataset, table: FeatureTable, config: Config, device: str | 
         for p_ in model.encoders.parameters():
             p_.requires_grad_(False)
         model.eval()
-        with torch.no_grad():
-            h_tr, present_tr = model.encode(table.batch(tr, device))
+        h_tr, present_tr = encode_table(model, table, tr, device)
         # ---- phase 2 ------------------------------------------------------------------------------------
         step = _distributed(_Loss(model, lambda m, idx: tc.lambda_diff * m.diffusion_loss(h_tr[idx], present_tr[idx], gen)),
                             ctx, device)
@@ -333,7 +332,7 @@ def _val_score_dropped(model: RobustMDiff, table: FeatureTable, va: np.ndarray, 
     out = []
     with torch.no_grad():
         for d in drops:
-            h, present = model.encode(table.batch(va, device, d))
+            h, present = encode_table(model, table, va, device, d)
             z, _ = model.fuse(h, present)
             out.append(macro_auroc(y, torch.softmax(model.logits(z), -1).cpu().numpy()))
     return out

@@ -14,6 +14,7 @@ import torch
 
 from core.calibration.views import Views
 from core.features import FeatureTable
+from core.inference import encode_table
 from core.model.robustmdiff import RobustMDiff
 
 RIDGE = 1.0
@@ -21,15 +22,10 @@ COVERAGE = 0.8
 MIN_LAB_VALUES = 30
 
 
-@torch.no_grad()
-def real_latents(model: RobustMDiff, table: FeatureTable, idx: np.ndarray, device, batch: int = 512):
+def real_latents(model: RobustMDiff, table: FeatureTable, idx: np.ndarray, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Latents H (N, M, d_h) and presence (N, M) of the real inputs, on the CPU."""
-    hs, ps = [], []
-    for s in range(0, len(idx), batch):
-        h, p = model.encode(table.batch(idx[s:s + batch], device))
-        hs.append(h.float().cpu())
-        ps.append(p.cpu())
-    return torch.cat(hs), torch.cat(ps)
+    h, p = encode_table(model, table, np.asarray(idx), device)
+    return h.cpu(), p.cpu()
 
 
 def standardised_labs(model: RobustMDiff, name: str, values: np.ndarray) -> np.ndarray:

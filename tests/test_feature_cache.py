@@ -1,0 +1,36 @@
+"""The feature cache: cases stream through in chunks into a folder of memory-mapped arrays, and what is
+read back equals the features computed in one go."""
+
+from __future__ import annotations
+
+import numpy as np
+
+import core.features as features
+from core.data.dataset import Dataset
+from core.features import FeatureTable, dataset_features, modalities_of, table_from_inputs
+from core.model.config import Config
+from core.paths import CONFIGS
+
+
+def test_chunked_memory_mapped_cache_equals_one_pass(small_cohort, tmp_path, monkeypatch):
+    monkeypatch.setenv("RMD_DATA_DIR", str(tmp_path))
+    monkeypatch.setattr(features, "CHUNK", 64)  # 300 cases: five chunks spilled to disk, then concatenated
+    ds = Dataset.open(small_cohort)
+    config = Config.load(CONFIGS / "default.yaml").model
+    cached = dataset_features(ds, config, progress=False)
+    assert isinstance(cached.image["image"], np.memmap) and isinstance(cached.text["note"][0], np.memmap)
+    again = dataset_features(ds, config, progress=False)  # now read from the cache
+    mods, labs = modalities_of(ds.spec)
+    whole = table_from_inputs([ds.load(i) for i in range(len(ds))], mods, labs, config)
+    for t in (cached, again):
+        np.testing.assert_array_equal(t.present, whole.present)
+        np.testing.assert_array_equal(t.keys, whole.keys)
+        np.testing.assert_allclose(t.image["image"], whole.image["image"], atol=1e-4)
+        np.testing.assert_array_equal(t.tabular["labs"], whole.tabular["labs"])
+        assert all(np.allclose(a, b, atol=1e-4) for a, b in zip(t.text["note"], whole.text["note"]))
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [next((tmp_path / "cache").iterdir()).name]  # no scratch left
+    rows = np.array([5, 0, 299])
+    batch = cached.batch(rows)
+    np.testing.assert_allclose(batch["image"]["x"].numpy(), whole.image["image"][rows], atol=1e-4)
+    stacked = FeatureTable.stack([whole, whole])
+    assert len(stacked) == 2 * len(whole) and len(stacked.text["note"]) == 2 * len(whole)
