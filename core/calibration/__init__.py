@@ -24,7 +24,7 @@ from core.model.robustmdiff import RobustMDiff
 
 
 @torch.no_grad()
-def fit_latent_scale(model: RobustMDiff, table: FeatureTable, idx: np.ndarray, device="cpu") -> None:
+def fit_latent_scale(model: RobustMDiff, table: FeatureTable, idx: np.ndarray, device=None) -> None:
     """The population spread of each modality's latent (mean over dimensions of its std across cases)."""
     h, present = real_latents(model, table, idx, device)
     scale = [float(h[present[:, i], i].std(0).mean()) if int(present[:, i].sum()) > 1 else 1.0
@@ -33,8 +33,8 @@ def fit_latent_scale(model: RobustMDiff, table: FeatureTable, idx: np.ndarray, d
 
 
 def calibrate(model: RobustMDiff, table: FeatureTable, labels: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray,
-              device="cpu") -> dict:
-    """Every post-training fit (`labels`: the class of every row of the table)."""
+              device=None) -> dict:
+    """Every post-training fit (`labels`: the class of every row of the table; `device`: the model's by default)."""
     model.eval()
     fit_latent_scale(model, table, train_idx, device)
     report = {}

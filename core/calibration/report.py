@@ -96,7 +96,7 @@ def _coverage(model: RobustMDiff, table: FeatureTable, views: Views) -> dict:
     return out
 
 
-def calibration_report(model: RobustMDiff, ds: Dataset, table: FeatureTable, device="cpu", seeds=(0, 1)) -> dict:
+def calibration_report(model: RobustMDiff, ds: Dataset, table: FeatureTable, device=None, seeds=(0, 1)) -> dict:
     te = ds.indices("test")
     complete = te[table.present[te].all(1)]
     views, other = (case_views(model, table, complete, seed=s, device=device) for s in seeds)

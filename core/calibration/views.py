@@ -58,7 +58,7 @@ def subsets(present: np.ndarray, max_views: int, rng: np.random.Generator) -> li
 
 
 def case_views(model: RobustMDiff, table: FeatureTable, idx: np.ndarray, seed: int = 0, max_views: int = 15,
-               device="cpu", describe: bool = True) -> Views:
+               device=None, describe: bool = True) -> Views:
     """Predict every case of `idx` from each subset of its present modalities (with the sampler settings
     and per-case noise of prediction)."""
     rng = np.random.default_rng(0)
