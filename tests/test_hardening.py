@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import logging
 import multiprocessing as mp
 import sqlite3
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -47,6 +50,42 @@ def test_any_bytes_as_scan(data):
 @FUZZ
 @given(data=st.data())
 def test_corrupted_and_truncated_files(blob, name, data):
+    cut = data.draw(st.integers(8, len(blob)))
+    corrupted = bytearray(blob[:cut])
+    corrupted[data.draw(st.integers(0, cut - 1))] = data.draw(st.integers(0, 255))
+    _valid_or_ours(lambda d: read_scan(d, name=name), bytes(corrupted))
+
+
+def _old_style_ct() -> bytes:
+    """CT_small.dcm as an old-style file: no preamble, no file-meta header, so no transfer syntax."""
+    import pydicom
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    del ds.file_meta
+    ds.preamble = None
+    buf = io.BytesIO()
+    pydicom.dcmwrite(buf, ds, implicit_vr=True, little_endian=True)
+    return buf.getvalue()
+
+
+def _nifti_gz() -> bytes:
+    buf = io.BytesIO()
+    with gzip.GzipFile(fileobj=buf, mode="wb") as f:
+        f.write(_NIFTI)
+    return buf.getvalue()
+
+
+_NIFTI_DIR = tempfile.mkdtemp()
+sitk.WriteImage(sitk.GetImageFromArray(np.arange(4 * 16 * 16, dtype=np.int16).reshape(4, 16, 16)),
+                f"{_NIFTI_DIR}/v.nii")
+_NIFTI = Path(_NIFTI_DIR, "v.nii").read_bytes()
+
+
+@pytest.mark.parametrize("blob, name", [(_old_style_ct(), "old.dcm"), (_nifti_gz(), "v.nii.gz"), (_NIFTI, "v.nii")])
+@FUZZ
+@given(data=st.data())
+def test_corrupted_old_style_dicom_and_volumes(blob, name, data):
+    """The header-first checks (inferred transfer syntax, size caps, bounded gzip) on damaged files."""
     cut = data.draw(st.integers(8, len(blob)))
     corrupted = bytearray(blob[:cut])
     corrupted[data.draw(st.integers(0, cut - 1))] = data.draw(st.integers(0, 255))

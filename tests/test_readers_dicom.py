@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import io
 import pickle
+import re
+import time
+import tracemalloc
 import warnings
 
 import numpy as np
@@ -15,6 +18,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from core.data.readers import read_scan
+from core.data.readers.scan import MAX_VOXELS
 from core.errors import ScanError
 
 warnings.filterwarnings("ignore", module="pydicom")
@@ -101,7 +105,9 @@ def test_file_without_preamble_is_detected_by_content():
         read_scan(get_testdata_file("ExplVR_LitEndNoMeta.dcm"))
 
 
-@pytest.mark.parametrize("name, message", [("MR_truncated.dcm", "truncated or corrupt"),
+@pytest.mark.parametrize("name, message", [("MR_truncated.dcm", ("pixel data has 8130 bytes; the header's 64×64×1 "
+                                                                 "16-bit image needs 8192")),
+                                           ("meta_missing_tsyntax.dcm", "header lacks Rows, Columns, BitsAllocated"),
                                            ("rtplan.dcm", "without pixel data"),
                                            ("waveform_ecg.dcm", "without pixel data")])
 def test_broken_or_non_image_dicom_gets_a_clear_error(name, message):
@@ -112,8 +118,11 @@ def test_broken_or_non_image_dicom_gets_a_clear_error(name, message):
 
 def test_truncated_bytes_and_junk_renamed_dcm(tmp_path):
     data = open(get_testdata_file("CT_small.dcm"), "rb").read()
-    with pytest.raises(ScanError):
+    with pytest.raises(ScanError, match="half.dcm: pixel data has 13303 bytes; the header's 128×128×1 16-bit "
+                                        "image needs 32768"):
         read_scan(data[: len(data) // 2], name="half.dcm")
+    with pytest.raises(ScanError, match="cut.dcm: describes an image .* but has no pixel data: the file is truncated"):
+        read_scan(data[: data.find(b"\xe0\x7f\x10\x00")], name="cut.dcm")  # cut before (7FE0,0010)
     junk = tmp_path / "report.dcm"
     junk.write_bytes(b"%PDF-1.4 this is not an image" * 20)
     with pytest.raises(ScanError, match="report.dcm: is not a supported scan"):
@@ -130,3 +139,105 @@ def test_patient_identifiers_never_leave_the_reader(identified_dicom):
     blob = pickle.dumps(scan) + repr(scan.info).encode()
     for v in secrets:
         assert v.encode() not in blob
+
+
+def _without_file_meta(ds: pydicom.Dataset, implicit_vr: bool, little_endian: bool) -> bytes:
+    """The dataset as an old-style file: no preamble, no 'DICM', no (0002) group, no transfer syntax."""
+    del ds.file_meta
+    ds.preamble = None
+    buf = io.BytesIO()
+    pydicom.dcmwrite(buf, ds, implicit_vr=implicit_vr, little_endian=little_endian)
+    data = buf.getvalue()
+    assert data[128:132] != b"DICM" and data[:2] not in (b"\x02\x00", b"\x00\x02")
+    return data
+
+
+@pytest.mark.parametrize("name, implicit_vr, little_endian, syntax", [
+    ("CT_small.dcm", False, True, "Explicit VR Little Endian"),
+    ("MR_small.dcm", True, True, "Implicit VR Little Endian"),
+    ("MR_small_bigendian.dcm", False, False, "Explicit VR Big Endian")])
+def test_old_style_dicom_without_file_meta_reads_the_same_pixels(name, implicit_vr, little_endian, syntax):
+    original = read_scan(get_testdata_file(name))
+    ds = pydicom.dcmread(get_testdata_file(name))
+    ds.BodyPartExamined = "CHEST"
+    scan = read_scan(_without_file_meta(ds, implicit_vr, little_endian), name="old.dcm")
+    np.testing.assert_array_equal(scan.pixels, original.pixels)
+    assert scan.window == original.window and scan.modality == original.modality
+    assert scan.info["TransferSyntax"] == syntax
+    # the domain check reads these from every DICOM, old-style included
+    assert scan.info["Modality"] == original.modality and scan.info["BodyPartExamined"] == "CHEST"
+    assert any("old-style DICOM" in n and syntax in n for n in scan.notes)
+
+
+@pytest.mark.parametrize("name", ["ExplVR_LitEndNoMeta.dcm", "ExplVR_BigEndNoMeta.dcm", "rtstruct.dcm"])
+def test_pydicoms_files_without_file_meta_get_their_real_cause(name):
+    # none of these carries an image: the message says so, whatever their encoding
+    with pytest.raises(ScanError, match="without pixel data") as e:
+        read_scan(get_testdata_file(name))
+    assert "Error" not in str(e.value)
+
+
+def test_compressed_pixels_without_a_transfer_syntax_are_refused_by_name():
+    ds = pydicom.dcmread(get_testdata_file("JPEG2000.dcm"))
+    del ds.file_meta
+    ds.preamble = None
+    buf = io.BytesIO()
+    pydicom.dcmwrite(buf, ds, implicit_vr=False, little_endian=True)
+    with pytest.raises(ScanError, match="compressed pixel data but no transfer syntax"):
+        read_scan(buf.getvalue(), name="old.dcm")
+
+
+def test_missing_optional_pixel_attributes_are_assumed_with_a_notice():
+    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    for k in ("PhotometricInterpretation", "SamplesPerPixel", "BitsStored"):
+        del ds[k]
+    scan = read_scan(_bytes(ds), name="old.dcm")
+    np.testing.assert_array_equal(scan.pixels, read_scan(get_testdata_file("MR_small.dcm")).pixels)
+    assert scan.notes == ["the DICOM header lacks 3 pixel attribute(s); assumed SamplesPerPixel = 1, "
+                          "PhotometricInterpretation = MONOCHROME2, BitsStored = 16"]
+
+
+@pytest.mark.parametrize("keyword", ["Rows", "Columns", "BitsAllocated"])
+def test_missing_size_attributes_are_named(keyword):
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    del ds[keyword]
+    with pytest.raises(ScanError, match=f"header lacks {keyword}, so the image's size is unknown"):
+        read_scan(_bytes(ds), name="x.dcm")
+
+
+def test_header_claiming_a_huge_image_is_refused_before_decoding():
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))  # 32 kB of real pixel data
+    ds.Rows, ds.Columns, ds.NumberOfFrames = 60000, 60000, 1000
+    data = _bytes(ds)
+    tracemalloc.start()
+    start = time.perf_counter()
+    try:
+        with pytest.raises(ScanError, match=re.escape(f"60000×60000×1000 image (3,600,000,000,000 values); "
+                                                      f"scans over {MAX_VOXELS:,} values")):
+            read_scan(data, name="huge.dcm")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert time.perf_counter() - start < 2 and peak < 20 * 2**20
+
+
+def test_ultrasound_and_secondary_capture_pixels_may_carry_identifiers():
+    for name in ("examples_rgb_color.dcm", "examples_palette.dcm", "ExplVR_BigEnd.dcm"):
+        scan = read_scan(get_testdata_file(name))
+        assert scan.pixel_identifiers == "ultrasound (US) images often carry burned-in patient details", name
+        assert not any("burned-in" in n for n in scan.notes)
+        assert scan.view().pixel_identifiers == scan.pixel_identifiers
+    assert "secondary-capture" in read_scan(get_testdata_file("JPEG2000.dcm")).pixel_identifiers  # NM, SC class
+    assert "(OT)" in read_scan(get_testdata_file("SC_rgb_rle.dcm")).pixel_identifiers
+    assert read_scan(get_testdata_file("CT_small.dcm")).pixel_identifiers is None
+
+
+def test_burned_in_annotation_tag_decides():
+    ct = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ct.BurnedInAnnotation = "YES"
+    scan = read_scan(_bytes(ct))
+    assert scan.pixel_identifiers == ("the DICOM header says the pixels carry burned-in annotation "
+                                      "(BurnedInAnnotation = YES)")
+    us = pydicom.dcmread(get_testdata_file("examples_palette.dcm"))
+    us.BurnedInAnnotation = "NO"  # an explicit statement overrules the modality's usual risk
+    assert read_scan(_bytes(us)).pixel_identifiers is None

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import gzip
 import io
+import re
+import struct
+import time
+import tracemalloc
+import zlib
 
 import numpy as np
 import pytest
@@ -10,7 +16,8 @@ import SimpleITK as sitk
 from PIL import Image
 
 from core.data.readers import read_scan
-from core.data.readers.scan import MAX_SIDE
+from core.data.readers.scan import MAX_SIDE, MAX_VOXELS
+from core.data.readers.source import MAX_DECOMPRESSED_BYTES, measure_gzip
 from core.errors import ScanError
 
 
@@ -101,3 +108,83 @@ def test_windowing_and_model_input_keep_aspect_ratio():
     img = read_scan(_png(arr)).model_input(64)
     assert img.shape == (64, 64)
     assert img[32, 60] == pytest.approx(1.0) and img[32, 5] == pytest.approx(0.0)
+
+
+def _small_volume(tmp_path, suffix: str) -> bytes:
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((4, 8, 8), np.int16)), str(tmp_path / f"v{suffix}"))
+    return (tmp_path / f"v{suffix}").read_bytes()
+
+
+def _huge_header(tmp_path, fmt: str) -> bytes:
+    """A real file whose header is edited to claim 30000×30000×1000 voxels, followed by a few bytes."""
+    if fmt == "nifti":
+        header = bytearray(_small_volume(tmp_path, ".nii")[:352])
+        struct.pack_into("<4h", header, 40, 3, 30000, 30000, 1000)  # dim[0..3]
+        return bytes(header) + bytes(1024)
+    data = _small_volume(tmp_path, ".mha" if fmt == "mha" else ".nrrd")
+    field = rb"DimSize = 8 8 4" if fmt == "mha" else rb"sizes: 8 8 4"
+    assert field in data
+    return data.replace(field, field.replace(b"8 8 4", b"30000 30000 1000"))
+
+
+@pytest.mark.parametrize("fmt", ["nifti", "mha", "nrrd"])
+def test_volume_header_claiming_a_huge_size_is_refused_before_decoding(tmp_path, fmt):
+    data = _huge_header(tmp_path, fmt)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ScanError, match=re.escape(f"30000×30000×1000 image (900,000,000,000 values); "
+                                                      f"scans over {MAX_VOXELS:,} values")):
+            read_scan(data, name=f"huge.{fmt}")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20 * 2**20
+
+
+def _gzip_bomb(head: bytes, mib: int) -> bytes:
+    """`head` then `mib` MiB of zeros as one valid gzip stream (1 kB per MiB), built without holding the zeros:
+    after a full flush deflate starts afresh, so every further MiB of zeros compresses to the same bytes."""
+    zeros = bytes(2**20)
+    packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    start = packer.compress(head) + packer.flush(zlib.Z_FULL_FLUSH)
+    block = packer.compress(zeros) + packer.flush(zlib.Z_FULL_FLUSH)
+    crc = zlib.crc32(head)
+    for _ in range(mib):
+        crc = zlib.crc32(zeros, crc)
+    end = packer.flush()[:-8] + struct.pack("<II", crc, (len(head) + mib * 2**20) & 0xFFFFFFFF)
+    return start + block * mib + end
+
+
+def test_gzip_measure_and_the_bomb_builder_on_small_streams():
+    text = b"not a volume, just text. " * 4000
+    two_members = gzip.compress(text) + gzip.compress(b"second member")
+    assert measure_gzip(two_members, "x", ScanError) == ((text + b"second member")[:65536], len(text) + 13)
+    small = _gzip_bomb(b"head", mib=3)
+    assert gzip.decompress(small) == b"head" + bytes(3 * 2**20)  # a valid stream, checksum included
+    assert measure_gzip(small, "x", ScanError) == (b"head" + bytes(65532), 4 + 3 * 2**20)
+    with pytest.raises(ScanError, match="truncated compressed"):
+        measure_gzip(small[:-20], "x", ScanError)
+
+
+def test_gzip_bomb_is_refused_without_inflating_it(tmp_path):
+    # a real NIfTI header (8×8×4 voxels) followed by 2 GiB of zeros, compressed to about 2 MB
+    header = _small_volume(tmp_path, ".nii")[:352]
+    bomb = _gzip_bomb(header, mib=2048)
+    assert len(bomb) < 5 * 2**20 and MAX_DECOMPRESSED_BYTES < 2 * 2**30
+    tracemalloc.start()
+    start = time.perf_counter()
+    try:
+        with pytest.raises(ScanError, match="bomb.nii.gz: inflates to more than 1024 MB when decompressed; "
+                                            "refused as a decompression bomb"):
+            read_scan(bomb, name="bomb.nii.gz")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 2**20 and time.perf_counter() - start < 30
+
+
+def test_corrupt_gzip_volume_names_the_cause(tmp_path):
+    data = bytearray(_small_volume(tmp_path, ".nii.gz"))
+    data[-6] ^= 0xFF  # the trailer's checksum
+    with pytest.raises(ScanError, match="v.nii.gz: is corrupt compressed \\(gzip\\) data"):
+        read_scan(bytes(data), name="v.nii.gz")

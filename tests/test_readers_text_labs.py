@@ -58,7 +58,8 @@ def test_long_and_wide_labs_with_units_and_aliases():
 
 
 @pytest.mark.parametrize("csv, message", [
-    (b"name,value,unit\nfoo,1,mg\n", "unknown lab"),
+    (b"name,value,unit\nfoo,1,mg\n", ("none of the labs in this table is known to this model \\(ignored: 'foo'\\); "
+                                        "known labs: wbc, crp")),
     (b"name,value,unit\nsodium,-4,mmol/L\n", "negative"),
     (b"name,value,unit\nsodium,1400,mmol/L\n", "outside the plausible range"),
     (b"name,value,unit\nglucose,5.5,furlongs\n", "unit 'furlongs' is not known"),
@@ -78,9 +79,50 @@ def test_mixed_units_that_agree_are_accepted():
     assert panel.values["glucose"].value == pytest.approx(108, rel=0.01)
 
 
-def test_nan_values_are_missing_and_unknown_can_warn():
-    panel = labs_from_mapping({"sodium": float("nan"), "potassium": 4.0, "mystery": 3}, CAT, unknown="warn")
+def test_nan_values_are_missing_and_unknown_names_warn():
+    panel = labs_from_mapping({"sodium": float("nan"), "potassium": 4.0, "mystery": 3}, CAT)
     assert set(panel.values) == {"potassium"} and "mystery" in panel.warnings[0]
+    with pytest.raises(LabError, match="unknown lab\\(s\\) 'mystery'; known labs: wbc"):
+        labs_from_mapping({"potassium": 4.0, "mystery": 3}, CAT, unknown="error")
+
+
+def test_unknown_labs_are_ignored_and_named_the_rest_used():
+    long = b"name,value,unit\nFerritin,250,ng/mL\nsodium,131,mmol/L\nVitamin D,30,ng/mL\n"
+    panel = read_labs(long, CAT, name="labs.csv")
+    assert set(panel.values) == {"sodium"} and panel.values["sodium"].flag == "L"
+    known = ", ".join(lab.name for lab in CAT)
+    assert panel.warnings == [f"ignored unknown lab(s) 'Ferritin', 'Vitamin D' (this model knows: {known})"]
+    # wide form; identifier columns are dropped silently, not reported as unknown labs
+    panel = read_labs(b"patient_id,date,crp (mg/L),ferritin\nMRN123,2024-01-02,80,250\n", CAT, name="w.csv")
+    assert set(panel.values) == {"crp"} and len(panel.warnings) == 1
+    assert "'ferritin'" in panel.warnings[0] and "MRN123" not in panel.warnings[0]
+    assert "patient_id" not in panel.warnings[0] and "date" not in panel.warnings[0]
+
+
+def test_a_table_with_no_known_lab_is_refused():
+    with pytest.raises(LabError, match="w.csv: none of the labs in this table is known to this model "
+                                       "\\(ignored: 'ferritin', 'ldl'\\); known labs: wbc, crp") as e:
+        read_labs(b"patient_id,ferritin,ldl\nMRN123,250,3.1\n", CAT, name="w.csv")
+    assert "MRN123" not in str(e.value)
+    # a known name whose value is missing still counts as this model's table: an empty panel, no error
+    panel = read_labs(b"name,value,unit\nferritin,250,ng/mL\ncrp,,mg/L\n", CAT, name="l.csv")
+    assert len(panel) == 0 and "'ferritin'" in panel.warnings[0]
+
+
+def test_a_data_sets_lab_files_stay_strict_about_names(tmp_path):
+    """Training data with a name outside the spec's catalogue means a wrong spec: refused, not ignored."""
+    (tmp_path / "labs").mkdir()
+    (tmp_path / "labs/a.csv").write_text("name,value,unit\nsodium,140,mmol/L\n")
+    (tmp_path / "labs/b.csv").write_text("name,value,unit\nsodium,138,mmol/L\nferritin,250,ng/mL\n")
+    pd.DataFrame({"case_id": ["a", "b"], "labs": ["labs/a.csv", "labs/b.csv"], "label": ["x", "y"],
+                  "split": ["train", "test"]}).to_csv(tmp_path / "manifest.csv", index=False)
+    spec = DatasetSpec(name="strict", label="label", split="split", labs=CAT,
+                       modalities=[ModalitySpec("labs", "tabular", column="labs")])
+    spec.save(tmp_path / "spec.yaml")
+    ds = Dataset.open(tmp_path)
+    assert ds.load(0).inputs["labs"].values["sodium"].value == 140
+    with pytest.raises(LabError, match="b.csv: unknown lab\\(s\\) 'ferritin'; known labs"):
+        ds.load(1)
 
 
 def test_diabetes_table_as_inline_labs_through_a_manifest(tmp_path):

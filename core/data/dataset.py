@@ -152,11 +152,12 @@ class Dataset:
                 inputs[m.name] = read_scan(self.path(i, m.name))
             elif m.type == "text":
                 inputs[m.name] = read_note(self.path(i, m.name))
-            elif m.column:
-                inputs[m.name] = read_labs(self.path(i, m.name), self.spec.lab_features(m.name))
+            elif m.column:  # strict about lab names: an unknown one in a data set means a wrong spec
+                inputs[m.name] = read_labs(self.path(i, m.name), self.spec.lab_features(m.name), unknown="error")
             else:
                 values = {c: self.manifest.at[i, c] for c in m.columns}
-                inputs[m.name] = labs_from_mapping(values, self.spec.lab_features(m.name), label=f"row {i}")
+                inputs[m.name] = labs_from_mapping(values, self.spec.lab_features(m.name), label=f"row {i}",
+                                                   unknown="error")
         return CaseInputs(self.case_id(i), inputs, self.classes[self.labels[i]])
 
     def fingerprint(self) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import struct
+import zlib
 
 FORMATS = ("dicom", "png", "jpeg", "tiff", "bmp", "nifti", "nrrd", "mha")
 
@@ -43,7 +44,7 @@ def detect_format(data: bytes) -> str | None:
     if data.startswith(b"\x1f\x8b"):
         try:
             head = gzip.GzipFile(fileobj=io.BytesIO(data)).read(600)
-        except (OSError, EOFError):
+        except (OSError, EOFError, zlib.error):  # a corrupt stream is no format we read
             return None
         return "nifti" if _looks_like_nifti(head) else None
     if _looks_like_nifti(data[:600]):

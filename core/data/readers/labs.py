@@ -128,17 +128,23 @@ def convert(lab: LabSpec, raw: object, unit: str | None, label: str) -> tuple[fl
 
 
 def labs_from_items(items: Iterable[tuple[str, object, str | None]], catalogue: Iterable[LabSpec],
-                    label: str = "labs", unknown: Unknown = "error") -> LabPanel:
-    """(name, value, unit) triples → LabPanel. The one place where names, units and ranges are checked."""
+                    label: str = "labs", unknown: Unknown = "warn") -> LabPanel:
+    """(name, value, unit) triples → LabPanel. The one place where names, units and ranges are checked.
+
+    Names outside the catalogue are ignored with a warning in `LabPanel.warnings` (`unknown="error"`
+    refuses them instead, as training data should); a table with no known name at all is refused.
+    """
     matcher = LabMatcher(catalogue)
     panel = LabPanel()
     unknown_names: list[str] = []
+    matched = False  # a known name, even with its value missing
     for name, raw, unit in items:
         lab = matcher.match(str(name))
         if lab is None:
             if normalise_name(str(name)) not in _IDENTIFIER_COLS:
                 unknown_names.append(str(name))
             continue
+        matched = True
         result = convert(lab, raw, unit, label)
         if result is None:
             continue
@@ -151,12 +157,22 @@ def labs_from_items(items: Iterable[tuple[str, object, str | None]], catalogue: 
         if "detection limit" in given:
             panel.warnings.append(f"{lab.label}: {given.split(' (')[0]} taken at the detection limit")
     if unknown_names:
-        known = ", ".join(lab.name for lab in matcher.catalogue)
-        msg = f"unknown lab(s) {', '.join(repr(n) for n in unknown_names)}; known labs: {known}"
-        if unknown == "error":
-            raise LabError(label, msg)
-        panel.warnings.append(f"ignored {msg}")
+        _unknown_labs(panel, unknown_names, matched, matcher.catalogue, label, unknown)
     return panel
+
+
+def _unknown_labs(panel: LabPanel, names: list[str], matched: bool, catalogue: list[LabSpec], label: str,
+                  unknown: Unknown) -> None:
+    """Names outside the catalogue: an error when asked for (training data: a wrong spec), else ignored
+    with a warning, unless nothing known is left, when the table cannot be this model's labs at all."""
+    known = ", ".join(lab.name for lab in catalogue)
+    listed = ", ".join(repr(n) for n in names)
+    if unknown == "error":
+        raise LabError(label, f"unknown lab(s) {listed}; known labs: {known}")
+    if not matched:
+        raise LabError(label, f"none of the labs in this table is known to this model (ignored: {listed}); "
+                              f"known labs: {known}")
+    panel.warnings.append(f"ignored unknown lab(s) {listed} (this model knows: {known})")
 
 
 def read_lab_frame(data: bytes, label: str) -> pd.DataFrame:
@@ -195,14 +211,14 @@ def frame_items(df: pd.DataFrame, label: str, one_case: bool = True) -> list[tup
 
 
 def read_labs(source: Source, catalogue: Iterable[LabSpec], name: str | None = None,
-              unknown: Unknown = "error") -> LabPanel:
+              unknown: Unknown = "warn") -> LabPanel:
     """Read one case's lab table (CSV, wide or long) from a path or bytes."""
     data, label = read_source(source, name, LabError)
     return labs_from_items(frame_items(read_lab_frame(data, label), label), catalogue, label, unknown)
 
 
 def labs_from_mapping(values: Mapping[str, object], catalogue: Iterable[LabSpec], label: str = "labs",
-                      units: Mapping[str, str] | None = None, unknown: Unknown = "error") -> LabPanel:
+                      units: Mapping[str, str] | None = None, unknown: Unknown = "warn") -> LabPanel:
     """{lab name: value} (canonical units unless `units` says otherwise) → LabPanel, e.g. from the app's table."""
     units = units or {}
     return labs_from_items(((k, v, units.get(k)) for k, v in values.items()), catalogue, label, unknown)

@@ -8,7 +8,9 @@ could identify a patient is kept.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from PIL import Image
@@ -21,6 +23,9 @@ from core.errors import ScanError
 MAX_SIDE = 2048
 # Larger images are refused: a decompression bomb or not a medical image.
 MAX_PIXELS = 400_000_000
+# Scans whose header describes more values (pixels × frames or slices × samples) are refused before
+# anything is decoded: 512³, a large CT volume, already decodes to 512 MB of float32.
+MAX_VOXELS = 2**27
 # Window presets (centre, width) offered by the viewer for CT.
 CT_WINDOWS: dict[str, tuple[float, float]] = {
     "lung": (-600.0, 1500.0),
@@ -43,6 +48,8 @@ class Scan:
     spacing: tuple[float, ...] | None = None
     info: dict[str, str] = field(default_factory=dict)  # whitelisted, non-identifying
     notes: list[str] = field(default_factory=list)  # what was done to make it readable (shown to the user)
+    # Why the pixels may show patient identifiers (burned-in text, a screenshot), else None.
+    pixel_identifiers: str | None = None
 
     @property
     def n_slices(self) -> int:
@@ -79,8 +86,7 @@ class Scan:
         """A 2D scan of one plane (a slice or a projection) with a chosen window: what the viewer shows
         is then exactly what the model reads."""
         plane = self.plane(slice_index, projection)[None].copy()
-        return Scan(plane, self.source_format, self.modality, window or self.window, self.invert, self.spacing,
-                    dict(self.info), list(self.notes))
+        return replace(self, pixels=plane, window=window or self.window, info=dict(self.info), notes=list(self.notes))
 
     def display(self, window: tuple[float, float] | None = None, slice_index: int | None = None,
                 projection: str | None = None) -> np.ndarray:
@@ -121,6 +127,21 @@ def to_gray(arr: np.ndarray) -> np.ndarray:
         rgb = arr[..., :3].astype(np.float32)
         return rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
     return arr
+
+
+def check_dimensions(label: str, dims: Sequence[int], components: int = 1) -> None:
+    """Refuse, from the header alone, a scan that would decode to more than MAX_VOXELS values.
+
+    `dims` as the file states them (width, height[, frames or slices, …]); nothing is allocated here.
+    """
+    dims = [int(d) for d in dims]
+    if any(d <= 0 for d in dims) or components <= 0:
+        raise ScanError(label, f"has a header describing an empty image ({'×'.join(map(str, dims))})")
+    total = math.prod(dims) * components
+    if total > MAX_VOXELS:
+        what = "×".join(map(str, dims)) + (f" with {components} values per pixel" if components > 1 else "")
+        raise ScanError(label, f"has a header describing a {what} image ({total:,} values); scans over "
+                               f"{MAX_VOXELS:,} values (a 512×512×512 volume) are refused before decoding")
 
 
 def limit_size(frames: np.ndarray, label: str, notes: list[str] | None = None) -> np.ndarray:
