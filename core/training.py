@@ -361,6 +361,7 @@ def train(data: str | Path, config: Config, out: str | Path, device: str | None 
     (`core/distributed.py`) every process trains its share and rank 0 writes (the others return None)."""
     from core.calibration.report import calibration_report
     from core.checkpoint import save_checkpoint
+    from core.guard.ood import fit_guard
 
     ctx = context()
     ds = Dataset.open(data)
@@ -377,6 +378,9 @@ def train(data: str | Path, config: Config, out: str | Path, device: str | None 
                 "temperature": float(result.model.temperature.mean()),
                 "best_epoch": result.best_epoch, "val_score": result.val_score, "history": result.history,
                 "train_seconds": result.seconds, "device": str(dev), "processes": ctx.world, "command": command}
-        save_checkpoint(result.model, out, meta)
+        guard = fit_guard(table, ds.indices("train"), ds.indices("val"),
+                          {n: ds.spec.lab_features(n) for n, k in result.model.info.modalities if k == "tabular"})
+        guard.test_flagged = guard.flag_rates(table, ds.indices("test"))
+        save_checkpoint(result.model, out, meta, guard)
     ctx.barrier()
     return meta

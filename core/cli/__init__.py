@@ -9,7 +9,7 @@ import sys
 
 from core.errors import RobustMDiffError
 
-COMMANDS = ("cohort", "train", "predict", "evaluate", "explain", "faithfulness", "calibration", "bench", "doctor")
+COMMANDS = ("cohort", "train", "predict", "evaluate", "explain", "faithfulness", "calibration", "guard", "bench", "doctor")
 
 
 def add_case_arguments(p: argparse.ArgumentParser) -> None:

@@ -10,7 +10,8 @@ data writes its own (see README, "Your own data"). Example:
     classes: [normal, pneumonia]  # optional: order of the classes (else sorted labels)
     rare_classes: []            # optional: reported separately by the evaluation
     modalities:
-      - {name: cxr, type: image, column: image_path}
+      - {name: cxr, type: image, column: image_path,
+         expect: {modality: [CR, DX], body_part: [CHEST]}}  # optional: what DICOM headers may say
       - {name: note, type: text, column: note_path}
       - {name: labs, type: tabular, column: labs_path}           # one lab file per case, or
       # {name: labs, type: tabular, columns: [wbc, crp]}          # values inline in the manifest
@@ -104,6 +105,9 @@ class ModalitySpec:
     column: str | None = None  # manifest column holding a file path (relative to the manifest)
     columns: tuple[str, ...] = ()  # tabular only: lab values inline in the manifest
     features: tuple[str, ...] = ()  # tabular only: which catalogue entries (default: all)
+    # image only: what the DICOM header may say, e.g. {"modality": ("CR", "DX"), "body_part": ("CHEST",)}
+    # (core/guard/domain.py); a file whose header says otherwise is refused unless the user overrides it
+    expect: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass
@@ -131,6 +135,9 @@ class DatasetSpec:
                 raise SpecError("spec", f"modality '{m.name}' needs a 'column' with file paths")
             if m.type == "tabular" and not (m.column or m.columns):
                 raise SpecError("spec", f"tabular modality '{m.name}' needs 'column' (files) or 'columns' (inline)")
+            if m.expect:
+                from core.guard.domain import check_expect
+                check_expect(m.name, m.type, m.expect)
             unknown = set(m.features) - {lab.name for lab in self.labs}
             if unknown:
                 raise SpecError("spec", f"modality '{m.name}' lists features not in the lab catalogue: {sorted(unknown)}")
@@ -158,8 +165,11 @@ class DatasetSpec:
     # ---- (de)serialisation ----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["modalities"] = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in m.items() if v not in (None, (), [])}
+        d["modalities"] = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in m.items() if v not in (None, (), [], {})}
                            for m in d["modalities"]]
+        for m in d["modalities"]:
+            if "expect" in m:
+                m["expect"] = {k: list(v) for k, v in m["expect"].items()}
         d["labs"] = [_lab_to_dict(lab) for lab in self.labs]
         return d
 
@@ -176,7 +186,8 @@ class DatasetSpec:
             raise SpecError("spec", f"unknown keys {sorted(extra)}; known keys are {sorted(known)}")
         try:
             mods = [ModalitySpec(name=m["name"], type=m["type"], column=m.get("column"),
-                                 columns=tuple(m.get("columns", ())), features=tuple(m.get("features", ())))
+                                 columns=tuple(m.get("columns", ())), features=tuple(m.get("features", ())),
+                                 expect=_expect(m.get("expect")))
                     for m in d["modalities"]]
             labs = [_lab_from_dict(x) for x in d.get("labs", [])]
         except (KeyError, TypeError, ValueError) as e:
@@ -229,6 +240,16 @@ def _lab_from_dict(d: dict[str, Any]) -> LabSpec:
     return LabSpec(name=str(d["name"]), label=str(d.get("label", d["name"])), unit=str(d.get("unit", "")),
                    ref=(_num(ref[0]), _num(ref[1])), plausible=(float(plausible[0]), float(plausible[1])),
                    aliases=tuple(str(a) for a in d.get("aliases", ())), alt_units=alt, log=bool(d.get("log", False)))
+
+
+def _expect(d: Any) -> dict[str, tuple[str, ...]]:
+    """`expect: {modality: [CR, DX], body_part: CHEST}` → upper-case tuples (a single value may be a string)."""
+    if d is None:
+        return {}
+    if not isinstance(d, dict):
+        raise ValueError("'expect' must be a mapping such as {modality: [CR, DX], body_part: [CHEST]}")
+    return {str(k): tuple(str(v).strip().upper() for v in ([vals] if isinstance(vals, str) else vals))
+            for k, vals in d.items()}
 
 
 def _num(x: Any) -> float | None:

@@ -37,7 +37,8 @@ def cohort_spec(image_size: int = DEFAULT_IMAGE_SIZE) -> DatasetSpec:
     return DatasetSpec(
         name="acute-chest-cohort", label="diagnosis", case_id="case_id", split="split",
         classes=list(sc.CLASSES), rare_classes=list(sc.RARE_CLASSES),
-        modalities=[ModalitySpec("image", "image", column="image_path"),
+        modalities=[ModalitySpec("image", "image", column="image_path",  # chest radiographs (core/guard/domain.py)
+                                 expect={"modality": ("CR", "DX"), "body_part": ("CHEST",)}),
                     ModalitySpec("note", "text", column="note_path"),
                     ModalitySpec("labs", "tabular", column="labs_path")],
         labs=list(sc.LAB_CATALOGUE), image_size=image_size)

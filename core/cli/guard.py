@@ -1,0 +1,62 @@
+"""`python -m core guard`: how well the checkpoint tells its training domain from everything else, or
+(`--fit`) fit its out-of-distribution statistics on the data it was trained on."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("guard", help="measure (or --fit) the out-of-distribution guard",
+                       description="Measure the guard: false alarms on the test split per modality, and the share of "
+                                   "inputs from elsewhere (pydicom's test images, photographs, noise, notes of other "
+                                   "specialties, non-medical text, implausible lab tables) that are refused or flagged. "
+                                   "With --fit, fit the per-modality statistics and thresholds on the checkpoint's "
+                                   "training data and store them in the checkpoint (training does this itself).")
+    p.add_argument("--checkpoint", help="checkpoint folder (default: checkpoints/default)")
+    p.add_argument("--data", help="the data set the checkpoint was trained on (default: the embedded cohort)")
+    p.add_argument("--fit", action="store_true", help="fit and store the statistics instead of measuring")
+    p.add_argument("--out", help="write guard.json and guard.md here")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--device", help="cpu or cuda")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from core.checkpoint import attach_guard
+    from core.data.cohort.generate import ensure_cohort
+    from core.data.dataset import Dataset
+    from core.errors import CheckpointError
+    from core.features import dataset_features
+    from core.guard.benchmark import guard_benchmark, markdown
+    from core.guard.ood import fit_guard
+    from core.inference import Predictor
+    from core.jsonout import dumps
+    from core.paths import DEFAULT_CHECKPOINT, default_cohort_dir
+
+    predictor = Predictor.load(args.checkpoint, args.device)
+    ds = Dataset.open(args.data or ensure_cohort(default_cohort_dir(), progress=not args.json))
+    same_data = ds.fingerprint() == predictor.meta.get("data_fingerprint")
+    if args.fit:
+        if not same_data:
+            raise CheckpointError("the statistics must come from the data the checkpoint was trained on, and this "
+                                  "data's fingerprint differs; pass that data with --data")
+        table = dataset_features(ds, predictor.model.config.model, predictor.device, progress=not args.json)
+        guard = fit_guard(table, ds.indices("train"), ds.indices("val"),
+                          {n: ds.spec.lab_features(n) for n, k in predictor.modalities if k == "tabular"})
+        guard.test_flagged = guard.flag_rates(table, ds.indices("test"))
+        attach_guard(args.checkpoint or DEFAULT_CHECKPOINT, guard)
+        print(f"stored: thresholds {guard.thresholds}; test false alarms {guard.test_flagged}")
+        return 0
+    if not same_data:
+        print("note: this data is not the data the checkpoint was trained on (fingerprints differ)", file=sys.stderr)
+    report = guard_benchmark(predictor, ds, progress=not args.json)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "guard.json").write_text(dumps(report), encoding="utf-8")
+        (out / "guard.md").write_text(markdown(report) + "\n", encoding="utf-8")
+    print(dumps(report) if args.json else markdown(report))
+    return 0
