@@ -378,7 +378,7 @@ def train(data: str | Path, config: Config, out: str | Path, device: str | None 
                 "temperature": float(result.model.temperature.mean()),
                 "best_epoch": result.best_epoch, "val_score": result.val_score, "history": result.history,
                 "train_seconds": result.seconds, "device": str(dev), "processes": ctx.world, "command": command}
-        guard = fit_guard(table, ds.indices("train"), ds.indices("val"),
+        guard = fit_guard(table, ds.labels, ds.indices("train"), ds.indices("val"),
                           {n: ds.spec.lab_features(n) for n, k in result.model.info.modalities if k == "tabular"})
         guard.test_flagged = guard.flag_rates(table, ds.indices("test"))
         save_checkpoint(result.model, out, meta, guard)

@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
             raise CheckpointError("the statistics must come from the data the checkpoint was trained on, and this "
                                   "data's fingerprint differs; pass that data with --data")
         table = dataset_features(ds, predictor.model.config.model, predictor.device, progress=not args.json)
-        guard = fit_guard(table, ds.indices("train"), ds.indices("val"),
+        guard = fit_guard(table, ds.labels, ds.indices("train"), ds.indices("val"),
                           {n: ds.spec.lab_features(n) for n, k in predictor.modalities if k == "tabular"})
         guard.test_flagged = guard.flag_rates(table, ds.indices("test"))
         attach_guard(args.checkpoint or DEFAULT_CHECKPOINT, guard)

@@ -7,8 +7,9 @@ score alone (every input is scored, also those the domain check refuses, so both
 - scikit-learn's two sample photographs and random crops of them;
 - generated noise and synthetic patterns;
 - notes of other specialties and non-medical texts (assets/ood/notes, written for the project);
-- lab tables with implausible values: random values across each lab's plausible range, and one lab set to
-  an extreme but still plausible value with the rest taken from a real test case.
+- lab tables with implausible values: random values across each lab's plausible range (an impossible
+  combination), and a real panel with one value beyond its plausible range (a unit error);
+- a stress test reported apart: a real panel with one lab at the edge of its plausible range (rare, possible).
 """
 
 from __future__ import annotations
@@ -86,27 +87,57 @@ def ood_notes(category: str) -> list[tuple[str, bytes]]:
     return [(p.name, p.read_bytes()) for p in sorted((OOD_NOTES / category).glob("*.txt"))]
 
 
-def implausible_labs(predictor: Predictor, ds: Dataset, name: str, n: int = 40, seed: int = 0) -> list[tuple[str, object]]:
-    """Lab panels no patient of the training domain has: random values over each lab's plausible range, and
-    a real test case with one lab moved to the far end of its plausible range."""
+def implausible_labs(predictor: Predictor, name: str, n: int = 40, seed: int = 0) -> list[tuple[str, object]]:
+    """Lab panels no patient has: every lab drawn at random across its plausible range (log-uniform for
+    skewed markers), so that each value may be possible but their combination is not."""
     rng = np.random.default_rng(seed)
     catalogue = predictor.spec.lab_features(name)
     out: list[tuple[str, object]] = []
     for i in range(n):
         values = {}
         for lab in catalogue:
-            lo, hi = lab.plausible
-            hi = min(hi, lo + 1e4) if not np.isfinite(hi) else hi
-            values[lab.name] = float(np.exp(rng.uniform(np.log1p(lo), np.log1p(hi))) - 1) if lab.log else float(rng.uniform(lo, hi))
+            lo, hi = lab.plausible[0], min(lab.plausible[1], lab.plausible[0] + 1e5)
+            values[lab.name] = float(np.expm1(rng.uniform(np.log1p(lo), np.log1p(hi)))) if lab.log else float(rng.uniform(lo, hi))
         out.append((f"random-{i}", labs_from_mapping(values, catalogue)))
-    with_labs = [int(r) for r in ds.indices("test") if ds.is_present(int(r), name)]
-    for i in range(n):
-        panel = ds.load(with_labs[int(rng.integers(len(with_labs)))]).inputs[name]
-        values = {k: v.value for k, v in panel.values.items()}
+    return out
+
+
+def _real_panels(ds: Dataset, name: str, n: int, rng: np.random.Generator) -> list[dict[str, float]]:
+    rows = [int(r) for r in ds.indices("test") if ds.is_present(int(r), name)]
+    return [{k: v.value for k, v in ds.load(rows[int(rng.integers(len(rows)))]).inputs[name].values.items()}
+            for _ in range(n)]
+
+
+def unit_errors(predictor: Predictor, ds: Dataset, name: str, n: int = 40, seed: int = 0) -> list[tuple[str, object]]:
+    """A real test panel, as a CSV file, with one value beyond its plausible range (a wrong unit or a typo)."""
+    rng = np.random.default_rng(seed)
+    catalogue = predictor.spec.lab_features(name)
+    out: list[tuple[str, object]] = []
+    for i, values in enumerate(_real_panels(ds, name, n, rng)):
         lab = catalogue[int(rng.integers(len(catalogue)))]
-        lo, hi = lab.plausible
-        values[lab.name] = float(hi * 0.9 if np.isfinite(hi) else lo + 1e4) if i % 2 else float(lo + (hi - lo) * 0.001)
-        out.append((f"extreme-{lab.name}-{i}", labs_from_mapping(values, catalogue)))
+        values[lab.name] = lab.plausible[1] * 3 + 1
+        csv = "name,value,unit\n" + "".join(f"{k},{v:g},{next(c.unit for c in catalogue if c.name == k)}\n"
+                                           for k, v in values.items())
+        out.append((f"unit-{lab.name}-{i}", csv.encode()))
+    return out
+
+
+def edge_labs(predictor: Predictor, ds: Dataset, name: str, n: int = 40, seed: int = 0) -> list[tuple[str, object]]:
+    """A stress test, not a target category: a real test panel with one lab moved to the far edge of its
+    plausible range (90 % of the upper bound, or near the lower bound for labs whose reference range sits
+    well above it: sodium, haemoglobin, SpO2). Rare but possible values, so not all are out of domain."""
+    rng = np.random.default_rng(seed)
+    catalogue = predictor.spec.lab_features(name)
+    low_end = [lab for lab in catalogue if lab.ref[0] is not None and lab.plausible[0] < lab.ref[0]]
+    out: list[tuple[str, object]] = []
+    for i, values in enumerate(_real_panels(ds, name, n, rng)):
+        if i % 2 and low_end:
+            lab = low_end[int(rng.integers(len(low_end)))]
+            values[lab.name] = lab.plausible[0] + 0.05 * (lab.ref[0] - lab.plausible[0])
+        else:
+            lab = catalogue[int(rng.integers(len(catalogue)))]
+            values[lab.name] = 0.9 * lab.plausible[1]
+        out.append((f"edge-{lab.name}-{i}", labs_from_mapping(values, catalogue)))
     return out
 
 
@@ -154,7 +185,12 @@ def guard_benchmark(predictor: Predictor, ds: Dataset, progress: bool = False) -
         cats["notes of other specialties"] = _score(predictor, text, ood_notes("other_specialty"))
         cats["non-medical texts"] = _score(predictor, text, ood_notes("non_medical"))
     if labs:
-        cats["lab tables with implausible values"] = _score(predictor, labs, implausible_labs(predictor, ds, labs))
+        cats["lab panels with implausible combinations (random across plausible ranges)"] = \
+            _score(predictor, labs, implausible_labs(predictor, labs))
+        cats["lab tables with a value beyond its plausible range (unit error)"] = \
+            _score(predictor, labs, unit_errors(predictor, ds, labs))
+        report["stress"] = {"real lab panel with one lab at the edge of its plausible range":
+                            _score(predictor, labs, edge_labs(predictor, ds, labs))}
     return report
 
 
@@ -166,7 +202,8 @@ def markdown(report: dict) -> str:
                      f"{report['test_false_alarms'].get(m, float('nan')):.1%} |")
     lines += ["", "| inputs not from the cohort | n | refused by the reader | refused by the DICOM domain check | "
               "flagged by the OOD score (of those read) | caught in all (target ≥ 99 %) |", "|---|---|---|---|---|---|"]
-    for c, r in report["categories"].items():
+    for c, r in [*report["categories"].items(), *[(f"stress test: {k}", v) for k, v in report.get("stress", {}).items()]]:
         lines.append(f"| {c} | {r['n']} | {r['refused_by_reader']} | {r['refused_by_domain_check']} | "
-                     f"{r['flagged_by_ood']}/{r['read']} ({r['ood_flag_rate']:.0%}) | {r['caught_rate']:.1%} |")
+                     (f"{r['flagged_by_ood']}/{r['read']} ({r['ood_flag_rate']:.0%})" if r["read"] else "– (none read)") +
+                     f" | {r['caught_rate']:.1%} |")
     return "\n".join(lines)

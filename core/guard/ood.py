@@ -7,7 +7,9 @@ One density model per modality, in the space the model itself reads, fitted on t
 Images and notes get a probabilistic PCA (the k leading directions with their own variances, the rest one
 shared variance); the score is the Mahalanobis distance per dimension, about 1 for a typical training
 input. Labs get a Gaussian with a shrunk correlation, evaluated on the labs that were measured only; the
-score is -log10 of the chi-square tail probability, so that 3 labs and 16 labs share one scale.
+score is -log10 of a tail probability, so that 3 labs and 16 labs share one scale: the smaller of the joint
+chi-square tail (an unusual combination) and the most extreme single lab's two-sided normal tail times the
+number of labs measured (one absurd value is not diluted by a dozen ordinary ones).
 
 Each threshold is the (1 - FALSE_ALARM) quantile of held-out scores: the validation inputs scored by the
 final model plus every training input scored by a model fitted without it (FOLDS-fold cross-fitting). A
@@ -22,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.stats import chi2
+from scipy.stats import chi2, norm
 
 from core.features import FeatureTable
 
@@ -55,19 +57,21 @@ def text_vectors(table: FeatureTable, name: str, rows: np.ndarray) -> np.ndarray
 
 @dataclass
 class Subspace:
-    """Probabilistic PCA: mean, k directions with variances, one variance for the remaining D - k."""
+    """Probabilistic PCA around class means (Lee et al. 2018's class-conditional Mahalanobis detector with a
+    shared covariance): k directions with their variances, one variance for the remaining D - k; an input
+    is scored against its nearest class."""
 
-    mean: np.ndarray
+    mean: np.ndarray  # (C, D)
     basis: np.ndarray  # (k, D)
     variance: np.ndarray  # (k,)
     rest: float
 
     @classmethod
-    def fit(cls, x: np.ndarray) -> "Subspace":
+    def fit(cls, x: np.ndarray, y: np.ndarray) -> "Subspace":
         x = np.asarray(x, np.float64)
         n, d = x.shape
-        mean = x.mean(0)
-        xc = x - mean
+        mean = _class_means(x, y)
+        xc = x - mean[_class_index(y)]
         _, s, vt = np.linalg.svd(xc, full_matrices=False)
         eig = s ** 2 / max(n - 1, 1)
         k = int(max(1, min(MAX_COMPONENTS, n // 5, d - 1)))
@@ -76,11 +80,11 @@ class Subspace:
         return cls(mean, vt[:k], np.maximum(eig[:k], rest), float(rest))
 
     def score(self, x: np.ndarray) -> np.ndarray:
-        xc = np.asarray(x, np.float64) - self.mean
+        xc = np.asarray(x, np.float64)[:, None, :] - self.mean[None]  # (n, C, D)
         z = xc @ self.basis.T
-        resid = np.maximum((xc ** 2).sum(1) - (z ** 2).sum(1), 0.0)
-        d2 = (z ** 2 / self.variance).sum(1) + resid / self.rest
-        return np.sqrt(d2 / xc.shape[1])
+        resid = np.maximum((xc ** 2).sum(-1) - (z ** 2).sum(-1), 0.0)
+        d2 = (z ** 2 / self.variance).sum(-1) + resid / self.rest
+        return np.sqrt(d2.min(1) / xc.shape[-1])
 
     def state(self) -> dict[str, np.ndarray]:
         return {"mean": self.mean, "basis": self.basis, "variance": self.variance, "rest": np.array([self.rest])}
@@ -95,50 +99,62 @@ class LabGaussian:
     """A Gaussian over standardised (log where the catalogue says so) lab values, scored on measured labs."""
 
     log: np.ndarray  # (L,) bool
-    mean: np.ndarray  # (L,) of the transformed values
-    std: np.ndarray
-    corr: np.ndarray  # (L, L) shrunk correlation
+    mean: np.ndarray  # (C, L) class means of the transformed values
+    std: np.ndarray  # (L,) within-class spread
+    corr: np.ndarray  # (L, L) shrunk within-class correlation
 
     def standardise(self, values: np.ndarray) -> np.ndarray:
+        """(n, C, L) deviations from each class mean in within-class SDs."""
         v = np.asarray(values, np.float64)
         v = np.where(self.log, np.log1p(np.clip(v, 0, None)), v)
-        return (v - self.mean) / self.std
+        return (v[:, None, :] - self.mean[None]) / self.std
 
     @classmethod
-    def fit(cls, values: np.ndarray, log: np.ndarray) -> "LabGaussian":
+    def fit(cls, values: np.ndarray, y: np.ndarray, log: np.ndarray) -> "LabGaussian":
         v = np.asarray(values, np.float64)
         t = np.where(log, np.log1p(np.clip(v, 0, None)), v)
-        mean = np.nan_to_num(np.nanmean(t, 0))
-        std = np.nan_to_num(np.nanstd(t, 0), nan=1.0)
+        mean = _class_means(t, y)
+        r = t - mean[_class_index(y)]
+        std = np.nan_to_num(np.sqrt(np.nanmean(r ** 2, 0)), nan=1.0)
         std = np.where(std > 1e-6, std, 1.0)
-        z = (t - mean) / std
+        z = r / std
         n = len(z)
-        corr = np.eye(len(mean))
-        for a in range(len(mean)):  # pairwise over the cases that measured both labs
-            for b in range(a + 1, len(mean)):
+        n_labs = t.shape[1]
+        corr = np.eye(n_labs)
+        for a in range(n_labs):  # pairwise over the cases that measured both labs
+            for b in range(a + 1, n_labs):
                 both = ~np.isnan(z[:, a]) & ~np.isnan(z[:, b])
                 if both.sum() >= max(10, n // 100):
                     corr[a, b] = corr[b, a] = float(np.mean(z[both, a] * z[both, b]))
-        corr = (1 - SHRINK) * corr + SHRINK * np.eye(len(mean))
+        corr = (1 - SHRINK) * corr + SHRINK * np.eye(n_labs)
         w, v = np.linalg.eigh(corr)  # pairwise estimates need not be positive definite
         corr = (v * np.maximum(w, 1e-3)) @ v.T
         return cls(np.asarray(log, bool), mean, std, corr)
 
-    def deviations(self, values: np.ndarray) -> np.ndarray:
-        """(n, L) standardised deviation of each measured lab (NaN where not measured)."""
-        return self.standardise(values)
-
-    def score(self, values: np.ndarray) -> np.ndarray:
+    def _scores(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(n,) scores against the nearest class, and (n,) which class that is."""
         z = self.standardise(values)
-        out = np.full(len(z), np.nan)
-        for r, row in enumerate(z):
-            seen = ~np.isnan(row)
+        out, nearest = np.full(len(z), np.nan), np.zeros(len(z), int)
+        for r, rows in enumerate(z):
+            seen = ~np.isnan(rows[0])
             if not seen.any():
                 continue
-            zo = row[seen]
-            d2 = float(zo @ np.linalg.solve(self.corr[np.ix_(seen, seen)], zo))
-            out[r] = -chi2.logsf(d2, int(seen.sum())) / np.log(10)
-        return out
+            zo = rows[:, seen]  # (C, L_o)
+            d2 = np.einsum("cl,cl->c", zo, np.linalg.solve(self.corr[np.ix_(seen, seen)], zo.T).T)
+            joint = chi2.logsf(d2, seen.sum())
+            single = np.log(seen.sum()) + np.log(2) + norm.logsf(np.abs(zo).max(1))  # Bonferroni over the labs
+            per_class = -np.minimum(joint, single) / np.log(10)
+            nearest[r] = int(per_class.argmin())
+            out[r] = per_class[nearest[r]]
+        return out, nearest
+
+    def score(self, values: np.ndarray) -> np.ndarray:
+        return self._scores(values)[0]
+
+    def deviations(self, values: np.ndarray) -> np.ndarray:
+        """(n, L) standardised deviation of each measured lab from its nearest class (NaN where not measured)."""
+        _, nearest = self._scores(values)
+        return self.standardise(values)[np.arange(len(nearest)), nearest]
 
     def state(self) -> dict[str, np.ndarray]:
         return {"log": self.log.astype(np.float64), "mean": self.mean, "std": self.std, "corr": self.corr}
@@ -240,25 +256,42 @@ def _vectors(table: FeatureTable, name: str, kind: str, rows: np.ndarray) -> np.
     return np.asarray(table.tabular[name][rows], np.float64)
 
 
-def _fit(kind: str, x: np.ndarray, labs: list | None) -> Subspace | LabGaussian:
+def _class_index(y: np.ndarray) -> np.ndarray:
+    return np.unique(y, return_inverse=True)[1]
+
+
+def _class_means(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(C, D) per-class means (NaN-aware; a class without values for a feature takes the overall mean)."""
+    idx = _class_index(y)
+    overall = np.nan_to_num(np.nanmean(x, 0))
+    out = np.empty((idx.max() + 1, x.shape[1]))
+    for c in range(len(out)):
+        with np.errstate(all="ignore"):
+            m = np.nanmean(x[idx == c], 0) if np.any(idx == c) else overall
+        out[c] = np.where(np.isnan(m), overall, m)
+    return out
+
+
+def _fit(kind: str, x: np.ndarray, y: np.ndarray, labs: list | None) -> Subspace | LabGaussian:
     if kind == "tabular":
-        return LabGaussian.fit(x, np.array([lab.log for lab in labs or []], bool))
-    return Subspace.fit(x)
+        return LabGaussian.fit(x, y, np.array([lab.log for lab in labs or []], bool))
+    return Subspace.fit(x, y)
 
 
-def held_out_scores(kind: str, x: np.ndarray, labs: list | None, seed: int = 0) -> np.ndarray:
+def held_out_scores(kind: str, x: np.ndarray, y: np.ndarray, labs: list | None, seed: int = 0) -> np.ndarray:
     """Each row scored by a model fitted on the other folds."""
     folds = np.random.default_rng(seed).permutation(len(x)) % FOLDS
     out = np.empty(len(x))
     for f in range(FOLDS):
-        out[folds == f] = _fit(kind, x[folds != f], labs).score(x[folds == f])
+        out[folds == f] = _fit(kind, x[folds != f], y[folds != f], labs).score(x[folds == f])
     return out
 
 
-def fit_guard(table: FeatureTable, train_idx: np.ndarray, val_idx: np.ndarray,
+def fit_guard(table: FeatureTable, labels: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray,
               lab_catalogues: dict[str, list]) -> Guard:
-    """Fit every modality's density on the training rows that have it, its threshold on held-out scores
-    (validation + cross-fitted training). `lab_catalogues`: per tabular modality, its LabSpec list."""
+    """Fit every modality's density on the training rows that have it (around the class means of `labels`),
+    its threshold on held-out scores (validation + cross-fitted training). `lab_catalogues`: per tabular
+    modality, its LabSpec list."""
     kinds, models, thresholds, flagged, lab_names = {}, {}, {}, {}, {}
     for j, (name, kind) in enumerate(table.modalities):
         tr = train_idx[table.present[train_idx, j]]
@@ -267,11 +300,11 @@ def fit_guard(table: FeatureTable, train_idx: np.ndarray, val_idx: np.ndarray,
             continue  # too few inputs to say what is typical
         labs = lab_catalogues.get(name)
         x = _vectors(table, name, kind, tr)
-        models[name] = _fit(kind, x, labs)
+        models[name] = _fit(kind, x, labels[tr], labs)
         kinds[name] = kind
         if labs is not None:
             lab_names[name] = [lab.label for lab in labs]
         val = models[name].score(_vectors(table, name, kind, va))
-        thresholds[name] = float(np.quantile(np.concatenate([val, held_out_scores(kind, x, labs)]), 1 - FALSE_ALARM))
+        thresholds[name] = float(np.quantile(np.concatenate([val, held_out_scores(kind, x, labels[tr], labs)]), 1 - FALSE_ALARM))
         flagged[name] = float(np.mean(val > thresholds[name]))
     return Guard(kinds, models, thresholds, flagged, lab_names)

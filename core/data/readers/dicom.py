@@ -25,6 +25,10 @@ from pydicom.pixels.utils import get_expected_length
 from core.data.readers.scan import Scan, check_dimensions, finalise, to_gray
 from core.errors import ScanError
 
+# Real files break value rules (over-long UIDs, odd date formats) that do not matter for reading pixels;
+# pydicom would log and warn about each one on every read.
+pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+
 # Attributes that identify a patient, a visit or a place (a subset of DICOM PS3.15's basic profile
 # that covers what real files carry); every PN-valued element and all private tags go as well.
 IDENTIFYING_KEYWORDS = (
