@@ -11,6 +11,7 @@ bytes present) before any pixel is decoded; whether the pixels themselves may sh
 from __future__ import annotations
 
 import io
+import logging
 import math
 import warnings
 
@@ -26,8 +27,10 @@ from core.data.readers.scan import Scan, check_dimensions, finalise, to_gray
 from core.errors import ScanError
 
 # Real files break value rules (over-long UIDs, odd date formats) that do not matter for reading pixels;
-# pydicom would log and warn about each one on every read.
+# pydicom would log and warn about each one on every read. Its decoder failures become our own messages
+# (ScanError), so its logged tracebacks would only repeat them.
 pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+logging.getLogger("pydicom").setLevel(logging.CRITICAL)
 
 # Attributes that identify a patient, a visit or a place (a subset of DICOM PS3.15's basic profile
 # that covers what real files carry); every PN-valued element and all private tags go as well.
