@@ -262,22 +262,23 @@ class Predictor:
             return read_note(src)
         return read_labs(src, self.spec.lab_features(name))
 
-    def domain_mismatches(self, case: CaseInputs) -> dict[str, list[str]]:
-        """Per image modality of the case, what its DICOM header says against the spec's `expect`."""
+    def domain_mismatches(self, case: CaseInputs, absent: Iterable[str] = ()) -> dict[str, list[str]]:
+        """Per image modality of the case (those switched off aside), what its DICOM header says against the
+        spec's `expect`."""
         out = {}
         for name, kind in self.modalities:
             scan = case.inputs.get(name)
-            if kind == "image" and isinstance(scan, Scan):
+            if kind == "image" and isinstance(scan, Scan) and name not in absent:
                 found = domain_mismatches(scan, self.spec.modality(name).expect)
                 if found:
                     out[name] = found
         return out
 
-    def check_domain(self, case: CaseInputs, allow_domain_mismatch: bool = False) -> None:
+    def check_domain(self, case: CaseInputs, allow_domain_mismatch: bool = False, absent: Iterable[str] = ()) -> None:
         """Refuse a scan whose header contradicts what the model was trained on, unless overridden."""
         if allow_domain_mismatch:
             return
-        for name, found in self.domain_mismatches(case).items():
+        for name, found in self.domain_mismatches(case, absent).items():
             raise DomainError(name, found)
 
     # ---- what synthesis assumed ------------------------------------------------------------------------
@@ -327,7 +328,7 @@ class Predictor:
             if not any(c.inputs.get(n) is not None and n not in absent for n in names):
                 raise NoModalityError("no modality is present: give at least one of "
                                       f"{', '.join(names)} (refusing to guess from nothing)")
-            self.check_domain(c, allow_domain_mismatch)
+            self.check_domain(c, allow_domain_mismatch, absent)
         return self.results(cases, self.features(cases), drop, samples, steps, seed, t0)
 
     def results(self, cases: list[CaseInputs], table: FeatureTable, drop: np.ndarray, samples: int | None = None,
@@ -348,7 +349,8 @@ class Predictor:
             used = [n for n in names if n not in absent_names(drop[r], names) and c.inputs.get(n) is not None]
             warnings = [f"{n}: {w}" for n in used for w in _input_warnings(c.inputs[n])]
             ood = {n: o for n, o in (self.guard.assess(table, r) if self.guard is not None else {}).items() if n in used}
-            domain = [f"{n}: {d}" for n, found in self.domain_mismatches(c).items() if n in used for d in found]
+            domain = [f"{n}: {d}" for n, found in self.domain_mismatches(c, absent_names(drop[r], names)).items()
+                      for d in found]
             results.append(Prediction(prediction=self.classes[int(out.probs[r].argmax())], probabilities=probs,
                                       present=[names[j] for j in range(len(names)) if out.given[r, j]], synthesized=syn,
                                       device=str(self.device), latency_ms=latency, warnings=warnings, ood=ood,

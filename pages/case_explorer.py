@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from core.data.dataset import CaseInputs
-from core.data.readers import read_labs, read_note, read_scan
+from core.data.readers import LabPanel, read_labs, read_note, read_scan
 from core.data.readers.labs import labs_from_mapping
 from core.data.readers.note import clean_note
 from core.data.readers.scan import CT_WINDOWS, Scan
@@ -26,7 +26,8 @@ kinds = dict(predictor.modalities)
 
 
 def scan_controls(scan: Scan, key: str) -> Scan:
-    """Slice/projection for volumes and window/level; the model reads exactly what is shown."""
+    """Slice/projection for volumes (the plane the model reads) and window/level (the display only: the
+    chosen window is kept in the session for drawing, never given to the model)."""
     slice_index, projection = None, None
     if scan.is_volume:
         c1, c2 = st.columns(2)
@@ -46,7 +47,14 @@ def scan_controls(scan: Scan, key: str) -> Scan:
     pc, pw = presets[preset]
     centre = c2.slider("Window centre (level)", lo - span / 2, hi + span / 2, float(pc), key=f"{key}_c_{preset}")
     width = c3.slider("Window width", span / 200, 2 * span, float(min(max(pw, span / 200), 2 * span)), key=f"{key}_w_{preset}")
-    return scan.view((centre, width), slice_index, projection)
+    st.session_state.setdefault("display_window", {})[key] = (centre, width)
+    st.caption("Window and level change only what is drawn. The model always reads the file's own window "
+               "(else the 0.5–99.5 percentile range), so a display setting never changes the diagnosis.")
+    return scan.view(slice_index, projection)
+
+
+def display_window(name: str) -> tuple[float, float] | None:
+    return st.session_state.get("display_window", {}).get(f"scan_{name}")
 
 
 def uploaded_case() -> tuple[CaseInputs | None, str]:
@@ -93,8 +101,15 @@ def uploaded_case() -> tuple[CaseInputs | None, str]:
                             if flagged:
                                 st.warning("Out of reference range: " + ", ".join(flagged))
                 if isinstance(inputs[name], Scan):
-                    st.image(inputs[name].display(), caption=f"{inputs[name].modality}, "
-                             f"{inputs[name].info.get('TransferSyntax', inputs[name].source_format)}", width=320)
+                    scan = inputs[name]
+                    st.image(scan.display(display_window(name)), caption=f"{scan.modality}, "
+                             f"{scan.info.get('TransferSyntax', scan.source_format)}", width=320)
+                    if scan.pixel_identifiers:
+                        st.warning(f"{scan.pixel_identifiers}. The scan is shown here only; it is left out of the "
+                                   "downloadable report unless you confirm below that it carries no patient details.")
+                elif isinstance(inputs[name], LabPanel):
+                    for w in inputs[name].warnings:
+                        st.warning(w)
             except RobustMDiffError as e:
                 st.error(str(e))
                 inputs[name] = None
@@ -135,8 +150,19 @@ if len(absent) == len(names):
     st.warning("Switch on at least one modality: with nothing to read, the model will not guess.")
     st.stop()
 
+mismatches = predictor.domain_mismatches(case, absent)
+allow = False
+if mismatches:
+    for name, found in mismatches.items():
+        st.error(f"**{name}: not the kind of scan this model was trained on.** " + "; ".join(found) + ".")
+    allow = st.checkbox("Use it anyway, to explore (the result will carry a warning and mean little)",
+                        key=f"allow_domain_{case_key}")
+    if not allow:
+        st.info("Switch the scan off above, upload a scan of the kind the model was trained on, or override.")
+        st.stop()
+
 try:
-    pred = predictor.predict(case, absent=absent)
+    pred = predictor.predict(case, absent=absent, allow_domain_mismatch=allow)
 except Exception as e:  # noqa: BLE001 - shown to the user without a traceback
     fail(e)
     st.stop()
@@ -151,9 +177,17 @@ elif state.get("absent") != absent:
 previous = state.get("previous")
 
 st.subheader("Prediction")
+if pred.outside_training:
+    st.error("**Outside what this model was trained on.** The answer below is unlikely to mean anything for "
+             "these inputs:\n" + "\n".join(f"- {m}" for m in pred.guard_messages()), icon=":material/block:")
 c1, c2 = st.columns([2, 1])
-c1.plotly_chart(probability_chart(pred, previous), width="stretch")
-c2.metric("Predicted", pred.prediction, help="class with the highest calibrated probability")
+c1.plotly_chart(probability_chart(pred, previous, muted=pred.outside_training), width="stretch")
+if pred.outside_training:
+    c2.markdown(f"Predicted<br><span style='font-size:1.6rem;color:#9ca3af;text-decoration:line-through'>"
+                f"{pred.prediction}</span><br><small>outside what this model was trained on</small>",
+                unsafe_allow_html=True)
+else:
+    c2.metric("Predicted", pred.prediction, help="class with the highest calibrated probability")
 c2.caption(f"{pred.latency_ms:.0f} ms on {pred.device}")
 if previous:
     changed = max(pred.probabilities, key=lambda c: abs(pred.probabilities[c] - previous.get(c, 0)))
@@ -189,7 +223,7 @@ explanations = st.session_state.setdefault("explanations", {})
 if c2.button("Explain this prediction", type="primary", key="explain") and key not in explanations:
     with st.spinner("Computing attributions…"):
         try:
-            explanations[key] = explain_case(predictor, case, absent, method)
+            explanations[key] = explain_case(predictor, case, absent, method, allow_domain_mismatch=allow)
         except Exception as e:  # noqa: BLE001
             fail(e)
 exp = explanations.get(key)
@@ -203,12 +237,16 @@ for name, heat in exp.image.items():
     show = c2.toggle("Show heatmap", value=True, key="heat_on")
     opacity = c2.slider("Opacity", 0.0, 1.0, 0.55, key="opacity")
     cmap = c2.selectbox("Colour map", ["inferno", "jet", "viridis", "hot"], key="cmap")
-    gray = case.inputs[name].display()
+    gray = case.inputs[name].display(display_window(name))
     c1.image(overlay(gray, heat, opacity if show else 0.0, cmap), caption=f"{name}: {exp.image_method[name]}", width=420)
 for name, words in exp.note.items():
     st.markdown(f"**{name}**")
     st.html(legend_html() + note_html(case.inputs[name], words))
 for name, rows in exp.labs.items():
     st.plotly_chart(lab_chart(rows), width="stretch")
-st.download_button("Download case report (HTML)", report_html(exp, case.inputs), file_name="robustmdiff_report.html",
-                   mime="text/html", key="report")
+annotated = [n for n in exp.image if case.inputs[n].pixel_identifiers]
+include = bool(annotated) and st.checkbox(
+    f"Include the scan in the report: I checked that its pixels carry no patient details ({', '.join(annotated)})",
+    key=f"include_pixels_{case_key}")
+st.download_button("Download case report (HTML)", report_html(exp, case.inputs, include_annotated=include),
+                   file_name="robustmdiff_report.html", mime="text/html", key="report")

@@ -52,14 +52,17 @@ def fail(err: Exception) -> None:
         st.error(f"Something went wrong ({type(err).__name__}). The inputs were not stored; please try again.")
 
 
-def probability_chart(pred: Prediction, previous: dict[str, float] | None = None) -> go.Figure:
+def probability_chart(pred: Prediction, previous: dict[str, float] | None = None, muted: bool = False) -> go.Figure:
+    """Class probabilities (the predicted class highlighted; all grey when `muted`: an input is outside
+    what the model was trained on)."""
     classes = list(pred.probabilities)
     fig = go.Figure()
     if previous:
         fig.add_trace(go.Bar(y=classes, x=[previous.get(c, np.nan) for c in classes], orientation="h",
                              name="before", marker_color="lightgray"))
     fig.add_trace(go.Bar(y=classes, x=[pred.probabilities[c] for c in classes], orientation="h", name="now",
-                         marker_color=["#2563eb" if c == pred.prediction else "#93c5fd" for c in classes],
+                         marker_color=["#9ca3af" if muted else "#2563eb" if c == pred.prediction else "#93c5fd"
+                                       for c in classes],
                          text=[f"{pred.probabilities[c]:.1%}" for c in classes], textposition="outside"))
     fig.update_layout(barmode="group", height=60 + 34 * len(classes), xaxis=dict(range=[0, 1.1], tickformat=".0%"),
                       margin=dict(l=10, r=10, t=10, b=10), yaxis=dict(autorange="reversed"),

@@ -20,6 +20,15 @@ def add_case_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--labs", help="lab table, CSV (wide, or long with name,value,unit)")
     p.add_argument("--absent", default="", help="comma-separated modalities to switch off, e.g. labs,image")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--allow-domain-mismatch", action="store_true",
+                   help="use a scan whose DICOM header says it is not what the model was trained on (for example a "
+                        "head CT for a chest radiograph model); the result then carries a warning")
+
+
+def print_guard(result) -> None:  # result: core.inference.Prediction
+    """The warning lines every command that reads one case prints when an input is unlike the training data."""
+    for line in result.guard_messages():
+        print(f"warning: outside what this model was trained on: {line}", file=sys.stderr)
 
 
 def absent_list(text: str) -> list[str]:

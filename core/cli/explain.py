@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from core.cli import absent_list, add_case_arguments
+from core.cli import absent_list, add_case_arguments, print_guard
 from core.jsonout import dumps
 
 
@@ -19,6 +20,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-method", choices=["integrated_gradients", "grad_cam", "gradient_x_input"],
                    help="override the image attribution method")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--include-annotated-pixels", action="store_true",
+                   help="a scan whose pixels may carry burned-in patient details (ultrasound, secondary capture, "
+                        "BurnedInAnnotation = YES) is left out of the report and heatmap files; include it after "
+                        "checking that it carries none")
     p.set_defaults(run=run)
 
 
@@ -30,12 +35,20 @@ def run(args: argparse.Namespace) -> int:
     predictor = Predictor.load(args.checkpoint, args.device)
     case = predictor.case(case_id="case", image=args.image, note=args.note, labs=args.labs)
     absent = absent_list(args.absent)
-    exp = explain_case(predictor, case, absent, args.method, args.image_method)
+    exp = explain_case(predictor, case, absent, args.method, args.image_method,
+                       allow_domain_mismatch=args.allow_domain_mismatch)
+    print_guard(exp.prediction)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for name, heat in exp.image.items():
-        (out / f"heatmap_{name}.png").write_bytes(png_bytes(overlay(case.inputs[name].display(), heat)))
-    (out / "report.html").write_text(report_html(exp, case.inputs), encoding="utf-8")
+        scan = case.inputs[name]
+        if scan.pixel_identifiers and not args.include_annotated_pixels:
+            print(f"warning: {name}: {scan.pixel_identifiers}; left out of the report and heatmap files "
+                  "(--include-annotated-pixels after checking)", file=sys.stderr)
+            continue
+        (out / f"heatmap_{name}.png").write_bytes(png_bytes(overlay(scan.display(), heat)))
+    (out / "report.html").write_text(report_html(exp, case.inputs, include_annotated=args.include_annotated_pixels),
+                                     encoding="utf-8")
     (out / "explanation.json").write_text(dumps(exp.to_dict()), encoding="utf-8")
     print(f"prediction {exp.prediction.prediction}; explanation ({exp.method}, {exp.seconds:.1f} s) written to {out}")
     return 0

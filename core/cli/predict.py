@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from core.cli import absent_list, add_case_arguments
+from core.cli import absent_list, add_case_arguments, print_guard
 from core.jsonout import dumps
 
 
@@ -25,11 +25,14 @@ def run(args: argparse.Namespace) -> int:
     predictor = Predictor.load(args.checkpoint, args.device)
     case = predictor.case(image=args.image, note=args.note, labs=args.labs)
     absent = absent_list(args.absent)
-    result = predictor.predict(case, absent=absent, samples=args.samples, steps=args.steps)
+    result = predictor.predict(case, absent=absent, samples=args.samples, steps=args.steps,
+                               allow_domain_mismatch=args.allow_domain_mismatch)
+    print_guard(result)
     if args.json:
         print(dumps(result.to_dict()))
         return 0
-    print(f"prediction: {result.prediction}  ({result.latency_ms:.0f} ms on {result.device})")
+    caveat = "  [outside what this model was trained on: see the warnings]" if result.outside_training else ""
+    print(f"prediction: {result.prediction}  ({result.latency_ms:.0f} ms on {result.device}){caveat}")
     for c, p in sorted(result.probabilities.items(), key=lambda kv: -kv[1]):
         print(f"  {c:<22} {p:6.1%}")
     print(f"present: {', '.join(result.present)}")

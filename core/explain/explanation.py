@@ -115,9 +115,13 @@ def _note_shap(graph: CaseGraph, name: str, samples: int = 64) -> list[WordAttri
 
 
 def explain_case(predictor: Predictor, case: CaseInputs, absent=(), method: str = "integrated_gradients",
-                 image_method: str | None = None, steps: int | None = None, seed: int = 0) -> Explanation:
+                 image_method: str | None = None, steps: int | None = None, seed: int = 0,
+                 allow_domain_mismatch: bool = False) -> Explanation:
+    """Explain a case's prediction; like prediction, refuses a scan whose header contradicts the model's
+    domain unless `allow_domain_mismatch`."""
     if method not in METHODS:
         raise ValueError(f"unknown explanation method {method!r}; use one of {METHODS}")
+    predictor.check_domain(case, allow_domain_mismatch, absent)
     t0 = time.perf_counter()
     graph = CaseGraph(predictor, case, absent, seed=seed)
     prediction = graph.prediction()

@@ -71,13 +71,28 @@ def _bar(value: float, scale: float) -> str:
     return f'<div style="background:{colour};height:10px;width:{width}px"></div>'
 
 
-def report_html(exp: Explanation, case_inputs: dict, opacity: float = 0.5, cmap: str = "inferno") -> str:
-    """A self-contained HTML case report of a prediction and its explanation."""
+OUTSIDE = "Outside what this model was trained on"
+
+
+def guard_banner_html(p) -> str:  # p: core.inference.Prediction
+    """The banner a report carries when an input is unlike the training data (empty otherwise)."""
+    if not p.outside_training:
+        return ""
+    items = "".join(f"<li>{html.escape(m)}</li>" for m in p.guard_messages())
+    return (f"<div style='border:2px solid #b91c1c;background:#fef2f2;padding:8px 14px;margin:12px 0'>"
+            f"<b>{OUTSIDE}.</b> The answer below is unlikely to mean anything for these inputs:<ul>{items}</ul></div>")
+
+
+def report_html(exp: Explanation, case_inputs: dict, opacity: float = 0.5, cmap: str = "inferno",
+                include_annotated: bool = False) -> str:
+    """A self-contained HTML case report of a prediction and its explanation. A scan whose pixels may carry
+    burned-in patient details (`Scan.pixel_identifiers`) is left out unless `include_annotated`."""
     p = exp.prediction
+    style = "color:#9ca3af;text-decoration:line-through" if p.outside_training else ""
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>RobustMDiff case report</title></head>"
              "<body style='font-family:system-ui,sans-serif;max-width:960px;margin:auto'>",
-             f"<h1>RobustMDiff case report</h1><p><b>{html.escape(DISCLAIMER)}</b></p>",
-             f"<p>Case: {html.escape(exp.case_id)} · prediction: <b>{html.escape(p.prediction)}</b> · "
+             f"<h1>RobustMDiff case report</h1><p><b>{html.escape(DISCLAIMER)}</b></p>", guard_banner_html(p),
+             f"<p>Case: {html.escape(exp.case_id)} · prediction: <b style='{style}'>{html.escape(p.prediction)}</b> · "
              f"explanation method: {html.escape(exp.method)} · device {html.escape(p.device)}</p>",
              "<h2>Class probabilities</h2><table>"]
     for c, v in sorted(p.probabilities.items(), key=lambda kv: -kv[1]):
@@ -99,6 +114,9 @@ def report_html(exp: Explanation, case_inputs: dict, opacity: float = 0.5, cmap:
         parts.append(f"</table><p>Which test next: <b>{html.escape(p.next_test or '–')}</b></p>")
     for name, heat in exp.image.items():
         scan = case_inputs[name]
+        if isinstance(scan, Scan) and scan.pixel_identifiers and not include_annotated:
+            parts.append(f"<h2>Scan</h2><p>Left out of this report: {html.escape(scan.pixel_identifiers)}.</p>")
+            continue
         gray = scan.display() if isinstance(scan, Scan) else None
         if gray is not None:
             img = base64.b64encode(png_bytes(overlay(gray, heat, opacity, cmap))).decode()

@@ -28,7 +28,7 @@ class DomainError(ScanError):
     def __init__(self, source: str, mismatches: list[str]):
         self.mismatches = mismatches
         super().__init__(source, "; ".join(mismatches) + ". The model was not trained on such scans: its answer "
-                                 "would mean nothing. Override only to explore (the result then carries a warning).")
+                                 "would mean nothing. Override only to explore (--allow-domain-mismatch on the command line, the checkbox in the app); the result then carries a warning.")
 
 
 def check_expect(modality: str, kind: str, expect: dict[str, tuple[str, ...]]) -> None:

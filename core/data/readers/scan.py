@@ -81,22 +81,22 @@ class Scan:
             raise ScanError("scan", f"slice {idx} does not exist (0-{self.n_slices - 1})")
         return self.pixels[idx]
 
-    def view(self, window: tuple[float, float] | None = None, slice_index: int | None = None,
-             projection: str | None = None) -> "Scan":
-        """A 2D scan of one plane (a slice or a projection) with a chosen window: what the viewer shows
-        is then exactly what the model reads."""
+    def view(self, slice_index: int | None = None, projection: str | None = None) -> "Scan":
+        """A 2D scan of one plane (a slice or a projection of a volume): which plane the model reads is the
+        user's choice; how it is windowed for the model is not (see `model_input`)."""
         plane = self.plane(slice_index, projection)[None].copy()
-        return replace(self, pixels=plane, window=window or self.window, info=dict(self.info), notes=list(self.notes))
+        return replace(self, pixels=plane, info=dict(self.info), notes=list(self.notes))
 
     def display(self, window: tuple[float, float] | None = None, slice_index: int | None = None,
                 projection: str | None = None) -> np.ndarray:
         """A 2D plane windowed to [0, 1], bright = dense, as a radiologist reads it."""
         return apply_window(self.plane(slice_index, projection), window or self.default_window(), self.invert)
 
-    def model_input(self, size: int, window: tuple[float, float] | None = None,
-                    slice_index: int | None = None, projection: str | None = None) -> np.ndarray:
-        """The (size, size) float32 image in [0, 1] that the model reads."""
-        return resize_square(self.display(window, slice_index, projection), size)
+    def model_input(self, size: int, slice_index: int | None = None, projection: str | None = None) -> np.ndarray:
+        """The (size, size) float32 image in [0, 1] that the model reads: always the file's own window (else
+        the 0.5-99.5 percentile window), whatever window the viewer shows, so that a display setting can
+        never change a diagnosis."""
+        return resize_square(self.display(None, slice_index, projection), size)
 
 
 def apply_window(plane: np.ndarray, window: tuple[float, float], invert: bool = False) -> np.ndarray:
