@@ -62,15 +62,26 @@ def _upload(at: AppTest, name: str, data: bytes, mime: str) -> AppTest:
     return at
 
 
-def test_uploaded_dicom_is_predicted_without_identifiers(app):
+def test_uploaded_ct_is_refused_then_overridden_with_a_banner_and_no_identifiers(app):
+    """A head CT for a chest radiograph model: refused, naming the tag; the override gives a greyed result
+    under a banner; moving the display window never changes the prediction."""
     ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
     ds.PatientName = "Secret^Patient"
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     at = _upload(app.run(), "scan.dcm", buf.getvalue(), "application/dicom")
     _ok(at)
-    assert at.metric and at.metric[0].value
+    assert any("Modality = 'CT'" in e.value for e in at.error)
+    assert not at.metric and "explorer" not in at.session_state
+    next(c for c in at.checkbox if c.key.startswith("allow_domain_")).check().run()
+    _ok(at)
+    assert any("Outside what this model was trained on" in e.value for e in at.error)
+    probs = at.session_state["explorer"]["probs"]
     assert "Secret" not in str(at.session_state["explorer"])
+    width = next(s for s in at.slider if s.label == "Window width")
+    width.set_value(width.min + (width.max - width.min) / 50).run()  # a narrow window, as in the issue
+    _ok(at)
+    assert at.session_state["explorer"]["probs"] == probs
 
 
 def test_uploaded_png_is_predicted(app, default_cohort):
