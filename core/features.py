@@ -22,11 +22,13 @@ import torch
 from tqdm import tqdm
 
 from core.data.dataset import CaseInputs, Dataset
+from core.data.quarantine import Quarantine
 from core.data.readers import LabPanel, Scan
 from core.data.spec import DatasetSpec
 from core.device import backbone_autocast
 from core.model.backbones import TEXT_DIM, ImageBackbone, embed_texts
 from core.model.config import ModelConfig
+from core.errors import InputError
 from core.paths import cache_dir
 
 if TYPE_CHECKING:
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 FEATURE_VERSION = "3"  # 3: a folder of memory-mapped .npy files
 CHUNK = 512  # cases read and encoded at a time
+QUARANTINE = "quarantine.json"  # beside the cached arrays: what could not be read, for every later run
 
 
 def _scratch(path: Path) -> Path:
@@ -280,25 +283,29 @@ def modalities_of(spec: DatasetSpec) -> tuple[list[tuple[str, str]], dict[str, l
 
 
 def dataset_features(ds: Dataset, config: ModelConfig, device: torch.device | str = "cpu",
-                     progress: bool = True, use_cache: bool = True, ctx: "Context | None" = None) -> FeatureTable:
+                     progress: bool = True, use_cache: bool = True, ctx: "Context | None" = None,
+                     strict: bool = False) -> FeatureTable:
     """Features of every case of a data set, from the on-disk cache when the same data was seen before (a
     folder of memory-mapped arrays). Cases are read and encoded `CHUNK` at a time, so a data set larger than
     memory streams through. Under torchrun (`ctx`) each process encodes every world-th case and rank 0
-    merges the shards."""
+    merges the shards. Unreadable inputs are quarantined (core/data/quarantine.py: missing for that case,
+    listed in `ds.quarantine`, cases left with nothing dropped from the splits) unless `strict`."""
     keys = {k: getattr(config, k) for k in ("image_encoder", "image_size", "text_max_tokens", "text_max_chunks")}
     fingerprint = ds.fingerprint()
     key = hashlib.sha256(json.dumps([FEATURE_VERSION, fingerprint, keys], sort_keys=True).encode()).hexdigest()[:20]
     path = cache_dir() / f"features-{key}"
     if use_cache and (path / "modalities.json").exists():
-        return FeatureTable.load(path)
+        return _quarantined(ds, FeatureTable.load(path), Quarantine.load(path / QUARANTINE), strict)
     mods, labs = modalities_of(ds.spec)
+    quarantine = Quarantine()
     sharded = ctx is not None and ctx.active and use_cache
     rows = list(range(ctx.rank, len(ds), ctx.world) if sharded else range(len(ds)))
     log.info("encoding %d cases with the frozen backbones (cached afterwards)", len(rows))
     bar = tqdm(total=len(rows), desc="encoding cases", disable=not progress, unit="case")
     parts, scratch = [], path.with_name(f"{path.name}.parts{os.getpid()}")
     for start in range(0, len(rows), CHUNK):
-        part = table_from_inputs([ds.load(i) for i in rows[start:start + CHUNK]], mods, labs, config, device)
+        cases = [ds.load(i, None if strict else quarantine) for i in rows[start:start + CHUNK]]
+        part = table_from_inputs(cases, mods, labs, config, device)
         if use_cache and len(rows) > CHUNK:  # spill each chunk to disk, keep only a memory map of it
             part.save(scratch / f"{start:09d}")
             part = FeatureTable.load(scratch / f"{start:09d}")
@@ -306,19 +313,34 @@ def dataset_features(ds: Dataset, config: ModelConfig, device: torch.device | st
         bar.update(len(part))
     bar.close()
     if not use_cache:
-        return parts[0] if len(parts) == 1 else FeatureTable.stack(parts)
+        return _quarantined(ds, parts[0] if len(parts) == 1 else FeatureTable.stack(parts), quarantine, strict)
     target = path.with_name(path.name + f".rank{ctx.rank}") if sharded else path
     if sharded:
         shutil.rmtree(target, ignore_errors=True)  # a shard left by an interrupted run
     table = FeatureTable.concatenate(parts, target)
+    quarantine.save(target / QUARANTINE)
     shutil.rmtree(scratch, ignore_errors=True)
     if not sharded:
-        return table
+        return _quarantined(ds, table, quarantine, strict)
     ctx.barrier()
     if ctx.main:
         shards = [path.with_name(path.name + f".rank{r}") for r in range(ctx.world)]
+        merged = Quarantine.merge([Quarantine.load(s / QUARANTINE) for s in shards])
         FeatureTable.interleave([FeatureTable.load(s) for s in shards]).save(path)
+        merged.save(path / QUARANTINE)
         for s in shards:
             shutil.rmtree(s)
     ctx.barrier()
-    return FeatureTable.load(path)
+    return _quarantined(ds, FeatureTable.load(path), Quarantine.load(path / QUARANTINE), strict)
+
+
+def _quarantined(ds: Dataset, table: FeatureTable, quarantine: Quarantine, strict: bool) -> FeatureTable:
+    """Record what was unreadable on the data set and take cases left with nothing out of the splits."""
+    if strict and quarantine:
+        first = quarantine.problems[0]
+        raise InputError(f"manifest row {first.row} (case {first.case_id}), {first.modality}", first.reason)
+    quarantine.dropped = [int(r) for r in np.flatnonzero(~table.present.any(1))]
+    ds.quarantine = quarantine
+    if quarantine.dropped:
+        ds.drop(quarantine.dropped)
+    return table

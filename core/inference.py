@@ -247,6 +247,8 @@ class Predictor:
             name = key if key in inputs else self.modality_of_type(aliases.get(key, key))
             if name is None:
                 raise InputError(key, f"this model has no such modality; it reads {[n for n, _ in self.modalities]}")
+            if inputs[name] is not None:
+                raise InputError(key, f"modality '{name}' is given twice")
             kind = dict(self.modalities)[name]
             inputs[name] = self._read(kind, name, src)
         return CaseInputs(case_id, inputs)

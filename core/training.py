@@ -9,6 +9,7 @@ parts in float32 with TF32 products; random draws from CPU generators, so a seed
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -356,9 +357,10 @@ def test_metrics(model: RobustMDiff, ds: Dataset, table: FeatureTable, device="c
 
 
 def train(data: str | Path, config: Config, out: str | Path, device: str | None = None, progress: bool = True,
-          command: str = "") -> dict | None:
+          command: str = "", strict: bool = False) -> dict | None:
     """Train on a data set folder and write a checkpoint folder; returns its metadata. Under torchrun
-    (`core/distributed.py`) every process trains its share and rank 0 writes (the others return None)."""
+    (`core/distributed.py`) every process trains its share and rank 0 writes (the others return None).
+    Unreadable inputs are quarantined and listed in <out>/data_report.json, unless `strict`."""
     from core.calibration.report import calibration_report
     from core.checkpoint import save_checkpoint
     from core.guard.ood import fit_guard
@@ -366,7 +368,7 @@ def train(data: str | Path, config: Config, out: str | Path, device: str | None 
     ctx = context()
     ds = Dataset.open(data)
     dev = pick_device(process_device(ctx, device))
-    table = dataset_features(ds, config.model, dev, progress=progress and ctx.main, ctx=ctx)
+    table = dataset_features(ds, config.model, dev, progress=progress and ctx.main, ctx=ctx, strict=strict)
     result = train_model(ds, table, config, dev, progress, ctx)
     meta = None
     if ctx.main:
@@ -382,5 +384,8 @@ def train(data: str | Path, config: Config, out: str | Path, device: str | None 
                           {n: ds.spec.lab_features(n) for n, k in result.model.info.modalities if k == "tabular"})
         guard.test_flagged = guard.flag_rates(table, ds.indices("test"))
         save_checkpoint(result.model, out, meta, guard)
+        (Path(out) / "data_report.json").write_text(json.dumps(ds.quarantine.report(len(ds)), indent=1), encoding="utf-8")
+        if ds.quarantine:
+            log.warning("%s\n  all of them: %s", ds.quarantine.summary(), Path(out) / "data_report.json")
     ctx.barrier()
     return meta

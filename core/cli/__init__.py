@@ -7,9 +7,10 @@ import importlib
 import logging
 import sys
 
-from core.errors import RobustMDiffError
+from core.errors import InputError, RobustMDiffError
 
-COMMANDS = ("cohort", "train", "predict", "evaluate", "explain", "faithfulness", "calibration", "guard", "bench", "doctor")
+COMMANDS = ("cohort", "train", "predict", "evaluate", "explain", "faithfulness", "calibration", "guard", "score", "validate", "bench",
+            "doctor")
 
 
 def add_case_arguments(p: argparse.ArgumentParser) -> None:
@@ -18,6 +19,9 @@ def add_case_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image", help="scan: DICOM, NIfTI, MHA/NRRD, PNG or JPEG")
     p.add_argument("--note", help="clinical note, a text file")
     p.add_argument("--labs", help="lab table, CSV (wide, or long with name,value,unit)")
+    p.add_argument("--input", action="append", default=[], metavar="NAME=PATH",
+                   help="any modality of the checkpoint's spec by name, e.g. --input vitals=row.csv (repeatable; "
+                        "--image, --note and --labs are shortcuts for the first modality of each type)")
     p.add_argument("--absent", default="", help="comma-separated modalities to switch off, e.g. labs,image")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--allow-domain-mismatch", action="store_true",
@@ -29,6 +33,19 @@ def print_guard(result) -> None:  # result: core.inference.Prediction
     """The warning lines every command that reads one case prints when an input is unlike the training data."""
     for line in result.guard_messages():
         print(f"warning: outside what this model was trained on: {line}", file=sys.stderr)
+
+
+def case_sources(args: argparse.Namespace) -> dict[str, str]:
+    """The inputs of one case by modality name or type shortcut: --image/--note/--labs and --input NAME=PATH."""
+    sources = {k: v for k, v in (("image", args.image), ("note", args.note), ("labs", args.labs)) if v}
+    for item in args.input:
+        name, sep, path = item.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise InputError("--input", f"'{item}' is not NAME=PATH (for example --input vitals=row.csv)")
+        if name.strip() in sources:
+            raise InputError("--input", f"modality '{name.strip()}' is given twice")
+        sources[name.strip()] = path.strip()
+    return sources
 
 
 def absent_list(text: str) -> list[str]:

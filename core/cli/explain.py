@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from core.cli import absent_list, add_case_arguments, print_guard
+from core.cli import absent_list, add_case_arguments, case_sources, print_guard
 from core.jsonout import dumps
 
 
@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from core.inference import Predictor
 
     predictor = Predictor.load(args.checkpoint, args.device)
-    case = predictor.case(case_id="case", image=args.image, note=args.note, labs=args.labs)
+    case = predictor.case(case_id="case", **case_sources(args))
     absent = absent_list(args.absent)
     exp = explain_case(predictor, case, absent, args.method, args.image_method,
                        allow_domain_mismatch=args.allow_domain_mismatch)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from core.cli import absent_list, add_case_arguments, print_guard
+from core.cli import absent_list, add_case_arguments, case_sources, print_guard
 from core.jsonout import dumps
 
 
@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
     from core.inference import Predictor
 
     predictor = Predictor.load(args.checkpoint, args.device)
-    case = predictor.case(image=args.image, note=args.note, labs=args.labs)
+    case = predictor.case(**case_sources(args))
     absent = absent_list(args.absent)
     result = predictor.predict(case, absent=absent, samples=args.samples, steps=args.steps,
                                allow_domain_mismatch=args.allow_domain_mismatch)

@@ -23,6 +23,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="random seed (overrides the config)")
     p.add_argument("--quick", action="store_true", help="a few epochs on a 600-case cohort: a smoke test in about a minute")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--strict", action="store_true",
+                   help="abort at the first unreadable input (default: count it as missing for that case, drop a "
+                        "case left with nothing, and list them all in <out>/data_report.json)")
     p.set_defaults(run=run)
 
 
@@ -39,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     data = Path(args.data) if args.data else quick_cohort() if args.quick else ensure_cohort(default_cohort_dir())
     out = Path(args.out) if args.out else ROOT / "runs" / time.strftime("%Y%m%d-%H%M%S")
     command = "python -m core " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    meta = train(data, config, out, device=args.device, command=command)
+    meta = train(data, config, out, device=args.device, command=command, strict=args.strict)
     if meta is None:  # a torchrun process other than rank 0: rank 0 reports
         return 0
     m = meta["test_metrics"]

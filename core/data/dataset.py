@@ -14,9 +14,10 @@ import numpy as np
 import pandas as pd
 
 from core.data.readers import LabPanel, Scan, read_labs, read_note, read_scan
+from core.data.quarantine import Quarantine
 from core.data.readers.labs import labs_from_mapping
-from core.data.spec import DatasetSpec
-from core.errors import ManifestError
+from core.data.spec import DatasetSpec, ModalitySpec
+from core.errors import InputError, ManifestError
 
 SPEC_NAMES = ("spec.yaml", "spec.yml", "spec.json")
 MANIFEST_NAMES = ("manifest.csv", "manifest.parquet")
@@ -85,6 +86,7 @@ class Dataset:
             splits = stable_split(manifest[spec.case_id], labels)
         self.manifest = manifest
         self.splits = splits
+        self.quarantine = Quarantine()  # filled when features are extracted (core/features.py)
         self.labels = np.array([self.classes.index(x) for x in labels], dtype=np.int64)
 
     # ---- opening ------------------------------------------------------------------------------
@@ -142,23 +144,36 @@ class Dataset:
         """(cases, modalities) bool matrix of what each case has."""
         return np.array([[self.is_present(i, m) for m in self.spec.modality_names] for i in range(len(self))])
 
-    def load(self, i: int) -> CaseInputs:
-        """Read every present modality of case `i` through the same readers the app uses."""
+    def load(self, i: int, quarantine: Quarantine | None = None) -> CaseInputs:
+        """Read every present modality of case `i` through the same readers the app uses. With `quarantine`,
+        an input that cannot be read counts as missing and is recorded there; without, the error names the
+        manifest row and is raised."""
         inputs: dict[str, Modal | None] = {}
         for m in self.spec.modalities:
-            if not self.is_present(i, m.name):
+            try:
+                inputs[m.name] = self._read(i, m) if self.is_present(i, m.name) else None
+            except InputError as e:
+                if quarantine is None:
+                    raise type(e)(f"manifest row {i + 1} (case {self.case_id(i)}), {m.name}: {e.source}", e.problem) from None
+                quarantine.add(i, self.case_id(i), m.name, str(e))
                 inputs[m.name] = None
-            elif m.type == "image":
-                inputs[m.name] = read_scan(self.path(i, m.name))
-            elif m.type == "text":
-                inputs[m.name] = read_note(self.path(i, m.name))
-            elif m.column:  # strict about lab names: an unknown one in a data set means a wrong spec
-                inputs[m.name] = read_labs(self.path(i, m.name), self.spec.lab_features(m.name), unknown="error")
-            else:
-                values = {c: self.manifest.at[i, c] for c in m.columns}
-                inputs[m.name] = labs_from_mapping(values, self.spec.lab_features(m.name), label=f"row {i}",
-                                                   unknown="error")
         return CaseInputs(self.case_id(i), inputs, self.classes[self.labels[i]])
+
+    def _read(self, i: int, m: ModalitySpec) -> Modal:
+        if m.type == "image":
+            return read_scan(self.path(i, m.name))
+        if m.type == "text":
+            return read_note(self.path(i, m.name))
+        if m.column:  # strict about lab names: an unknown one in a data set means a wrong spec
+            return read_labs(self.path(i, m.name), self.spec.lab_features(m.name), unknown="error")
+        values = {c: self.manifest.at[i, c] for c in m.columns}
+        return labs_from_mapping(values, self.spec.lab_features(m.name), label=f"columns {list(m.columns)}",
+                                 unknown="error")
+
+    def drop(self, rows: list[int]) -> None:
+        """Take cases out of every split (those left with no readable modality)."""
+        self.splits = self.splits.astype(object)
+        self.splits[rows] = "dropped"
 
     def fingerprint(self) -> str:
         """sha256 over the spec, the manifest and every file it names: which data a model saw."""

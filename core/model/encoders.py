@@ -7,6 +7,8 @@ missing indicator per lab, normalised with statistics of the training data kept 
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from torch import nn
@@ -108,8 +110,10 @@ class LabEncoder(nn.Module):
         """Set the normalisation from training values (NaN ignored)."""
         v = np.asarray(values, dtype=np.float64)
         x = np.where(self.log_mask.numpy(), np.log1p(np.clip(v, 0, None)), v)
-        mean = np.nan_to_num(np.nanmean(x, 0), nan=0.0)
-        std = np.nan_to_num(np.nanstd(x, 0), nan=1.0)
+        with warnings.catch_warnings():  # a lab never measured in training: mean 0, std 1 (it is always missing)
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean = np.nan_to_num(np.nanmean(x, 0), nan=0.0)
+            std = np.nan_to_num(np.nanstd(x, 0), nan=1.0)
         self.mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
         self.std.copy_(torch.as_tensor(np.where(std > 1e-6, std, 1.0), dtype=torch.float32))
 

@@ -159,7 +159,9 @@ class RobustMDiff(nn.Module):
         else:
             raise ValueError(f"unknown fusion {mc.fusion!r}")
         self.schedule = NoiseSchedule(dc.train_steps, dc.beta_schedule)
-        self.denoiser = LatentDenoiser(m, mc.d_h, dc.denoiser_width, dc.denoiser_depth, dc.denoiser_heads) if dc.enabled else None
+        # with one modality nothing is ever synthesized from another: no denoiser (its loss would be a constant)
+        self.denoiser = LatentDenoiser(m, mc.d_h, dc.denoiser_width, dc.denoiser_depth, dc.denoiser_heads) \
+            if dc.enabled and m > 1 else None
         self.decoders = nn.ModuleDict({name: LabDecoder(mc.d_h, len(info.labs[name]))
                                        for name, kind in info.modalities if kind == "tabular"})
         # set after training (core/calibration/): temperature and class-prior bias, latent scale, the

@@ -41,9 +41,10 @@ def _features(ds: Dataset) -> tuple[dict[str, list], np.ndarray]:
     return feats, ds.labels
 
 
-def _model(modality: str):
-    if modality == "image":
-        return make_pipeline(StandardScaler(), PCA(40, random_state=0), LogisticRegression(C=0.05, max_iter=2000))
+def _model(modality: str, n_train: int):
+    if modality == "image":  # 40 components, fewer when a small cohort's fold has fewer cases than that
+        return make_pipeline(StandardScaler(), PCA(min(40, n_train - 1), random_state=0),
+                             LogisticRegression(C=0.05, max_iter=2000))
     if modality == "note":
         return make_pipeline(TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True),
                              LogisticRegression(C=4.0, max_iter=2000))
@@ -56,7 +57,7 @@ def _oof_proba(x: list, y: np.ndarray, idx: np.ndarray, modality: str, n_classes
     xs = [x[i] for i in idx]
     ys = y[idx]
     for tr, te in StratifiedKFold(5, shuffle=True, random_state=0).split(np.zeros(len(idx)), ys):
-        m = _model(modality)
+        m = _model(modality, len(tr))
         xtr = [xs[i] for i in tr] if modality == "note" else np.stack([xs[i] for i in tr])
         xte = [xs[i] for i in te] if modality == "note" else np.stack([xs[i] for i in te])
         m.fit(xtr, ys[tr])

@@ -1,0 +1,67 @@
+"""Check a data folder before training (`python -m core validate`): the spec, the manifest's columns and
+labels, every file (read through the same readers training uses), units, classes per split, missingness
+per modality and labs a tabular group never measures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from core.data.dataset import SPLITS, Dataset
+from core.data.quarantine import Quarantine
+from core.data.readers import LabPanel
+
+
+def validate(data: str | Path, progress: bool = False) -> dict:
+    """Raises the project's own error for a spec or manifest that cannot be used at all; otherwise reports."""
+    from tqdm import tqdm
+
+    ds = Dataset.open(data)
+    q = Quarantine()
+    names = ds.spec.modality_names
+    listed = np.zeros((len(ds), len(names)), bool)
+    read = np.zeros_like(listed)
+    measured = {m.name: np.zeros(len(ds.spec.lab_features(m.name)), int) for m in ds.spec.modalities if m.type == "tabular"}
+    for i in tqdm(range(len(ds)), desc="reading cases", unit="case", disable=not progress):
+        listed[i] = [ds.is_present(i, n) for n in names]
+        case = ds.load(i, q)
+        for j, n in enumerate(names):
+            v = case.inputs.get(n)
+            read[i, j] = v is not None
+            if isinstance(v, LabPanel):
+                measured[n] += [lab.name in v.values for lab in ds.spec.lab_features(n)]
+    modalities = [{"modality": n, "type": ds.spec.modality(n).type, "listed": int(listed[:, j].sum()),
+                   "readable": int(read[:, j].sum()), "unreadable": int((listed[:, j] & ~read[:, j]).sum()),
+                   "missing_share": float(1 - read[:, j].mean())} for j, n in enumerate(names)]
+    counts = pd.crosstab(pd.Series([ds.classes[k] for k in ds.labels], name="class"),
+                         pd.Series(ds.splits, name="split")).reindex(index=ds.classes, columns=list(SPLITS), fill_value=0)
+    problems, notes = [p.text() for p in q.problems[:20]], []
+    dropped = [i + 1 for i in np.flatnonzero(~read.any(1))]
+    if dropped:
+        problems.append(f"{len(dropped)} case(s) have no readable modality and would be dropped (rows {dropped[:10]})")
+    for c in ds.classes:
+        if counts.loc[c, "train"] == 0:
+            problems.append(f"class '{c}' has no training case")
+        elif counts.loc[c, "test"] == 0:
+            notes.append(f"class '{c}' has no test case: its test metrics will be missing")
+    for n, hits in measured.items():
+        never = [lab.name for lab, h in zip(ds.spec.lab_features(n), hits) if h == 0]
+        if never:
+            notes.append(f"tabular modality '{n}' never measures {never}: list the labs it does measure with "
+                         f"`features:` on that modality in the spec")
+    return {"data": str(data), "cases": len(ds), "modalities": modalities, "classes": counts.to_dict(orient="index"),
+            "unreadable": len(q.problems), "problems": problems, "notes": notes, "ok": not problems}
+
+
+def markdown(report: dict) -> str:
+    lines = [f"{report['data']}: {report['cases']} cases", "",
+             pd.DataFrame(report["modalities"]).to_markdown(index=False, floatfmt=".1%"), "",
+             pd.DataFrame(report["classes"]).T.rename_axis("class").to_markdown(), ""]
+    lines += [f"problem: {p}" for p in report["problems"]] + [f"note: {n}" for n in report["notes"]]
+    if report["unreadable"] > len([p for p in report["problems"] if p.startswith("manifest row")]):
+        lines.append(f"… {report['unreadable']} unreadable inputs in all")
+    lines.append("ok: ready to train" if report["ok"] else
+                 "not ready: fix the problems above, or train anyway (unreadable inputs then count as missing)")
+    return "\n".join(lines)

@@ -1,0 +1,51 @@
+"""Score an existing checkpoint without training (`python -m core score`): the test split under every
+availability pattern, random missingness and natural missingness, with the harness the evaluation uses."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from core.data.dataset import Dataset
+from core.evaluation.harness import Setup, score
+from core.features import dataset_features
+from core.inference import Predictor
+
+
+def score_checkpoint(checkpoint: str | Path | None, data: str | Path, device: str | None = None,
+                     progress: bool = False) -> dict:
+    predictor = Predictor.load(checkpoint, device)
+    ds = Dataset.open(data)
+    if [m.name for m in ds.spec.modalities] != [n for n, _ in predictor.modalities]:
+        from core.errors import SpecError
+        raise SpecError("data", f"has modalities {ds.spec.modality_names}; the checkpoint reads "
+                                f"{[n for n, _ in predictor.modalities]}")
+    if list(ds.classes) != predictor.classes:
+        from core.errors import SpecError
+        raise SpecError("data", f"has classes {list(ds.classes)}; the checkpoint predicts {predictor.classes}")
+    if ds.fingerprint() != predictor.meta.get("data_fingerprint"):
+        print("note: this data is not the data the checkpoint was trained on (fingerprints differ)", file=sys.stderr)
+    table = dataset_features(ds, predictor.model.config.model, predictor.device, progress=progress)
+    setup = Setup(ds, table, predictor.model.config, torch.device(predictor.device))
+    rows, _ = score(predictor.model, setup, table, "checkpoint", seed=0)
+    out: dict = {"checkpoint": str(checkpoint or "checkpoints/default"), "data": str(data), "rows": rows,
+                 "n_test": int(len(ds.indices("test")))}
+    if predictor.guard is not None:
+        out["ood_flagged_on_test"] = predictor.guard.flag_rates(table, ds.indices("test"))
+    return out
+
+
+def markdown(result: dict) -> str:
+    df = pd.DataFrame(result["rows"])
+    df = df[df.group == "all"][["condition", "n", "auroc", "accuracy", "ece"]]
+    lines = [f"Test split of {result['data']}: AUROC, accuracy and ECE of {result['checkpoint']} with every "
+             "availability pattern (complete test cases, the others switched off), random missingness of 30 % "
+             "and 50 %, and the natural missingness of the data.", "",
+             df.to_markdown(index=False, floatfmt=".3f")]
+    if "ood_flagged_on_test" in result:
+        lines += ["", "Out-of-distribution flags on the test split (false alarms when the test split is like the "
+                      "training data): " + ", ".join(f"{m} {v:.1%}" for m, v in result["ood_flagged_on_test"].items())]
+    return "\n".join(lines)
