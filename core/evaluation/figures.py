@@ -69,6 +69,8 @@ def reliability_diagram(reliability: dict[str, dict], labels: dict[str, str], bi
 def write_figures(figs: dict[str, go.Figure], out: Path) -> list[Path]:
     """HTML always; PNG through Kaleido when it can find a Chromium (skipped with a warning otherwise)."""
     written = []
+    for noisy in ("kaleido", "choreographer", "logistro"):  # the headless browser's start-up chatter
+        logging.getLogger(noisy).setLevel(logging.ERROR)
     for name, fig in figs.items():
         fig.write_html(out / f"{name}.html", include_plotlyjs="cdn")
         written.append(out / f"{name}.html")
