@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from core.errors import CheckpointError
 from core.guard.ood import Guard
+from core.jsonout import clean
 from core.model.config import Config
 from core.model.robustmdiff import DataInfo, RobustMDiff
 
@@ -60,8 +61,10 @@ def save_checkpoint(model: RobustMDiff, folder: str | Path, extra: dict[str, Any
 
 
 def _write_meta(folder: Path, meta: dict[str, Any]) -> None:
+    """Strict JSON (NaN as null), with the checksum of exactly what is written."""
+    meta = clean({k: v for k, v in meta.items() if k != "meta_sha256"})
     meta["meta_sha256"] = _meta_digest(meta)
-    (folder / META).write_text(json.dumps(meta, indent=1, default=float), encoding="utf-8")
+    (folder / META).write_text(json.dumps(meta, indent=1, allow_nan=False), encoding="utf-8")
 
 
 def attach_guard(folder: str | Path, guard: Guard) -> None:

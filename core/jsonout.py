@@ -10,13 +10,14 @@ from typing import Any
 import numpy as np
 
 
-def _clean(x: Any) -> Any:
+def clean(x: Any) -> Any:
+    """`x` with NaN/inf as None and numpy values as Python ones (what `dumps` writes)."""
     if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
+        return {str(k): clean(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
+        return [clean(v) for v in x]
     if isinstance(x, np.ndarray):
-        return _clean(x.tolist())
+        return clean(x.tolist())
     if isinstance(x, (np.bool_,)):
         return bool(x)
     if isinstance(x, (np.integer,)):
@@ -27,4 +28,4 @@ def _clean(x: Any) -> Any:
 
 
 def dumps(obj: Any, indent: int | None = 1) -> str:
-    return json.dumps(_clean(obj), indent=indent, allow_nan=False)
+    return json.dumps(clean(obj), indent=indent, allow_nan=False)

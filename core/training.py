@@ -9,7 +9,6 @@ parts in float32 with TF32 products; random draws from CPU generators, so a seed
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from core.model.config import Config
 from core.model.knowledge import KnowledgeGraph, embed_concepts
 from core.model.robustmdiff import DataInfo, RobustMDiff
 from core.paths import ROOT
+from core.jsonout import dumps
 
 log = logging.getLogger(__name__)
 
@@ -384,7 +384,7 @@ def train(data: str | Path, config: Config, out: str | Path, device: str | None 
                           {n: ds.spec.lab_features(n) for n, k in result.model.info.modalities if k == "tabular"})
         guard.test_flagged = guard.flag_rates(table, ds.indices("test"))
         save_checkpoint(result.model, out, meta, guard)
-        (Path(out) / "data_report.json").write_text(json.dumps(ds.quarantine.report(len(ds)), indent=1), encoding="utf-8")
+        (Path(out) / "data_report.json").write_text(dumps(ds.quarantine.report(len(ds))), encoding="utf-8")
         if ds.quarantine:
             log.warning("%s\n  all of them: %s", ds.quarantine.summary(), Path(out) / "data_report.json")
     ctx.barrier()

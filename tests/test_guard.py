@@ -11,7 +11,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from pydicom.data import get_testdata_file
 

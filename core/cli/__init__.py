@@ -9,8 +9,8 @@ import sys
 
 from core.errors import InputError, RobustMDiffError
 
-COMMANDS = ("cohort", "train", "predict", "evaluate", "explain", "faithfulness", "calibration", "guard", "score", "validate", "bench",
-            "doctor")
+COMMANDS = ("cohort", "train", "predict", "evaluate", "explain", "faithfulness", "calibration", "guard", "score", "validate",
+            "importer", "bench", "doctor")  # modules of core/cli; importer.py adds the command `import`
 
 
 def add_case_arguments(p: argparse.ArgumentParser) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import time
@@ -24,6 +23,7 @@ from core.device import pick_device
 from core.model.config import Config
 from core.model.config import quick as quick_config
 from core.paths import CONFIGS, DEFAULT_CHECKPOINT, ROOT, default_cohort_dir
+from core.jsonout import dumps
 
 def machine() -> dict[str, str]:
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
@@ -73,7 +73,7 @@ def evaluate(checkpoint: str | Path | None = None, data: str | Path | None = Non
         "retention": report.retention(rows, names).to_dict("records"), "targets": report.targets(rows, names),
         "reliability": reliability, "modalities": names,
     }
-    (out / "results.json").write_text(json.dumps(result, indent=1, default=float))
+    (out / "results.json").write_text(dumps(result))
     pd.DataFrame(rows).to_csv(out / "results.csv", index=False)
     (out / "table.md").write_text(markdown(result), encoding="utf-8")
     figs = {"auroc_by_pattern": figures.auroc_by_pattern(rows, names, labels),

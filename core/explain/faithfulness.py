@@ -27,6 +27,7 @@ from core.explain.labs import lab_ig, lab_shap
 from core.explain.text import note_attribution
 from core.features import FeatureTable
 from core.inference import Predictor
+from core.jsonout import dumps
 
 PATCH = 8
 FRACTIONS = np.linspace(0, 1, 11)
@@ -173,5 +174,5 @@ def markdown(result: dict) -> str:
 
 def write(result: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "faithfulness.json").write_text(json.dumps(result, indent=1))
+    (out / "faithfulness.json").write_text(dumps(result))
     (out / "faithfulness.md").write_text(markdown(result), encoding="utf-8")

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from core.data.dataset import CaseInputs, Dataset
+from core.data.dataset import Dataset
 from core.data.readers.labs import labs_from_mapping
 from core.errors import InputError
 from core.features import dataset_features
