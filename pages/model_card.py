@@ -75,6 +75,23 @@ if cal:
         st.dataframe(pd.DataFrame([{"target": t["target"], "measured": round(t["measured"], 4),
                                     "met": "yes" if t["met"] else "no"} for t in cal["targets"]]),
                      hide_index=True, width="stretch")
+st.subheader("Inputs unlike the training data")
+guard = meta.get("guard")
+expect = {m["name"]: m["expect"] for m in spec["modalities"] if m.get("expect")}
+st.markdown("A scan whose DICOM header contradicts what the model was trained on is refused ("
+            + (", ".join(f"{n}: " + "; ".join(f"{k} {' or '.join(v)}" for k, v in e.items()) for n, e in expect.items())
+               or "no expectation declared") + "), unless you override it. Every present input is also scored "
+            "against the training data; above the threshold the diagnosis is greyed under a banner.")
+if guard:
+    st.dataframe(pd.DataFrame([{"input": m, "threshold": round(t, 2),
+                                "flagged on validation": f"{guard['val_flagged'].get(m, float('nan')):.1%}",
+                                "false alarms on test": f"{guard.get('test_flagged', {}).get(m, float('nan')):.1%}"}
+                               for m, t in guard["thresholds"].items()]), hide_index=True, width="stretch")
+    st.caption("Score: images and notes, the distance to the nearest class of training inputs in the frozen "
+               "encoder's feature space (about 1 for a typical input); labs, -log10 of how rare the combination "
+               "or the most extreme value is. Thresholds leave 1 % of held-out inputs flagged.")
+else:
+    st.warning("This checkpoint carries no out-of-distribution statistics: run `python -m core guard --fit`.")
 evaluation = ASSETS / "evaluation" / "table.md"
 if evaluation.exists():
     with st.expander("Comparison with baselines and ablations (python -m core evaluate)"):

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import io
 
-import numpy as np
 import pydicom
 import pytest
 import streamlit as st
-from PIL import Image
 from pydicom.data import get_testdata_file
 from streamlit.testing.v1 import AppTest
 
