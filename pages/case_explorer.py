@@ -199,6 +199,9 @@ if pred.synthesized:
     st.dataframe(pd.DataFrame([{"modality": m, "synthesis confidence": f"{s['confidence']:.0%}",
                                 "expected change of the answer if acquired": f"{s['expected_change']:.1%}"}
                                for m, s in pred.synthesized.items()]), hide_index=True, width="stretch")
+    if pred.outside_training:
+        st.caption("These confidences were learned on inputs like the training data; with an input outside it "
+                   "they mean little.")
     for m in pred.synthesized:
         if pred.assumed_text(m):
             st.caption(f"Synthesized {m}: {pred.assumed_text(m)}")

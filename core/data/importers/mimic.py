@@ -139,7 +139,7 @@ _DESCRIPTIVE = {"EXAMINATION", "EXAM", "INDICATION", "INDICATIONS", "HISTORY", "
                 "REASON FOR EXAMINATION", "TECHNIQUE", "COMPARISON", "COMPARISONS", "FINDINGS", "FINDING"}
 _FINAL_REPORT = re.compile(r"^[ \t]*FINAL REPORT[ \t]*$", re.M)
 # radiology_detail exam names of chest radiographs (not CT, MR, ultrasound, nuclear medicine or angiography)
-_CROSS_SECTIONAL = re.compile(r"\b(CT|CTA|MR|MRI|MRA|US|ULTRASOUND|NM|PET|ANGIO\w*|FLUORO\w*)\b")
+_CROSS_SECTIONAL = re.compile(r"\b(?:CT|CTA|MR|MRI|MRA|US|ULTRASOUND|NM|PET|ANGIO\w*|FLUORO\w*)\b")
 
 
 def import_mimic(cxr: str | Path, out: str | Path, hosp: str | Path | None = None, note: str | Path | None = None, *,
