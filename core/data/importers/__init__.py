@@ -79,8 +79,8 @@ def require_columns(have: Iterable[str], need: Iterable[str], label: str) -> Non
         raise DatasetImportError(label, f"is missing column(s) {missing}; is this the published file?")
 
 
-def prepare_out(out: Path) -> Path:
-    """Create the output folder; replace an earlier import there, never anything else."""
+def check_out(out: Path) -> None:
+    """Refuse an output folder that holds anything but an earlier import (checked before reading any input)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise DatasetImportError(out.name, "exists and is not a folder")
@@ -92,6 +92,13 @@ def prepare_out(out: Path) -> Path:
         if foreign:
             raise DatasetImportError(out.name, f"holds files an import did not write ({sorted(foreign)[:3]}); "
                                                "choose a new --out")
+
+
+def prepare_out(out: Path) -> Path:
+    """Create the output folder; replace an earlier import there, never anything else."""
+    out = Path(out)
+    check_out(out)
+    if out.exists():
         for name in _OWNED_DIRS:
             shutil.rmtree(out / name, ignore_errors=True)
         for name in _OWNED_FILES:

@@ -36,8 +36,17 @@ from typing import Any
 
 import pandas as pd
 
-from core.data.importers import (DatasetImportError, label_counts, place_image, prepare_out, rare_classes, read_table,
-                                 require_table, write_dataset)
+from core.data.importers import (
+    DatasetImportError,
+    check_out,
+    label_counts,
+    place_image,
+    prepare_out,
+    rare_classes,
+    read_table,
+    require_table,
+    write_dataset,
+)
 from core.data.spec import DatasetSpec, LabSpec, ModalitySpec
 
 META_COLUMNS = ("case_num", "diagnosis", "elevation", "location", "sex", "clinic", "derm")
@@ -66,6 +75,7 @@ def import_derm7pt(root: str | Path, out: str | Path, *, grouping: str = "five",
     """Build the data folder `out` from the user's Derm7pt release at `root`; returns the import report."""
     if grouping not in GROUPINGS:
         raise DatasetImportError("--grouping", f"'{grouping}' is not one of {GROUPINGS}")
+    check_out(Path(out))
     root = Path(root)
     if not root.is_dir():
         raise DatasetImportError(str(root), "is not a folder (the Derm7pt release, with meta/ and images/)")
@@ -73,7 +83,7 @@ def import_derm7pt(root: str | Path, out: str | Path, *, grouping: str = "five",
     meta = read_table(require_table(root, "meta.csv", ("meta",)), columns, dtype=str, keep_default_na=False)
     meta = meta.apply(lambda c: c.str.strip())
     report: dict[str, Any] = {"dataset": "derm7pt", "options": {"grouping": grouping, "with_criteria": with_criteria,
-                                                                "copy_images": copy_images}, "rows": int(len(meta))}
+                                                                "copy_images": copy_images}, "rows": len(meta)}
     meta["label"] = meta["diagnosis"].map(lambda d: diagnosis_class(d, grouping))
     unknown = sorted(set(meta.loc[meta["label"].isna(), "diagnosis"]))
     report["dropped_unknown_diagnosis"] = {d: int((meta["diagnosis"] == d).sum()) for d in unknown}
@@ -112,7 +122,7 @@ def import_derm7pt(root: str | Path, out: str | Path, *, grouping: str = "five",
     spec = DatasetSpec(name="derm7pt", label="label", case_id="case_id", split="split", classes=classes,
                        rare_classes=rare_classes(manifest["label"], classes, rare_below), modalities=modalities,
                        labs=specs)
-    report["cases"] = int(len(manifest))
+    report["cases"] = len(manifest)
     report["labels"] = label_counts(manifest)
     write_dataset(out, manifest, spec, report)
     return report

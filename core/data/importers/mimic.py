@@ -48,8 +48,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from core.data.importers import (DatasetImportError, find_table, has_words, label_counts, place_image, prepare_out,
-                                 rare_classes, read_table, read_table_chunks, require_table, write_dataset)
+from core.data.importers import (
+    DatasetImportError,
+    check_out,
+    find_table,
+    has_words,
+    label_counts,
+    place_image,
+    prepare_out,
+    rare_classes,
+    read_table,
+    read_table_chunks,
+    require_table,
+    write_dataset,
+)
 from core.data.readers.labs import parse_number
 from core.data.spec import DatasetSpec, LabSpec, ModalitySpec
 
@@ -134,10 +146,10 @@ LAB_CATALOGUE: tuple[MimicLab, ...] = (
 ITEMIDS: dict[int, tuple[MimicLab, int]] = {i: (lab, rank) for lab in LAB_CATALOGUE for rank, i in enumerate(lab.itemids)}
 
 # Report sections: the impression (and what follows it) states the answer; these descriptive ones end the cut.
-_HEADER = re.compile(r"^[ \t]*([A-Z][A-Z /&()'-]*[A-Z)])[ \t]*:", re.M)
+_HEADER = re.compile(r"^[ \t]*([A-Z][A-Z /&()'-]*[A-Z)])[ \t]*:", re.MULTILINE)
 _DESCRIPTIVE = {"EXAMINATION", "EXAM", "INDICATION", "INDICATIONS", "HISTORY", "CLINICAL HISTORY", "REASON FOR EXAM",
                 "REASON FOR EXAMINATION", "TECHNIQUE", "COMPARISON", "COMPARISONS", "FINDINGS", "FINDING"}
-_FINAL_REPORT = re.compile(r"^[ \t]*FINAL REPORT[ \t]*$", re.M)
+_FINAL_REPORT = re.compile(r"^[ \t]*FINAL REPORT[ \t]*$", re.MULTILINE)
 # radiology_detail exam names of chest radiographs (not CT, MR, ultrasound, nuclear medicine or angiography)
 _CROSS_SECTIONAL = re.compile(r"\b(?:CT|CTA|MR|MRI|MRA|US|ULTRASOUND|NM|PET|ANGIO\w*|FLUORO\w*)\b")
 
@@ -152,6 +164,7 @@ def import_mimic(cxr: str | Path, out: str | Path, hosp: str | Path | None = Non
     views = tuple(v.strip().upper() for v in views if v.strip())
     if not views:
         raise DatasetImportError("--views", "names no view (for example PA,AP)")
+    check_out(Path(out))
     cxr = Path(cxr)
     if not cxr.is_dir():
         raise DatasetImportError(str(cxr), "is not a folder (the MIMIC-CXR-JPG root)")
@@ -159,6 +172,7 @@ def import_mimic(cxr: str | Path, out: str | Path, hosp: str | Path | None = Non
         "window_hours": window_hours, "note_window_hours": note_window_hours, "keep_impression": keep_impression,
         "views": list(views), "uncertain": uncertain, "copy_images": copy_images, "limit": limit}}
 
+    log.info("reading the MIMIC-CXR-JPG tables under %s", cxr)
     meta = _read_metadata(require_table(cxr, METADATA))
     studies, dropped = _labelled_studies(require_table(cxr, CHEXPERT), meta, uncertain)
     report["studies"] = {"with_labels": int(len(studies) + sum(dropped.values())), "dropped": dropped}
@@ -178,11 +192,15 @@ def import_mimic(cxr: str | Path, out: str | Path, hosp: str | Path | None = Non
     studies["labs_path"] = ""
     modalities = [ModalitySpec("cxr", "image", column="image_path",
                                expect={"modality": ("CR", "DX"), "body_part": ("CHEST",)})]
+    measured: set[str] = set()
     if hosp is not None:
         labs = _study_labs(Path(hosp), studies, window_hours, report)
         studies["labs_path"] = _write_labs(out, studies["case_id"], labs)
-        modalities.append(ModalitySpec("labs", "tabular", column="labs_path",
-                                       features=tuple(lab.spec.name for lab in LAB_CATALOGUE)))
+        # features: the labs these cases have (a never-measured lab carries nothing); labs: the whole catalogue
+        measured = set(labs["lab"])
+        if measured:
+            modalities.append(ModalitySpec("labs", "tabular", column="labs_path", features=tuple(
+                lab.spec.name for lab in LAB_CATALOGUE if lab.spec.name in measured)))
     texts = _study_reports(studies, Path(reports) if reports else cxr, Path(note) if note else None,
                            note_window_hours, report)
     if texts or note is not None:
@@ -195,8 +213,8 @@ def import_mimic(cxr: str | Path, out: str | Path, hosp: str | Path | None = Non
     spec = DatasetSpec(name="mimic-cxr", label="label", case_id="case_id",
                        split="split" if "split" in manifest else None, classes=classes,
                        rare_classes=rare_classes(manifest["label"], classes, rare_below), modalities=modalities,
-                       labs=[lab.spec for lab in LAB_CATALOGUE] if hosp is not None else [])
-    report["cases"] = int(len(manifest))
+                       labs=[lab.spec for lab in LAB_CATALOGUE] if measured else [])
+    report["cases"] = len(manifest)
     report["labels"] = label_counts(manifest)
     report["present"] = {m.name: int((manifest[m.column] != "").sum()) for m in modalities}
     write_dataset(out, manifest, spec, report)
@@ -215,9 +233,9 @@ def _read_metadata(path: Path) -> pd.DataFrame:
 
 def study_times(dates: pd.Series, times: pd.Series) -> pd.Series:
     """StudyDate (YYYYMMDD) + StudyTime (HHMMSS.fff, leading zeros dropped: 4520.0 is 00:45:20) → datetime."""
-    day = pd.to_numeric(dates, errors="coerce").astype("Int64").astype(str)
-    clock = pd.to_numeric(times, errors="coerce").fillna(0).astype(np.int64).astype(str).str.zfill(6)
-    return pd.to_datetime(day + clock, format="%Y%m%d%H%M%S", errors="coerce")
+    day = np.floor(pd.to_numeric(dates, errors="coerce")).astype("Int64").astype(str)
+    clock = np.floor(pd.to_numeric(times, errors="coerce")).astype("Int64").astype(str).str.zfill(6)
+    return pd.to_datetime(day + clock, format="%Y%m%d%H%M%S", errors="coerce")  # a blank date or time: NaT
 
 
 def chexpert_labels(table: pd.DataFrame, uncertain: str = "negative") -> pd.Series:
@@ -288,9 +306,11 @@ def _add_split(studies: pd.DataFrame, path: Path | None) -> pd.DataFrame:
 
 def _study_labs(hosp: Path, studies: pd.DataFrame, window_hours: float, report: dict[str, Any]) -> pd.DataFrame:
     """(case_id, lab, value) in catalogue units: per study and lab the latest value in the window before it."""
-    events = _read_labevents(require_table(hosp, "labevents.csv", ("hosp",)), set(studies["subject_id"]))
+    path = require_table(hosp, "labevents.csv", ("hosp",))
+    log.info("reading %s for %d subjects (the full table takes minutes)", path.name, studies["subject_id"].nunique())
+    events = _read_labevents(path, set(studies["subject_id"]))
     items = find_table(hosp, "d_labitems.csv", ("hosp",))
-    stats: dict[str, Any] = {"rows_read": int(len(events))}
+    stats: dict[str, Any] = {"rows_read": len(events)}
     if items is not None:
         stats["d_labitems"] = _itemid_labels(items)
     events, skipped = _canonical_values(events)
@@ -335,9 +355,9 @@ def _canonical_values(events: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int
         if conv is None:
             skipped[f"unknown unit '{unit}' for itemid {int(itemid)}"] += len(group)
             continue
-        numbers = group["valuenum"].astype(float)
-        fallback = group["value"].map(_number)  # "<0.01" and the like carry no valuenum
-        numbers = numbers.fillna(fallback)
+        numbers = group["valuenum"].astype(float).copy()
+        blank = numbers.isna()  # "<0.01" and the like carry no valuenum: parse the text
+        numbers[blank] = group.loc[blank, "value"].map(_number)
         values = numbers * conv[0] + conv[1]
         lo, hi = lab.spec.plausible
         ok = values.between(lo, hi)
@@ -394,7 +414,9 @@ def _study_reports(studies: pd.DataFrame, reports_root: Path, note: Path | None,
 def _match_notes(note: Path, studies: pd.DataFrame, window_hours: float, texts: dict[str, str]) -> dict[str, int]:
     detail = find_table(note, "radiology_detail.csv", ("note",))
     chest, linked = _radiology_detail(detail) if detail is not None else (None, {})
-    notes = _read_radiology(require_table(note, "radiology.csv", ("note",)), set(studies["subject_id"]), chest)
+    path = require_table(note, "radiology.csv", ("note",))
+    log.info("reading %s for %d subjects", path.name, studies["subject_id"].nunique())
+    notes = _read_radiology(path, set(studies["subject_id"]), chest)
     by_id = dict(zip(notes["note_id"], notes["text"]))
     exact = 0
     for case_id, study in zip(studies["case_id"], studies["study_id"]):
@@ -407,7 +429,7 @@ def _match_notes(note: Path, studies: pd.DataFrame, window_hours: float, texts: 
     nearest = nearest_notes(rest, notes[~notes["note_id"].isin(used)], window_hours)
     for case_id, note_id in nearest.items():
         texts[case_id] = by_id[note_id]
-    return {"notes_read": int(len(notes)), "from_detail_study_id": exact, "matched_by_time": len(nearest),
+    return {"notes_read": len(notes), "from_detail_study_id": exact, "matched_by_time": len(nearest),
             "chest_filter": chest is not None}
 
 
