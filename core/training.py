@@ -141,23 +141,41 @@ def _classify_views(model: RobustMDiff, h: torch.Tensor, present: torch.Tensor, 
     return cls, consistency(zs, givens)
 
 
-def _val_score(model: RobustMDiff, table: FeatureTable, va: np.ndarray, y: np.ndarray, drops, device) -> list[float]:
+def _nll(y: np.ndarray, probs: np.ndarray) -> float:
+    return float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None))))
+
+
+def _val_score(model: RobustMDiff, table: FeatureTable, va: np.ndarray, y: np.ndarray, drops,
+               device) -> tuple[list[float], float]:
+    """Validation macro AUROC per drop mask, and the mean log loss over them (the tie-breaker)."""
     model.eval()
-    return [macro_auroc(y, predict_table(model, table, va, d, samples=4, device=device, describe=False).probs)
-            for d in drops]
+    probs = [predict_table(model, table, va, d, samples=4, device=device, describe=False).probs for d in drops]
+    return [macro_auroc(y, p) for p in probs], float(np.mean([_nll(y, p) for p in probs]))
+
+
+# AUROC differences below this are noise on a few hundred validation cases (and an easy task saturates
+# at 1.0): within it of the best AUROC seen, the epoch with the lower validation loss is kept, so that a
+# saturated or noisy score no longer pins the choice to the first epoch.
+AUROC_TIE = 0.002
 
 
 class _Best:
-    """Early stopping on a validation score, keeping the best weights."""
+    """Early stopping on validation AUROC (ties within AUROC_TIE broken by validation loss), keeping the
+    best weights."""
 
     def __init__(self, model: RobustMDiff, patience: int):
         self.model, self.patience = model, patience
         self.score, self.state, self.epoch, self.waited = -np.inf, copy.deepcopy(model.state_dict()), -1, 0
+        self.top, self.loss = -np.inf, np.inf
 
-    def update(self, score: float, epoch: int) -> bool:
+    def update(self, score: float, epoch: int, loss: float = np.inf) -> bool:
         """Record an epoch; True when training should stop."""
-        if score > self.score:
-            self.score, self.state, self.epoch, self.waited = score, copy.deepcopy(self.model.state_dict()), epoch, 0
+        better = score > self.top + AUROC_TIE or (score >= self.top - AUROC_TIE and loss < self.loss) \
+            or (score > self.score and loss <= self.loss)
+        self.top = max(self.top, score)
+        if better:
+            self.score, self.loss, self.epoch, self.waited = score, loss, epoch, 0
+            self.state = copy.deepcopy(self.model.state_dict())
             return False
         self.waited += 1
         return self.waited >= self.patience
@@ -252,12 +270,12 @@ def train_model(ds: Dataset, table: FeatureTable, config: Config, device: str | 
             sums += parts
         sched.step()
         sums = sums.cpu().double().numpy() / max(1, -(-len(order) // tc.batch_size))
-        scores = _val_score(model, table, va, ds.labels[va], drops, device) if not use_diffusion else \
+        scores, loss = _val_score(model, table, va, ds.labels[va], drops, device) if not use_diffusion else \
             _val_score_dropped(model, table, va, ds.labels[va], drops, device)
         history.append({"phase": 1, "epoch": epoch, "p_mask": p, "cls": sums[0], "cons": sums[1], "diff": sums[2],
-                        "val_auroc": scores[0], "val_auroc_masked": scores[1]})
+                        "val_auroc": scores[0], "val_auroc_masked": scores[1], "val_loss": loss})
         bar.set_postfix(cls=f"{sums[0]:.3f}", cons=f"{sums[1]:.3f}", diff=f"{sums[2]:.3f}", val=f"{np.mean(scores):.3f}")
-        if best.update(ctx.agree(float(np.mean(scores))), epoch):
+        if best.update(ctx.agree(float(np.mean(scores))), epoch, ctx.agree(loss)):
             break
     bar.close()
     best.restore()
@@ -291,7 +309,8 @@ def train_model(ds: Dataset, table: FeatureTable, config: Config, device: str | 
         # ---- phase 3 ------------------------------------------------------------------------------------
         model.eval()
         best = _Best(model, tc.patience)
-        best.update(ctx.agree(float(np.mean(_val_score(model, table, va, ds.labels[va], drops, device)))), -1)
+        scores, loss = _val_score(model, table, va, ds.labels[va], drops, device)
+        best.update(ctx.agree(float(np.mean(scores))), -1, ctx.agree(loss))
 
         def phase3_loss(m: RobustMDiff, idx: torch.Tensor, y: torch.Tensor):
             cls, cons = _classify_views(m, h_tr[idx], present_tr[idx], y, tc.p_max, gen, config.diffusion.train_sample_steps)
@@ -313,11 +332,11 @@ def train_model(ds: Dataset, table: FeatureTable, config: Config, device: str | 
                 loss.backward()
                 opt.step()
                 total, n = total + float(loss.detach()), n + 1
-            scores = _val_score(model, table, va, ds.labels[va], drops, device)
+            scores, loss = _val_score(model, table, va, ds.labels[va], drops, device)
             history.append({"phase": 3, "epoch": epoch, "cls": total / n, "val_auroc": scores[0],
-                            "val_auroc_masked": scores[1]})
+                            "val_auroc_masked": scores[1], "val_loss": loss})
             bar.set_postfix(loss=f"{total / n:.3f}", val=f"{np.mean(scores):.3f}")
-            if best.update(ctx.agree(float(np.mean(scores))), epoch):
+            if best.update(ctx.agree(float(np.mean(scores))), epoch, ctx.agree(loss)):
                 break
         bar.close()
         best.restore()
@@ -327,16 +346,16 @@ def train_model(ds: Dataset, table: FeatureTable, config: Config, device: str | 
 
 
 def _val_score_dropped(model: RobustMDiff, table: FeatureTable, va: np.ndarray, y: np.ndarray, drops,
-                       device) -> list[float]:
+                       device) -> tuple[list[float], float]:
     """Phase-1 validation: hidden modalities left out (the denoiser is not ready to fill them yet)."""
     model.eval()
-    out = []
+    probs = []
     with torch.no_grad():
         for d in drops:
             h, present = encode_table(model, table, va, device, d)
             z, _ = model.fuse(h, present)
-            out.append(macro_auroc(y, torch.softmax(model.logits(z), -1).cpu().numpy()))
-    return out
+            probs.append(torch.softmax(model.logits(z).float(), -1).cpu().numpy())
+    return [macro_auroc(y, p) for p in probs], float(np.mean([_nll(y, p) for p in probs]))
 
 
 def test_metrics(model: RobustMDiff, ds: Dataset, table: FeatureTable, device="cpu", seed: int = 0) -> dict:

@@ -66,10 +66,25 @@ def test_one_modality_spec_trains_with_a_data_report_and_scores(reports, tmp_pat
     assert report["unreadable_inputs"] == 3 and report["cases_dropped"] == 3
     assert [e["row"] for e in report["examples"]] == [8, 43, 100] and "contains no words" in report["examples"][0]["reason"]
     assert "3 unreadable input(s)" in done.stderr
+    # these reports are easy: validation AUROC saturates, so the loss decides and the first epoch is not kept
+    assert json.loads((tmp_path / "ckpt" / "meta.json").read_text())["best_epoch"] > 0
     scored = _cli("score", "--checkpoint", str(tmp_path / "ckpt"), "--data", str(reports), "--json")
     assert scored.returncode == 0, scored.stderr[-2000:]
     rows = {r["condition"]: r for r in json.loads(scored.stdout)["rows"] if r["group"] == "all"}
     assert set(rows) >= {"report", "natural"} and rows["natural"]["auroc"] > 0.9
+
+
+def test_early_stopping_breaks_auroc_ties_by_validation_loss():
+    import torch
+
+    from core.training import AUROC_TIE, _Best
+
+    best = _Best(torch.nn.Linear(1, 1), patience=3)
+    for epoch, (auroc, loss) in enumerate([(1.0, 0.50), (1.0, 0.30), (1.0 - AUROC_TIE / 2, 0.20), (0.95, 0.10)]):
+        best.update(auroc, epoch, loss)
+    assert best.epoch == 2  # a clear AUROC loss (epoch 3) is not traded for a lower loss
+    assert not best.update(0.9, 4, 1.0) and best.waited == 2
+    assert best.update(0.9, 5, 1.0)  # patience (3) runs out
 
 
 @pytest.fixture(scope="module")
