@@ -95,18 +95,25 @@ def test_corrupt_upload_gets_a_message_not_a_traceback(app):
     assert any("not a supported scan" in e.value for e in at.error)
 
 
-def test_review_stores_a_rating(app, tmp_path):
+def test_review_stores_a_rating(app, tmp_path, monkeypatch):
+    monkeypatch.setenv("RMD_REVIEW_WARM", "0")  # explanations on demand only: no background work in tests
     at = app.run()
     at.switch_page("pages/review.py").run()
     _ok(at)
     at.text_input(key="reviewer_name").input("alice")
     at.text_input(key="reviewer_code").input("demo")
+    at.text_input(key="reviewer_pin").input("4321")
+    at.text_input(key="reviewer_pin_again").input("4321")
     at.button[0].click().run()
     _ok(at)
-    assert at.session_state["reviewer"] == "alice"
+    assert at.session_state["reviewer"] == "alice" and at.query_params["reviewer_token"]
+    save = next(b for b in at.button if b.label == "Save rating")
+    assert save.disabled and at.radio(key="usefulness_0").value is None  # nothing preselected
     at.radio(key="relevance_0").set_value(5)
+    at.radio(key="usefulness_0").set_value(3)
     at.radio(key="trust_0").set_value(2)
     at.text_area(key="comment_0").input("heatmap on the right base")
+    at.run()
     next(b for b in at.button if b.label == "Save rating").click().run()
     _ok(at)
     rows = ReviewStore(tmp_path / "review.sqlite3").all_ratings()

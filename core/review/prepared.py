@@ -1,0 +1,180 @@
+"""The explanations reviewers rate, computed once and kept, so that moving through the queue never waits
+for the model.
+
+Each (case, method) explanation is computed at most once per model and code version and kept in memory
+and on disk (the data folder's cache). Every reviewer therefore rates the very same artefact, which
+inter-rater agreement needs (SHAP samples at random). A single background thread prepares what reviewers
+will need next (`prefetch`, urgent first) and then, if asked, everything else (`warm`); a page that needs
+an item at once computes it in its own thread unless the worker already has it in hand.
+
+The files are pickles written by this process into the data folder (never uploaded files).
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import itertools
+import logging
+import os
+import pickle
+import queue
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from pathlib import Path
+
+from core.paths import ROOT, cache_dir
+
+log = logging.getLogger(__name__)
+
+Key = tuple[int, str, str]  # (cohort row, case id, method)
+Compute = Callable[[int, str], object]  # (row, method) -> Explanation
+CACHE_VERSION = "1"
+URGENT, AHEAD, BACKGROUND = 0, 1, 2
+_SOURCES = ("core/explain", "core/inference.py", "core/model")
+
+
+def fingerprint(checkpoint_meta: dict, manifest_csv: str) -> str:
+    """Changes whenever the model, the cohort or the code that explains could change an explanation."""
+    h = hashlib.sha256(CACHE_VERSION.encode())
+    for k in ("weights_sha256", "meta_sha256"):
+        h.update(str(checkpoint_meta.get(k)).encode())
+    h.update(manifest_csv.encode())
+    for src in _SOURCES:
+        path = ROOT / src
+        for f in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            h.update(f.read_bytes())
+    return h.hexdigest()[:20]
+
+
+def warm_enabled() -> bool:
+    """Prepare a reviewer's next items, then every item, in the background (RMD_REVIEW_WARM=0: only on demand)."""
+    return os.environ.get("RMD_REVIEW_WARM", "1") != "0"
+
+
+def default_folder(key: str) -> Path:
+    return cache_dir() / f"review-explanations-{key}"
+
+
+def _background_policy() -> None:
+    """Keep the worker out of the way of people waiting: one torch thread (torch's setting is per thread,
+    so pages keep theirs) at a lower CPU priority (Linux nice applies per thread)."""
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:
+        pass
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError):
+        pass  # not Linux, or not allowed: run at normal priority
+
+
+class PreparedExplanations:
+    def __init__(self, folder: Path, compute: Compute):
+        self.folder, self._compute = Path(folder), compute
+        self._futures: dict[Key, Future] = {}
+        self._lock = threading.Lock()
+        self._queue: queue.PriorityQueue = queue.PriorityQueue()
+        self._order = itertools.count()  # FIFO within a priority
+        self._worker: threading.Thread | None = None
+        self._stopping = False
+        self._warmed = False
+
+    # ---- reading -------------------------------------------------------------------------------------
+    def get(self, key: Key):
+        """The explanation, waiting for it if the worker is computing it, else computing it here."""
+        future, mine = self._claim(key)
+        if mine:
+            self._produce(key, future)
+        return future.result()
+
+    def ready(self, key: Key) -> bool:
+        with self._lock:
+            future = self._futures.get(key)
+        return (future is not None and future.done() and future.exception() is None) or self._path(key).exists()
+
+    # ---- preparing ahead -----------------------------------------------------------------------------
+    def prefetch(self, keys: Iterable[Key], priority: int = AHEAD) -> None:
+        """Queue these for the background thread (lower priority values first)."""
+        for key in keys:
+            if not self.ready(key):
+                self._queue.put((priority, next(self._order), key))
+        self._start()
+
+    def warm(self, keys: Iterable[Key]) -> None:
+        """Queue everything once, behind what reviewers are waiting for."""
+        if not self._warmed:
+            self._warmed = True
+            self.prefetch(keys, BACKGROUND)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Let the worker finish its current item and stop (at exit: no model work mid-shutdown)."""
+        self._stopping = True
+        self._queue.put((-1, -1, None))
+        if self._worker is not None:
+            self._worker.join(timeout)
+
+    # ---- internals -----------------------------------------------------------------------------------
+    def _path(self, key: Key) -> Path:
+        _, case_id, method = key
+        return self.folder / (hashlib.sha256(f"{case_id}\0{method}".encode()).hexdigest()[:24] + ".pkl")
+
+    def _claim(self, key: Key) -> tuple[Future, bool]:
+        """The future for `key`, and whether the caller is the one to produce it."""
+        with self._lock:
+            if key in self._futures:
+                return self._futures[key], False
+            future = self._futures[key] = Future()
+            return future, True
+
+    def _produce(self, key: Key, future: Future) -> None:
+        try:
+            future.set_result(self._load(key) or self._compute_and_keep(key))
+        except BaseException as e:  # noqa: BLE001 - handed to whoever waits; a later get() retries
+            with self._lock:
+                self._futures.pop(key, None)
+            future.set_exception(e)
+
+    def _load(self, key: Key):
+        path = self._path(key)
+        try:
+            with open(path, "rb") as f:
+                return pickle.load(f)
+        except FileNotFoundError:
+            return None
+        except Exception:  # noqa: BLE001 - a torn or stale file is recomputed
+            log.warning("review explanation cache file %s unreadable; recomputing", path.name)
+            return None
+
+    def _compute_and_keep(self, key: Key):
+        row, _, method = key
+        value = self._compute(row, method)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self._path(key)
+        tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+        with open(tmp, "wb") as f:
+            pickle.dump(value, f, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, path)  # atomic: readers in other processes never see half a file
+        return value
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._work, name="review-prepare", daemon=True)
+                self._worker.start()
+                atexit.register(self.close)
+
+    def _work(self) -> None:
+        _background_policy()
+        while True:
+            _, _, key = self._queue.get()
+            if key is None or self._stopping:
+                return
+            future, mine = self._claim(key)
+            if mine:
+                self._produce(key, future)
+                if future.exception() is not None:
+                    log.warning("could not prepare review item %s/%s: %s", key[1], key[2], future.exception())
