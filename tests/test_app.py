@@ -22,6 +22,7 @@ PAGES = ["pages/case_explorer.py", "pages/robustness_lab.py", "pages/review.py",
 def app(monkeypatch, tmp_path, default_cohort):
     monkeypatch.setenv("RMD_REVIEWER_CODE", "demo")
     monkeypatch.setenv("RMD_REVIEW_DB", str(tmp_path / "review.sqlite3"))
+    monkeypatch.setenv("RMD_REVIEW_WARM", "0")  # no background explanations competing with the other tests
     st.cache_resource.clear()
     return AppTest.from_file(APP, default_timeout=600)
 
