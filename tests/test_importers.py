@@ -21,13 +21,8 @@ from PIL import Image
 from core.cli import main
 from core.data.dataset import Dataset
 from core.data.importers.derm7pt import diagnosis_class, import_derm7pt
-from core.data.importers.mimic import (
-    CHEXPERT_COLUMNS,
-    chexpert_labels,
-    import_mimic,
-    strip_report,
-    study_times,
-)
+from core.data.importers.mimic import CHEXPERT_COLUMNS, chexpert_labels, import_mimic, study_times
+from core.data.importers.mimic_notes import strip_report
 from core.data.spec import DatasetSpec
 from core.paths import ROOT
 
