@@ -48,6 +48,20 @@ def case_sources(args: argparse.Namespace) -> dict[str, str]:
     return sources
 
 
+def write_outputs(out: str | None, stem: str, data: dict, md: str) -> None:
+    """`--out DIR`: <stem>.json (strict JSON) and <stem>.md beside it."""
+    if not out:
+        return
+    from pathlib import Path
+
+    from core.jsonout import dumps
+
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{stem}.json").write_text(dumps(data), encoding="utf-8")
+    (folder / f"{stem}.md").write_text(md + "\n", encoding="utf-8")
+
+
 def absent_list(text: str) -> list[str]:
     return [a.strip() for a in text.split(",") if a.strip()]
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
+
+from core.cli import write_outputs
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -53,10 +54,6 @@ def run(args: argparse.Namespace) -> int:
     if not same_data:
         print("note: this data is not the data the checkpoint was trained on (fingerprints differ)", file=sys.stderr)
     report = guard_benchmark(predictor, ds, progress=not args.json)
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "guard.json").write_text(dumps(report), encoding="utf-8")
-        (out / "guard.md").write_text(markdown(report) + "\n", encoding="utf-8")
+    write_outputs(args.out, "guard", report, markdown(report))
     print(dumps(report) if args.json else markdown(report))
     return 0

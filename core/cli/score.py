@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+
+from core.cli import write_outputs
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -27,10 +28,6 @@ def run(args: argparse.Namespace) -> int:
 
     data = args.data or ensure_cohort(default_cohort_dir(), progress=not args.json)
     result = score_checkpoint(args.checkpoint, data, args.device, progress=not args.json)
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "score.json").write_text(dumps(result), encoding="utf-8")
-        (out / "score.md").write_text(markdown(result) + "\n", encoding="utf-8")
+    write_outputs(args.out, "score", result, markdown(result))
     print(dumps(result) if args.json else markdown(result))
     return 0
