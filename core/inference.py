@@ -366,6 +366,6 @@ def _input_warnings(value: Modal) -> list[str]:
         return list(value.warnings)
     if isinstance(value, Scan):
         extra = [f"{value.pixel_identifiers}; the scan is left out of reports unless you confirm it carries no "
-                 "patient details"] if getattr(value, "pixel_identifiers", None) else []
+                 "patient details"] if value.pixel_identifiers else []
         return list(value.notes) + extra
     return []

@@ -48,6 +48,22 @@ def case_sources(args: argparse.Namespace) -> dict[str, str]:
     return sources
 
 
+def add_report_arguments(p: argparse.ArgumentParser, out_help: str,
+                         data_help: str = "data set folder (default: the embedded cohort)") -> None:
+    """The arguments of every command that measures a checkpoint on a data set and writes a report."""
+    p.add_argument("--checkpoint", help="checkpoint folder (default: checkpoints/default)")
+    p.add_argument("--data", help=data_help)
+    p.add_argument("--out", help=out_help)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--device", help="cpu or cuda")
+
+
+def note_other_data(same: bool) -> None:
+    """Measuring on data other than the training data is allowed; say so."""
+    if not same:
+        print("note: this data is not the data the checkpoint was trained on (fingerprints differ)", file=sys.stderr)
+
+
 def write_outputs(out: str | None, stem: str, data: dict, md: str) -> None:
     """`--out DIR`: <stem>.json (strict JSON) and <stem>.md beside it."""
     if not out:

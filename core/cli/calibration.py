@@ -4,8 +4,9 @@ next" and the assumed lab values can be trusted, measured on the test split."""
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
+
+from core.cli import add_report_arguments, note_other_data
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -15,11 +16,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "when the real modality is added), seed sensitivity, class-probability ECE and Brier "
                                    "under natural missingness, 'which test next' agreement, coverage of the assumed lab "
                                    "values' 80 % intervals, and a reliability figure.")
-    p.add_argument("--checkpoint", help="checkpoint folder (default: checkpoints/default)")
-    p.add_argument("--data", help="data folder with the test split (default: the embedded cohort)")
-    p.add_argument("--out", help="write calibration.json, calibration.md and reliability.png here")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--device", help="cpu or cuda")
+    add_report_arguments(p, "write calibration.json, calibration.md and reliability.png here",
+                         "data folder with the test split (default: the embedded cohort)")
     p.set_defaults(run=run)
 
 
@@ -37,8 +35,7 @@ def run(args: argparse.Namespace) -> int:
     if predictor.model.denoiser is None:
         raise RobustMDiffError("this checkpoint has no diffusion model, so it synthesizes nothing to calibrate")
     ds = Dataset.open(args.data or ensure_cohort(default_cohort_dir(), progress=not args.json))
-    if ds.fingerprint() != predictor.meta.get("data_fingerprint"):
-        print("note: this data is not the data the checkpoint was trained on (fingerprints differ)", file=sys.stderr)
+    note_other_data(ds.fingerprint() == predictor.meta.get("data_fingerprint"))
     table = dataset_features(ds, predictor.model.config.model, predictor.device, progress=not args.json)
     report = calibration_report(predictor.model, ds, table, predictor.device)
     if args.out:

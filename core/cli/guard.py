@@ -4,9 +4,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from core.cli import write_outputs
+from core.cli import add_report_arguments, note_other_data, write_outputs
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -16,12 +15,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "specialties, non-medical text, implausible lab tables) that are refused or flagged. "
                                    "With --fit, fit the per-modality statistics and thresholds on the checkpoint's "
                                    "training data and store them in the checkpoint (training does this itself).")
-    p.add_argument("--checkpoint", help="checkpoint folder (default: checkpoints/default)")
-    p.add_argument("--data", help="the data set the checkpoint was trained on (default: the embedded cohort)")
+    add_report_arguments(p, "write guard.json and guard.md here",
+                         "the data set the checkpoint was trained on (default: the embedded cohort)")
     p.add_argument("--fit", action="store_true", help="fit and store the statistics instead of measuring")
-    p.add_argument("--out", help="write guard.json and guard.md here")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--device", help="cpu or cuda")
     p.set_defaults(run=run)
 
 
@@ -51,8 +47,7 @@ def run(args: argparse.Namespace) -> int:
         attach_guard(args.checkpoint or DEFAULT_CHECKPOINT, guard)
         print(f"stored: thresholds {guard.thresholds}; test false alarms {guard.test_flagged}")
         return 0
-    if not same_data:
-        print("note: this data is not the data the checkpoint was trained on (fingerprints differ)", file=sys.stderr)
+    note_other_data(same_data)
     report = guard_benchmark(predictor, ds, progress=not args.json)
     write_outputs(args.out, "guard", report, markdown(report))
     print(dumps(report) if args.json else markdown(report))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from core.cli import write_outputs
+from core.cli import add_report_arguments, note_other_data, write_outputs
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -12,11 +12,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Score an existing checkpoint (no training): AUROC, accuracy and ECE on the test "
                                    "split under every availability pattern, random missingness (30 %%, 50 %%) and "
                                    "natural missingness. Writes score.json and score.md with --out.")
-    p.add_argument("--checkpoint", help="checkpoint folder (default: checkpoints/default)")
-    p.add_argument("--data", help="data set folder (default: the embedded cohort)")
-    p.add_argument("--out", help="write score.json and score.md here")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--device", help="cpu or cuda")
+    add_report_arguments(p, "write score.json and score.md here")
     p.set_defaults(run=run)
 
 
@@ -28,6 +24,7 @@ def run(args: argparse.Namespace) -> int:
 
     data = args.data or ensure_cohort(default_cohort_dir(), progress=not args.json)
     result = score_checkpoint(args.checkpoint, data, args.device, progress=not args.json)
+    note_other_data(result["same_data"])
     write_outputs(args.out, "score", result, markdown(result))
     print(dumps(result) if args.json else markdown(result))
     return 0

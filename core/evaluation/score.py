@@ -3,13 +3,13 @@ availability pattern, random missingness and natural missingness, with the harne
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pandas as pd
 import torch
 
 from core.data.dataset import Dataset
+from core.errors import SpecError
 from core.evaluation.harness import Setup, score
 from core.features import dataset_features
 from core.inference import Predictor
@@ -20,19 +20,16 @@ def score_checkpoint(checkpoint: str | Path | None, data: str | Path, device: st
     predictor = Predictor.load(checkpoint, device)
     ds = Dataset.open(data)
     if [m.name for m in ds.spec.modalities] != [n for n, _ in predictor.modalities]:
-        from core.errors import SpecError
         raise SpecError("data", f"has modalities {ds.spec.modality_names}; the checkpoint reads "
                                 f"{[n for n, _ in predictor.modalities]}")
     if list(ds.classes) != predictor.classes:
-        from core.errors import SpecError
         raise SpecError("data", f"has classes {list(ds.classes)}; the checkpoint predicts {predictor.classes}")
-    if ds.fingerprint() != predictor.meta.get("data_fingerprint"):
-        print("note: this data is not the data the checkpoint was trained on (fingerprints differ)", file=sys.stderr)
     table = dataset_features(ds, predictor.model.config.model, predictor.device, progress=progress)
     setup = Setup(ds, table, predictor.model.config, torch.device(predictor.device))
     rows, _ = score(predictor.model, setup, table, "checkpoint", seed=0)
     out: dict = {"checkpoint": str(checkpoint or "checkpoints/default"), "data": str(data), "rows": rows,
-                 "n_test": int(len(ds.indices("test")))}
+                 "n_test": int(len(ds.indices("test"))),
+                 "same_data": ds.fingerprint() == predictor.meta.get("data_fingerprint")}
     if predictor.guard is not None:
         out["ood_flagged_on_test"] = predictor.guard.flag_rates(table, ds.indices("test"))
     return out
