@@ -1,23 +1,31 @@
-"""Explanation review: reviewers rate explanations blind to the method that made them.
+"""Explanation review: reviewers rate explanations blind to the model and the method that made them.
 
 Sign-in, tokens, PINs and the admin gate live in core.review.auth; the ratings in core.review.store; the
-explanations, computed once and prepared ahead, in core.review.prepared. This page only draws.
+models compared (RobustMDiff and its comparison models) in core.review.models; the explanations, computed
+once and prepared ahead, in core.review.prepared; the summaries and the paired test in core.review.stats.
+This page only draws.
 """
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
+import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
+from plotly.subplots import make_subplots
 
 from core.errors import RobustMDiffError
 from core.explain.explanation import METHODS, Explanation, explain_case
 from core.explain.render import legend_html, note_html, overlay
 from core.review import auth
-from core.review.export import ratings_csv
+from core.paths import DEFAULT_CHECKPOINT
+from core.review.export import ratings_csv, results_csv
+from core.review.models import Lineup, Predictors, review_models, train_command
 from core.review.prepared import BACKGROUND, PreparedExplanations, default_folder, fingerprint, warm_enabled
-from core.review.stats import agreement, per_method
-from core.review.store import DEMO_CODE, SCALES, Item, ReviewStore, reviewer_code
+from core.review.stats import agreement, paired_tests, per_method, per_model, per_model_method
+from core.review.store import DEMO_CODE, REFERENCE_MODEL, SCALES, Item, ReviewStore, reviewer_code
 from pages.common import fail, get_cohort, get_demo_cases, get_predictor, load_demo_case, notice
 
 LIKERT = {1: "1 · not at all", 2: "2", 3: "3", 4: "4", 5: "5 · completely"}
@@ -26,6 +34,7 @@ QUESTIONS = {"relevance": "The highlighted evidence is clinically relevant to th
              "trust": "After seeing it, I would trust this prediction."}
 TOKEN = "reviewer_token"  # query parameter that keeps a reviewer signed in across reloads
 LOOK_AHEAD = 3
+log = logging.getLogger(__name__)
 
 st.title("Explanation review")
 notice()
@@ -36,19 +45,44 @@ def store() -> ReviewStore:
     return ReviewStore()
 
 
+def lineup() -> Lineup:
+    """The models of the study, read afresh on each run (a few small JSON files), so that a comparison
+    checkpoint trained while the app runs joins the queue at the next page load."""
+    found = review_models()
+    _report_missing(tuple(found.missing), tuple(found.skipped))
+    return found
+
+
 @st.cache_resource(show_spinner=False)
-def prepared() -> PreparedExplanations:
-    predictor, cohort = get_predictor(), get_cohort()
-    key = fingerprint(predictor.meta, cohort.manifest.to_csv(index=False))
+def _report_missing(missing: tuple[str, ...], skipped: tuple[tuple[str, str], ...]) -> None:
+    """Once per process, in the server log (reviewers must not see model names)."""
+    for name in missing:
+        log.warning("review study: no checkpoint of %s; train it with: %s", name, train_command(name))
+    for path, why in skipped:
+        log.warning("review study: not using %s (%s)", path, why)
+
+
+@st.cache_resource(show_spinner=False)
+def _prepared(_lineup: Lineup, key: tuple) -> PreparedExplanations:
+    cohort = get_cohort()
+    manifest = cohort.manifest.to_csv(index=False)
+    folders = {m.name: default_folder(fingerprint(m.meta, manifest)) for m in _lineup.models}
+    shipped = {m.name: get_predictor() for m in _lineup.models if m.path.resolve() == DEFAULT_CHECKPOINT.resolve()}
+    predictors = Predictors(_lineup.models, shipped)  # the others load on first use
     # runs in the background thread too: only plain core calls, no Streamlit
-    return PreparedExplanations(default_folder(key), lambda row, method: explain_case(predictor, cohort.load(row),
-                                                                                    method=method))
+    return PreparedExplanations(folders, lambda row, model, method: explain_case(predictors.get(model),
+                                                                                 cohort.load(row), method=method))
+
+
+def prepared(found: Lineup | None = None) -> PreparedExplanations:
+    found = found or lineup()
+    return _prepared(found, found.key())
 
 
 @st.cache_resource(show_spinner=False, max_entries=64)
-def heat_image(case_id: str, method: str, row: int) -> np.ndarray | None:
+def heat_image(case_id: str, model: str, method: str, row: int) -> np.ndarray | None:
     """The scan with its heatmap, blended once per item (read-only, shared by every session)."""
-    exp = prepared().get((row, case_id, method))
+    exp = prepared().get((row, case_id, model, method))
     case = load_demo_case(row)
     return next((overlay(case.inputs[n].display(), heat, 0.55) for n, heat in exp.image.items()), None)
 
@@ -113,9 +147,10 @@ def sign_in_form() -> None:
         st.form_submit_button("Sign in", on_click=_on_sign_in)
     if "review_error" in st.session_state:
         st.error(st.session_state["review_error"])
-    if warm_enabled():  # while the reviewer types, the first explanation in this process warms the model up
+    found = lineup()
+    if warm_enabled() and found.models:  # while the reviewer types, the first explanation warms the model up
         first = get_demo_cases()[0]
-        prepared().prefetch([(first.row, first.case_id, METHODS[0])], BACKGROUND)
+        prepared(found).prefetch([(first.row, first.case_id, found.names[0], METHODS[0])], BACKGROUND)
 
 
 # ---- rating ----------------------------------------------------------------------------------------------
@@ -129,12 +164,13 @@ def _on_save(reviewer: str, item: Item, pos: int) -> None:
         ss["review_error"] = str(e)
 
 
-def show_item(item: Item, row: int, exp: Explanation) -> None:
+def show_item(item: Item, row: int, exp: Explanation, pos: int) -> None:
+    """One item, blinded: nothing drawn (text, captions, element keys) names its model or method."""
     case = load_demo_case(row)
     st.markdown(f"**Case {item.case_id}** · model prediction: **{exp.target}** "
-                f"({exp.prediction.probabilities[exp.target]:.0%}). Explanation method: hidden.")
+                f"({exp.prediction.probabilities[exp.target]:.0%}). Model and explanation method: hidden.")
     c1, c2 = st.columns([1, 1])
-    image = heat_image(item.case_id, item.method, row)
+    image = heat_image(item.case_id, item.model, item.method, row)
     if image is not None:
         c1.image(image, caption="scan with heatmap", width=360)
     for name, words in exp.note.items():
@@ -145,7 +181,7 @@ def show_item(item: Item, row: int, exp: Explanation) -> None:
                                x=[r.score for r in shown], orientation="h"))
         fig.update_layout(height=80 + 30 * len(shown), yaxis=dict(autorange="reversed"), title="lab attributions",
                           margin=dict(l=10, r=10, t=30, b=10))
-        st.plotly_chart(fig, width="stretch", key=f"labs_{item.case_id}_{item.method}")
+        st.plotly_chart(fig, width="stretch", key=f"labs_{pos}")
 
 
 def questions(reviewer: str, item: Item, pos: int) -> None:
@@ -164,10 +200,14 @@ def questions(reviewer: str, item: Item, pos: int) -> None:
 @st.fragment
 def rate_view(reviewer: str) -> None:
     """The queue: a fragment, so answering a question reruns only this part of the page."""
+    found = lineup()
+    if not found.models:
+        st.error("The study has no model to explain: the shipped checkpoint is missing. Ask the study admin.")
+        return
     demos = {d.case_id: d for d in get_demo_cases()}
-    queue = ReviewStore.queue(reviewer, list(demos), list(METHODS))
-    keys = [(demos[i.case_id].row, i.case_id, i.method) for i in queue]
-    rated = store().rated(reviewer)
+    queue = ReviewStore.queue(reviewer, list(demos), list(METHODS), found.names)
+    keys = [(demos[i.case_id].row, i.case_id, i.model, i.method) for i in queue]
+    rated = store().rated(reviewer) & set(queue)  # (not items of a model no longer in the study)
     st.progress(len(rated) / len(queue), text=f"{reviewer}: {len(rated)} of {len(queue)} rated")
     if "review_saved" in st.session_state:
         st.success(f"Saved your rating of item {st.session_state.pop('review_saved') + 1}.")
@@ -179,15 +219,15 @@ def rate_view(reviewer: str) -> None:
     pos = st.number_input("Item", 1, len(queue), (pending[0] if pending else 0) + 1, key=f"pos_{len(rated)}") - 1
     try:
         with st.spinner("Preparing this explanation (only the first reviewer to reach it waits)…"):
-            exp = prepared().get(keys[pos])
+            exp = prepared(found).get(keys[pos])
     except Exception as e:  # noqa: BLE001
         fail(e)
         return
-    show_item(queue[pos], keys[pos][0], exp)
+    show_item(queue[pos], keys[pos][0], exp, pos)
     questions(reviewer, queue[pos], pos)
     if warm_enabled():  # what this reviewer needs next, then (once per process) every other item
-        prepared().prefetch([keys[i] for i in pending if i > pos][:LOOK_AHEAD])
-        prepared().warm(keys)
+        prepared(found).prefetch([keys[i] for i in pending if i > pos][:LOOK_AHEAD])
+        prepared(found).warm(keys)
 
 
 # ---- results (study admin only) ----------------------------------------------------------------------------
@@ -203,7 +243,7 @@ def _on_admin() -> None:
 
 def results_view() -> None:
     if not st.session_state.get("review_admin"):
-        st.caption("Results reveal which method made each explanation, so only the study admin sees them.")
+        st.caption("Results reveal which model and method made each explanation, so only the study admin sees them.")
         with st.form("admin"):
             st.text_input("Study-admin code", type="password", key="admin_code")
             st.form_submit_button("Open results", on_click=_on_admin)
@@ -211,25 +251,73 @@ def results_view() -> None:
             st.error(st.session_state["admin_error"])
         return
     pin_reset_view()
+    models_view(lineup())
     ratings = store().all_ratings()
     st.caption(f"{len(ratings)} ratings from {len({r['reviewer'] for r in ratings})} reviewers.")
     if not ratings:
         return
-    summary = per_method(ratings)
-    fig = go.Figure()
-    for scale in SCALES:
-        sub = summary[summary.scale == scale]
-        fig.add_trace(go.Bar(x=sub.method, y=sub["mean"], name=scale,
-                             error_y=dict(type="data", symmetric=False, array=sub.ci_high - sub["mean"],
-                                          arrayminus=sub["mean"] - sub.ci_low)))
-    fig.update_layout(barmode="group", yaxis=dict(range=[0, 5.5], title="mean rating (95 % CI)"))
-    st.plotly_chart(fig, width="stretch", key="ratings_chart")
-    st.dataframe(summary.round(2), hide_index=True)
+    tables = {"per_model": per_model(ratings), "per_method": per_method(ratings),
+              "per_model_method": per_model_method(ratings), "paired_test": paired_tests(ratings)}
+    st.plotly_chart(ratings_chart(tables["per_model_method"]), width="stretch", key="ratings_chart")
+    st.caption("Mean rating (1–5) with its 95 % t-interval over the ratings (each rating one observation; the "
+               "interval does not account for ratings sharing a reviewer or a case).")
+    for name, title in (("per_model", "Per model"), ("per_method", "Per explanation method"),
+                        ("per_model_method", "Per model and method")):
+        st.markdown(f"**{title}**")
+        st.dataframe(tables[name].round(2), hide_index=True, key=f"table_{name}")
+    paired_view(tables["paired_test"])
     alpha = agreement(ratings)
     st.markdown("Inter-rater agreement (Krippendorff's α, ordinal): " +
                 ", ".join(f"{k} {v:.2f}" if v == v else f"{k} n/a (needs items rated by two reviewers)"
                           for k, v in alpha.items()))
-    st.download_button("Export ratings (CSV)", ratings_csv(ratings), "ratings.csv", mime="text/csv", key="export")
+    c1, c2 = st.columns(2)
+    c1.download_button("Export ratings (CSV)", ratings_csv(ratings), "ratings.csv", mime="text/csv", key="export")
+    c2.download_button("Export results (CSV)", results_csv(tables), "review-results.csv", mime="text/csv",
+                       key="export_results")
+
+
+def models_view(found: Lineup) -> None:
+    """Which models the study compares, and what is missing with the command that trains it."""
+    st.markdown("**Models in this study** (a second blinded factor beside the explanation method)")
+    st.dataframe(pd.DataFrame([{"model": m.name, "label": m.label, "checkpoint": str(m.path)} for m in found.models],
+                              columns=["model", "label", "checkpoint"]), hide_index=True, key="models_table")
+    if found.missing:
+        commands = "\n".join(train_command(n) for n in found.missing)
+        st.warning(f"Missing from the study: {', '.join(found.missing)}. The study runs with the models above; "
+                   "train the missing ones (the queue takes them up at the next page load):")
+        st.code(commands, language="bash")
+    for path, why in found.skipped:
+        st.caption(f"Not used: {path} ({why}).")
+
+
+def ratings_chart(table: pd.DataFrame) -> go.Figure:
+    """Mean rating per method, one bar colour per model, one panel per scale."""
+    fig = make_subplots(rows=1, cols=len(SCALES), subplot_titles=SCALES, shared_yaxes=True)
+    for m_i, (model, sub) in enumerate(table.groupby("model", sort=False)):
+        for s_i, scale in enumerate(SCALES):
+            part = sub[sub.scale == scale]
+            fig.add_trace(go.Bar(x=part.method, y=part["mean"], name=model, legendgroup=model,
+                                 showlegend=s_i == 0, marker_color=f"hsl({(m_i * 137) % 360},55%,45%)",
+                                 error_y=dict(type="data", symmetric=False, array=part.ci_high - part["mean"],
+                                              arrayminus=part["mean"] - part.ci_low)), row=1, col=s_i + 1)
+    fig.update_layout(barmode="group", height=420, margin=dict(l=10, r=10, t=40, b=10))
+    fig.update_yaxes(range=[0, 5.5])
+    fig.update_yaxes(title_text="mean rating (95 % CI)", row=1, col=1)
+    return fig
+
+
+def paired_view(paired: pd.DataFrame) -> None:
+    st.markdown(f"**Paired test: {REFERENCE_MODEL} against each comparison model**")
+    if paired.empty:
+        st.caption("Needs ratings of RobustMDiff and of a comparison model by the same reviewer on the same case "
+                   "and method.")
+        return
+    st.dataframe(paired.round(4), hide_index=True, key="table_paired")
+    st.caption("Pairs: one reviewer's ratings of the same case and explanation method under RobustMDiff and under "
+               "the comparison model. Difference = RobustMDiff − comparison (positive: RobustMDiff rated higher). "
+               "Wilcoxon signed-rank, two-sided, zero differences dropped (n_nonzero); p_holm: Holm-corrected "
+               "across the comparison models, per scale. Pairs from one reviewer or one case are not fully "
+               "independent, which the test assumes: read p as a guide.")
 
 
 def _on_reset_pin() -> None:
@@ -274,4 +362,8 @@ else:
     rate_tab()
     st.caption("Results and export are switched off. To enable them, start the app with a study-admin code "
                "in the environment variable RMD_ADMIN_CODE (different from the reviewer code); only someone "
-               "who has it can open the results, so reviewers stay blind to the methods.")
+               "who has it can open the results, so reviewers stay blind to the models and methods.")
+    found = lineup()
+    if found.missing:  # a count only: reviewers must not learn model names
+        st.caption(f"This study runs with {len(found.models)} of its {len(found.models) + len(found.missing)} "
+                   "models; the study admin sees which are missing, and how to train them, under Results.")

@@ -23,7 +23,7 @@ from core.paths import ROOT
 from core.review import auth
 from core.review.export import ratings_csv, safe_cell
 from core.review.prepared import PreparedExplanations
-from core.review.store import Item, ReviewStore
+from core.review.store import SCHEMA_VERSION, Item, ReviewStore
 
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 PAGE = str(ROOT / "pages" / "review.py")
@@ -195,7 +195,8 @@ def test_an_old_database_with_epoch_times_still_loads(tmp_path, codes):
     store.save("alice", Item("c2", "shap"), 1, 1, 1)  # and it keeps working, in order
     assert [r["case_id"] for r in store.all_ratings()] == ["c1", "c2"]
     auth.sign_in(store, "alice", "demo", "1234", "1234")  # a name from before PINs claims it on first sign-in
-    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 1
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert {r["model"] for r in store.all_ratings()} == {"robustmdiff"}
 
 
 def test_export_is_formula_safe(store):
@@ -217,46 +218,50 @@ def test_prepared_explanations_are_computed_once_and_kept_on_disk(tmp_path):
     calls: list[tuple[int, str]] = []
     lock = threading.Lock()
 
-    def compute(row: int, method: str) -> dict:
+    def compute(row: int, model: str, method: str) -> dict:
         with lock:
-            calls.append((row, method))
+            calls.append((row, model, method))
         time.sleep(0.05)
-        return {"row": row, "method": method}
+        return {"row": row, "model": model, "method": method}
 
     threads = torch.get_num_threads()
-    prep = PreparedExplanations(tmp_path / "prep", compute)
-    keys = [(r, f"case{r}", m) for r in range(3) for m in ("shap", "random")]
+    folders = {"robustmdiff": tmp_path / "prep-a", "late_fusion": tmp_path / "prep-b"}  # one per model fingerprint
+    prep = PreparedExplanations(folders, compute)
+    keys = [(r, f"case{r}", model, m) for r in range(3) for model in folders for m in ("shap", "random")]
     prep.prefetch(keys[:2])
     prep.warm(keys)
     results = [prep.get(k) for k in keys]  # the page and the worker race for the same items
-    assert results == [{"row": r, "method": m} for r, _, m in keys]
+    assert results == [{"row": r, "model": model, "method": m} for r, _, model, m in keys]
     prep.close()
-    assert sorted(calls) == sorted({(r, m) for r, _, m in keys})  # each exactly once
+    assert sorted(calls) == sorted({(r, model, m) for r, _, model, m in keys})  # each exactly once
     assert torch.get_num_threads() == threads  # the worker's one-thread policy stays in the worker
-    again = PreparedExplanations(tmp_path / "prep", compute)  # a new process: read from disk
-    assert again.ready(keys[0]) and again.get(keys[0]) == {"row": 0, "method": "shap"}
+    assert all(len(list(f.glob("*.pkl"))) == 6 for f in folders.values())  # each model in its own folder
+    again = PreparedExplanations(folders, compute)  # a new process: read from disk
+    assert again.ready(keys[0]) and again.get(keys[0]) == {"row": 0, "model": "robustmdiff", "method": "shap"}
+    assert again.get(keys[-1]) == {"row": 2, "model": "late_fusion", "method": "random"}
     assert len(calls) == len(keys)
 
 
 def test_a_failed_preparation_is_retried(tmp_path):
     attempts = []
 
-    def compute(row: int, method: str) -> str:
+    def compute(row: int, model: str, method: str) -> str:
         attempts.append(row)
         if len(attempts) == 1:
             raise RuntimeError("transient")
         return "ok"
 
-    prep = PreparedExplanations(tmp_path / "prep", compute)
+    prep = PreparedExplanations({"robustmdiff": tmp_path / "prep"}, compute)
     with pytest.raises(RuntimeError):
-        prep.get((0, "c0", "shap"))
-    assert prep.get((0, "c0", "shap")) == "ok"
+        prep.get((0, "c0", "robustmdiff", "shap"))
+    assert prep.get((0, "c0", "robustmdiff", "shap")) == "ok"
 
 
 # ---- the page ---------------------------------------------------------------------------------------------
 @pytest.fixture
 def page(monkeypatch, tmp_path, default_cohort, codes):
     monkeypatch.setenv("RMD_REVIEW_DB", str(tmp_path / "review.sqlite3"))
+    monkeypatch.setenv("RMD_REVIEW_MODELS", str(ROOT / "checkpoints" / "default"))  # the shipped model alone
     monkeypatch.setenv("RMD_REVIEW_WARM", "0")  # no background work in tests: items are prepared on demand
     st.cache_resource.clear()
     st.cache_data.clear()

@@ -1,4 +1,5 @@
-"""`python -m core train`: train RobustMDiff on the embedded cohort or your own data, write a checkpoint."""
+"""`python -m core train`: train RobustMDiff (or one of its comparison models) on the embedded cohort or
+your own data, write a checkpoint."""
 
 from __future__ import annotations
 
@@ -8,15 +9,35 @@ import sys
 import time
 from pathlib import Path
 
+from core.errors import InputError
 from core.model.config import Config
 from core.paths import CONFIGS, ROOT, default_cohort_dir
 
+REFERENCE = "robustmdiff"
+
+
+def trainable_methods(modalities: list[str] | None = None) -> list:
+    """The methods `train --method` can write a checkpoint for: every method of the evaluation
+    (core/evaluation/methods.py) but the single-modality ones, which read a restricted feature table."""
+    from core.evaluation.methods import methods_for
+
+    return [m for m in methods_for(modalities or []) if m.only is None]
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    names = ", ".join(m.name for m in trainable_methods())
     p = sub.add_parser("train", help="train a model and write a checkpoint folder",
                        description="Train RobustMDiff (three phases, see core/training.py) and write a checkpoint "
                                    "(model.safetensors + meta.json with config, classes, data fingerprint, test metrics). "
+                                   "--method trains a comparison model of the evaluation instead (same harness, same "
+                                   "data; only the way missing modalities are handled differs), e.g. the ones the "
+                                   "explanation review compares: python -m core train --method late_fusion --out "
+                                   "checkpoints/comparison/late_fusion. "
                                    "Several processes or machines: torchrun --nproc_per_node N -m core train ...")
     p.add_argument("--config", default=str(CONFIGS / "default.yaml"), help="config YAML (default configs/default.yaml)")
+    p.add_argument("--method", default=REFERENCE, metavar="NAME",
+                   help=f"which model to train (default {REFERENCE}); a comparison model of the evaluation: {names}. "
+                        "meta.json records it as 'method'")
     p.add_argument("--data", help="data set folder with spec.yaml + manifest.csv (default: the embedded cohort, "
                                   "generated on first use)")
     p.add_argument("--out", help="checkpoint folder to write (default runs/<time>)")
@@ -29,24 +50,46 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
+def method_named(name: str):
+    methods = {m.name: m for m in trainable_methods()}
+    if name not in methods:
+        raise InputError("--method", f"unknown method {name!r}; choose one of {', '.join(methods)}")
+    return methods[name]
+
+
+def record_method(out: Path, method: str) -> None:
+    """Write the method into the checkpoint's meta.json (its checksum recomputed over what is written)."""
+    import json
+
+    from core.checkpoint import META, _write_meta, read_meta
+
+    read_meta(out)  # checks it first; the file is then rewritten as saved (read_meta fills legacy defaults in)
+    meta = json.loads((out / META).read_text(encoding="utf-8"))
+    meta["method"] = method
+    _write_meta(out, meta)
+
+
 def run(args: argparse.Namespace) -> int:
     from core.data.cohort.generate import ensure_cohort, quick_cohort
     from core.model.config import quick
     from core.training import train
 
+    method = method_named(args.method)  # before any data is generated: a typo fails at once
     config = Config.load(args.config)
     if args.seed is not None:
         config = config.override("training", seed=args.seed)
     if args.quick:
         config = quick(config)
+    config = method.change(config)  # as core/evaluation/harness.py does
     data = Path(args.data) if args.data else quick_cohort() if args.quick else ensure_cohort(default_cohort_dir())
     out = Path(args.out) if args.out else ROOT / "runs" / time.strftime("%Y%m%d-%H%M%S")
     command = "python -m core " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     meta = train(data, config, out, device=args.device, command=command, strict=args.strict)
     if meta is None:  # a torchrun process other than rank 0: rank 0 reports
         return 0
+    record_method(out, method.name)
     m = meta["test_metrics"]
     on = f"{meta['device']}" + (f", {meta['processes']} processes" if meta["processes"] > 1 else "")
-    print(f"checkpoint written to {out} ({meta['train_seconds']:.0f} s on {on})")
+    print(f"{method.label} checkpoint written to {out} ({meta['train_seconds']:.0f} s on {on})")
     print("test macro AUROC: " + ", ".join(f"{k} {v['auroc']:.3f}" for k, v in m.items()))
     return 0

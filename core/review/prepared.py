@@ -1,8 +1,9 @@
 """The explanations reviewers rate, computed once and kept, so that moving through the queue never waits
 for the model.
 
-Each (case, method) explanation is computed at most once per model and code version and kept in memory
-and on disk (the data folder's cache). Every reviewer therefore rates the very same artefact, which
+Each (case, model, method) explanation is computed at most once per model checkpoint and code version and
+kept in memory and on disk (the data folder's cache, one folder per model, named by that model's
+fingerprint). Every reviewer therefore rates the very same artefact, which
 inter-rater agreement needs (SHAP samples at random). A single background thread prepares what reviewers
 will need next (`prefetch`, urgent first) and then, if asked, everything else (`warm`); a page that needs
 an item at once computes it in its own thread unless the worker already has it in hand.
@@ -20,7 +21,7 @@ import os
 import pickle
 import queue
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -28,8 +29,8 @@ from core.paths import ROOT, cache_dir
 
 log = logging.getLogger(__name__)
 
-Key = tuple[int, str, str]  # (cohort row, case id, method)
-Compute = Callable[[int, str], object]  # (row, method) -> Explanation
+Key = tuple[int, str, str, str]  # (cohort row, case id, model, method)
+Compute = Callable[[int, str, str], object]  # (row, model, method) -> Explanation
 CACHE_VERSION = "1"
 URGENT, AHEAD, BACKGROUND = 0, 1, 2
 _SOURCES = ("core/explain", "core/inference.py", "core/model")
@@ -73,8 +74,9 @@ def _background_policy() -> None:
 
 
 class PreparedExplanations:
-    def __init__(self, folder: Path, compute: Compute):
-        self.folder, self._compute = Path(folder), compute
+    def __init__(self, folders: Mapping[str, Path], compute: Compute):
+        """`folders`: where each model's explanations are kept (see `fingerprint`, `default_folder`)."""
+        self.folders, self._compute = {k: Path(v) for k, v in folders.items()}, compute
         self._futures: dict[Key, Future] = {}
         self._lock = threading.Lock()
         self._queue: queue.PriorityQueue = queue.PriorityQueue()
@@ -119,8 +121,10 @@ class PreparedExplanations:
 
     # ---- internals -----------------------------------------------------------------------------------
     def _path(self, key: Key) -> Path:
-        _, case_id, method = key
-        return self.folder / (hashlib.sha256(f"{case_id}\0{method}".encode()).hexdigest()[:24] + ".pkl")
+        _, case_id, model, method = key
+        if model not in self.folders:
+            raise KeyError(f"no explanation folder for model {model!r}")
+        return self.folders[model] / (hashlib.sha256(f"{case_id}\0{method}".encode()).hexdigest()[:24] + ".pkl")
 
     def _claim(self, key: Key) -> tuple[Future, bool]:
         """The future for `key`, and whether the caller is the one to produce it."""
@@ -150,10 +154,10 @@ class PreparedExplanations:
             return None
 
     def _compute_and_keep(self, key: Key):
-        row, _, method = key
-        value = self._compute(row, method)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        row, _, model, method = key
+        value = self._compute(row, model, method)
         path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
         with open(tmp, "wb") as f:
             pickle.dump(value, f, protocol=pickle.HIGHEST_PROTOCOL)
@@ -177,4 +181,4 @@ class PreparedExplanations:
             if mine:
                 self._produce(key, future)
                 if future.exception() is not None:
-                    log.warning("could not prepare review item %s/%s: %s", key[1], key[2], future.exception())
+                    log.warning("could not prepare review item %s/%s/%s: %s", key[1], key[2], key[3], future.exception())

@@ -1,11 +1,15 @@
 """Reviewer ratings in SQLite (WAL mode), safe for many reviewers saving at once.
 
-Only pseudonymous case ids, method names, ratings, comments and each reviewer's salted PIN hash are
-stored: never an uploaded file. All SQL is parameterised. Each reviewer gets a queue of (case, method)
-items in an order drawn from their name, so it is random across reviewers but stable when they come back.
+Only pseudonymous case ids, model and method names, ratings, comments and each reviewer's salted PIN hash
+are stored: never an uploaded file. All SQL is parameterised. Each reviewer gets a queue of
+(case, model, method) items in an order drawn from their name, so it is random across reviewers but stable
+when they come back; the page shows neither the model nor the method (two blinded factors).
 
 Timestamps are ISO-8601 UTC strings (`2026-11-26T07:20:00Z`). Databases written before that kept epoch
 seconds; they are converted once when opened (schema version 1) and again on read, to be safe.
+Schema version 2 adds the model to every rating (the primary key becomes reviewer, case, model, method);
+ratings from before it were all of the one model the study then had, RobustMDiff, and are kept under
+model 'robustmdiff'.
 """
 
 from __future__ import annotations
@@ -26,20 +30,22 @@ from core.paths import data_dir
 
 SCALES = ("relevance", "usefulness", "trust")
 DEMO_CODE = "demo"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+REFERENCE_MODEL = "robustmdiff"  # the model every comparison is made against
 ISO = "%Y-%m-%dT%H:%M:%SZ"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS ratings (
     reviewer   TEXT NOT NULL,
     case_id    TEXT NOT NULL,
+    model      TEXT NOT NULL,
     method     TEXT NOT NULL,
     relevance  INTEGER NOT NULL CHECK (relevance BETWEEN 1 AND 5),
     usefulness INTEGER NOT NULL CHECK (usefulness BETWEEN 1 AND 5),
     trust      INTEGER NOT NULL CHECK (trust BETWEEN 1 AND 5),
     comment    TEXT NOT NULL DEFAULT '',
     saved_at   TEXT NOT NULL,
-    PRIMARY KEY (reviewer, case_id, method)
+    PRIMARY KEY (reviewer, case_id, model, method)
 );
 CREATE TABLE IF NOT EXISTS reviewers (
     name         TEXT PRIMARY KEY COLLATE NOCASE,  -- 'Alice' cannot register beside 'alice'
@@ -58,6 +64,17 @@ CREATE TABLE IF NOT EXISTS settings (
 # Legacy rows kept `saved_at` as epoch seconds (REAL); SQLite converts them in place.
 MIGRATE_TIMESTAMPS = ("UPDATE ratings SET saved_at = strftime('%Y-%m-%dT%H:%M:%SZ', saved_at, 'unixepoch') "
                       "WHERE typeof(saved_at) IN ('real', 'integer')")
+
+# Schema 2: ratings from before the model factor were all of RobustMDiff. SQLite cannot change a primary
+# key in place, so the table is rebuilt (inside the migration's transaction) with model = 'robustmdiff'.
+RATINGS_COLUMNS = "reviewer, case_id, model, method, relevance, usefulness, trust, comment, saved_at"
+MIGRATE_MODEL = (
+    "ALTER TABLE ratings RENAME TO ratings_v1",
+    SCHEMA.split(";")[0],  # the current ratings table
+    f"INSERT INTO ratings ({RATINGS_COLUMNS}) SELECT reviewer, case_id, '{REFERENCE_MODEL}', method, relevance, "
+    "usefulness, trust, comment, saved_at FROM ratings_v1",
+    "DROP TABLE ratings_v1",
+)
 
 MAX_NAME = 80
 MAX_FAILURES = 5  # wrong PINs in a row before the name is locked for LOCK_FOR
@@ -92,6 +109,7 @@ def _parse_iso(value: str) -> datetime:
 class Item:
     case_id: str
     method: str
+    model: str = REFERENCE_MODEL
 
 
 @dataclass(frozen=True)
@@ -133,7 +151,11 @@ class ReviewStore:
                 for statement in SCHEMA.split(";"):  # (no ";" inside SCHEMA comments)
                     if statement.strip():
                         db.execute(statement)
-                db.execute(MIGRATE_TIMESTAMPS)
+                db.execute(MIGRATE_TIMESTAMPS)  # first: the rebuilt table's TEXT column would keep epochs as text
+                columns = {row[1] for row in db.execute("PRAGMA table_info(ratings)")}
+                if "model" not in columns:  # a database from before schema 2
+                    for statement in MIGRATE_MODEL:
+                        db.execute(statement)
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             db.execute("COMMIT")
         except BaseException:
@@ -147,9 +169,13 @@ class ReviewStore:
         check_reviewer_code(given)
 
     @staticmethod
-    def queue(reviewer: str, cases: list[str], methods: list[str]) -> list[Item]:
-        """Every (case, method) pair, shuffled with a seed drawn from the reviewer's name."""
-        items = [Item(c, m) for c in cases for m in methods]
+    def queue(reviewer: str, cases: list[str], methods: list[str],
+              models: list[str] | tuple[str, ...] = (REFERENCE_MODEL,)) -> list[Item]:
+        """Every (case, model, method) combination once, shuffled with a seed drawn from the reviewer's name.
+
+        With the one model RobustMDiff the order is the one reviewers had before the model factor, so a
+        reviewer part-way through keeps their queue."""
+        items = [Item(c, m, model) for c in cases for model in models for m in methods]
         seed = int(hashlib.sha256(reviewer.strip().lower().encode()).hexdigest()[:16], 16)
         random.Random(seed).shuffle(items)
         return items
@@ -164,30 +190,32 @@ class ReviewStore:
         if not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 5 for v in values):
             raise RobustMDiffError("please answer every question with a rating from 1 to 5")
         with self._connect() as db:
-            db.execute("INSERT INTO ratings (reviewer, case_id, method, relevance, usefulness, trust, comment, saved_at) "
-                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (reviewer, case_id, method) DO UPDATE SET "
+            db.execute(f"INSERT INTO ratings ({RATINGS_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                       "ON CONFLICT (reviewer, case_id, model, method) DO UPDATE SET "
                        "relevance = excluded.relevance, usefulness = excluded.usefulness, trust = excluded.trust, "
                        "comment = excluded.comment, saved_at = excluded.saved_at",
-                       (reviewer, item.case_id, item.method, *values, comment[:5000], now_iso()))
+                       (reviewer, item.case_id, item.model, item.method, *values, comment[:5000], now_iso()))
 
     def rated(self, reviewer: str) -> set[Item]:
         with self._connect() as db:
-            rows = db.execute("SELECT case_id, method FROM ratings WHERE reviewer = ?", (reviewer.strip(),)).fetchall()
-        return {Item(c, m) for c, m in rows}
+            rows = db.execute("SELECT case_id, method, model FROM ratings WHERE reviewer = ?",
+                              (reviewer.strip(),)).fetchall()
+        return {Item(c, m, model) for c, m, model in rows}
 
     def rating(self, reviewer: str, item: Item) -> dict | None:
         with self._connect() as db:
             row = db.execute("SELECT relevance, usefulness, trust, comment FROM ratings WHERE reviewer = ? AND "
-                             "case_id = ? AND method = ?", (reviewer.strip(), item.case_id, item.method)).fetchone()
+                             "case_id = ? AND model = ? AND method = ?",
+                             (reviewer.strip(), item.case_id, item.model, item.method)).fetchone()
         return None if row is None else dict(zip((*SCALES, "comment"), row))
 
     def all_ratings(self) -> list[dict]:
         with self._connect() as db:
             db.row_factory = sqlite3.Row
-            rows = [dict(r) for r in db.execute("SELECT * FROM ratings").fetchall()]
+            rows = [dict(r) for r in db.execute(f"SELECT {RATINGS_COLUMNS} FROM ratings").fetchall()]
         for r in rows:
             r["saved_at"] = iso(r["saved_at"])
-        return sorted(rows, key=lambda r: (r["saved_at"], r["reviewer"], r["case_id"], r["method"]))
+        return sorted(rows, key=lambda r: (r["saved_at"], r["reviewer"], r["case_id"], r["model"], r["method"]))
 
     # ---- reviewers (PIN-bound names) ----------------------------------------------------------------
     def reviewer(self, name: str) -> Reviewer | None:

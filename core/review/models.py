@@ -1,0 +1,128 @@
+"""The models whose explanations the review study compares: RobustMDiff and its comparison models.
+
+The design's human evaluation rates explanations of RobustMDiff beside those of comparison models trained
+by the same harness (`python -m core train --method NAME`, core/evaluation/methods.py). The study uses
+  - RobustMDiff: the shipped checkpoint, checkpoints/default;
+  - every folder of checkpoints/comparison/ that holds a valid checkpoint of the same classes and
+    modalities (its meta.json names the method; the folder name is the fallback),
+or, when RMD_REVIEW_MODELS is set, exactly the checkpoint folders it lists (comma-separated; relative paths
+are taken from the repository root). The comparison models the design names and that are not there are
+reported with the command that trains them; the study then runs with the models it has.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core.errors import RobustMDiffError
+from core.paths import DEFAULT_CHECKPOINT, ROOT
+from core.review.store import REFERENCE_MODEL
+
+ENV = "RMD_REVIEW_MODELS"
+COMPARISON_DIR = ROOT / "checkpoints" / "comparison"
+COMPARISONS = ("dropout_0.5", "late_fusion")  # the design's comparison models: modality dropout, late fusion
+
+
+@dataclass(frozen=True)
+class ReviewModel:
+    name: str  # the method name, e.g. robustmdiff, late_fusion (stored with each rating; never shown to reviewers)
+    label: str  # e.g. "Late fusion" (for the study admin)
+    path: Path
+    meta: dict = field(compare=False, repr=False, hash=False)
+
+
+@dataclass(frozen=True)
+class Lineup:
+    models: list[ReviewModel]
+    missing: list[str]  # models of the design without a checkpoint here
+    skipped: list[tuple[str, str]]  # (folder, why it is not used)
+
+    @property
+    def names(self) -> list[str]:
+        return [m.name for m in self.models]
+
+    def key(self) -> tuple:
+        """Changes when a model is added, removed or retrained (for caches keyed on the line-up)."""
+        return tuple((m.name, str(m.path), m.meta.get("meta_sha256")) for m in self.models)
+
+
+def train_command(name: str) -> str:
+    if name == REFERENCE_MODEL:
+        return "python -m core train --out checkpoints/default"
+    return f"python -m core train --method {name} --out checkpoints/comparison/{name}"
+
+
+def _label(name: str) -> str:
+    from core.evaluation.methods import methods_for
+
+    return next((m.label for m in methods_for([]) if m.name == name), name)
+
+
+def _candidates() -> list[Path]:
+    listed = os.environ.get(ENV, "").strip()
+    if listed:
+        paths = [Path(p.strip()).expanduser() for p in listed.split(",") if p.strip()]
+        return [p if p.is_absolute() else ROOT / p for p in paths]
+    comparison = sorted(p for p in COMPARISON_DIR.iterdir() if p.is_dir()) if COMPARISON_DIR.is_dir() else []
+    return [DEFAULT_CHECKPOINT, *comparison]
+
+
+def _same_data(meta: dict, ref: dict) -> bool:
+    a, b = meta.get("data_info", {}), ref.get("data_info", {})
+    return a.get("classes") == b.get("classes") and a.get("modalities") == b.get("modalities")
+
+
+def review_models() -> Lineup:
+    """The models of the study, RobustMDiff first, and what is missing or unusable (with the reason)."""
+    from core.checkpoint import WEIGHTS, read_meta
+
+    found: list[ReviewModel] = []
+    skipped: list[tuple[str, str]] = []
+    for path in _candidates():
+        try:
+            meta = read_meta(path)
+        except (RobustMDiffError, OSError) as e:
+            skipped.append((str(path), str(e)))
+            continue
+        if not (path / WEIGHTS).is_file():
+            skipped.append((str(path), f"no {WEIGHTS}"))
+            continue
+        default = path.resolve() == DEFAULT_CHECKPOINT.resolve()
+        name = str(meta.get("method") or (REFERENCE_MODEL if default else path.name))
+        if any(m.name == name for m in found):
+            skipped.append((str(path), f"a second checkpoint of {name}"))
+            continue
+        found.append(ReviewModel(name, _label(name), path, meta))
+    found.sort(key=lambda m: (m.name != REFERENCE_MODEL, m.name))
+    models: list[ReviewModel] = []
+    for m in found:  # every model must explain the same demo cases as the first (RobustMDiff when present)
+        if models and not _same_data(m.meta, models[0].meta):
+            skipped.append((str(m.path), f"trained on other classes or modalities than {models[0].name}"))
+            continue
+        models.append(m)
+    names = {m.name for m in models}
+    missing = [n for n in (REFERENCE_MODEL, *COMPARISONS) if n not in names]
+    return Lineup(models, missing, skipped)
+
+
+class Predictors:
+    """Each model's checkpoint loaded once, on first use, from any thread (the page or the preparing worker)."""
+
+    def __init__(self, models: list[ReviewModel], loaded: dict | None = None, device: str | None = None):
+        self._paths = {m.name: m.path for m in models}
+        self._loaded = dict(loaded or {})
+        self._device = device
+        self._lock = threading.Lock()
+
+    def get(self, name: str):
+        from core.inference import Predictor
+
+        with self._lock:  # loading twice at once would only waste memory; loads are rare and short
+            if name not in self._loaded:
+                if name not in self._paths:
+                    raise RobustMDiffError(f"model {name!r} is not part of this review study")
+                self._loaded[name] = Predictor.load(self._paths[name], device=self._device)
+            return self._loaded[name]
