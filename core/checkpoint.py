@@ -32,6 +32,9 @@ WEIGHTS = "model.safetensors"
 GUARD = "guard.safetensors"
 META = "meta.json"
 FORMAT = "robustmdiff-checkpoint/1"
+# model settings added after checkpoints were first saved, with the value those older checkpoints were
+# trained with (a setting's default in ModelConfig is what new models get)
+LEGACY_MODEL_SETTINGS = {"note_negation": False}
 
 
 def _sha256(path: Path) -> str:
@@ -105,6 +108,10 @@ def read_meta(folder: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {folder.name}: unknown format {meta.get('format') if isinstance(meta, dict) else None!r}")
     if meta.get("meta_sha256") != _meta_digest(meta):
         raise CheckpointError(f"checkpoint {folder.name}: {META} was modified after saving (checksum mismatch); refusing it")
+    model = meta.get("config", {}).get("model")
+    if isinstance(model, dict):
+        for key, value in LEGACY_MODEL_SETTINGS.items():
+            model.setdefault(key, value)
     return meta
 
 

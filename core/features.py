@@ -26,7 +26,7 @@ from core.data.quarantine import Quarantine
 from core.data.readers import LabPanel, Scan
 from core.data.spec import DatasetSpec
 from core.device import backbone_autocast
-from core.model.backbones import TEXT_DIM, ImageBackbone, embed_texts
+from core.model.backbones import CHUNK_DIM, ImageBackbone, embed_texts
 from core.model.config import ModelConfig
 from core.errors import InputError
 from core.paths import cache_dir
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from core.distributed import Context
 
 log = logging.getLogger(__name__)
-FEATURE_VERSION = "3"  # 3: a folder of memory-mapped .npy files
+FEATURE_VERSION = "4"  # 3: a folder of memory-mapped .npy files; 4: note chunk rows carry a negation flag
 CHUNK = 512  # cases read and encoded at a time
 QUARANTINE = "quarantine.json"  # beside the cached arrays: what could not be read, for every later run
 
@@ -77,7 +77,7 @@ class FeatureTable:
     present: np.ndarray
     keys: np.ndarray
     image: dict[str, np.ndarray] = field(default_factory=dict)  # (N, C, h, w) maps or (N, 1, S, S) pixels
-    text: dict[str, list[np.ndarray]] = field(default_factory=dict)  # per case (n_chunks, 384)
+    text: dict[str, list[np.ndarray]] = field(default_factory=dict)  # per case (n_chunks, CHUNK_DIM): vector, flag
     tabular: dict[str, np.ndarray] = field(default_factory=dict)  # (N, L) canonical values, NaN = not measured
 
     def __len__(self) -> int:
@@ -98,7 +98,7 @@ class FeatureTable:
             elif kind == "text":
                 rows = [self.text[name][i] for i in idx]
                 n = max(1, max(len(r) for r in rows))
-                x = np.zeros((len(rows), n, TEXT_DIM), np.float32)
+                x = np.zeros((len(rows), n, CHUNK_DIM), np.float32)
                 valid = np.zeros((len(rows), n), bool)
                 for r, arr in enumerate(rows):
                     x[r, : len(arr)] = arr
@@ -124,7 +124,7 @@ class FeatureTable:
                 np.save(tmp / f"{j}-tabular.npy", self.tabular[name])
             else:
                 rows = self.text[name]
-                np.save(tmp / f"{j}-text.npy", np.concatenate(rows) if rows else np.zeros((0, TEXT_DIM), np.float32))
+                np.save(tmp / f"{j}-text.npy", np.concatenate(rows) if rows else np.zeros((0, CHUNK_DIM), np.float32))
                 np.save(tmp / f"{j}-offsets.npy", np.concatenate([[0], np.cumsum([len(r) for r in rows])]).astype(np.int64))
         (tmp / "modalities.json").write_text(json.dumps(self.modalities), encoding="utf-8")
         _publish(tmp, path)
@@ -171,7 +171,7 @@ class FeatureTable:
                 lengths = [len(r) for p in parts for r in p.text[name]]
                 np.save(tmp / f"{j}-offsets.npy", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
                 stream(f"{j}-text.npy", lambda t, n=name: np.concatenate(t.text[n]) if t.text[n]
-                       else np.zeros((0, TEXT_DIM), np.float32))
+                       else np.zeros((0, CHUNK_DIM), np.float32))
         (tmp / "modalities.json").write_text(json.dumps(mods), encoding="utf-8")
         _publish(tmp, path)
         return cls.load(path)
@@ -256,8 +256,9 @@ def table_from_inputs(cases: list[CaseInputs], spec_modalities: list[tuple[str, 
             texts = [c.inputs[name] for c in cases if c.inputs.get(name) is not None]
             table.keys[:, j] = [content_key(c.inputs[name].encode("utf-8", "surrogatepass")) if present[i, j] else 0
                                 for i, c in enumerate(cases)]
-            emb = iter(embed_texts(texts, config.text_max_tokens, config.text_max_chunks, device=device)) if texts else iter(())
-            table.text[name] = [next(emb) if present[i, j] else np.zeros((0, 384), np.float32) for i in range(n)]
+            emb = iter(embed_texts(texts, config.text_max_tokens, config.text_max_chunks, device=device,
+                                   negation=config.note_negation)) if texts else iter(())
+            table.text[name] = [next(emb) if present[i, j] else np.zeros((0, CHUNK_DIM), np.float32) for i in range(n)]
         else:
             names = labs[name]
             rows = []
@@ -282,6 +283,16 @@ def modalities_of(spec: DatasetSpec) -> tuple[list[tuple[str, str]], dict[str, l
     return mods, labs
 
 
+# the settings that change what the frozen backbones produce
+ENCODER_SETTINGS = ("image_encoder", "image_size", "text_max_tokens", "text_max_chunks", "note_negation")
+
+
+def cache_key(fingerprint: str, config: ModelConfig) -> str:
+    """The feature cache's key: the format version, the data's fingerprint and the encoder settings."""
+    keys = {k: getattr(config, k) for k in ENCODER_SETTINGS}
+    return hashlib.sha256(json.dumps([FEATURE_VERSION, fingerprint, keys], sort_keys=True).encode()).hexdigest()[:20]
+
+
 def dataset_features(ds: Dataset, config: ModelConfig, device: torch.device | str = "cpu",
                      progress: bool = True, use_cache: bool = True, ctx: "Context | None" = None,
                      strict: bool = False) -> FeatureTable:
@@ -290,10 +301,7 @@ def dataset_features(ds: Dataset, config: ModelConfig, device: torch.device | st
     memory streams through. Under torchrun (`ctx`) each process encodes every world-th case and rank 0
     merges the shards. Unreadable inputs are quarantined (core/data/quarantine.py: missing for that case,
     listed in `ds.quarantine`, cases left with nothing dropped from the splits) unless `strict`."""
-    keys = {k: getattr(config, k) for k in ("image_encoder", "image_size", "text_max_tokens", "text_max_chunks")}
-    fingerprint = ds.fingerprint()
-    key = hashlib.sha256(json.dumps([FEATURE_VERSION, fingerprint, keys], sort_keys=True).encode()).hexdigest()[:20]
-    path = cache_dir() / f"features-{key}"
+    path = cache_dir() / f"features-{cache_key(ds.fingerprint(), config)}"
     if use_cache and (path / "modalities.json").exists():
         return _quarantined(ds, FeatureTable.load(path), Quarantine.load(path / QUARANTINE), strict)
     mods, labs = modalities_of(ds.spec)

@@ -52,12 +52,16 @@ def default_dataset(default_cohort):
 
 @pytest.fixture(scope="session")
 def default_features(default_dataset):
-    """Frozen-backbone features of the default cohort (cached on disk after the first run)."""
+    """Frozen-backbone features of the default cohort (cached on disk after the first run), as the shipped
+    checkpoint reads them (tests pair them with `predictor`; e.g. its note negation setting)."""
+    from core.checkpoint import read_meta
     from core.features import dataset_features
     from core.model.config import Config
+    from core.paths import DEFAULT_CHECKPOINT
 
     with _exclusive("features"):
-        return dataset_features(default_dataset, Config.load(CONFIGS / "default.yaml").model, progress=False)
+        config = Config.from_dict(read_meta(DEFAULT_CHECKPOINT)["config"]).model
+        return dataset_features(default_dataset, config, progress=False)
 
 
 @pytest.fixture(scope="session")

@@ -108,7 +108,7 @@ class CaseGraph:
         text = self.case.inputs[name]
         assert isinstance(text, str)
         mc = self.model.config.model
-        return chunk_note(text, mc.text_max_tokens, mc.text_max_chunks)
+        return chunk_note(text, mc.text_max_tokens, mc.text_max_chunks, mc.note_negation)
 
     def note_embeddings(self, chunks: NoteChunks) -> tuple[torch.Tensor, torch.Tensor]:
         """Token embeddings (1, n, L, 384) of the note, and of its IG baseline ([PAD] for every word token,
@@ -122,10 +122,13 @@ class CaseGraph:
             return emb(ids)[None], emb(base_ids)[None]
 
     def probs_from_note(self, name: str, chunks: NoteChunks, embeds: torch.Tensor) -> torch.Tensor:
-        """embeds (B, n, L, 384) → probabilities (B, C)."""
+        """embeds (B, n, L, 384) → probabilities (B, C); each chunk's negation flag joins its pooled vector,
+        as in the cached chunk rows."""
         pooled = TextBackbone(self.device).pooled_from_embeddings(embeds, chunks.attention_mask.to(self.device))
+        flags = chunks.flags().to(device=self.device, dtype=pooled.dtype).expand(len(pooled), -1, -1)
+        rows = torch.cat([pooled, flags], -1)
         valid = torch.ones(pooled.shape[:2], dtype=torch.bool, device=self.device)
-        return self.probs_from({self.index(name): self.model.encoders[name](pooled, valid)})
+        return self.probs_from({self.index(name): self.model.encoders[name](rows, valid)})
 
     def lab_inputs(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Standardised lab values (1, L) (0 where not measured) and the measured mask (1, L)."""

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from scipy.stats import chi2, norm
 
 from core.features import FeatureTable
+from core.model.backbones import TEXT_DIM
 
 FALSE_ALARM = 0.01  # share of validation inputs flagged, by construction
 MAX_COMPONENTS = 64  # principal directions kept per modality (at most a fifth of the training inputs)
@@ -47,13 +48,13 @@ def image_vectors(table: FeatureTable, name: str, rows: np.ndarray) -> np.ndarra
 
 
 def text_vectors(table: FeatureTable, name: str, rows: np.ndarray) -> np.ndarray:
-    """(n, 384) mean chunk embedding of each note (NaN rows where there is no note)."""
-    dim = next((len(a[0]) for a in table.text[name] if len(a)), 384)
-    out = np.full((len(rows), dim), np.nan, np.float32)
+    """(n, 384) mean chunk embedding of each note (NaN rows where there is no note); the chunks' negation
+    flags (the last column of a cached chunk row) are left out."""
+    out = np.full((len(rows), TEXT_DIM), np.nan, np.float32)
     for r, i in enumerate(rows):
         chunks = table.text[name][i]
         if len(chunks):
-            out[r] = np.asarray(chunks, np.float32).mean(0)
+            out[r] = np.asarray(chunks[:, :TEXT_DIM], np.float32).mean(0)
     return out
 
 

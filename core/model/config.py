@@ -28,6 +28,7 @@ class ModelConfig:
     fusion: str = "knowledge"
     head_hidden: int = 128
     dropout: float = 0.1
+    note_negation: bool = True  # negated words of a note in chunks of their own, flagged (core/model/negation.py)
 
 
 @dataclass(frozen=True)

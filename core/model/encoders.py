@@ -69,18 +69,29 @@ class ViTEncoder(nn.Module):
 
 
 class TextHead(nn.Module):
-    """Chunk embeddings (B, n, 384) with a validity mask (B, n) → H_text (B, d_h)."""
+    """Chunk rows (B, n, CHUNK_DIM) — a 384-d embedding, then a negation flag — with a validity mask (B, n)
+    → H_text (B, d_h). With `negation`, a learned vector is added to the projection of each chunk of negated
+    words (before the non-linearity, so what a negated finding means can differ from the finding, not only
+    how much it is attended to), then chunks are attention-pooled; without it (checkpoints trained before
+    negation) the flag column is ignored."""
 
-    def __init__(self, d_h: int, dropout: float):
+    def __init__(self, d_h: int, dropout: float, negation: bool = False):
         super().__init__()
         self.proj = nn.Sequential(nn.Dropout(dropout), nn.Linear(TEXT_DIM, d_h), nn.GELU(), nn.Linear(d_h, d_h))
+        self.negated = nn.Parameter(torch.randn(d_h) * 0.02) if negation else None
         self.pool = AttentionPool(d_h)
         self.norm = nn.LayerNorm(d_h)
 
     def forward(self, chunks: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         pad = ~valid
         pad[pad.all(1), 0] = False  # an absent note still needs one key; its latent is masked out later
-        return self.norm(self.pool(self.proj(chunks), pad))
+        if self.negated is None or chunks.shape[-1] == TEXT_DIM:
+            tokens = self.proj(chunks[..., :TEXT_DIM])
+        else:
+            drop, first, act, second = self.proj
+            h = first(drop(chunks[..., :TEXT_DIM])) + chunks[..., TEXT_DIM:TEXT_DIM + 1] * self.negated
+            tokens = second(act(h))
+        return self.norm(self.pool(tokens, pad))
 
 
 class LabEncoder(nn.Module):

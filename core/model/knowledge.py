@@ -67,9 +67,9 @@ class KnowledgeGraph:
 
 def embed_concepts(texts: list[str]) -> np.ndarray:
     """The text encoder's (mean-pooled) embedding of each concept name: the initial K."""
-    from core.model.backbones import embed_texts
+    from core.model.backbones import TEXT_DIM, embed_texts
 
-    return np.stack([e[0] for e in embed_texts(texts, max_tokens=64, max_chunks=1)])
+    return np.stack([e[0, :TEXT_DIM] for e in embed_texts(texts, max_tokens=64, max_chunks=1)])
 
 
 class KnowledgeAttention(nn.Module):

@@ -138,7 +138,7 @@ class RobustMDiff(nn.Module):
                 encoders[name] = (ViTEncoder(mc.d_h, mc.image_size, mc.vit_patch, mc.vit_depth, mc.dropout)
                                   if mc.image_encoder == "vit" else ImageHead(mc.d_h, mc.image_size // 32, mc.dropout))
             elif kind == "text":
-                encoders[name] = TextHead(mc.d_h, mc.dropout)
+                encoders[name] = TextHead(mc.d_h, mc.dropout, mc.note_negation)
             else:
                 encoders[name] = LabEncoder(len(info.labs[name]), info.lab_log[name], mc.d_h, mc.lab_hidden, mc.dropout)
         self.encoders = nn.ModuleDict(encoders)
