@@ -14,9 +14,10 @@ from core.data.readers.note import clean_note
 from core.data.readers.scan import CT_WINDOWS, Scan
 from core.errors import RobustMDiffError
 from core.explain.explanation import explain_case
-from core.explain.render import legend_html, note_html, overlay, report_html
-from pages.common import (contribution_chart, fail, get_demo_cases, get_predictor, lab_chart, load_demo_case, notice,
-                          probability_chart)
+from core.explain.render import (CMAPS, COMPLETENESS, REMOVED, completeness_text, image_legend_html, legend_html,
+                                 note_html, overlay, report_html)
+from pages.common import (contribution_chart, fail, get_demo_cases, get_predictor, lab_chart, load_demo_case,
+                          missing_contributions_text, notice, probability_chart)
 
 st.title("Case explorer")
 notice()
@@ -51,6 +52,19 @@ def scan_controls(scan: Scan, key: str) -> Scan:
     st.caption("Window and level change only what is drawn. The model always reads the file's own window "
                "(else the 0.5–99.5 percentile range), so a display setting never changes the diagnosis.")
     return scan.view(slice_index, projection)
+
+
+def kept(key: str, default):
+    """The key of a display control whose value outlives runs in which it is not drawn (Streamlit forgets
+    those widgets' state, e.g. while a new explanation is asked for after a method change): the control
+    always shows, and the page always draws, the value last chosen."""
+    if key not in st.session_state:
+        st.session_state[key] = st.session_state.get(f"_kept_{key}", default)
+    return key
+
+
+def keep(key: str, value) -> None:
+    st.session_state[f"_kept_{key}"] = value
 
 
 def display_window(name: str) -> tuple[float, float] | None:
@@ -234,22 +248,35 @@ if exp is None:
     st.caption("Press the button to compute the heatmap, highlighted note and lab attributions.")
     st.stop()
 st.caption(f"Explained in {exp.seconds:.1f} s. Attributions explain log p({exp.target}).")
-st.plotly_chart(contribution_chart(exp.contributions), width="stretch")
-for name, heat in exp.image.items():
+st.plotly_chart(contribution_chart(exp.contributions, exp.target), width="stretch")
+st.caption(REMOVED.format(target=exp.target) + ".")
+if missing_contributions_text(exp.contributions):
+    st.caption(missing_contributions_text(exp.contributions))
+cmap = CMAPS[0]
+if exp.image:
     c1, c2 = st.columns([2, 1])
-    show = c2.toggle("Show heatmap", value=True, key="heat_on")
-    opacity = c2.slider("Opacity", 0.0, 1.0, 0.55, key="opacity")
-    cmap = c2.selectbox("Colour map", ["inferno", "jet", "viridis", "hot"], key="cmap")
-    gray = case.inputs[name].display(display_window(name))
-    c1.image(overlay(gray, heat, opacity if show else 0.0, cmap), caption=f"{name}: {exp.image_method[name]}", width=420)
+    show = c2.toggle("Show heatmap", key=kept("heat_on", True))
+    opacity = c2.slider("Opacity", 0.0, 1.0, key=kept("opacity", 0.55))
+    cmap = c2.selectbox("Colour map", CMAPS, key=kept("cmap", CMAPS[0]))
+    for k, v in (("heat_on", show), ("opacity", opacity), ("cmap", cmap)):
+        keep(k, v)
+    st.session_state["heat_drawn_cmap"] = cmap  # the colour map the heatmap below is drawn with (checked by tests)
+    for name, heat in exp.image.items():
+        gray = case.inputs[name].display(display_window(name))
+        c1.image(overlay(gray, heat, opacity if show else 0.0, cmap, fov=exp.image_fov.get(name),
+                         cells=exp.image_resolution.get(name)), caption=f"{name}: {exp.image_method[name]}", width=420)
+        c1.html(image_legend_html(exp, name, cmap))
+        c1.caption(completeness_text(exp, name), help=COMPLETENESS)
 for name, words in exp.note.items():
     st.markdown(f"**{name}**")
-    st.html(legend_html() + note_html(case.inputs[name], words))
+    st.caption(completeness_text(exp, name), help=COMPLETENESS)
+    st.html(legend_html() + note_html(case.inputs[name], words, exp.note_phrases.get(name)))
 for name, rows in exp.labs.items():
     st.plotly_chart(lab_chart(rows), width="stretch")
+    st.caption(completeness_text(exp, name) + " (the IG bars)", help=COMPLETENESS)
 annotated = [n for n in exp.image if case.inputs[n].pixel_identifiers]
 include = bool(annotated) and st.checkbox(
     f"Include the scan in the report: I checked that its pixels carry no patient details ({', '.join(annotated)})",
     key=f"include_pixels_{case_key}")
-st.download_button("Download case report (HTML)", report_html(exp, case.inputs, include_annotated=include),
+st.download_button("Download case report (HTML)", report_html(exp, case.inputs, cmap=cmap, include_annotated=include),
                    file_name="robustmdiff_report.html", mime="text/html", key="report")

@@ -70,13 +70,30 @@ def probability_chart(pred: Prediction, previous: dict[str, float] | None = None
     return fig
 
 
-def contribution_chart(contributions: list[dict]) -> go.Figure:
-    names = [c["modality"] + ("" if c["status"] == "present" else f" ({c['status']})") for c in contributions]
-    fig = go.Figure(go.Bar(x=[c["gradient"] for c in contributions], y=names, orientation="h",
-                           text=[f"{c['gradient']:.0%}" for c in contributions], textposition="auto"))
-    fig.update_layout(height=80 + 40 * len(names), margin=dict(l=10, r=10, t=30, b=10), xaxis_tickformat=".0%",
-                      title="Gradient share |∂p/∂H_i| per modality")
+def contribution_chart(contributions: list[dict], target: str = "the predicted class") -> go.Figure:
+    """The gradient share of each PRESENT modality (normalised over them) with its change in p(target) when
+    removed (p switched off − p as given, as the before/after of the switches shows). Synthesized modalities
+    have no share and are not drawn: the page lists them with their synthesis confidence."""
+    shown = [c for c in contributions if c["status"] == "present"]
+
+    def change(c: dict) -> str:
+        x = c["change_when_removed"]
+        return f"removing it: {x:+.3f}" if np.isfinite(x) else "the only modality given"
+
+    fig = go.Figure(go.Bar(x=[c["gradient"] for c in shown], y=[c["modality"] for c in shown], orientation="h",
+                           text=[f"{c['gradient']:.0%} · {change(c)}" for c in shown], textposition="auto",
+                           hovertemplate="%{y}: gradient share %{x:.1%}<extra></extra>"))
+    fig.update_layout(height=80 + 40 * len(shown), margin=dict(l=10, r=10, t=30, b=10),
+                      xaxis=dict(tickformat=".0%", range=[0, 1]),
+                      title=f"Gradient share |∂p/∂H_i| over the present modalities; change in p({target}) when removed")
     return fig
+
+
+def missing_contributions_text(contributions: list[dict]) -> str:
+    """One line for the modalities that were synthesized (or absent): no share, their synthesis confidence."""
+    items = [c["modality"] + (f" (synthesis confidence {c['synthesis_confidence']:.0%})" if "synthesis_confidence" in c
+                              else f" ({c['status']})") for c in contributions if c["status"] != "present"]
+    return ("Synthesized, not observed, so no share: " + ", ".join(items) + ".") if items else ""
 
 
 def lab_chart(rows) -> go.Figure:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -29,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from core.explain.explanation import explain_case
-    from core.explain.render import overlay, png_bytes, report_html
+    from core.explain.render import completeness_text, overlay, png_bytes, report_html
     from core.inference import Predictor
 
     predictor = Predictor.load(args.checkpoint, args.device)
@@ -46,9 +47,18 @@ def run(args: argparse.Namespace) -> int:
             print(f"warning: {name}: {scan.pixel_identifiers}; left out of the report and heatmap files "
                   "(--include-annotated-pixels after checking)", file=sys.stderr)
             continue
-        (out / f"heatmap_{name}.png").write_bytes(png_bytes(overlay(scan.display(), heat)))
+        (out / f"heatmap_{name}.png").write_bytes(png_bytes(overlay(scan.display(), heat, fov=exp.image_fov.get(name),
+                                                                    cells=exp.image_resolution.get(name))))
     (out / "report.html").write_text(report_html(exp, case.inputs, include_annotated=args.include_annotated_pixels),
                                      encoding="utf-8")
     (out / "explanation.json").write_text(dumps(exp.to_dict()), encoding="utf-8")
+    for c in exp.contributions:
+        if c["status"] == "present":
+            ch = c["change_when_removed"]
+            ch = f"{ch:+.3f}" if math.isfinite(ch) else "n/a (the only modality given)"
+            print(f"{c['modality']}: gradient share {c['gradient']:.0%}, change in p({exp.target}) when removed {ch}; "
+                  f"{completeness_text(exp, c['modality'])}")
+        else:
+            print(f"{c['modality']}: {c['status']} (no share)")
     print(f"prediction {exp.prediction.prediction}; explanation ({exp.method}, {exp.seconds:.1f} s) written to {out}")
     return 0

@@ -1,33 +1,53 @@
-"""The explanation of one case: what each modality contributed, where in the image, which words of the
-note, which labs, and for each missing modality how confident its synthesis is and what acquiring it
-would change.
+"""The explanation of one case: what each modality contributed, where in the image, which words and
+phrases of the note, which labs, and for each missing modality how confident its synthesis is and what
+acquiring it would change.
 
 `explain_case` is the one entry point (app, CLI, review, faithfulness). `method` picks the attribution
-family used for image, note and labs alike: Integrated Gradients (default), gradient × input, SHAP
-(KernelSHAP over image patches and words, permutation SHAP over labs) or a random control (for blinded
-review studies).
+family used for image, note and labs alike: Integrated Gradients (default; steps chosen per case until the
+completeness error is ≤ 5 %, core/explain/ig.py), gradient × input, SHAP (KernelSHAP over image patches
+and words, seeded from the case id so that the same case always gets the same values; permutation SHAP
+over labs) or a random control (for blinded review studies).
+
+Sign convention, everywhere (report, app, JSON): "change when removed" = p(predicted class | the modality
+switched off) − p(predicted class | as given), the same quantity as the app's before/after when the
+modality's switch is turned off; negative = the modality supported the prediction.
 """
 
 from __future__ import annotations
 
 import bisect
+import threading
 import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 
 import numpy as np
 import torch
 from captum.attr import KernelShap
 
+import core.explain.image as image_module
 from core.data.dataset import CaseInputs
 from core.explain.graph import CaseGraph
-from core.explain.image import IMAGE_STEPS, image_attribution
-from core.explain.labs import LabAttribution, lab_attribution, lab_ig, lab_shap
-from core.explain.text import TEXT_STEPS, WordAttribution, merge_tokens, note_attribution, words_of
+from core.explain.ig import FLOOR
+from core.explain.image import image_attribution
+from core.explain.labs import LabAttribution, lab_attribution, lab_ig
+from core.explain.phrases import PhraseAttribution, phrase_attributions
+from core.explain.text import TEXT_STEPS, WordAttribution, merge_tokens, note_ig, words_of
 from core.inference import Prediction, Predictor
+from core.jsonout import clean
 
 METHODS = ("integrated_gradients", "gradient_x_input", "shap", "random")
 SHAP_PATCH = 16  # image SHAP features: patches of 16×16 model pixels
+# KernelSHAP samples: its weighted least squares estimates one value per feature (M of them), so it needs
+# well over M coalitions: 2·M + 64 (two per feature plus slack for the kernel's weight on the few
+# near-empty and near-full coalitions). Capped at 512 so that a long note stays within about half a
+# minute on a 2-core CPU; the cap is a sample count, not a clock, so the result never depends on load.
+SHAP_MAX_SAMPLES = 512
+_SHAP_LOCK = threading.Lock()  # KernelSHAP draws from torch's global generator: one seeded run at a time
+
+
+def shap_samples(n_features: int) -> int:
+    return min(2 * n_features + 64, SHAP_MAX_SAMPLES)
 
 
 @dataclass
@@ -36,41 +56,90 @@ class Explanation:
     method: str
     target: str
     prediction: Prediction
-    contributions: list[dict]  # per modality: gradient share, perturbation, status
+    # per modality: "modality", "status" (present / synthesized / absent), "gradient" (share of |∂p/∂H_i|
+    # over the present modalities; NaN otherwise), "change_when_removed" (p(target | switched off) −
+    # p(target); NaN when not present or the only one present), "synthesis_confidence" (synthesized only)
+    contributions: list[dict]
     image: dict[str, np.ndarray] = field(default_factory=dict)  # modality → (S, S) signed attribution
     image_method: dict[str, str] = field(default_factory=dict)
     note: dict[str, list[WordAttribution]] = field(default_factory=dict)
+    note_phrases: dict[str, list[PhraseAttribution]] = field(default_factory=dict)
     labs: dict[str, list[LabAttribution]] = field(default_factory=dict)
-    completeness: dict[str, float] = field(default_factory=dict)  # IG |sum(attr) - (f(x) - f(baseline))|
+    # IG relative completeness error |Σattr − (f(x) − f(baseline))| / max(|f(x) − f(baseline)|, 0.01) and
+    # the steps it took, for the modalities explained (or, for labs, ranked beside) by Integrated Gradients
+    completeness: dict[str, float] = field(default_factory=dict)
+    ig_steps: dict[str, int] = field(default_factory=dict)
+    # filled by the image attribution when it knows them: the field of view (bool, at the map's resolution)
+    # and the model's effective resolution (feature cells per side)
+    image_fov: dict[str, np.ndarray] = field(default_factory=dict)
+    image_resolution: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
 
+    def __setstate__(self, state: dict) -> None:
+        """Explanations pickled by an earlier version (the review study keeps them on disk): fields added
+        since get their defaults, and the old "perturbation" (p − p without, shares over every modality)
+        becomes "change_when_removed" (p without − p) with shares over the present modalities."""
+        for f in fields(self):
+            if f.name not in state and f.default_factory is not MISSING:
+                state[f.name] = f.default_factory()
+        rows = state.get("contributions") or []
+        if rows and "perturbation" in rows[0]:
+            present = [c for c in rows if c["status"] == "present"]
+            total = sum(c["gradient"] for c in present) or 1.0
+            rows = [{"modality": c["modality"], "status": c["status"],
+                     "gradient": c["gradient"] / total if c["status"] == "present" else float("nan"),
+                     "change_when_removed": -c["perturbation"] if c["status"] == "present" else float("nan")}
+                    for c in rows]
+            state["contributions"] = rows
+        self.__dict__.update(state)
+
+    def present_contributions(self) -> list[dict]:
+        return [c for c in self.contributions if c["status"] == "present"]
+
+    def missing_contributions(self) -> list[dict]:
+        return [c for c in self.contributions if c["status"] != "present"]
+
     def to_dict(self) -> dict:
-        return {"case_id": self.case_id, "method": self.method, "target": self.target,
-                "prediction": self.prediction.to_dict(), "contributions": self.contributions,
-                "image": {k: {"method": self.image_method[k], "shape": list(v.shape),
-                              "positive_mass": float(np.clip(v, 0, None).sum()), "max": float(v.max()),
-                              "min": float(v.min())} for k, v in self.image.items()},
-                "note": {k: [w.to_dict() for w in v] for k, v in self.note.items()},
-                "labs": {k: [r.to_dict() for r in v] for k, v in self.labs.items()},
-                "completeness": self.completeness, "seconds": self.seconds}
+        return clean({
+            "case_id": self.case_id, "method": self.method, "target": self.target,
+            "prediction": self.prediction.to_dict(), "contributions": self.contributions,
+            "image": {k: {"method": self.image_method[k], "shape": list(v.shape),
+                          "positive_mass": float(np.clip(v, 0, None).sum()), "max": float(v.max()),
+                          "min": float(v.min()),
+                          "field_of_view_fraction": float(np.mean(self.image_fov[k])) if k in self.image_fov else None,
+                          "effective_resolution": self.image_resolution.get(k)} for k, v in self.image.items()},
+            "note": {k: [w.to_dict() for w in v] for k, v in self.note.items()},
+            "note_phrases": {k: [p.to_dict() for p in v] for k, v in self.note_phrases.items()},
+            "labs": {k: [r.to_dict() for r in v] for k, v in self.labs.items()},
+            "completeness": self.completeness, "ig_steps": self.ig_steps, "seconds": self.seconds})
 
 
-def modality_contributions(graph: CaseGraph) -> list[dict]:
-    """A_{i,c} = |dp(y=c|Z)/dH_i| (design §3.3.2), normalised over modalities, beside the perturbation
-    check p(c) - p(c | modality i switched off)."""
+def modality_contributions(graph: CaseGraph, prediction: Prediction | None = None) -> list[dict]:
+    """Per modality: the gradient share A_{i,c} = |dp(y=c|Z)/dH_i| (design §3.3.2), normalised over the
+    PRESENT modalities only, and the change of p(c) when the modality is switched off (p without − p with,
+    computed as prediction computes it: the modality then synthesized with the same per-case noise).
+    Synthesized modalities get no share: they are listed with their synthesis confidence."""
     hs = graph.hs.clone().requires_grad_(True)
     k, b, m, _ = hs.shape
     z, _ = graph.model.fuse(hs, graph.avail.expand(k, b, m), graph.syn.expand(k, b, m))
     p = graph.model.probabilities(graph.model.logits(z), graph.present[None]).mean(0)[0, graph.target]
     (grad,) = torch.autograd.grad(p, hs)
     score = grad.abs().sum(-1).mean(0)[0].cpu().numpy()
-    score = score / max(score.sum(), 1e-12)
+    present = graph.present.cpu().numpy().astype(bool)
+    total = max(float(score[present].sum()), 1e-12)
+    synthesized = prediction.synthesized if prediction is not None else {}
     out = []
     for i, name in enumerate(graph.names):
-        present = bool(graph.present[i])
-        change = float(graph.probs[graph.target] - graph.probs_without(i)[graph.target]) if present else float("nan")
-        out.append({"modality": name, "status": "present" if present else "synthesized" if bool(graph.syn[i]) else "absent",
-                    "gradient": float(score[i]), "perturbation": change})
+        if present[i]:
+            change = float(graph.probs_without(i)[graph.target] - graph.probs[graph.target])
+            out.append({"modality": name, "status": "present", "gradient": float(score[i]) / total,
+                        "change_when_removed": change})
+        else:
+            row = {"modality": name, "status": "synthesized" if bool(graph.syn[i]) else "absent",
+                   "gradient": float("nan"), "change_when_removed": float("nan")}
+            if name in synthesized:
+                row["synthesis_confidence"] = synthesized[name]["confidence"]
+            out.append(row)
     return out
 
 
@@ -78,19 +147,39 @@ def _random_like(seed: int, shape) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
 
 
-def _image_shap(graph: CaseGraph, name: str, samples: int = 64) -> np.ndarray:
+class _seeded:
+    """Torch's global generator seeded for a block and restored afterwards (Captum's KernelSHAP draws its
+    coalitions from it), one block at a time across threads."""
+
+    def __init__(self, seed: int, device: torch.device):
+        self.seed, self.devices = seed, [device] if device.type == "cuda" else []
+
+    def __enter__(self):
+        _SHAP_LOCK.acquire()
+        self._fork = torch.random.fork_rng(devices=self.devices)
+        self._fork.__enter__()
+        torch.manual_seed(self.seed)
+
+    def __exit__(self, *exc):
+        try:
+            return self._fork.__exit__(*exc)
+        finally:
+            _SHAP_LOCK.release()
+
+
+def _image_shap(graph: CaseGraph, name: str, seed: int, samples: int | None = None) -> np.ndarray:
     pixels = graph.image_pixels(name)
     s = pixels.shape[-1]
     grid = torch.arange((s // SHAP_PATCH) ** 2, device=graph.device).view(s // SHAP_PATCH, s // SHAP_PATCH)
     mask = grid.repeat_interleave(SHAP_PATCH, 0).repeat_interleave(SHAP_PATCH, 1)[None, None]
     ks = KernelShap(lambda px: graph.objective(graph.probs_from_image(name, px), graph.target))
-    with torch.no_grad():
-        attr = ks.attribute(pixels, baselines=torch.zeros_like(pixels), feature_mask=mask, n_samples=samples,
-                            perturbations_per_eval=16)
+    with torch.no_grad(), _seeded(seed, graph.device):
+        attr = ks.attribute(pixels, baselines=torch.zeros_like(pixels), feature_mask=mask,
+                            n_samples=samples or shap_samples(int(grid.numel())), perturbations_per_eval=16)
     return attr[0, 0].cpu().numpy() / SHAP_PATCH ** 2
 
 
-def _note_shap(graph: CaseGraph, name: str, samples: int = 64) -> list[WordAttribution]:
+def _note_shap(graph: CaseGraph, name: str, seed: int, samples: int | None = None) -> list[WordAttribution]:
     chunks = graph.note_chunks(name)
     emb, base = graph.note_embeddings(chunks)
     text = graph.case.inputs[name]
@@ -101,9 +190,9 @@ def _note_shap(graph: CaseGraph, name: str, samples: int = 64) -> list[WordAttri
         for t, (a, _) in enumerate(offs):
             mask[c, t + 1] = max(0, bisect.bisect_right(starts, a) - 1) + 1  # 0 = specials (never perturbed)
     ks = KernelShap(lambda e: graph.objective(graph.probs_from_note(name, chunks, e), graph.target))
-    with torch.no_grad():
+    with torch.no_grad(), _seeded(seed, graph.device):
         attr = ks.attribute(emb, baselines=base, feature_mask=mask[None, :, :, None].expand_as(emb),
-                            n_samples=samples, perturbations_per_eval=8)
+                            n_samples=samples or shap_samples(int(mask.max()) + 1), perturbations_per_eval=8)
     per_token = attr[0, :, :, 0].cpu().numpy()
     offsets, scores = [], []
     for c, offs in enumerate(chunks.offsets):
@@ -114,11 +203,47 @@ def _note_shap(graph: CaseGraph, name: str, samples: int = 64) -> list[WordAttri
     return merge_tokens(text, offsets, scores)
 
 
+def image_ig_info(result: tuple, heat: np.ndarray, steps: int | None, graph: CaseGraph | None = None,
+                  name: str | None = None, target: int | None = None) -> tuple[float, int]:
+    """(relative completeness error, steps) from what `image_attribution` returned: (map, relative error,
+    steps) when it uses core/explain/ig.py, or the older (map, absolute error) with a fixed step count,
+    whose error is then divided by f(x) − f(baseline) recomputed here with image.py's blurred baseline
+    (given `graph` and `name`; else approximated by the attributions' sum)."""
+    if len(result) >= 3:
+        return float(result[1]), int(result[2])
+    fixed = int(steps or getattr(image_module, "IMAGE_STEPS", 0))
+    total = float(heat.sum())
+    blurred = getattr(image_module, "blurred", None)
+    if graph is not None and name is not None and callable(blurred):
+        target = graph.target if target is None else target
+        px = graph.image_pixels(name)
+        with torch.no_grad():
+            f = graph.objective(graph.probs_from_image(name, torch.cat([px, blurred(px)])), target)
+        total = float(f[0] - f[1])
+    return float(result[1]) / max(abs(total), FLOOR), fixed
+
+
+def _image_extras(exp: Explanation, graph: CaseGraph, name: str) -> None:
+    """The field of view and effective resolution of the map, when the image attribution provides them
+    (`core.explain.image.field_of_view(graph, name)` → bool (S', S'), `effective_resolution(graph, name)` →
+    cells per side)."""
+    fov = getattr(image_module, "field_of_view", None)
+    res = getattr(image_module, "effective_resolution", None)
+    if callable(fov):
+        mask = fov(graph, name)
+        if mask is not None:
+            exp.image_fov[name] = np.asarray(mask, bool)
+    if callable(res):
+        cells = res(graph, name)
+        if cells:
+            exp.image_resolution[name] = int(cells)
+
+
 def explain_case(predictor: Predictor, case: CaseInputs, absent=(), method: str = "integrated_gradients",
                  image_method: str | None = None, steps: int | None = None, seed: int = 0,
                  allow_domain_mismatch: bool = False) -> Explanation:
     """Explain a case's prediction; like prediction, refuses a scan whose header contradicts the model's
-    domain unless `allow_domain_mismatch`."""
+    domain unless `allow_domain_mismatch`. `steps`: a fixed IG step count instead of the per-case choice."""
     if method not in METHODS:
         raise ValueError(f"unknown explanation method {method!r}; use one of {METHODS}")
     predictor.check_domain(case, allow_domain_mismatch, absent)
@@ -126,37 +251,46 @@ def explain_case(predictor: Predictor, case: CaseInputs, absent=(), method: str 
     graph = CaseGraph(predictor, case, absent, seed=seed)
     prediction = graph.prediction()
     target = graph.target
-    exp = Explanation(case.case_id, method, predictor.classes[target], prediction, modality_contributions(graph))
-    rng_seed = zlib.crc32(case.case_id.encode())  # stable across processes, unlike hash()
+    exp = Explanation(case.case_id, method, predictor.classes[target], prediction,
+                      modality_contributions(graph, prediction))
+    rng_seed = (zlib.crc32(case.case_id.encode()) + seed) % 2 ** 32  # stable across processes, unlike hash()
     for i, (name, kind) in enumerate(predictor.modalities):
         if not bool(graph.present[i]):
             continue
         if kind == "image":
             if method == "random":
                 s = predictor.model.config.model.image_size
-                exp.image[name], delta, used = _random_like(rng_seed, (s, s)), 0.0, "random"
+                exp.image[name], used = _random_like(rng_seed, (s, s)), "random"
             elif method == "shap":
-                exp.image[name], delta, used = _image_shap(graph, name), 0.0, "kernel_shap"
+                exp.image[name], used = _image_shap(graph, name, rng_seed), "kernel_shap"
             else:
                 used = image_method or method
-                exp.image[name], delta = image_attribution(graph, name, used, steps or IMAGE_STEPS)
+                result = image_attribution(graph, name, used, **({"steps": steps} if steps else {}))
+                exp.image[name] = result[0]
+                if used == "integrated_gradients":
+                    exp.completeness[name], exp.ig_steps[name] = image_ig_info(result, result[0], steps, graph, name)
             exp.image_method[name] = used
-            exp.completeness[name] = delta
+            _image_extras(exp, graph, name)
         elif kind == "text":
             if method == "random":
                 words = words_of(case.inputs[name])
                 r = _random_like(rng_seed + 1, len(words))
                 exp.note[name] = [WordAttribution(w, a, b, float(x)) for (a, b, w), x in zip(words, r)]
             elif method == "shap":
-                exp.note[name] = _note_shap(graph, name)
+                exp.note[name] = _note_shap(graph, name, rng_seed)
             else:
-                exp.note[name], exp.completeness[name] = note_attribution(graph, name, method, steps or TEXT_STEPS)
+                exp.note[name], info = note_ig(graph, name, method, steps or TEXT_STEPS)
+                if info is not None:
+                    exp.completeness[name], exp.ig_steps[name] = info.relative_error, info.steps
+            exp.note_phrases[name] = phrase_attributions(case.inputs[name], exp.note[name])
         else:
             n_labs = len(predictor.spec.lab_features(name))
             score = {"random": lambda: _random_like(rng_seed + 2, n_labs),
-                     "shap": lambda: lab_shap(graph, name, target),
+                     "shap": lambda: None,
                      "gradient_x_input": lambda: lab_ig(graph, name, target, method=method)[0],
                      "integrated_gradients": lambda: None}[method]()
-            exp.labs[name], exp.completeness[name] = lab_attribution(graph, name, target, score)
+            exp.labs[name], info = lab_attribution(graph, name, target, score,
+                                                   rank_by="shap" if method == "shap" else "integrated_gradients")
+            exp.completeness[name], exp.ig_steps[name] = info.relative_error, info.steps
     exp.seconds = time.perf_counter() - t0
     return exp

@@ -1,22 +1,27 @@
 """Lab attributions: Integrated Gradients and SHAP over the measured labs, the other modalities fixed.
 
 Both work on standardised values (0 = the training mean). IG integrates from the training mean to the
-patient's value. SHAP (permutation explainer, interventional) replaces labs by values of training
-patients (the background) and averages the effect over orderings.
+patient's value, with its step count chosen per case until the completeness error is within 5 %
+(core/explain/ig.py). SHAP (permutation explainer, interventional) replaces labs by values of training
+patients (the background) and averages the effect over orderings; its orderings come from a fixed seed,
+so the same case always gets the same values (and numpy's global random state is left as it was).
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import shap
 import torch
-from captum.attr import InputXGradient, IntegratedGradients
+from captum.attr import InputXGradient
 
 from core.explain.graph import CaseGraph
+from core.explain.ig import SCHEDULE, IGResult, integrated_gradients
 
 LAB_METHODS = ("integrated_gradients", "shap", "gradient_x_input")
+_SHAP_LOCK = threading.Lock()
 
 
 @dataclass
@@ -35,18 +40,19 @@ class LabAttribution:
         return asdict(self)
 
 
-def lab_ig(graph: CaseGraph, name: str, target: int, steps: int = 32, method: str = "integrated_gradients"
-           ) -> tuple[np.ndarray, float]:
+def lab_ig(graph: CaseGraph, name: str, target: int, steps: int | tuple[int, ...] = SCHEDULE,
+           method: str = "integrated_gradients") -> tuple[np.ndarray, IGResult | None]:
+    """Attributions of every lab (catalogue order; unmeasured labs 0) and, for IG, its result (relative
+    completeness error and steps used; None for gradient × input)."""
     z, measured = graph.lab_inputs(name)
 
     def f(x: torch.Tensor) -> torch.Tensor:
         return graph.objective(graph.probs_from_labs(name, x, measured), target)
 
     if method == "gradient_x_input":
-        return InputXGradient(f).attribute(z.clone().requires_grad_(True))[0].detach().cpu().numpy(), 0.0
-    attr, delta = IntegratedGradients(f).attribute(z, baselines=torch.zeros_like(z), n_steps=steps,
-                                                   method="gausslegendre", return_convergence_delta=True)
-    return attr[0].detach().cpu().numpy(), float(delta.abs().max())
+        return InputXGradient(f).attribute(z.clone().requires_grad_(True))[0].detach().cpu().numpy(), None
+    info = integrated_gradients(f, z, torch.zeros_like(z), schedule=(steps,) if isinstance(steps, int) else tuple(steps))
+    return info.attributions[0].detach().cpu().numpy(), info
 
 
 def lab_shap(graph: CaseGraph, name: str, target: int, background: np.ndarray | None = None,
@@ -65,19 +71,29 @@ def lab_shap(graph: CaseGraph, name: str, target: int, background: np.ndarray | 
         with torch.no_grad():
             return graph.objective(graph.probs_from_labs(name, full, measured), target).cpu().numpy()
 
-    explainer = shap.explainers.Permutation(f, shap.maskers.Independent(bg, max_samples=len(bg)), seed=0)
-    values = explainer(z[0, idx].cpu().numpy()[None], max_evals=max(max_evals, 2 * len(idx) + 1), silent=True)
+    # shap seeds numpy's global generator and draws its orderings from it: one explainer at a time in this
+    # process (the app explains in several threads), and the global state restored for everyone else
+    with _SHAP_LOCK:
+        state = np.random.get_state()
+        try:
+            explainer = shap.explainers.Permutation(f, shap.maskers.Independent(bg, max_samples=len(bg)), seed=0)
+            values = explainer(z[0, idx].cpu().numpy()[None], max_evals=max(max_evals, 2 * len(idx) + 1), silent=True)
+        finally:
+            np.random.set_state(state)
     out[idx] = values.values[0]
     return out
 
 
 def lab_attribution(graph: CaseGraph, name: str, target: int | None = None, score: np.ndarray | None = None,
-                    background: np.ndarray | None = None) -> tuple[list[LabAttribution], float]:
-    """IG and SHAP for every lab; `score` (catalogue order) is the explanation method's own, IG by default."""
+                    background: np.ndarray | None = None, rank_by: str = "integrated_gradients"
+                    ) -> tuple[list[LabAttribution], IGResult]:
+    """IG and SHAP for every lab, and IG's result (relative completeness error, steps). The rows are ranked
+    by `score` (catalogue order; the explanation method's own) or, without it, by `rank_by` (IG or SHAP)."""
     target = graph.target if target is None else target
-    ig, delta = lab_ig(graph, name, target)
+    ig, info = lab_ig(graph, name, target)
     sh = lab_shap(graph, name, target, background)
-    score = ig if score is None else score
+    if score is None:
+        score = {"integrated_gradients": ig, "shap": sh}[rank_by]
     panel = graph.case.inputs[name]
     rows = []
     for j, lab in enumerate(graph.predictor.spec.lab_features(name)):
@@ -85,4 +101,4 @@ def lab_attribution(graph: CaseGraph, name: str, target: int | None = None, scor
         rows.append(LabAttribution(lab.name, lab.label, v.value if v else None, lab.unit, lab.ref_text(),
                                    v.flag if v else "", float(score[j]), float(ig[j]), float(sh[j])))
     rows.sort(key=lambda r: -abs(r.score))
-    return rows, delta
+    return rows, info

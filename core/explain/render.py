@@ -1,5 +1,6 @@
-"""Turn an explanation into pictures and HTML: the heatmap overlaid on the scan, the note with its
-words highlighted, lab bars, and a self-contained case report (one HTML file, images inlined)."""
+"""Turn an explanation into pictures and HTML: the heatmap overlaid on the scan with a colour bar that says
+what it shows, the note with its phrases highlighted (each word's own score in the tooltip), lab bars,
+and a self-contained case report (one HTML file, images inlined)."""
 
 from __future__ import annotations
 
@@ -14,28 +15,136 @@ from PIL import Image
 from core.data.readers import Scan
 from core.explain.explanation import Explanation
 from core.explain.image import to_scan
+from core.explain.phrases import PhraseAttribution, phrase_attributions
 from core.explain.text import WordAttribution
 
 DISCLAIMER = "Research software, not a medical device. Not for diagnosis or treatment decisions."
+CMAPS = ("inferno", "jet", "viridis", "hot")
 
 
-def normalise(heat: np.ndarray, positive_only: bool = True) -> np.ndarray:
-    """Attribution → [0, 1]: the positive evidence for the predicted class, scaled by its 99th percentile."""
-    h = np.clip(heat, 0, None) if positive_only else np.abs(heat)
-    top = np.percentile(h, 99) if h.max() > 0 else 1.0
-    return np.clip(h / max(top, 1e-12), 0, 1)
+def evidence_map(heat: np.ndarray, fov: np.ndarray | None = None, cells: int | None = None,
+                 positive_only: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """Attribution → each location's share of the positive attribution (of |attribution| without
+    `positive_only`) inside the field of view `fov` (bool, at the map's resolution; None: everywhere).
+    With `cells` (the model's effective resolution, cells per side) the shares are those of the cells,
+    each cell's pixels showing its share, so the map draws as blocks. Returns the share map (at least 256
+    pixels per side when the map is the cell grid itself, so that blocks stay blocks when scaled to the
+    scan) and the field of view at the same size."""
+    h = (np.clip(heat, 0, None) if positive_only else np.abs(heat)).astype(np.float64)
+    inside = None
+    if fov is not None:
+        inside = np.asarray(fov, bool)
+        if inside.shape != h.shape:
+            inside = _resize(inside.astype(np.float32), h.shape, nearest=True) > 0.5
+        h = np.where(inside, h, 0.0)
+    if cells and cells < min(h.shape):
+        if h.shape[0] % cells == 0 and h.shape[1] % cells == 0:
+            f0, f1 = h.shape[0] // cells, h.shape[1] // cells
+            grid = h.reshape(cells, f0, cells, f1).sum((1, 3))
+            share = np.kron(grid / max(grid.sum(), 1e-300), np.ones((f0, f1)))
+        else:
+            grid = _resize(h, (cells, cells), nearest=False)
+            share = _resize(grid / max(grid.sum(), 1e-300), h.shape, nearest=True)
+        share = share if grid.sum() > 0 else np.zeros_like(h)
+    else:
+        share = h / h.sum() if h.sum() > 0 else h
+        if cells and cells == h.shape[0] and h.shape[0] < 256:  # the map is the cell grid: blocks
+            k = -(-256 // h.shape[0])
+            share = np.kron(share, np.ones((k, k)))
+            inside = None if inside is None else np.kron(inside, np.ones((k, k), bool))
+    return share, inside
+
+
+def _resize(a: np.ndarray, shape: tuple[int, int], nearest: bool) -> np.ndarray:
+    mode = Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR
+    return np.asarray(Image.fromarray(a.astype(np.float32), mode="F").resize((shape[1], shape[0]), mode))
+
+
+def heat_scale(heat: np.ndarray, fov: np.ndarray | None = None, cells: int | None = None,
+               positive_only: bool = True) -> tuple[float, float, bool]:
+    """(low, high, saturated): the range of shares the colours span. On the cell grid, min to max; on a
+    pixel map (no cell grid known), min to the 99th percentile, the few pixels above it drawn at full
+    colour (`saturated`), so that a handful of extreme pixels do not leave the rest of the map invisible."""
+    share, inside = evidence_map(heat, fov, cells, positive_only)
+    vals = share[inside] if inside is not None and inside.any() else share.ravel()
+    low, top = float(vals.min()), float(vals.max())
+    if cells:
+        return low, top, False
+    high = float(np.percentile(vals, 99))
+    return (low, high, high < top) if high > low else (low, top, False)
+
+
+def heat_range(heat: np.ndarray, fov: np.ndarray | None = None, cells: int | None = None,
+               positive_only: bool = True) -> tuple[float, float]:
+    """(min, max) share of the evidence per location (per cell with `cells`) that the colours span."""
+    low, high, _ = heat_scale(heat, fov, cells, positive_only)
+    return low, high
+
+
+def normalise(heat: np.ndarray, positive_only: bool = True, fov: np.ndarray | None = None,
+              cells: int | None = None) -> np.ndarray:
+    """Attribution → [0, 1]: the share of the evidence for the predicted class on the colour bar's scale
+    (`heat_scale`)."""
+    share, _ = evidence_map(heat, fov, cells, positive_only)
+    _, high, _ = heat_scale(heat, fov, cells, positive_only)
+    return np.clip(share / high, 0, 1) if high > 0 else share
 
 
 def overlay(gray: np.ndarray, heat: np.ndarray, opacity: float = 0.5, cmap: str = "inferno",
-            positive_only: bool = True) -> np.ndarray:
-    """RGB uint8 image: the scan in grey, the heatmap blended on top where it is strong."""
-    if heat.shape != gray.shape:
-        heat = to_scan(heat, gray.shape)
-    h = normalise(heat, positive_only)
+            positive_only: bool = True, fov: np.ndarray | None = None, cells: int | None = None) -> np.ndarray:
+    """RGB uint8 image: the scan in grey, the heatmap blended on top where it is strong; nothing is drawn
+    outside the field of view `fov` (when given), and with `cells` the map is drawn as the model's cell grid."""
+    h = normalise(heat, positive_only, fov, cells)
+    _, inside = evidence_map(heat, fov, cells, positive_only)
+    if h.shape != gray.shape:
+        h = np.clip(to_scan(h, gray.shape), 0, 1)
+        if inside is not None:
+            inside = to_scan(inside.astype(np.float32), gray.shape) > 0.5
+    if inside is not None:
+        h = np.where(inside, h, 0.0)
     colours = matplotlib.colormaps[cmap](h)[..., :3]
     base = np.repeat(gray[..., None], 3, -1)
     alpha = (opacity * h)[..., None]
     return (np.clip(base * (1 - alpha) + colours * alpha, 0, 1) * 255).astype(np.uint8)
+
+
+def _share(x: float) -> str:
+    return f"{100 * x:.3g} %"
+
+
+def colorbar_html(cmap: str, target: str, low: float, high: float, cells: int | None = None,
+                  fov: bool = False, positive_only: bool = True, saturated: bool = False) -> str:
+    """The heatmap's colour scale and what it shows, as an HTML strip with its two ends labelled (the top
+    end '≥' when the few locations above it are drawn at full colour)."""
+    stops = ", ".join(matplotlib.colors.to_hex(matplotlib.colormaps[cmap](x)) for x in np.linspace(0, 1, 11))
+    what = "positive attribution" if positive_only else "|attribution|"
+    where = (f"per cell of the model's {cells}×{cells} feature grid (drawn as blocks)" if cells
+             else "per pixel of the model's input")
+    scope = "inside the field of view (nothing drawn outside it)" if fov else "over the whole image"
+    return (f"<div style='font-size:0.85em;margin:4px 0 10px 0'>"
+            f"<div>Evidence for <b>{html.escape(target)}</b>: share of {what} {where}, {scope}</div>"
+            f"<div style='display:flex;align-items:center;gap:6px'><span>{_share(low)}</span>"
+            f"<div style='flex:0 0 240px;height:12px;background:linear-gradient(to right, {stops})'></div>"
+            f"<span>{'≥ ' if saturated else ''}{_share(high)}</span>"
+            f"{' (the top 1 % of pixels at full colour)' if saturated else ''}</div></div>")
+
+
+def image_legend_html(exp: Explanation, name: str, cmap: str, positive_only: bool = True) -> str:
+    fov, cells = exp.image_fov.get(name), exp.image_resolution.get(name)
+    low, high, saturated = heat_scale(exp.image[name], fov, cells, positive_only)
+    return colorbar_html(cmap, exp.target, low, high, cells, fov is not None, positive_only, saturated)
+
+
+COMPLETENESS = ("Integrated Gradients' relative completeness error: |Σ attributions − (f(input) − f(baseline))| / "
+                "|f(input) − f(baseline)|, f = log p(predicted class); the steps grow until it is ≤ 5 % (or the cap).")
+
+
+def completeness_text(exp: Explanation, name: str) -> str:
+    """'IG completeness error X % (N steps)' for a modality with Integrated Gradients attributions, else 'n/a'."""
+    if name not in exp.completeness or not np.isfinite(exp.completeness[name]):
+        return "IG completeness error n/a (not Integrated Gradients)"
+    steps = exp.ig_steps.get(name)
+    return f"IG completeness error {exp.completeness[name]:.1%}" + (f" ({steps} steps)" if steps else "")
 
 
 def png_bytes(rgb: np.ndarray) -> bytes:
@@ -44,17 +153,22 @@ def png_bytes(rgb: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def note_html(text: str, words: list[WordAttribution]) -> str:
-    """The note with words shaded green (for the predicted class) or red (against), keeping the layout."""
-    scale = max([abs(w.score) for w in words], default=0.0) or 1.0
+def note_html(text: str, words: list[WordAttribution], phrases: list[PhraseAttribution] | None = None) -> str:
+    """The note with each phrase shaded green (for the predicted class) or red (against) by its score, the
+    sum of its words' (core/explain/phrases.py), keeping the layout; the tooltip gives the phrase's score
+    and every word's own."""
+    phrases = phrase_attributions(text, words) if phrases is None else phrases
+    scale = max([abs(p.score) for p in phrases], default=0.0) or 1.0
     out, pos = [], 0
-    for w in words:
-        out.append(html.escape(text[pos:w.start]))
-        a = min(1.0, abs(w.score) / scale)
-        colour = f"rgba(22,163,74,{a:.2f})" if w.score > 0 else f"rgba(220,38,38,{a:.2f})"
-        out.append(f'<span title="{w.score:+.2e}" style="background:{colour};border-radius:3px">'
-                   f"{html.escape(text[w.start:w.end])}</span>" if a > 0.05 else html.escape(text[w.start:w.end]))
-        pos = w.end
+    for p in phrases:
+        out.append(html.escape(text[pos:p.start]))
+        a = min(1.0, abs(p.score) / scale)
+        colour = f"rgba(22,163,74,{a:.2f})" if p.score > 0 else f"rgba(220,38,38,{a:.2f})"
+        tip = f"phrase {p.score:+.2e}&#10;" + "&#10;".join(html.escape(f"{w.word} {w.score:+.2e}", quote=True)
+                                                         for w in p.words)
+        out.append(f'<span title="{tip}" style="background:{colour};border-radius:3px">'
+                   f"{html.escape(text[p.start:p.end])}</span>")
+        pos = p.end
     out.append(html.escape(text[pos:]))
     return '<div style="white-space:pre-wrap;font-family:monospace;line-height:1.6">' + "".join(out) + "</div>"
 
@@ -62,7 +176,7 @@ def note_html(text: str, words: list[WordAttribution]) -> str:
 def legend_html() -> str:
     return ('<p><span style="background:rgba(22,163,74,0.8);padding:0 6px">supports the prediction</span> '
             '<span style="background:rgba(220,38,38,0.8);padding:0 6px">argues against it</span> '
-            "(shade = strength)</p>")
+            "(shade = the phrase's score, the sum of its words'; hover a phrase for each word's own)</p>")
 
 
 def _bar(value: float, scale: float) -> str:
@@ -72,6 +186,31 @@ def _bar(value: float, scale: float) -> str:
 
 
 OUTSIDE = "Outside what this model was trained on"
+REMOVED = ("change in p({target}) when removed: p with the modality switched off − p as given (negative: the "
+           "modality supported the prediction; the same as switching it off in the app)")
+
+
+def _pct(x: float) -> str:
+    return "–" if x is None or not np.isfinite(x) else f"{x:.1%}"
+
+
+def contributions_html(exp: Explanation) -> str:
+    """What each present modality contributed (gradient share over the present modalities, change when
+    removed), and the synthesized ones on their own, without a share."""
+    head = html.escape(REMOVED.format(target=exp.target))
+    rows = ["<h2>What each modality contributed</h2><table><tr><th>modality</th><th>gradient share |∂p/∂H|</th>"
+            f"<th title='{head}'>change in p({html.escape(exp.target)}) when removed</th></tr>"]
+    for c in exp.present_contributions():
+        ch = c["change_when_removed"]
+        rows.append(f"<tr><td>{html.escape(c['modality'])}</td><td>{_pct(c['gradient'])}</td>"
+                    f"<td>{'–' if not np.isfinite(ch) else f'{ch:+.3f}'}</td></tr>")
+    rows.append(f"</table><p style='color:#555;font-size:0.85em'>{head}. Shares are over the present modalities only.</p>")
+    missing = exp.missing_contributions()
+    if missing:
+        items = ", ".join(html.escape(c["modality"]) + (f" (synthesis confidence {c['synthesis_confidence']:.0%})"
+                                                        if "synthesis_confidence" in c else "") for c in missing)
+        rows.append(f"<p>Synthesized, not observed (no share): {items}.</p>")
+    return "".join(rows)
 
 
 def guard_banner_html(p) -> str:  # p: core.inference.Prediction
@@ -89,7 +228,7 @@ def report_html(exp: Explanation, case_inputs: dict, opacity: float = 0.5, cmap:
     burned-in patient details (`Scan.pixel_identifiers`) is left out unless `include_annotated`."""
     p = exp.prediction
     style = "color:#9ca3af;text-decoration:line-through" if p.outside_training else ""
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>RobustMDiff case report</title></head>"
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>RobustMDiff case report</title></head>"
              "<body style='font-family:system-ui,sans-serif;max-width:960px;margin:auto'>",
              f"<h1>RobustMDiff case report</h1><p><b>{html.escape(DISCLAIMER)}</b></p>", guard_banner_html(p),
              f"<p>Case: {html.escape(exp.case_id)} · prediction: <b style='{style}'>{html.escape(p.prediction)}</b> · "
@@ -97,12 +236,8 @@ def report_html(exp: Explanation, case_inputs: dict, opacity: float = 0.5, cmap:
              "<h2>Class probabilities</h2><table>"]
     for c, v in sorted(p.probabilities.items(), key=lambda kv: -kv[1]):
         parts.append(f"<tr><td>{html.escape(c)}</td><td>{v:.1%}</td><td>{_bar(v, 1.0)}</td></tr>")
-    parts.append("</table><h2>What each modality contributed</h2><table><tr><th>modality</th><th>status</th>"
-                 "<th>gradient share</th><th>change in p when removed</th></tr>")
-    for c in exp.contributions:
-        pert = "–" if np.isnan(c["perturbation"]) else f"{c['perturbation']:+.3f}"
-        parts.append(f"<tr><td>{c['modality']}</td><td>{c['status']}</td><td>{c['gradient']:.1%}</td><td>{pert}</td></tr>")
     parts.append("</table>")
+    parts.append(contributions_html(exp))
     if p.synthesized:
         parts.append("<h2>Missing modalities</h2><p>Synthesis confidence: the probability that the answer stays the "
                      "same when the real modality is added (learned on validation cases).</p><table><tr><th>modality</th>"
@@ -119,14 +254,21 @@ def report_html(exp: Explanation, case_inputs: dict, opacity: float = 0.5, cmap:
             continue
         gray = scan.display() if isinstance(scan, Scan) else None
         if gray is not None:
-            img = base64.b64encode(png_bytes(overlay(gray, heat, opacity, cmap))).decode()
+            img = base64.b64encode(png_bytes(overlay(gray, heat, opacity, cmap, fov=exp.image_fov.get(name),
+                                                     cells=exp.image_resolution.get(name)))).decode()
             parts.append(f"<h2>Scan ({html.escape(exp.image_method[name])})</h2>"
-                         f"<img style='max-width:512px' src='data:image/png;base64,{img}'>")
+                         f"<p style='color:#555' title='{html.escape(COMPLETENESS)}'>{html.escape(completeness_text(exp, name))}</p>"
+                         f"<img style='max-width:512px' src='data:image/png;base64,{img}'>"
+                         f"{image_legend_html(exp, name, cmap)}")
     for name, words in exp.note.items():
-        parts.append(f"<h2>Note</h2>{legend_html()}{note_html(case_inputs[name], words)}")
+        parts.append(f"<h2>Note</h2><p style='color:#555' title='{html.escape(COMPLETENESS)}'>"
+                     f"{html.escape(completeness_text(exp, name))}</p>"
+                     f"{legend_html()}{note_html(case_inputs[name], words, exp.note_phrases.get(name))}")
     for name, rows in exp.labs.items():
         scale = max([abs(r.score) for r in rows], default=1.0)
-        parts.append("<h2>Labs, ranked by influence</h2><table><tr><th>lab</th><th>value</th><th>reference</th>"
+        parts.append(f"<h2>Labs, ranked by influence</h2><p style='color:#555' title='{html.escape(COMPLETENESS)}'>"
+                     f"{html.escape(completeness_text(exp, name))}"
+                     "</p><table><tr><th>lab</th><th>value</th><th>reference</th>"
                      "<th>flag</th><th>attribution</th><th></th><th>IG</th><th>SHAP</th></tr>")
         for r in rows:
             if r.value is None:

@@ -1,5 +1,6 @@
 """Note attributions: Integrated Gradients (or gradient × input) on the token embeddings, summed over
 the embedding dimension, then merged from sub-word tokens back to the words of the original text.
+IG's step count is chosen per note until its completeness error is within 5 % (core/explain/ig.py).
 
 Captum attributes the embeddings of every chunk of the note at once (one example = the whole note), so
 notes longer than the transformer's limit are explained whole. Each word keeps its character offsets.
@@ -13,13 +14,15 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from captum.attr import InputXGradient, IntegratedGradients
+from captum.attr import InputXGradient
 
 from core.explain.graph import CaseGraph
+from core.explain.ig import SCHEDULE, IGResult, integrated_gradients
 
 WORD = re.compile(r"\w+(?:[-'’./]\w+)*|[^\w\s]", re.UNICODE)
 TEXT_METHODS = ("integrated_gradients", "gradient_x_input")
-TEXT_STEPS = 16  # IG steps, chosen with IMAGE_STEPS (core/explain/image.py)
+TEXT_STEPS = SCHEDULE  # IG step counts tried in turn until the completeness error is ≤ 5 % (core/explain/ig.py)
+TEXT_BATCH = 32  # IG path points per forward/backward pass through the text transformer
 
 
 @dataclass
@@ -52,9 +55,11 @@ def merge_tokens(text: str, offsets: list[tuple[int, int]], scores: list[float])
     return [WordAttribution(w, a, b, float(t)) for (a, b, w), t in zip(words, totals)]
 
 
-def note_attribution(graph: CaseGraph, name: str, method: str = "integrated_gradients", steps: int = TEXT_STEPS,
-                     target: int | None = None) -> tuple[list[WordAttribution], float]:
-    """Word attributions for the target class, and the IG completeness error (0 for other methods)."""
+def note_ig(graph: CaseGraph, name: str, method: str = "integrated_gradients", steps: int | tuple[int, ...] = TEXT_STEPS,
+            target: int | None = None, max_seconds: float | None = None
+            ) -> tuple[list[WordAttribution], IGResult | None]:
+    """Word attributions for the target class, and for IG its result (relative completeness error and
+    steps used; None for gradient × input). `steps`: one fixed count, or the counts to try in turn."""
     target = graph.target if target is None else target
     chunks = graph.note_chunks(name)
     emb, base = graph.note_embeddings(chunks)
@@ -62,12 +67,14 @@ def note_attribution(graph: CaseGraph, name: str, method: str = "integrated_grad
     def f(e: torch.Tensor) -> torch.Tensor:
         return graph.objective(graph.probs_from_note(name, chunks, e), target)
 
+    info = None
     if method == "integrated_gradients":
-        attr, delta = IntegratedGradients(f).attribute(emb, baselines=base, n_steps=steps, method="gausslegendre",
-                                                       internal_batch_size=steps, return_convergence_delta=True)
-        delta = float(delta.abs().max())
+        schedule = (steps,) if isinstance(steps, int) else tuple(steps)
+        info = integrated_gradients(f, emb, base, schedule=schedule, max_seconds=max_seconds,
+                                    internal_batch_size=TEXT_BATCH)
+        attr = info.attributions
     elif method == "gradient_x_input":
-        attr, delta = InputXGradient(f).attribute(emb.clone().requires_grad_(True)), 0.0
+        attr = InputXGradient(f).attribute(emb.clone().requires_grad_(True))
     else:
         raise ValueError(f"unknown text method {method!r}; use one of {TEXT_METHODS}")
     per_token = attr.sum(-1)[0].detach().cpu().numpy()  # (n_chunks, L) including [CLS]/[SEP]
@@ -75,4 +82,21 @@ def note_attribution(graph: CaseGraph, name: str, method: str = "integrated_grad
     for c, offs in enumerate(chunks.offsets):
         offsets += offs
         scores += per_token[c, 1:1 + len(offs)].tolist()
-    return merge_tokens(graph.case.inputs[name], offsets, scores), delta
+    return merge_tokens(graph.case.inputs[name], offsets, scores), info
+
+
+def note_attribution(graph: CaseGraph, name: str, method: str = "integrated_gradients",
+                     steps: int | tuple[int, ...] = TEXT_STEPS, target: int | None = None
+                     ) -> tuple[list[WordAttribution], float]:
+    """Word attributions and, for IG, the absolute completeness error |Σ attributions − (f(x) − f(baseline))|
+    (0 for gradient × input): the contract of step sweeps (core/bench.py). Explanations use `note_ig`,
+    which reports the relative error and the steps used."""
+    words, info = note_ig(graph, name, method, steps, target)
+    if info is None:
+        return words, 0.0
+    target = graph.target if target is None else target
+    chunks = graph.note_chunks(name)
+    emb, base = graph.note_embeddings(chunks)
+    with torch.no_grad():
+        f = [float(graph.objective(graph.probs_from_note(name, chunks, e), target)[0]) for e in (emb, base)]
+    return words, abs(float(info.attributions.sum()) - (f[0] - f[1]))
