@@ -26,7 +26,7 @@ from core.data.quarantine import Quarantine
 from core.data.readers import LabPanel, Scan
 from core.data.spec import DatasetSpec
 from core.device import backbone_autocast
-from core.model.backbones import CHUNK_DIM, ImageBackbone, embed_texts
+from core.model.backbones import CHUNK_DIM, ImageBackbone, embed_texts, image_map_shape
 from core.model.config import ModelConfig
 from core.errors import InputError
 from core.paths import cache_dir
@@ -225,7 +225,7 @@ def encode_images(images: list[np.ndarray], config: ModelConfig, device: torch.d
     """(1, S, S) images → what the trainable image encoder reads: EfficientNet maps, or pixels for the ViT."""
     if config.image_encoder == "vit":
         return np.stack(images).astype(np.float32)
-    backbone = ImageBackbone(device)
+    backbone = ImageBackbone(device, config.image_features)
     out = []
     with torch.inference_mode(), backbone_autocast(device):
         for s in range(0, len(images), batch_size):
@@ -273,8 +273,10 @@ def table_from_inputs(cases: list[CaseInputs], spec_modalities: list[tuple[str, 
 
 
 def _image_shape(config: ModelConfig) -> tuple[int, ...]:
-    g = config.image_size // 32
-    return (1, config.image_size, config.image_size) if config.image_encoder == "vit" else (1280, g, g)
+    if config.image_encoder == "vit":
+        return (1, config.image_size, config.image_size)
+    channels, g = image_map_shape(config.image_features, config.image_size)
+    return (channels, g, g)
 
 
 def modalities_of(spec: DatasetSpec) -> tuple[list[tuple[str, str]], dict[str, list[str]]]:
@@ -284,7 +286,7 @@ def modalities_of(spec: DatasetSpec) -> tuple[list[tuple[str, str]], dict[str, l
 
 
 # the settings that change what the frozen backbones produce
-ENCODER_SETTINGS = ("image_encoder", "image_size", "text_max_tokens", "text_max_chunks", "note_negation")
+ENCODER_SETTINGS = ("image_encoder", "image_features", "image_size", "text_max_tokens", "text_max_chunks", "note_negation")
 
 
 def cache_key(fingerprint: str, config: ModelConfig) -> str:

@@ -18,7 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_case_arguments(p)
     p.add_argument("--method", default="integrated_gradients",
                    choices=["integrated_gradients", "gradient_x_input", "shap", "random"], help="attribution method")
-    p.add_argument("--image-method", choices=["integrated_gradients", "grad_cam", "gradient_x_input"],
+    p.add_argument("--image-method", choices=["integrated_gradients", "grad_cam", "gradient_x_input", "kernel_shap"],
                    help="override the image attribution method")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--include-annotated-pixels", action="store_true",

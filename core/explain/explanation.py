@@ -25,11 +25,9 @@ import numpy as np
 import torch
 from captum.attr import KernelShap
 
-import core.explain.image as image_module
 from core.data.dataset import CaseInputs
 from core.explain.graph import CaseGraph
-from core.explain.ig import FLOOR
-from core.explain.image import image_attribution
+from core.explain.image import field_of_view, image_attribution, resolution, upsample
 from core.explain.labs import LabAttribution, lab_attribution, lab_ig
 from core.explain.phrases import PhraseAttribution, phrase_attributions
 from core.explain.text import TEXT_STEPS, WordAttribution, merge_tokens, note_ig, words_of
@@ -37,7 +35,6 @@ from core.inference import Prediction, Predictor
 from core.jsonout import clean
 
 METHODS = ("integrated_gradients", "gradient_x_input", "shap", "random")
-SHAP_PATCH = 16  # image SHAP features: patches of 16×16 model pixels
 # KernelSHAP samples: its weighted least squares estimates one value per feature (M of them), so it needs
 # well over M coalitions: 2·M + 64 (two per feature plus slack for the kernel's weight on the few
 # near-empty and near-full coalitions). Capped at 512 so that a long note stays within about half a
@@ -167,18 +164,6 @@ class _seeded:
             _SHAP_LOCK.release()
 
 
-def _image_shap(graph: CaseGraph, name: str, seed: int, samples: int | None = None) -> np.ndarray:
-    pixels = graph.image_pixels(name)
-    s = pixels.shape[-1]
-    grid = torch.arange((s // SHAP_PATCH) ** 2, device=graph.device).view(s // SHAP_PATCH, s // SHAP_PATCH)
-    mask = grid.repeat_interleave(SHAP_PATCH, 0).repeat_interleave(SHAP_PATCH, 1)[None, None]
-    ks = KernelShap(lambda px: graph.objective(graph.probs_from_image(name, px), graph.target))
-    with torch.no_grad(), _seeded(seed, graph.device):
-        attr = ks.attribute(pixels, baselines=torch.zeros_like(pixels), feature_mask=mask,
-                            n_samples=samples or shap_samples(int(grid.numel())), perturbations_per_eval=16)
-    return attr[0, 0].cpu().numpy() / SHAP_PATCH ** 2
-
-
 def _note_shap(graph: CaseGraph, name: str, seed: int, samples: int | None = None) -> list[WordAttribution]:
     chunks = graph.note_chunks(name)
     emb, base = graph.note_embeddings(chunks)
@@ -203,42 +188,6 @@ def _note_shap(graph: CaseGraph, name: str, seed: int, samples: int | None = Non
     return merge_tokens(text, offsets, scores)
 
 
-def image_ig_info(result: tuple, heat: np.ndarray, steps: int | None, graph: CaseGraph | None = None,
-                  name: str | None = None, target: int | None = None) -> tuple[float, int]:
-    """(relative completeness error, steps) from what `image_attribution` returned: (map, relative error,
-    steps) when it uses core/explain/ig.py, or the older (map, absolute error) with a fixed step count,
-    whose error is then divided by f(x) − f(baseline) recomputed here with image.py's blurred baseline
-    (given `graph` and `name`; else approximated by the attributions' sum)."""
-    if len(result) >= 3:
-        return float(result[1]), int(result[2])
-    fixed = int(steps or getattr(image_module, "IMAGE_STEPS", 0))
-    total = float(heat.sum())
-    blurred = getattr(image_module, "blurred", None)
-    if graph is not None and name is not None and callable(blurred):
-        target = graph.target if target is None else target
-        px = graph.image_pixels(name)
-        with torch.no_grad():
-            f = graph.objective(graph.probs_from_image(name, torch.cat([px, blurred(px)])), target)
-        total = float(f[0] - f[1])
-    return float(result[1]) / max(abs(total), FLOOR), fixed
-
-
-def _image_extras(exp: Explanation, graph: CaseGraph, name: str) -> None:
-    """The field of view and effective resolution of the map, when the image attribution provides them
-    (`core.explain.image.field_of_view(graph, name)` → bool (S', S'), `effective_resolution(graph, name)` →
-    cells per side)."""
-    fov = getattr(image_module, "field_of_view", None)
-    res = getattr(image_module, "effective_resolution", None)
-    if callable(fov):
-        mask = fov(graph, name)
-        if mask is not None:
-            exp.image_fov[name] = np.asarray(mask, bool)
-    if callable(res):
-        cells = res(graph, name)
-        if cells:
-            exp.image_resolution[name] = int(cells)
-
-
 def explain_case(predictor: Predictor, case: CaseInputs, absent=(), method: str = "integrated_gradients",
                  image_method: str | None = None, steps: int | None = None, seed: int = 0,
                  allow_domain_mismatch: bool = False) -> Explanation:
@@ -259,18 +208,18 @@ def explain_case(predictor: Predictor, case: CaseInputs, absent=(), method: str 
             continue
         if kind == "image":
             if method == "random":
-                s = predictor.model.config.model.image_size
-                exp.image[name], used = _random_like(rng_seed, (s, s)), "random"
-            elif method == "shap":
-                exp.image[name], used = _image_shap(graph, name, rng_seed), "kernel_shap"
+                cells = resolution(graph, name)  # a control drawn like the real maps: one value per cell
+                exp.image[name] = upsample(_random_like(rng_seed, (cells, cells)), predictor.model.config.model.image_size)
+                used = "random"
             else:
-                used = image_method or method
-                result = image_attribution(graph, name, used, **({"steps": steps} if steps else {}))
-                exp.image[name] = result[0]
+                used = "kernel_shap" if method == "shap" else image_method or method
+                heat, error, n_steps = image_attribution(graph, name, used, steps, seed=rng_seed)
+                exp.image[name] = heat
                 if used == "integrated_gradients":
-                    exp.completeness[name], exp.ig_steps[name] = image_ig_info(result, result[0], steps, graph, name)
+                    exp.completeness[name], exp.ig_steps[name] = error, n_steps
             exp.image_method[name] = used
-            _image_extras(exp, graph, name)
+            exp.image_fov[name] = field_of_view(graph.image_pixels(name)[0, 0].cpu().numpy())
+            exp.image_resolution[name] = resolution(graph, name)
         elif kind == "text":
             if method == "random":
                 words = words_of(case.inputs[name])

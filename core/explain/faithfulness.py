@@ -25,10 +25,10 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from core.data.dataset import CaseInputs, Dataset
-from core.explain.explanation import image_ig_info, explain_case
+from core.explain.explanation import explain_case
 from core.explain.graph import CaseGraph
 from core.explain.ig import TOLERANCE
-from core.explain.image import blurred, image_attribution
+from core.explain.image import IMAGE_METHODS, blurred, image_attribution
 from core.explain.labs import lab_ig, lab_shap
 from core.explain.phrases import phrase_attributions
 from core.explain.text import note_ig
@@ -112,17 +112,16 @@ def _score_modality(graph: CaseGraph, predictor: Predictor, ds: Dataset, mname: 
         if mask.shape != (graph.image_pixels(mname).shape[-1],) * 2:
             mask = None
     if kind == "image" and mask is None and setting == "all" and "integrated_gradients" in image_methods:
-        result = image_attribution(graph, mname, "integrated_gradients")  # no finding: its completeness only
-        record(mname, *image_ig_info(result, result[0], None, graph, mname))
+        _, error, steps = image_attribution(graph, mname, "integrated_gradients")  # no finding: completeness only
+        record(mname, error, steps)
     elif kind == "image" and mask is not None:
         near = ndimage.binary_dilation(mask, iterations=2)
         add(f"{p}image/random/mass_in_mask", mask.mean())
         add(f"{p}image/random/pointing", near.mean())
         for method in image_methods:
-            result = image_attribution(graph, mname, method)
-            heat = result[0]
+            heat, error, steps = image_attribution(graph, mname, method)
             if method == "integrated_gradients":
-                record(mname, *image_ig_info(result, heat, None, graph, mname))
+                record(mname, error, steps)
             pos = np.clip(heat, 0, None)
             add(f"{p}image/{method}/mass_in_mask", pos[mask].sum() / max(pos.sum(), 1e-12))
             add(f"{p}image/{method}/pointing", float(near.ravel()[np.argmax(ndimage.uniform_filter(heat, 3))]))
@@ -166,7 +165,7 @@ def _score_modality(graph: CaseGraph, predictor: Predictor, ds: Dataset, mname: 
 
 
 def faithfulness(predictor: Predictor, ds: Dataset, table: FeatureTable, n: int = 60, seed: int = 0,
-                 image_methods=("integrated_gradients", "grad_cam", "gradient_x_input"), progress: bool = True,
+                 image_methods=IMAGE_METHODS, progress: bool = True,
                  timing_cases: int = 10) -> dict:
     """Every measure above on `n` complete test cases (chosen with `seed`); the explanation wall time on
     the first `timing_cases` of them, after one warm-up explanation (0: not timed)."""

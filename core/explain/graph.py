@@ -98,11 +98,21 @@ class CaseGraph:
         assert isinstance(scan, Scan)
         return torch.as_tensor(image_input(scan, self.model.config.model), device=self.device)[None]
 
+    def reads_pixels(self, name: str) -> bool:
+        """True when the image encoder reads raw pixels (the ViT), False when it reads a backbone map."""
+        return getattr(self.model.encoders[name], "input_kind", "") == "pixels"
+
+    def image_backbone(self) -> ImageBackbone:
+        return ImageBackbone(self.device, self.model.config.model.image_features)
+
     def probs_from_image(self, name: str, pixels: torch.Tensor) -> torch.Tensor:
         """pixels (B, 1, S, S) in [0, 1] → probabilities (B, C)."""
-        enc = self.model.encoders[name]
-        x = pixels if getattr(enc, "input_kind", "") == "pixels" else ImageBackbone(self.device)(pixels)
-        return self.probs_from({self.index(name): enc(x)})
+        x = pixels if self.reads_pixels(name) else self.image_backbone()(pixels)
+        return self.probs_from_image_map(name, x)
+
+    def probs_from_image_map(self, name: str, fmap: torch.Tensor) -> torch.Tensor:
+        """What the image encoder reads (B, C, g, g) (the backbone's map; pixels for the ViT) → probabilities."""
+        return self.probs_from({self.index(name): self.model.encoders[name](fmap)})
 
     def note_chunks(self, name: str) -> NoteChunks:
         text = self.case.inputs[name]

@@ -83,20 +83,3 @@ def note_ig(graph: CaseGraph, name: str, method: str = "integrated_gradients", s
         offsets += offs
         scores += per_token[c, 1:1 + len(offs)].tolist()
     return merge_tokens(graph.case.inputs[name], offsets, scores), info
-
-
-def note_attribution(graph: CaseGraph, name: str, method: str = "integrated_gradients",
-                     steps: int | tuple[int, ...] = TEXT_STEPS, target: int | None = None
-                     ) -> tuple[list[WordAttribution], float]:
-    """Word attributions and, for IG, the absolute completeness error |Σ attributions − (f(x) − f(baseline))|
-    (0 for gradient × input): the contract of step sweeps (core/bench.py). Explanations use `note_ig`,
-    which reports the relative error and the steps used."""
-    words, info = note_ig(graph, name, method, steps, target)
-    if info is None:
-        return words, 0.0
-    target = graph.target if target is None else target
-    chunks = graph.note_chunks(name)
-    emb, base = graph.note_embeddings(chunks)
-    with torch.no_grad():
-        f = [float(graph.objective(graph.probs_from_note(name, chunks, e), target)[0]) for e in (emb, base)]
-    return words, abs(float(info.attributions.sum()) - (f[0] - f[1]))

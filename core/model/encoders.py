@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.model.backbones import IMAGE_CHANNELS, TEXT_DIM
+from core.model.backbones import TEXT_DIM
 
 
 class AttentionPool(nn.Module):
@@ -31,13 +31,14 @@ class AttentionPool(nn.Module):
 
 
 class ImageHead(nn.Module):
-    """EfficientNet feature map (B, 1280, h, w) → H_img (B, d_h), attention-pooled over positions."""
+    """EfficientNet feature map (B, C, g, g) → H_img (B, d_h): each cell projected on its own, then
+    attention-pooled over positions, so the evidence stays tied to its cell (what image explanations read)."""
 
     input_kind = "feature_map"
 
-    def __init__(self, d_h: int, grid: int, dropout: float):
+    def __init__(self, d_h: int, grid: int, dropout: float, channels: int):
         super().__init__()
-        self.proj = nn.Sequential(nn.Dropout(dropout), nn.Linear(IMAGE_CHANNELS, d_h), nn.GELU())
+        self.proj = nn.Sequential(nn.Dropout(dropout), nn.Linear(channels, d_h), nn.GELU())
         self.pos = nn.Parameter(torch.randn(1, grid * grid, d_h) * 0.02)
         self.pool = AttentionPool(d_h)
         self.norm = nn.LayerNorm(d_h)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from core.model.backbones import image_map_shape
 from core.model.config import Config
 from core.model.denoiser import LatentDenoiser
 from core.model.encoders import ImageHead, LabEncoder, TextHead, ViTEncoder
@@ -127,6 +128,11 @@ class LabDecoder(nn.Module):
         return centre, centre - self.q * scale, centre + self.q * scale
 
 
+def _image_head(mc) -> ImageHead:
+    channels, grid = image_map_shape(mc.image_features, mc.image_size)
+    return ImageHead(mc.d_h, grid, mc.dropout, channels)
+
+
 class RobustMDiff(nn.Module):
     def __init__(self, info: DataInfo, config: Config, n_concepts: int, concept_dim: int = 384):
         super().__init__()
@@ -136,7 +142,7 @@ class RobustMDiff(nn.Module):
         for name, kind in info.modalities:
             if kind == "image":
                 encoders[name] = (ViTEncoder(mc.d_h, mc.image_size, mc.vit_patch, mc.vit_depth, mc.dropout)
-                                  if mc.image_encoder == "vit" else ImageHead(mc.d_h, mc.image_size // 32, mc.dropout))
+                                  if mc.image_encoder == "vit" else _image_head(mc))
             elif kind == "text":
                 encoders[name] = TextHead(mc.d_h, mc.dropout, mc.note_negation)
             else:
