@@ -96,8 +96,9 @@ def doctor(device: str | None = None, data: str | Path | None = None, bench: boo
         e_cpu = explain_case(on_cpu, cases[0], absent=[names[-1]])
         report["checks"]["explanation"] = {
             "same_target": e_dev.target == e_cpu.target, "explains_shown_prediction": e_dev.target == e_dev.prediction.prediction,
-            "contribution_max_abs_diff": float(max(abs(a["gradient"] - b["gradient"])
-                                                   for a, b in zip(e_dev.contributions, e_cpu.contributions)))}
+            "contribution_max_abs_diff": float(max((abs(a["gradient"] - b["gradient"])  # present modalities only
+                                                    for a, b in zip(e_dev.contributions, e_cpu.contributions)
+                                                    if a["status"] == "present"), default=0.0))}
     report["passed"] = _passed(report, tol)
     if bench:
         from core.bench import bench as run_bench

@@ -4,7 +4,7 @@ acquiring it would change.
 
 `explain_case` is the one entry point (app, CLI, review, faithfulness). `method` picks the attribution
 family used for image, note and labs alike: Integrated Gradients (default; steps chosen per case until the
-completeness error is ≤ 5 %, core/explain/ig.py), gradient × input, SHAP (KernelSHAP over image patches
+completeness error is ≤ 5 %, core/explain/ig.py), gradient × input, SHAP (KernelSHAP over image cells
 and words, seeded from the case id so that the same case always gets the same values; permutation SHAP
 over labs) or a random control (for blinded review studies).
 
