@@ -57,13 +57,13 @@ def save_checkpoint(model: RobustMDiff, folder: str | Path, extra: dict[str, Any
     save_file(tensors, str(folder / WEIGHTS))
     meta = {"format": FORMAT, "config": model.config.to_dict(), "data_info": model.info.to_dict(), **extra,
             "weights_sha256": _sha256(folder / WEIGHTS)}
-    _write_meta(folder, meta)
+    write_meta(folder, meta)
     if guard is not None:
         attach_guard(folder, guard)
     return folder
 
 
-def _write_meta(folder: Path, meta: dict[str, Any]) -> None:
+def write_meta(folder: Path, meta: dict[str, Any]) -> None:
     """Strict JSON (NaN as null), with the checksum of exactly what is written."""
     meta = clean({k: v for k, v in meta.items() if k != "meta_sha256"})
     meta["meta_sha256"] = _meta_digest(meta)
@@ -77,7 +77,7 @@ def attach_guard(folder: str | Path, guard: Guard) -> None:
     meta = read_meta(folder)
     save_file({k: v.contiguous() for k, v in guard.tensors().items()}, str(folder / GUARD))
     meta["guard"] = {**guard.describe(), "sha256": _sha256(folder / GUARD)}
-    _write_meta(folder, meta)
+    write_meta(folder, meta)
 
 
 def load_guard(folder: str | Path, meta: dict[str, Any]) -> Guard | None:

@@ -146,7 +146,7 @@ def test_tampered_guard_is_refused_reattached_and_an_old_checkpoint_predicts_wit
                                                                                           default_cohort):
     import shutil
 
-    from core.checkpoint import _write_meta
+    from core.checkpoint import write_meta
     from core.inference import Predictor
 
     folder = tmp_path / "ckpt"
@@ -161,7 +161,7 @@ def test_tampered_guard_is_refused_reattached_and_an_old_checkpoint_predicts_wit
     assert Predictor.load(folder).guard is not None
     meta = read_meta(folder)
     del meta["guard"]  # as saved before guards existed
-    _write_meta(folder, meta)
+    write_meta(folder, meta)
     old = Predictor.load(folder)
     pred = old.predict(old.case(image=default_cohort / "images" / "RMD-00001.png"))
     assert old.guard is None and pred.ood == {} and not pred.outside_training

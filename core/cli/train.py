@@ -61,12 +61,12 @@ def record_method(out: Path, method: str) -> None:
     """Write the method into the checkpoint's meta.json (its checksum recomputed over what is written)."""
     import json
 
-    from core.checkpoint import META, _write_meta, read_meta
+    from core.checkpoint import META, write_meta, read_meta
 
     read_meta(out)  # checks it first; the file is then rewritten as saved (read_meta fills legacy defaults in)
     meta = json.loads((out / META).read_text(encoding="utf-8"))
     meta["method"] = method
-    _write_meta(out, meta)
+    write_meta(out, meta)
 
 
 def run(args: argparse.Namespace) -> int:
