@@ -165,6 +165,13 @@ def test_phrases_sum_their_words_and_split_clauses():
     assert "phrase -3.00e-01" in html and "vascularity -5.30e+00" in html  # phrase shade, word scores in the tooltip
 
 
+def test_a_list_of_negated_findings_stays_one_phrase_with_its_cue():
+    text = "Pt denies orthopnea or pleuritic pain. Denies fever, chills or SOB. No fever but productive cough and JVD."
+    texts = [text[a:b] for a, b in phrase_spans(text)]
+    assert "Pt denies orthopnea or pleuritic pain." in texts and "Denies fever, chills or SOB." in texts
+    assert "No fever" in texts and "but productive cough" in texts and "and JVD." in texts  # affirmed ones still split
+
+
 def test_heatmap_colour_bar_field_of_view_and_cells():
     rng = np.random.default_rng(0)
     heat = rng.normal(size=(128, 128))

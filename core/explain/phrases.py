@@ -8,7 +8,11 @@ phrases at
   a few abbreviations ("vs.", "e.g.", "Dr."),
 - line breaks (so list items and section lines stay separate phrases),
 - before the coordinating words "and", "or", "but", "with", "w/" and the phrase "who presents with"
-  (which starts one phrase as a whole).
+  (which starts one phrase as a whole),
+
+except inside a list of negated findings (`core/model/negation.py`): "Pt denies orthopnea or pleuritic
+pain" stays one phrase, so every item keeps its negation cue, as the model reads them (one negated chunk
+per sentence).
 
 Every word (punctuation included) belongs to exactly one phrase, a delimiter to the phrase it ends, so the
 phrase scores sum to the word scores' total. No word is left out or filtered.
@@ -20,6 +24,7 @@ import re
 from dataclasses import dataclass, field
 
 from core.explain.text import WordAttribution
+from core.model.negation import negated_spans
 
 CONNECTORS = (("who", "presents", "with"), ("and",), ("or",), ("but",), ("with",), ("w/",))
 ABBREVIATIONS = {"vs", "e.g", "i.e", "dr", "mr", "mrs", "ms", "approx", "etc", "cf", "st"}
@@ -66,8 +71,20 @@ def _starts_connector(words: list[WordAttribution], i: int) -> int:
     return 0
 
 
+def _negated_list_continues(words: list[WordAttribution], i: int, negated: list[tuple[int, int]]) -> bool:
+    """Whether the split point at word i (a connector or a comma) joins two negated findings."""
+    def inside(w: WordAttribution | None) -> bool:
+        return w is not None and any(a <= w.start and w.end <= b for a, b in negated)
+
+    before = next((w for w in reversed(words[:i]) if any(ch.isalnum() for ch in w.word)), None)
+    after = next((w for w in words[i + 1:] if any(ch.isalnum() for ch in w.word)
+                  and w.word.lower() not in ("or", "and")), None)
+    return inside(before) and inside(after)
+
+
 def phrase_groups(text: str, words: list[WordAttribution]) -> list[list[WordAttribution]]:
     """The words grouped into phrases, in order."""
+    negated = negated_spans(text)
     groups: list[list[WordAttribution]] = []
     current: list[WordAttribution] = []
     skip = 0
@@ -81,13 +98,13 @@ def phrase_groups(text: str, words: list[WordAttribution]) -> list[list[WordAttr
             skip -= 1
         else:
             n = _starts_connector(words, i)
-            if n:
+            if n and not _negated_list_continues(words, i, negated):
                 if current:
                     groups.append(current)
                     current = []
                 skip = n - 1  # the words of "who presents with" do not split again
         current.append(w)
-        if _ends_phrase(text, w, prev, nxt):
+        if _ends_phrase(text, w, prev, nxt) and not (w.word == "," and _negated_list_continues(words, i, negated)):
             groups.append(current)
             current = []
     if current:
