@@ -77,7 +77,7 @@ def test_wilcoxon_detects_a_consistent_gap():
 
 
 def test_quick_evaluation_end_to_end(tmp_path):
-    result = evaluate(methods="early_zero,late_fusion", quick=True, out=tmp_path, progress=False)
+    evaluate(methods="early_zero,late_fusion", quick=True, out=tmp_path, progress=False)
     for f in ("results.json", "results.csv", "table.md", "auroc_by_pattern.html", "retention.html", "reliability.html"):
         assert (tmp_path / f).exists(), f
     df = pd.read_csv(tmp_path / "results.csv")

@@ -104,7 +104,7 @@ def markdown(result: dict) -> str:
     rows, names, labels = result["rows"], result["modalities"], result["methods"]
     ret = report.retention(rows, names)
     ret["method"] = ret.method.map(lambda m: labels.get(m, m))
-    lines = [f"## Macro AUROC and accuracy (%) under every availability pattern",
+    lines = ["## Macro AUROC and accuracy (%) under every availability pattern",
              "", f"Test split: {result['n_test_complete']} cases with all modalities, the others switched off per "
              f"pattern; mean ± std over seeds {result['seeds']}. AVG: mean over the patterns. p: Wilcoxon "
              "signed-rank test of RobustMDiff against the method, paired over patterns × seeds (* p < 0.05).", "",

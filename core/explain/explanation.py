@@ -19,7 +19,7 @@ import bisect
 import threading
 import time
 import zlib
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -71,24 +71,6 @@ class Explanation:
     image_fov: dict[str, np.ndarray] = field(default_factory=dict)
     image_resolution: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
-
-    def __setstate__(self, state: dict) -> None:
-        """Explanations pickled by an earlier version (the review study keeps them on disk): fields added
-        since get their defaults, and the old "perturbation" (p − p without, shares over every modality)
-        becomes "change_when_removed" (p without − p) with shares over the present modalities."""
-        for f in fields(self):
-            if f.name not in state and f.default_factory is not MISSING:
-                state[f.name] = f.default_factory()
-        rows = state.get("contributions") or []
-        if rows and "perturbation" in rows[0]:
-            present = [c for c in rows if c["status"] == "present"]
-            total = sum(c["gradient"] for c in present) or 1.0
-            rows = [{"modality": c["modality"], "status": c["status"],
-                     "gradient": c["gradient"] / total if c["status"] == "present" else float("nan"),
-                     "change_when_removed": -c["perturbation"] if c["status"] == "present" else float("nan")}
-                    for c in rows]
-            state["contributions"] = rows
-        self.__dict__.update(state)
 
     def present_contributions(self) -> list[dict]:
         return [c for c in self.contributions if c["status"] == "present"]
