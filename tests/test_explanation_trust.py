@@ -24,7 +24,7 @@ from core.explain.graph import CaseGraph
 from core.explain.ig import TOLERANCE, integrated_gradients
 from core.explain.labs import lab_ig, lab_shap
 from core.explain.phrases import phrase_attributions, phrase_spans
-from core.explain.render import colorbar_html, evidence_map, heat_range, note_html, overlay, report_html
+from core.explain.render import colorbar_html, evidence_map, heat_scale, note_html, overlay, report_html
 from core.explain.text import WordAttribution, note_ig, words_of
 from core.paths import ROOT
 
@@ -172,7 +172,7 @@ def test_heatmap_colour_bar_field_of_view_and_cells():
     cell = share[:16, :16]
     assert np.allclose(cell, cell[0, 0]) and share[fov].max() > 0  # one value per cell: blocks
     assert np.unique(share.round(12)).size <= 64
-    low, high = heat_range(heat, fov, cells=8)
+    low, high, _ = heat_scale(heat, fov, cells=8)
     assert 0 <= low < high <= 1
     assert share.reshape(8, 16, 8, 16)[:, 0, :, 0].sum() == pytest.approx(1.0)  # shares of the cells sum to 1
     bar = colorbar_html("jet", "heart failure", low, high, cells=8, fov=True)

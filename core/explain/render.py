@@ -65,7 +65,10 @@ def heat_scale(heat: np.ndarray, fov: np.ndarray | None = None, cells: int | Non
     """(low, high, saturated): the range of shares the colours span. On the cell grid, min to max; on a
     pixel map (no cell grid known), min to the 99th percentile, the few pixels above it drawn at full
     colour (`saturated`), so that a handful of extreme pixels do not leave the rest of the map invisible."""
-    share, inside = evidence_map(heat, fov, cells, positive_only)
+    return _scale(*evidence_map(heat, fov, cells, positive_only), cells)
+
+
+def _scale(share: np.ndarray, inside: np.ndarray | None, cells: int | None) -> tuple[float, float, bool]:
     vals = share[inside] if inside is not None and inside.any() else share.ravel()
     low, top = float(vals.min()), float(vals.max())
     if cells:
@@ -74,28 +77,13 @@ def heat_scale(heat: np.ndarray, fov: np.ndarray | None = None, cells: int | Non
     return (low, high, high < top) if high > low else (low, top, False)
 
 
-def heat_range(heat: np.ndarray, fov: np.ndarray | None = None, cells: int | None = None,
-               positive_only: bool = True) -> tuple[float, float]:
-    """(min, max) share of the evidence per location (per cell with `cells`) that the colours span."""
-    low, high, _ = heat_scale(heat, fov, cells, positive_only)
-    return low, high
-
-
-def normalise(heat: np.ndarray, positive_only: bool = True, fov: np.ndarray | None = None,
-              cells: int | None = None) -> np.ndarray:
-    """Attribution → [0, 1]: the share of the evidence for the predicted class on the colour bar's scale
-    (`heat_scale`)."""
-    share, _ = evidence_map(heat, fov, cells, positive_only)
-    _, high, _ = heat_scale(heat, fov, cells, positive_only)
-    return np.clip(share / high, 0, 1) if high > 0 else share
-
-
 def overlay(gray: np.ndarray, heat: np.ndarray, opacity: float = 0.5, cmap: str = "inferno",
             positive_only: bool = True, fov: np.ndarray | None = None, cells: int | None = None) -> np.ndarray:
     """RGB uint8 image: the scan in grey, the heatmap blended on top where it is strong; nothing is drawn
     outside the field of view `fov` (when given), and with `cells` the map is drawn as the model's cell grid."""
-    h = normalise(heat, positive_only, fov, cells)
-    _, inside = evidence_map(heat, fov, cells, positive_only)
+    share, inside = evidence_map(heat, fov, cells, positive_only)
+    high = _scale(share, inside, cells)[1]
+    h = np.clip(share / high, 0, 1) if high > 0 else share  # the colour bar's scale
     if h.shape != gray.shape:
         h = np.clip(to_scan(h, gray.shape), 0, 1)
         if inside is not None:
