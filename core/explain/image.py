@@ -24,6 +24,7 @@ from scipy import ndimage
 
 from core.explain.graph import CaseGraph
 from core.explain.ig import integrated_gradients
+from core.model.backbones import image_map_shape
 
 IMAGE_METHODS = ("integrated_gradients", "grad_cam", "gradient_x_input", "kernel_shap")
 SHAP_PATCH = 16  # pixel models: KernelSHAP features are patches of 16×16 model pixels
@@ -43,8 +44,10 @@ def _inputs(graph: CaseGraph, name: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 def resolution(graph: CaseGraph, name: str) -> int:
     """Cells per side of the image's attribution map (the model's effective resolution)."""
-    x, _ = _inputs(graph, name)
-    return int(x.shape[-1])
+    mc = graph.model.config.model
+    if graph.reads_pixels(name):
+        return mc.image_size
+    return image_map_shape(mc.image_features, mc.image_size)[1]  # known from the config: no backbone pass
 
 
 class ImageMap(NamedTuple):
