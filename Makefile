@@ -17,12 +17,16 @@ $(STAMP): requirements.txt
 	$(BIN)/pip install --disable-pip-version-check -q -r requirements.txt
 	rm -f $(VENV)/.installed-* && touch $@
 
+# Quiet when the cohort is in place; on first use it says what it generates and how long that takes.
 cohort: venv
-	$(BIN)/python -c "from core.data.cohort.generate import ensure_cohort; from core.paths import default_cohort_dir; ensure_cohort(default_cohort_dir())"
+	@$(BIN)/python -c "from core.data.cohort.generate import ensure_cohort; from core.paths import default_cohort_dir; ensure_cohort(default_cohort_dir())"
 
-# The review page asks for a shared reviewer code; `demo` unless RMD_REVIEWER_CODE is set.
+# The review page asks for a shared reviewer code; `demo` unless RMD_REVIEWER_CODE is set. Streamlit prints
+# its URL about 1 s after starting; without showEmailPrompt=false its first run on a desktop would stop at
+# an email prompt instead (and exit when stdin is not a terminal).
 run: venv cohort
-	RMD_REVIEWER_CODE=$${RMD_REVIEWER_CODE:-demo} $(BIN)/streamlit run app.py --server.port $(PORT) --browser.gatherUsageStats false
+	@RMD_REVIEWER_CODE=$${RMD_REVIEWER_CODE:-demo} $(BIN)/streamlit run app.py --server.port $(PORT) \
+	  --browser.gatherUsageStats false --server.showEmailPrompt false
 
 # Debian's chromium for the real-browser test (never a downloaded browser).
 browser:

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from PIL import Image
 
 from core.data.cohort import scenario as sc
-from core.data.cohort.generate import generate_cohort
+from core.data.cohort.generate import ensure_cohort, generate_cohort
 from core.data.dataset import Dataset
 from core.data.readers import read_labs
+from core.startup import phase
 
 
 def _digest(folder: Path) -> str:
@@ -133,3 +137,55 @@ def test_card_shows_no_single_modality_suffices(default_cohort):
     assert fused > max(singles) + 0.03
     text = (default_cohort / "DATASET_CARD.md").read_text()
     assert "Missingness" in text and "macro AUC" in text
+
+
+@pytest.mark.filterwarnings("ignore:The least populated class")  # a 100-case card has classes of 1-2 cases
+def test_ensure_cohort_says_what_it_does_on_first_use_only(tmp_path, capsys):
+    """`make run` on a fresh checkout: every step of the cohort says what it is and how long it takes (issue 15:
+    the card was ~100 s of silence after the bar); once the cohort is in place, nothing is printed."""
+    folder = tmp_path / "cohort"
+    ensure_cohort(folder, n=100, progress=False)  # the app's path: silent
+    assert capsys.readouterr() == ("", "")
+
+    params = json.loads((folder / "cohort.json").read_text())
+    (folder / "cohort.json").write_text(json.dumps({**params, "generator_version": "older"}))
+    ensure_cohort(folder, n=100)
+    out, err = capsys.readouterr()
+    assert out == ""  # stdout stays clean for commands that print JSON
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip() and not line.startswith("cohort:")]
+    assert lines[0].startswith(f"Generating the embedded cohort (100 synthetic cases) in {folder}: its generator")
+    assert "s in all" in lines[0]
+    assert lines[1].startswith("Writing the dataset card (how much each modality tells alone: about ")
+    assert any(line.strip().startswith("done in ") for line in lines)
+    assert lines[-1].startswith("The cohort is ready (")
+    assert "cohort: 100%" in err  # the bar between the first line and the card
+    assert json.loads((folder / "cohort.json").read_text())["generator_version"] != "older"
+
+    ensure_cohort(folder, n=100)  # in place: quiet
+    assert capsys.readouterr() == ("", "")
+
+
+def test_phase_reminds_while_a_step_runs():
+    """A step that cannot report (a library call) still gets a line every few seconds."""
+
+    class Stream(io.StringIO):
+        def __init__(self) -> None:
+            super().__init__()
+            self.reminded = threading.Event()
+
+        def write(self, text: str) -> int:
+            if "still" in text:
+                self.reminded.set()
+            return super().write(text)
+
+    stream = Stream()
+    with phase("Fitting the models", "about 5 s", every=0.01, stream=stream):
+        assert stream.reminded.wait(30)  # the step runs until a reminder has come
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == "Fitting the models (about 5 s)…"
+    assert lines[1].startswith("  … still fitting the models (")
+    assert lines[-1].startswith("  done in ")
+    quiet = Stream()
+    with phase("Fitting the models", enabled=False, stream=quiet):
+        pass
+    assert quiet.getvalue() == ""

@@ -6,6 +6,7 @@ import csv
 import hashlib
 import json
 import shutil
+import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from tqdm import tqdm
 from core.data.cohort import scenario as sc
 from core.data.cohort.sample import SampledCase, sample_case
 from core.data.spec import DatasetSpec, ModalitySpec
+from core.startup import phase, say
 
 def _source_digest() -> str:
     """The generator's identity: a digest of its own source, so that any change regenerates cached cohorts."""
@@ -142,8 +144,24 @@ def generate_cohort(out: str | Path, n: int = DEFAULT_N, seed: int = DEFAULT_SEE
                                                  "image_size": image_size}, indent=1))
     if card:
         from core.data.cohort.card import write_card
-        write_card(out)
+
+        # The card fits simple models per modality (5-fold); the note model dominates and, with no progress of
+        # its own, was the ~100 s of silence after the bar in issue 15: hence the reminders.
+        with phase("Writing the dataset card", f"how much each modality tells alone: {_card_estimate(n)}",
+                   enabled=progress):
+            write_card(out)
     return out
+
+
+def _card_estimate(n: int) -> str:
+    """3000 cases on 2 cores: ~17 s idle, ~100 s beside other busy processes; roughly linear in n."""
+    return _span(17 * n / 3000)
+
+
+def _span(idle_s: float) -> str:
+    """A duration measured on an idle 2-core machine, and the ~6× that a busy one took (issue 15)."""
+    lo = max(5, round(idle_s / 5) * 5)
+    return f"about {lo}–{lo * 6} s"
 
 
 def cohort_params(folder: str | Path) -> dict | None:
@@ -156,9 +174,23 @@ def ensure_cohort(folder: str | Path, n: int = DEFAULT_N, seed: int = DEFAULT_SE
                   image_size: int = DEFAULT_IMAGE_SIZE, progress: bool = True) -> Path:
     """The embedded default, generated once on first use (deterministic, so identical everywhere)."""
     want = {"generator_version": GENERATOR_VERSION, "n": n, "seed": seed, "image_size": image_size}
-    if cohort_params(folder) != want or not (Path(folder) / "manifest.csv").exists():
+    have = cohort_params(folder)
+    if have != want or not (Path(folder) / "manifest.csv").exists():
+        # Only here is anything printed: a cohort already in place costs one small JSON read and says nothing.
+        why = "first use only" if have is None else "its generator or parameters changed since it was made"
+        if progress:
+            say(f"Generating the embedded cohort ({n} synthetic cases) in {folder}: {why}; "
+                f"{_cohort_estimate(n)} in all.")
+        start = time.monotonic()
         generate_cohort(folder, n=n, seed=seed, image_size=image_size, progress=progress)
+        if progress:
+            say(f"The cohort is ready ({time.monotonic() - start:.0f} s).")
     return Path(folder)
+
+
+def _cohort_estimate(n: int) -> str:
+    """The cases (~8 s per 3000 on 2 idle cores, ~20 s busy) and the card together."""
+    return _span(25 * n / 3000)
 
 
 def quick_cohort() -> Path:
