@@ -145,3 +145,41 @@ def test_diabetes_table_as_inline_labs_through_a_manifest(tmp_path):
     case = ds.load(0)
     assert case.inputs["labs"].values["bmi"].value == pytest.approx(data.bmi[0])
     assert case.inputs["labs"].values["s6"].value == pytest.approx(data.s6[0])
+
+
+def test_lab_preview_after_an_upload_shows_conversions_flags_and_no_none():
+    """Issue 15: right after an upload, the labs as the model takes them, with what was written when a unit
+    was converted, the reference range and a flag; unmeasured labs in words, never None or NaN."""
+    upload = (b"Name,Result,Units\n"
+              b"Blood glucose,7.0,mmol/L\n"      # converted: 7.0 mmol/L = 126.1 mg/dL, in range
+              b"Creat,176.8,umol/L\n"            # converted and out of range: 2.0 mg/dL > 1.2
+              b"Na,131,mmol/L\n"                 # canonical unit, below range
+              b"BNP,12000,pg/mL\n"               # large: no exponent form
+              b"D-dimer,<0.27,mg/L FEU\n"        # qualified: shown as written
+              b"troponin,,ng/L\n")               # an empty cell: not measured
+    panel = read_labs(upload, CAT, name="labs.csv")
+    table = panel.table(CAT)
+    assert list(table.columns) == ["Lab", "Value", "Unit", "Reference", "Flag", "As given"]
+    assert list(table.index) == [lab.name for lab in CAT]  # every catalogue lab, in catalogue order
+    glucose, creatinine, sodium = table.loc["glucose"], table.loc["creatinine"], table.loc["sodium"]
+    assert (glucose["Lab"], glucose["Value"], glucose["Unit"], glucose["Reference"], glucose["Flag"],
+            glucose["As given"]) == ("Glucose", "126.1", "mg/dL", "70–140", "", "7.0 mmol/L")
+    assert (creatinine["Value"], creatinine["Unit"], creatinine["Flag"], creatinine["As given"]) == \
+        ("2", "mg/dL", "high", "176.8 umol/L")
+    assert (sodium["Value"], sodium["Flag"], sodium["As given"]) == ("131", "low", "")  # no conversion: nothing
+    assert table.loc["bnp", "Value"] == "12000" and table.loc["bnp", "Flag"] == "high"
+    assert table.loc["d_dimer", "As given"].startswith("<0.27 mg/L FEU")
+    for lab in ("troponin", "wbc", "spo2"):
+        assert table.loc[lab, "Value"] == "not measured" and table.loc[lab, "Flag"] == ""
+        assert table.loc[lab, "Reference"] == next(x for x in CAT if x.name == lab).ref_text()
+    cells = table.to_numpy().ravel()
+    assert all(isinstance(c, str) for c in cells)  # text only: a data frame view cannot show None or NaN
+    assert not {"None", "nan", "NaN"} & {c for c in cells}
+
+    measured = panel.table(CAT, measured_only=True)
+    assert list(measured.index) == ["bnp", "d_dimer", "sodium", "creatinine", "glucose"]
+    assert measured.attrs["not_measured"] == len(CAT) - 5
+    assert "not measured" not in measured["Value"].tolist()
+
+    typed = labs_from_mapping({"glucose": 250.0}, CAT).table(CAT, measured_only=True)  # the app's lab editor
+    assert typed.loc["glucose"].tolist() == ["Glucose", "250", "mg/dL", "70–140", "high", ""]

@@ -14,7 +14,7 @@ import pandas as pd
 
 from core.data.readers.note import decode_text
 from core.data.readers.source import Source, read_source
-from core.data.spec import LabSpec, normalise_name
+from core.data.spec import LabSpec, normalise_name, normalise_unit
 from core.errors import LabError
 
 Unknown = Literal["error", "warn"]
@@ -36,6 +36,12 @@ class LabValue:
     unit: str
     flag: str  # 'L', 'H' or ''
     given: str  # the value and unit as written in the file (for the report)
+    given_unit: str = ""  # the unit as written ('' when none was): tells whether the value was converted
+
+    @property
+    def converted(self) -> bool:
+        """Whether the value was written in another unit than the model's (so `given` differs from `value`)."""
+        return bool(self.given_unit) and normalise_unit(self.given_unit) != normalise_unit(self.unit)
 
 
 @dataclass
@@ -53,13 +59,41 @@ class LabPanel:
         return np.array([self.values[lab.name].value if lab.name in self.values else np.nan for lab in catalogue],
                         dtype=np.float32)
 
-    def table(self, catalogue: Iterable[LabSpec]) -> pd.DataFrame:
-        rows = []
+    def table(self, catalogue: Iterable[LabSpec], measured_only: bool = False) -> pd.DataFrame:
+        """The labs as read, ready to show (e.g. right after an upload): one row per catalogue lab, indexed by
+        its internal name, with display columns Lab (the friendly label), Value (in the model's unit), Unit,
+        Reference, Flag ('high', 'low' or '') and As given (the value and unit as written, when it was
+        converted or qualified, e.g. '7.0 mmol/L' for a glucose the model takes in mg/dL).
+
+        Every cell is text, so a table never shows None or NaN: an unmeasured lab reads 'not measured', or
+        with `measured_only` is left out and counted in `table.attrs["not_measured"]`.
+        """
+        rows, index, missing = [], [], 0
         for lab in catalogue:
             v = self.values.get(lab.name)
-            rows.append({"lab": lab.name, "label": lab.label, "value": v.value if v else np.nan, "unit": lab.unit,
-                         "reference": lab.ref_text(), "flag": v.flag if v else ""})
-        return pd.DataFrame(rows)
+            if v is None and measured_only:
+                missing += 1
+                continue
+            as_given = v.given if v is not None and (v.converted or "(" in v.given) else ""
+            rows.append({"Lab": lab.label, "Value": _format_value(v.value) if v else "not measured",
+                         "Unit": lab.unit, "Reference": lab.ref_text(), "Flag": _FLAG_WORDS[v.flag] if v else "",
+                         "As given": as_given})
+            index.append(lab.name)
+        table = pd.DataFrame(rows, index=pd.Index(index, name="lab"),
+                             columns=["Lab", "Value", "Unit", "Reference", "Flag", "As given"])
+        table.attrs["not_measured"] = missing
+        return table
+
+
+_FLAG_WORDS = {"H": "high", "L": "low", "": ""}
+
+
+def _format_value(value: float) -> str:
+    """Four significant digits (whole numbers from 1000 up), never in exponent form: a BNP of 12,000 pg/mL
+    reads 12000, not 1.2e+04."""
+    if abs(value) >= 1000:
+        return f"{value:.0f}"
+    return np.format_float_positional(value, precision=4, unique=False, fractional=False, trim="-")
 
 
 def parse_number(raw: object) -> tuple[float | None, str | None]:
@@ -112,7 +146,7 @@ def convert(lab: LabSpec, raw: object, unit: str | None, label: str) -> tuple[fl
         raise LabError(label, f"{lab.label}: {e}") from None
     if value is None:
         return None
-    unit = None if unit is None or str(unit).strip().lower() in _MISSING else str(unit).strip()
+    unit = _written_unit(unit)
     conv = lab.conversion(unit)
     if conv is None:
         raise LabError(label, f"{lab.label}: unit '{unit}' is not known; use one of {lab.accepted_units()}")
@@ -125,6 +159,11 @@ def convert(lab: LabSpec, raw: object, unit: str | None, label: str) -> tuple[fl
                               f"{lo:g}–{hi:g} {lab.unit}; check the value and its unit")
     given = f"{raw}{' ' + unit if unit else ''}" + (f" ({note})" if note else "")
     return canonical, given
+
+
+def _written_unit(unit: str | None) -> str | None:
+    """The unit as written, None when the file gave none (an empty cell, 'NA', ...)."""
+    return None if unit is None or str(unit).strip().lower() in _MISSING else str(unit).strip()
 
 
 def labs_from_items(items: Iterable[tuple[str, object, str | None]], catalogue: Iterable[LabSpec],
@@ -153,7 +192,8 @@ def labs_from_items(items: Iterable[tuple[str, object, str | None]], catalogue: 
         if previous is not None and not math.isclose(previous.value, value, rel_tol=0.02, abs_tol=1e-9):
             raise LabError(label, f"{lab.label} is given twice with different values "
                                   f"({previous.given} and {given})")
-        panel.values[lab.name] = LabValue(lab.name, value, lab.unit, lab.flag(value), given)
+        panel.values[lab.name] = LabValue(lab.name, value, lab.unit, lab.flag(value), given,
+                                          _written_unit(unit) or "")
         if "detection limit" in given:
             panel.warnings.append(f"{lab.label}: {given.split(' (')[0]} taken at the detection limit")
     if unknown_names:
