@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 
 import pandas as pd
 import streamlit as st
@@ -13,22 +14,25 @@ from core.data.readers.labs import labs_from_mapping
 from core.data.readers.note import clean_note
 from core.data.readers.scan import CT_WINDOWS, Scan
 from core.errors import RobustMDiffError
-from core.explain.explanation import explain_case
+from core.explain.explanation import METHODS as EXPLAIN_METHODS, Explanation
 from core.explain.render import (CMAPS, COMPLETENESS, REMOVED, completeness_text, image_legend_html, legend_html,
                                  note_html, overlay, report_html)
-from pages.common import (contribution_chart, fail, get_demo_cases, get_predictor, lab_chart, load_demo_case,
-                          missing_contributions_text, notice, probability_chart)
+from core.names import display_name
+from pages.common import (contribution_chart, fail, get_demo_cases, get_predictor, get_service, lab_chart,
+                          load_demo_case, missing_contributions_text, notice, probability_chart, wait_for)
 
 st.title("Case explorer")
 notice()
 predictor = get_predictor()
+service = get_service()
 names = [n for n, _ in predictor.modalities]
 kinds = dict(predictor.modalities)
 
 
-def scan_controls(scan: Scan, key: str) -> Scan:
+def scan_controls(scan: Scan, key: str) -> tuple[Scan, str]:
     """Slice/projection for volumes (the plane the model reads) and window/level (the display only: the
-    chosen window is kept in the session for drawing, never given to the model)."""
+    chosen window is kept in the session for drawing, never given to the model). Returns the view and a
+    key of what the model reads of it, so a display change never asks the model again."""
     slice_index, projection = None, None
     if scan.is_volume:
         c1, c2 = st.columns(2)
@@ -51,7 +55,7 @@ def scan_controls(scan: Scan, key: str) -> Scan:
     st.session_state.setdefault("display_window", {})[key] = (centre, width)
     st.caption("Window and level change only what is drawn. The model always reads the file's own window "
                "(else the 0.5–99.5 percentile range), so a display setting never changes the diagnosis.")
-    return scan.view(slice_index, projection)
+    return scan.view(slice_index, projection), f"{slice_index}/{projection}"
 
 
 def kept(key: str, default):
@@ -71,6 +75,16 @@ def display_window(name: str) -> tuple[float, float] | None:
     return st.session_state.get("display_window", {}).get(f"scan_{name}")
 
 
+def read_scan_once(data: bytes, name: str) -> Scan:
+    """The uploaded scan read once per session (a rerun, e.g. a moved window slider, reuses it); only the
+    last file per name is kept, and only in this session's memory."""
+    digest = hashlib.sha256(data).hexdigest()
+    kept_scans = st.session_state.setdefault("_scans", {})
+    if kept_scans.get(name, (None,))[0] != digest:
+        kept_scans[name] = (digest, read_scan(data, name=name))
+    return kept_scans[name][1]
+
+
 def uploaded_case() -> tuple[CaseInputs | None, str]:
     """Build a case from uploads; every problem is shown next to its input, nothing is stored."""
     inputs: dict = {n: None for n in names}
@@ -83,8 +97,8 @@ def uploaded_case() -> tuple[CaseInputs | None, str]:
                     f = st.file_uploader("Scan: DICOM, NIfTI, MHA/NRRD, PNG or JPEG", key=f"up_{name}")
                     if f is not None:
                         data = f.getvalue()
-                        digest.update(data)
-                        inputs[name] = scan_controls(read_scan(data, name=f.name), f"scan_{name}")
+                        inputs[name], view = scan_controls(read_scan_once(data, f.name), f"scan_{name}")
+                        digest.update(data + view.encode())
                 elif kind == "text":
                     f = st.file_uploader("Note file (any encoding)", type=None, key=f"up_{name}")
                     pasted = st.text_area("…or paste the note", key=f"paste_{name}", height=160)
@@ -176,7 +190,7 @@ if mismatches:
         st.stop()
 
 try:
-    pred = predictor.predict(case, absent=absent, allow_domain_mismatch=allow)
+    pred = wait_for(service.predict_job(case, case_key, absent, allow))
 except Exception as e:  # noqa: BLE001 - shown to the user without a traceback
     fail(e)
     st.stop()
@@ -198,14 +212,14 @@ c1, c2 = st.columns([2, 1])
 c1.plotly_chart(probability_chart(pred, previous, muted=pred.outside_training), width="stretch")
 if pred.outside_training:
     c2.markdown(f"Predicted<br><span style='font-size:1.6rem;color:#9ca3af;text-decoration:line-through'>"
-                f"{pred.prediction}</span><br><small>outside what this model was trained on</small>",
+                f"{display_name(pred.prediction)}</span><br><small>outside what this model was trained on</small>",
                 unsafe_allow_html=True)
 else:
-    c2.metric("Predicted", pred.prediction, help="class with the highest calibrated probability")
-c2.caption(f"{pred.latency_ms:.0f} ms on {pred.device}")
+    c2.metric("Predicted", display_name(pred.prediction), help="the diagnosis with the highest calibrated probability")
+c2.caption(f"computed in {pred.latency_ms:.0f} ms on {pred.device}")
 if previous:
     changed = max(pred.probabilities, key=lambda c: abs(pred.probabilities[c] - previous.get(c, 0)))
-    c2.info(f"Largest change: {changed} {previous.get(changed, 0):.1%} → {pred.probabilities[changed]:.1%}")
+    c2.info(f"Largest change: {display_name(changed)} {previous.get(changed, 0):.1%} → {pred.probabilities[changed]:.1%}")
 if pred.synthesized:
     st.markdown("**Missing modalities, synthesized in latent space**",
                 help="Synthesis confidence: the probability that the answer stays the same when the real modality "
@@ -234,46 +248,82 @@ for w in pred.warnings:
 
 st.subheader("Why")
 c1, c2 = st.columns([2, 1])
-method = c1.selectbox("Attribution method", ["integrated_gradients", "gradient_x_input", "shap"], key="method")
+method = c1.selectbox("Attribution method", [m for m in EXPLAIN_METHODS if m != "random"], format_func=display_name,
+                      key="method", help="How each input's influence is measured: Integrated Gradients (the default; "
+                      "its attributions add up to the change of the prediction), gradient × input (faster, rougher) "
+                      "or SHAP (sampled coalitions of inputs).")
 key = (case_key, tuple(absent), method)
 explanations = st.session_state.setdefault("explanations", {})
-if c2.button("Explain this prediction", type="primary", key="explain") and key not in explanations:
-    with st.spinner("Computing attributions…"):
-        try:
-            explanations[key] = explain_case(predictor, case, absent, method, allow_domain_mismatch=allow)
-        except Exception as e:  # noqa: BLE001
-            fail(e)
-exp = explanations.get(key)
-if exp is None:
+jobs = st.session_state.setdefault("explain_jobs", {})  # running explanations outlive a rerun of the page
+if c2.button("Explain this prediction", type="primary", key="explain") and key not in explanations and key not in jobs:
+    jobs[key] = service.explain_job(case, absent, method, allow)
+if key not in explanations and key not in jobs:
     st.caption("Press the button to compute the heatmap, highlighted note and lab attributions.")
     st.stop()
-st.caption(f"Explained in {exp.seconds:.1f} s. Attributions explain log p({exp.target}).")
-st.plotly_chart(contribution_chart(exp.contributions, exp.target), width="stretch")
-st.caption(REMOVED.format(target=exp.target) + ".")
-if missing_contributions_text(exp.contributions):
-    st.caption(missing_contributions_text(exp.contributions))
-cmap = CMAPS[0]
-if exp.image:
-    c1, c2 = st.columns([2, 1])
-    show = c2.toggle("Show heatmap", key=kept("heat_on", True))
-    opacity = c2.slider("Opacity", 0.0, 1.0, key=kept("opacity", 0.55))
-    cmap = c2.selectbox("Colour map", CMAPS, key=kept("cmap", CMAPS[0]))
-    for k, v in (("heat_on", show), ("opacity", opacity), ("cmap", cmap)):
-        keep(k, v)
-    st.session_state["heat_drawn_cmap"] = cmap  # the colour map the heatmap below is drawn with (checked by tests)
-    for name, heat in exp.image.items():
-        gray = case.inputs[name].display(display_window(name))
-        c1.image(overlay(gray, heat, opacity if show else 0.0, cmap, fov=exp.image_fov.get(name),
-                         cells=exp.image_resolution.get(name)), caption=f"{name}: {exp.image_method[name]}", width=420)
-        c1.html(image_legend_html(exp, name, cmap))
-        c1.caption(completeness_text(exp, name), help=COMPLETENESS)
-for name, words in exp.note.items():
-    st.markdown(f"**{name}**")
-    st.caption(completeness_text(exp, name), help=COMPLETENESS)
-    st.html(legend_html() + note_html(case.inputs[name], words, exp.note_phrases.get(name)))
-for name, rows in exp.labs.items():
-    st.plotly_chart(lab_chart(rows), width="stretch")
-    st.caption(completeness_text(exp, name) + " (the IG bars)", help=COMPLETENESS)
+
+status = st.empty()
+slots = {"contributions": st.container(), **{n: st.container() for n in names}}  # drawn in this order
+
+
+def draw(stage: str, exp: Explanation) -> None:
+    """One part of the explanation, in its own place on the page (parts arrive cheapest first)."""
+    with slots[stage]:
+        if stage == "contributions":
+            st.plotly_chart(contribution_chart(exp.contributions, display_name(exp.target)), width="stretch")
+            st.caption(REMOVED.format(target=display_name(exp.target)) + ".")
+            if missing_contributions_text(exp.contributions):
+                st.caption(missing_contributions_text(exp.contributions))
+        elif stage in exp.image:
+            c1, c2 = st.columns([2, 1])
+            show = c2.toggle("Show heatmap", key=kept("heat_on", True))
+            opacity = c2.slider("Opacity", 0.0, 1.0, key=kept("opacity", 0.55))
+            cmap = c2.selectbox("Colour map", CMAPS, key=kept("cmap", CMAPS[0]))
+            for k, v in (("heat_on", show), ("opacity", opacity), ("cmap", cmap)):
+                keep(k, v)
+            st.session_state["heat_drawn_cmap"] = cmap  # the colour map the heatmap is drawn with (checked by tests)
+            gray = case.inputs[stage].display(display_window(stage))
+            c1.image(overlay(gray, exp.image[stage], opacity if show else 0.0, cmap, fov=exp.image_fov.get(stage),
+                             cells=exp.image_resolution.get(stage)),
+                     caption=f"{stage}: {display_name(exp.image_method[stage])}", width=420)
+            c1.html(image_legend_html(exp, stage, cmap))
+            c1.caption(completeness_text(exp, stage), help=COMPLETENESS)
+        elif stage in exp.note:
+            st.markdown(f"**{stage}**")
+            st.caption(completeness_text(exp, stage), help=COMPLETENESS)
+            st.html(legend_html() + note_html(case.inputs[stage], exp.note[stage], exp.note_phrases.get(stage)))
+        elif stage in exp.labs:
+            st.plotly_chart(lab_chart(exp.labs[stage]), width="stretch")
+            st.caption(completeness_text(exp, stage) + " (the IG bars)", help=COMPLETENESS)
+
+
+if key in explanations:
+    exp = explanations[key]
+    for stage in ["contributions", *(n for n in names if n in exp.image or n in exp.note or n in exp.labs)]:
+        draw(stage, exp)
+else:  # draw each part as the worker reports it; a rerun meanwhile picks the same job up again
+    job, drawn = jobs[key], 0
+    while True:
+        finished = job.done()
+        stages = list(job.stages)
+        for stage in stages[drawn:]:
+            draw(stage, job.partial)
+        drawn = len(stages)
+        if finished:
+            break
+        status.caption(f":material/hourglass_top: {job.status()}")
+        time.sleep(0.15)
+    del jobs[key]
+    try:
+        exp = explanations[key] = job.result()
+    except Exception as e:  # noqa: BLE001 - shown to the user without a traceback
+        status.empty()
+        fail(e)
+        st.stop()
+    st.session_state.setdefault("explain_waited", {})[key] = job.waited()
+waited = st.session_state.get("explain_waited", {}).get(key, 0.0)
+status.caption(f"Explained in {exp.seconds:.1f} s" + (f" (after {waited:.1f} s waiting for other users)" if waited >= 0.5
+               else "") + f". Attributions explain log p({display_name(exp.target)}).")
+cmap = st.session_state.get("heat_drawn_cmap", CMAPS[0]) if exp.image else CMAPS[0]
 annotated = [n for n in exp.image if case.inputs[n].pixel_identifiers]
 include = bool(annotated) and st.checkbox(
     f"Include the scan in the report: I checked that its pixels carry no patient details ({', '.join(annotated)})",

@@ -5,6 +5,8 @@ Not a page itself (app.py lists the pages). All work happens in `core`; this onl
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
@@ -14,7 +16,9 @@ from core.data.dataset import CaseInputs, Dataset
 from core.demo import DemoCase, demo_cases
 from core.errors import RobustMDiffError
 from core.inference import Prediction, Predictor
+from core.names import display_name
 from core.paths import default_cohort_dir
+from core.serve import Job, ModelService, warm_up_enabled
 
 NOTICE = "Research software, not a medical device: not for diagnosis or treatment decisions."
 
@@ -23,6 +27,27 @@ NOTICE = "Research software, not a medical device: not for diagnosis or treatmen
 def get_predictor() -> Predictor:
     """One model for every session; inference uses no shared mutable state, so sessions may predict at once."""
     return Predictor.load()
+
+
+@st.cache_resource(show_spinner="Starting the model workers…")
+def get_service() -> ModelService:
+    """The worker pool every session's model work goes through (core/serve.py: why), warmed up in the
+    background on a demo case as soon as the first page opens."""
+    service = ModelService(get_predictor())
+    if warm_up_enabled():
+        service.warm_up(load_demo_case(get_demo_cases()[0].row))
+    return service
+
+
+def wait_for(job: Job, what: str = "the model"):
+    """The job's result; while it waits, a line says where it is (queue position, stage)."""
+    if not job.done():
+        line = st.empty()
+        while not job.done():
+            line.caption(f":material/hourglass_top: {job.status()}")
+            time.sleep(0.15)
+        line.empty()
+    return job.result()
 
 
 @st.cache_resource(show_spinner="Preparing the embedded cohort…")
@@ -56,11 +81,12 @@ def probability_chart(pred: Prediction, previous: dict[str, float] | None = None
     """Class probabilities (the predicted class highlighted; all grey when `muted`: an input is outside
     what the model was trained on)."""
     classes = list(pred.probabilities)
+    shown = [display_name(c) for c in classes]
     fig = go.Figure()
     if previous:
-        fig.add_trace(go.Bar(y=classes, x=[previous.get(c, np.nan) for c in classes], orientation="h",
+        fig.add_trace(go.Bar(y=shown, x=[previous.get(c, np.nan) for c in classes], orientation="h",
                              name="before", marker_color="lightgray"))
-    fig.add_trace(go.Bar(y=classes, x=[pred.probabilities[c] for c in classes], orientation="h", name="now",
+    fig.add_trace(go.Bar(y=shown, x=[pred.probabilities[c] for c in classes], orientation="h", name="now",
                          marker_color=["#9ca3af" if muted else "#2563eb" if c == pred.prediction else "#93c5fd"
                                        for c in classes],
                          text=[f"{pred.probabilities[c]:.1%}" for c in classes], textposition="outside"))
@@ -82,10 +108,11 @@ def contribution_chart(contributions: list[dict], target: str = "the predicted c
 
     fig = go.Figure(go.Bar(x=[c["gradient"] for c in shown], y=[c["modality"] for c in shown], orientation="h",
                            text=[f"{c['gradient']:.0%} · {change(c)}" for c in shown], textposition="auto",
-                           hovertemplate="%{y}: gradient share %{x:.1%}<extra></extra>"))
+                           hovertemplate="%{y}: share of influence %{x:.1%} (gradient magnitude |∂p/∂H_i| of the "
+                                         "modality's representation H_i, over the present modalities)<extra></extra>"))
     fig.update_layout(height=80 + 40 * len(shown), margin=dict(l=10, r=10, t=30, b=10),
                       xaxis=dict(tickformat=".0%", range=[0, 1]),
-                      title=f"Gradient share |∂p/∂H_i| over the present modalities; change in p({target}) when removed")
+                      title=f"How much each given input moves p({target}); the change in p when it is removed")
     return fig
 
 

@@ -22,10 +22,33 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batches", default="1,8,32", help="batch sizes for the throughput (default 1,8,32)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--device", help="cpu or cuda")
+    p.add_argument("--serve", action="store_true", help="instead: the app under several users at once (real page "
+                   "sessions in one process, as `streamlit run` serves them): p50/p95 per action, and the first "
+                   "explanation after start against a warm one")
+    p.add_argument("--users", type=int, default=4, help="--serve: simulated users (default 4)")
+    p.add_argument("--rounds", type=int, default=3, help="--serve: switch-and-explain rounds per user (default 3)")
+    p.add_argument("--out", help="--serve: also write bench_serve.{json,md} into this folder")
     p.set_defaults(run=run)
 
 
+def run_serve(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from core.bench_serve import markdown, serve_bench
+
+    res = serve_bench(users=args.users, rounds=args.rounds)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "bench_serve.json").write_text(dumps(res))
+        (out / "bench_serve.md").write_text(markdown(res) + "\n")
+    print(dumps(res) if args.json else markdown(res))
+    return 1 if res["errors"] else 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.serve:
+        return run_serve(args)
     from core.bench import bench
 
     batches = tuple(int(b) for b in args.batches.split(",") if b.strip())

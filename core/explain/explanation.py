@@ -19,6 +19,7 @@ import bisect
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,6 +42,9 @@ METHODS = ("integrated_gradients", "gradient_x_input", "shap", "random")
 # minute on a 2-core CPU; the cap is a sample count, not a clock, so the result never depends on load.
 SHAP_MAX_SAMPLES = 512
 _SHAP_LOCK = threading.Lock()  # KernelSHAP draws from torch's global generator: one seeded run at a time
+
+
+_STAGE_ORDER = {"tabular": 0, "image": 1, "text": 2}  # cheapest first (the note runs the language model)
 
 
 def shap_samples(n_features: int) -> int:
@@ -172,9 +176,14 @@ def _note_shap(graph: CaseGraph, name: str, seed: int, samples: int | None = Non
 
 def explain_case(predictor: Predictor, case: CaseInputs, absent=(), method: str = "integrated_gradients",
                  image_method: str | None = None, steps: int | None = None, seed: int = 0,
-                 allow_domain_mismatch: bool = False) -> Explanation:
+                 allow_domain_mismatch: bool = False,
+                 on_stage: Callable[[str, Explanation], None] | None = None) -> Explanation:
     """Explain a case's prediction; like prediction, refuses a scan whose header contradicts the model's
-    domain unless `allow_domain_mismatch`. `steps`: a fixed IG step count instead of the per-case choice."""
+    domain unless `allow_domain_mismatch`. `steps`: a fixed IG step count instead of the per-case choice.
+
+    `on_stage(stage, explanation so far)` is called when the prediction and modality contributions are
+    ready ("contributions"), then after each present modality (its name), cheapest first (labs, image,
+    note), so that a page can show the explanation as it grows."""
     if method not in METHODS:
         raise ValueError(f"unknown explanation method {method!r}; use one of {METHODS}")
     predictor.check_domain(case, allow_domain_mismatch, absent)
@@ -184,8 +193,11 @@ def explain_case(predictor: Predictor, case: CaseInputs, absent=(), method: str 
     target = graph.target
     exp = Explanation(case.case_id, method, predictor.classes[target], prediction,
                       modality_contributions(graph, prediction))
+    report = on_stage or (lambda stage, e: None)
+    report("contributions", exp)
     rng_seed = (zlib.crc32(case.case_id.encode()) + seed) % 2 ** 32  # stable across processes, unlike hash()
-    for i, (name, kind) in enumerate(predictor.modalities):
+    order = sorted(enumerate(predictor.modalities), key=lambda t: _STAGE_ORDER.get(t[1][1], 1))
+    for i, (name, kind) in order:
         if not bool(graph.present[i]):
             continue
         if kind == "image":
@@ -223,5 +235,7 @@ def explain_case(predictor: Predictor, case: CaseInputs, absent=(), method: str 
             exp.labs[name], info = lab_attribution(graph, name, target, score,
                                                    rank_by="shap" if method == "shap" else "integrated_gradients")
             exp.completeness[name], exp.ig_steps[name] = info.relative_error, info.steps
+        exp.seconds = time.perf_counter() - t0
+        report(name, exp)
     exp.seconds = time.perf_counter() - t0
     return exp

@@ -17,6 +17,7 @@ from core.explain.explanation import Explanation
 from core.explain.image import to_scan
 from core.explain.phrases import PhraseAttribution, phrase_attributions
 from core.explain.text import WordAttribution
+from core.names import display_name
 
 DISCLAIMER = "Research software, not a medical device. Not for diagnosis or treatment decisions."
 CMAPS = ("inferno", "jet", "viridis", "hot")
@@ -120,7 +121,7 @@ def colorbar_html(cmap: str, target: str, low: float, high: float, cells: int | 
 def image_legend_html(exp: Explanation, name: str, cmap: str, positive_only: bool = True) -> str:
     fov, cells = exp.image_fov.get(name), exp.image_resolution.get(name)
     low, high, saturated = heat_scale(exp.image[name], fov, cells, positive_only)
-    return colorbar_html(cmap, exp.target, low, high, cells, fov is not None, positive_only, saturated)
+    return colorbar_html(cmap, display_name(exp.target), low, high, cells, fov is not None, positive_only, saturated)
 
 
 COMPLETENESS = ("Integrated Gradients' relative completeness error: |Σ attributions − (f(input) − f(baseline))| / "
@@ -185,9 +186,12 @@ def _pct(x: float) -> str:
 def contributions_html(exp: Explanation) -> str:
     """What each present modality contributed (gradient share over the present modalities, change when
     removed), and the synthesized ones on their own, without a share."""
-    head = html.escape(REMOVED.format(target=exp.target))
-    rows = ["<h2>What each modality contributed</h2><table><tr><th>modality</th><th>gradient share |∂p/∂H|</th>"
-            f"<th title='{head}'>change in p({html.escape(exp.target)}) when removed</th></tr>"]
+    target = display_name(exp.target)
+    head = html.escape(REMOVED.format(target=target))
+    rows = ["<h2>What each modality contributed</h2><table><tr><th>modality</th><th title='the gradient magnitude "
+            "|∂p/∂H_i| of each present modality&#39;s representation H_i, as a share over the present modalities'>"
+            "share of influence</th>"
+            f"<th title='{head}'>change in p({html.escape(target)}) when removed</th></tr>"]
     for c in exp.present_contributions():
         ch = c["change_when_removed"]
         rows.append(f"<tr><td>{html.escape(c['modality'])}</td><td>{_pct(c['gradient'])}</td>"
@@ -219,11 +223,11 @@ def report_html(exp: Explanation, case_inputs: dict, opacity: float = 0.5, cmap:
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>RobustMDiff case report</title></head>"
              "<body style='font-family:system-ui,sans-serif;max-width:960px;margin:auto'>",
              f"<h1>RobustMDiff case report</h1><p><b>{html.escape(DISCLAIMER)}</b></p>", guard_banner_html(p),
-             f"<p>Case: {html.escape(exp.case_id)} · prediction: <b style='{style}'>{html.escape(p.prediction)}</b> · "
-             f"explanation method: {html.escape(exp.method)} · device {html.escape(p.device)}</p>",
+             f"<p>Case: {html.escape(exp.case_id)} · prediction: <b style='{style}'>{html.escape(display_name(p.prediction))}</b> · "
+             f"explanation method: {html.escape(display_name(exp.method))} · device {html.escape(p.device)}</p>",
              "<h2>Class probabilities</h2><table>"]
     for c, v in sorted(p.probabilities.items(), key=lambda kv: -kv[1]):
-        parts.append(f"<tr><td>{html.escape(c)}</td><td>{v:.1%}</td><td>{_bar(v, 1.0)}</td></tr>")
+        parts.append(f"<tr><td>{html.escape(display_name(c))}</td><td>{v:.1%}</td><td>{_bar(v, 1.0)}</td></tr>")
     parts.append("</table>")
     parts.append(contributions_html(exp))
     if p.synthesized:

@@ -1,0 +1,251 @@
+"""Model work for the app: one small pool of workers shared by every browser session.
+
+Why: torch's intra-op threads oversubscribe a small machine. Two sessions explaining at once with torch's
+default threads (one per core each) ran 15× slower than one thread each (issue 15: 49 s against 3.3 s on
+2 cores). So the server runs at most `workers` model jobs at a time (one per core by default,
+RMD_WORKERS to change it), each with one torch thread (torch's setting is per thread, so every worker
+sets its own), and everything else waits in one priority queue: predictions before explanations before
+background work (the warm-up). A page shows how many jobs are ahead of its own while it waits.
+
+Jobs report stages as they go (`Job.stages`), so a page can draw an explanation progressively, and the
+last predictions are kept (`predict` is cached per case and availability), so moving a display control
+never asks the model again.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import logging
+import os
+import queue
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+from core.data.dataset import CaseInputs
+from core.inference import Prediction, Predictor
+
+log = logging.getLogger(__name__)
+
+URGENT, INTERACTIVE, BACKGROUND = 0, 1, 2  # predictions, explanations, warm-up and preparation
+PREDICTION_CACHE = 256  # (case, availability) pairs kept: a few per session for a handful of sessions
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def default_workers() -> int:
+    """RMD_WORKERS, else one worker per core (at most 4: beyond that requests are rarely concurrent)."""
+    env = os.environ.get("RMD_WORKERS", "").strip()
+    if env:
+        return max(1, int(env))
+    return max(1, min(4, available_cores()))
+
+
+def warm_up_enabled() -> bool:
+    """Warm the model up in the background when the server starts (RMD_WARM_UP=0: not, e.g. in tests)."""
+    return os.environ.get("RMD_WARM_UP", "1") != "0"
+
+
+def import_model_stack() -> None:
+    """Import what model work imports lazily, in this thread, before any worker starts: transformers'
+    lazy modules are not safe to import from two threads at once (a worker's first prediction and the
+    warm-up failed with "cannot import name 'AutoModel'")."""
+    from transformers import AutoModel, AutoTokenizer  # noqa: F401
+
+    import core.explain.explanation  # noqa: F401 - captum, shap and the explainers
+
+
+def one_thread() -> None:
+    """Run this thread's torch work on one intra-op thread (the setting is per thread)."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@dataclass
+class Job:
+    """A queued piece of model work. `stages` grows as the work reports progress (read it from any
+    thread: it is only appended to), `partial` is what the work has produced so far (if it says)."""
+    label: str
+    priority: int
+    future: Future = field(default_factory=Future)
+    stages: list[str] = field(default_factory=list)
+    partial: object = None
+    submitted: float = field(default_factory=time.perf_counter)
+    started: float | None = None
+    finished: float | None = None
+    _service: "ModelService | None" = field(default=None, repr=False)
+
+    def done(self) -> bool:
+        return self.future.done()
+
+    def result(self, timeout: float | None = None):
+        return self.future.result(timeout)
+
+    def ahead(self) -> int:
+        """Jobs that will start before this one (0 once it runs)."""
+        if self.started is not None or self._service is None:
+            return 0
+        return self._service.ahead_of(self)
+
+    def report(self, stage: str, partial: object = None) -> None:
+        if partial is not None:
+            self.partial = partial
+        self.stages.append(stage)
+
+    def waited(self) -> float:
+        """Seconds spent in the queue before a worker took it (so far, if still waiting)."""
+        return (self.started or time.perf_counter()) - self.submitted
+
+    def status(self) -> str:
+        """One line for the page: where the job is."""
+        n = self.ahead()
+        if self.started is None:
+            return (f"Waiting for the model: {n} request{'s' if n != 1 else ''} from other users ahead of yours "
+                    f"({self.waited():.0f} s so far)") if n else "Starting…"
+        return f"{self.label}: {self.stages[-1] if self.stages else 'working'}…"
+
+
+class ModelService:
+    """The pool, the queue and the prediction cache around one `Predictor`."""
+
+    def __init__(self, predictor: Predictor, workers: int | None = None):
+        import_model_stack()
+        self.predictor = predictor
+        self.workers = workers or default_workers()
+        self.warm = threading.Event()
+        self.warm_seconds: float | None = None
+        self._queue: queue.PriorityQueue = queue.PriorityQueue()
+        self._order = itertools.count()
+        self._waiting: dict[int, Job] = {}  # order → job, for queue positions
+        self._lock = threading.Lock()
+        self._predictions: OrderedDict[tuple, Prediction] = OrderedDict()
+        self._threads = [threading.Thread(target=self._work, name=f"rmd-worker-{i}", daemon=True)
+                         for i in range(self.workers)]
+        for t in self._threads:
+            t.start()
+        # a worker still inside torch when the interpreter exits aborts the process ("terminate called
+        # without an active exception"): at exit, drop what waits and let the running jobs finish
+        atexit.register(self.close)
+
+    # ---- the queue ---------------------------------------------------------------------------------
+    def submit(self, fn: Callable[..., object], *args, priority: int = INTERACTIVE, label: str = "working",
+               pass_job: bool = False, **kwargs) -> Job:
+        """Queue `fn(*args, **kwargs)` (with `job=` the Job itself when `pass_job`, to report stages)."""
+        job = Job(label, priority, _service=self)
+        if pass_job:
+            kwargs["job"] = job
+        order = next(self._order)
+        with self._lock:
+            self._waiting[order] = job
+        self._queue.put((priority, order, job, fn, args, kwargs))
+        return job
+
+    def ahead_of(self, job: Job) -> int:
+        with self._lock:
+            mine = next((o for o, j in self._waiting.items() if j is job), None)
+            if mine is None:
+                return 0
+            return sum(1 for o, j in self._waiting.items() if (j.priority, o) < (job.priority, mine))
+
+    def busy(self) -> int:
+        """Jobs waiting for a worker."""
+        with self._lock:
+            return len(self._waiting)
+
+    def _work(self) -> None:
+        one_thread()
+        while True:
+            priority, order, job, fn, args, kwargs = self._queue.get()
+            if job is None:
+                return
+            with self._lock:
+                self._waiting.pop(order, None)
+            if not job.future.set_running_or_notify_cancel():
+                continue
+            job.started = time.perf_counter()
+            try:
+                job.future.set_result(fn(*args, **kwargs))
+            except BaseException as e:  # noqa: BLE001 - handed to whoever waits on the job
+                job.future.set_exception(e)
+            finally:
+                job.finished = time.perf_counter()
+
+    def close(self, timeout: float = 120.0) -> None:
+        """Cancel the jobs still waiting, let the running ones finish, stop the workers."""
+        with self._lock:
+            waiting, self._waiting = list(self._waiting.values()), {}
+        for job in waiting:
+            job.future.cancel()
+        for i in range(self.workers):
+            self._queue.put((99, -1 - i, None, None, (), {}))
+        for t in self._threads:
+            t.join(timeout=timeout)
+
+    # ---- what the pages ask for ------------------------------------------------------------------------
+    def predict_job(self, case: CaseInputs, case_key: str, absent: Iterable[str] = (),
+                    allow_domain_mismatch: bool = False) -> Job:
+        """A prediction (answered from the cache when this case and availability were predicted before)."""
+        key = (case_key, tuple(sorted(absent)), allow_domain_mismatch)
+        with self._lock:
+            hit = self._predictions.get(key)
+            if hit is not None:
+                self._predictions.move_to_end(key)
+        if hit is not None:
+            job = Job("predicting", URGENT)
+            job.future.set_result(hit)
+            job.started = job.finished = job.submitted
+            return job
+
+        def run() -> Prediction:
+            pred = self.predictor.predict(case, absent=list(key[1]), allow_domain_mismatch=allow_domain_mismatch)
+            with self._lock:
+                self._predictions[key] = pred
+                while len(self._predictions) > PREDICTION_CACHE:
+                    self._predictions.popitem(last=False)
+            return pred
+
+        return self.submit(run, priority=URGENT, label="Predicting")
+
+    def explain_job(self, case: CaseInputs, absent: Iterable[str] = (), method: str = "integrated_gradients",
+                    allow_domain_mismatch: bool = False, priority: int = INTERACTIVE) -> Job:
+        """An explanation reported in stages: the prediction and modality contributions first, then labs,
+        note and image (see `explain_case`); `Job.partial` is the explanation so far."""
+        from core.explain.explanation import explain_case
+
+        def run(job: Job):
+            return explain_case(self.predictor, case, list(absent), method, allow_domain_mismatch=allow_domain_mismatch,
+                                on_stage=job.report)
+
+        return self.submit(run, priority=priority, label="Explaining", pass_job=True)
+
+    def call(self, fn: Callable[..., object], *args, priority: int = INTERACTIVE, **kwargs):
+        """Run other model work (e.g. a review explanation) in the pool and wait for it."""
+        return self.submit(fn, *args, priority=priority, **kwargs).result()
+
+    # ---- warm-up -------------------------------------------------------------------------------------
+    def warm_up(self, case: CaseInputs) -> Job:
+        """In the background: one prediction and one explanation of `case`, so that imports, SHAP's
+        compilation and torch's first-call costs are paid before the first user asks (`warm` is set after)."""
+        from core.explain.explanation import explain_case
+
+        def run():
+            t0 = time.perf_counter()
+            try:
+                self.predictor.predict(case)
+                explain_case(self.predictor, case, [], "integrated_gradients")
+            finally:  # a failing warm-up must not leave pages waiting for it
+                self.warm_seconds = time.perf_counter() - t0
+                self.warm.set()
+            log.info("model warmed up in %.1f s", self.warm_seconds)
+
+        return self.submit(run, priority=BACKGROUND, label="Warming up")

@@ -1,0 +1,103 @@
+"""The app's shared model service (core/serve.py): one torch thread per worker, a priority queue with
+positions, cached predictions, explanations reported in stages, clean shutdown; and the load bench."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from core.serve import BACKGROUND, INTERACTIVE, URGENT, ModelService
+
+
+@pytest.fixture
+def service(predictor):
+    s = ModelService(predictor, workers=1)
+    yield s
+    s.close()
+
+
+def _block(service: ModelService) -> threading.Event:
+    """Occupy the only worker until the returned event is set."""
+    release, running = threading.Event(), threading.Event()
+
+    def hold():
+        running.set()
+        release.wait(60)
+
+    service.submit(hold, priority=URGENT)
+    assert running.wait(30)
+    return release
+
+
+def test_workers_use_one_torch_thread_whatever_the_process_uses(predictor):
+    before = torch.get_num_threads()
+    s = ModelService(predictor, workers=2)
+    try:
+        assert [s.submit(torch.get_num_threads).result(30) for _ in range(4)] == [1] * 4
+        assert torch.get_num_threads() == before  # the caller's own setting is left alone
+    finally:
+        s.close()
+
+
+def test_queue_positions_and_priorities(service):
+    release = _block(service)
+    order: list[str] = []
+    late = service.submit(order.append, "background", priority=BACKGROUND)
+    explain = service.submit(order.append, "explain", priority=INTERACTIVE)
+    predict = service.submit(order.append, "predict", priority=URGENT)  # submitted last, runs first
+    assert (predict.ahead(), explain.ahead(), late.ahead()) == (0, 1, 2)
+    assert "Waiting for the model: 2 requests" in late.status()
+    release.set()
+    late.result(30)
+    assert order == ["predict", "explain", "background"]
+    assert late.ahead() == 0 and late.waited() > 0
+
+
+def test_predictions_are_cached_per_case_and_availability(service, predictor, default_dataset):
+    case = default_dataset.load(0)
+    first = service.predict_job(case, "case-0").result(60)
+    direct = predictor.predict(case)
+    np.testing.assert_allclose(list(first.probabilities.values()), list(direct.probabilities.values()), atol=1e-6)
+    again = service.predict_job(case, "case-0")
+    assert again.done() and again.result() is first  # no model work for a display change
+    without_labs = service.predict_job(case, "case-0", ["labs"]).result(60)
+    assert without_labs is not first and "labs" in without_labs.synthesized
+
+
+def test_explanation_arrives_in_stages_cheapest_first(service, predictor, default_dataset):
+    case = default_dataset.load(0)
+    job = service.explain_job(case)
+    exp = job.result(300)
+    assert job.stages == ["contributions", "labs", "image", "note"]
+    assert job.partial is exp and exp.image and exp.note and exp.labs
+    assert exp.target == predictor.predict(case).prediction
+
+
+def test_errors_reach_the_waiting_page_and_close_cancels_waiting_jobs(predictor):
+    s = ModelService(predictor, workers=1)
+    with pytest.raises(ZeroDivisionError):
+        s.submit(lambda: 1 / 0).result(30)
+    release = _block(s)
+    waiting = s.submit(lambda: "never")
+    threading.Timer(0.5, release.set).start()
+    s.close()
+    assert waiting.future.cancelled()
+
+
+def test_serve_bench_runs_real_sessions(monkeypatch, tmp_path, default_cohort):
+    """One user, one round: every action of the bench happens in real page sessions and is timed."""
+    import streamlit as st
+
+    from core.bench_serve import markdown, serve_bench
+
+    monkeypatch.setenv("RMD_REVIEW_WARM", "0")
+    monkeypatch.setenv("RMD_REVIEWER_CODE", "demo")
+    st.cache_resource.clear()
+    res = serve_bench(users=1, rounds=1, review_items=1, think=(0.0, 0.1), first_think=0.0)
+    assert not res["errors"], res["errors"]
+    assert {"switch a modality", "explain", "review sign-in to first item", "review save to next item"} <= set(res["actions"])
+    assert res["first_explain"]["first explain"] > 0 and res["first_explain"]["warm explain"] > 0
+    assert "p95" in markdown(res)
