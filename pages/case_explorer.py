@@ -85,6 +85,16 @@ def read_scan_once(data: bytes, name: str) -> Scan:
     return kept_scans[name][1]
 
 
+def labs_preview(panel: LabPanel, catalogue, title: str) -> None:
+    """The labs as the model reads them: converted units, reference ranges and high/low flags."""
+    table = panel.table(catalogue, measured_only=True)
+    flagged = table[table["Flag"] != ""]
+    st.markdown(f"**{title}** ({len(table)} measured, {table.attrs['not_measured']} not measured"
+                + (f"; out of range: {', '.join(flagged['Lab'] + ' ' + flagged['Flag'])}" if len(flagged) else "") + ")")
+    st.dataframe(table.style.apply(lambda r: ["color:#b91c1c;font-weight:600" if r["Flag"] else ""] * len(r), axis=1),
+                 hide_index=True, height="content", width="stretch")
+
+
 def uploaded_case() -> tuple[CaseInputs | None, str]:
     """Build a case from uploads; every problem is shown next to its input, nothing is stored."""
     inputs: dict = {n: None for n in names}
@@ -115,19 +125,18 @@ def uploaded_case() -> tuple[CaseInputs | None, str]:
                         digest.update(f.getvalue())
                         inputs[name] = read_labs(f.getvalue(), catalogue, name=f.name)
                     else:
-                        base = pd.DataFrame({"lab": [lab.label for lab in catalogue], "value": [None] * len(catalogue),
+                        base = pd.DataFrame({"lab": [lab.label for lab in catalogue],
+                                             "value": pd.Series([float("nan")] * len(catalogue), dtype=float),
                                              "unit": [lab.unit for lab in catalogue],
                                              "reference": [lab.ref_text() for lab in catalogue]})
                         edited = st.data_editor(base, key=f"edit_{name}", disabled=["lab", "unit", "reference"],
-                                                hide_index=True, column_config={"value": st.column_config.NumberColumn()})
+                                                hide_index=True, height="content",
+                                                column_config={"value": st.column_config.NumberColumn(
+                                                    help="in the unit shown; leave empty if not measured")})
                         values = {lab.name: v for lab, v in zip(catalogue, edited["value"]) if pd.notna(v)}
                         if values:
                             digest.update(repr(sorted(values.items())).encode())
-                            panel = labs_from_mapping(values, catalogue, label="lab table")
-                            inputs[name] = panel
-                            flagged = [f"{v.name} {v.flag}" for v in panel.values.values() if v.flag]
-                            if flagged:
-                                st.warning("Out of reference range: " + ", ".join(flagged))
+                            inputs[name] = labs_from_mapping(values, catalogue, label="lab table")
                 if isinstance(inputs[name], Scan):
                     scan = inputs[name]
                     st.image(scan.display(display_window(name)), caption=f"{scan.modality}, "
@@ -138,6 +147,7 @@ def uploaded_case() -> tuple[CaseInputs | None, str]:
                 elif isinstance(inputs[name], LabPanel):
                     for w in inputs[name].warnings:
                         st.warning(w)
+                    labs_preview(inputs[name], predictor.spec.lab_features(name), "As the model reads them")
             except RobustMDiffError as e:
                 st.error(str(e))
                 inputs[name] = None
@@ -157,8 +167,9 @@ if source == "Demo case":
             st.image(case.inputs["image"].display(), width=256)
         if case.inputs.get("note"):
             st.text(case.inputs["note"])
-        if case.inputs.get("labs") is not None:
-            st.dataframe(case.inputs["labs"].table(predictor.spec.lab_features("labs")), hide_index=True)
+        for name in names:
+            if kinds[name] == "tabular" and case.inputs.get(name) is not None:
+                labs_preview(case.inputs[name], predictor.spec.lab_features(name), name)
 else:
     case, case_key = uploaded_case()
     if case is None:

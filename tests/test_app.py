@@ -123,3 +123,22 @@ def test_review_stores_a_rating(app, tmp_path, monkeypatch):
     assert len(rows) == 1 and rows[0]["reviewer"] == "alice" and rows[0]["relevance"] == 5 and rows[0]["trust"] == 2
     assert rows[0]["comment"] == "heatmap on the right base"
     assert "1 of" in at.get("progress")[0].proto.text
+
+
+def test_uploaded_labs_are_previewed_converted_and_flagged(app):
+    """Right after a lab upload the page shows what the model will read: the value in the model's unit,
+    the value as written when it was converted, and high/low flags; never None."""
+    csv = b"name,value,unit\nglucose,7.0,mmol/L\ncreatinine,200,umol/L\nsodium,128,mmol/L\n"
+    at = app.run()
+    at.radio(key="source").set_value("Upload your own").run()
+    labs_uploader = next(u for u in at.file_uploader if u.key == "up_labs")
+    labs_uploader.set_value(("labs.csv", csv, "text/csv")).run()
+    _ok(at)
+    preview = next(d.value for d in at.dataframe if "As given" in getattr(d.value, "columns", []))
+    rows = preview.set_index("Lab")
+    glucose = next(k for k in rows.index if "lucose" in k)
+    assert "mmol/L" in rows.loc[glucose, "As given"] and rows.loc[glucose, "Unit"] == "mg/dL"
+    assert set(rows["Flag"]) >= {"high", "low"}
+    assert "None" not in preview.to_string() and "nan" not in preview.to_string()
+    assert any("out of range" in m.value for m in at.markdown)
+    assert at.metric  # and the case is predicted from the labs alone
