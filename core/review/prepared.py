@@ -61,12 +61,9 @@ def default_folder(key: str) -> Path:
 def _background_policy() -> None:
     """Keep the worker out of the way of people waiting: one torch thread (torch's setting is per thread,
     so pages keep theirs) at a lower CPU priority (Linux nice applies per thread)."""
-    try:
-        import torch
+    from core.serve import one_thread
 
-        torch.set_num_threads(1)
-    except ImportError:
-        pass
+    one_thread()
     try:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
     except (AttributeError, OSError):
@@ -90,7 +87,10 @@ class PreparedExplanations:
         """The explanation, waiting for it if the worker is computing it, else computing it here."""
         future, mine = self._claim(key)
         if mine:
-            self._produce(key, future)
+            from core.serve import single_threaded
+
+            with single_threaded():  # a page's own thread: one torch thread, like the app's workers (core/serve.py: why)
+                self._produce(key, future)
         return future.result()
 
     def ready(self, key: Key) -> bool:
