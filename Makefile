@@ -12,10 +12,12 @@ export TRANSFORMERS_OFFLINE := 1
 
 venv: $(STAMP)
 
+# pip lists each package as it goes (first use: a few minutes), so the set-up is never silent.
 $(STAMP): requirements.txt
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --disable-pip-version-check -q -r requirements.txt
-	rm -f $(VENV)/.installed-* && touch $@
+	@echo "Installing the Python packages into $(VENV) (first use, or requirements.txt changed: a few minutes)…"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/pip install --disable-pip-version-check -r requirements.txt
+	@rm -f $(VENV)/.installed-* && touch $@
 
 # Quiet when the cohort is in place; on first use it says what it generates and how long that takes.
 cohort: venv
