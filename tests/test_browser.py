@@ -1,15 +1,37 @@
-"""A real browser: Debian's headless Chromium driven by Playwright against `streamlit run` on a free port.
-Loads the case explorer, switches a modality off, sees the prediction change, explains it, screenshots."""
+"""A real browser: Debian's headless Chromium driven by Playwright against one `streamlit run` on a free port
+(one server and one browser for the whole module, each flow in its own browser context, i.e. its own
+Streamlit session):
+
+1. case explorer: a demo case → switch the labs off → explain → download the case report;
+2. upload a DICOM that carries patient identifiers → refused as the wrong kind of scan → override → a
+   prediction, and no identifier anywhere on the page;
+3. review: first sign-in (name, shared code, PIN twice) → answer every question of one item → save →
+   reload → still signed in, at the next item;
+4. study admin: a wrong code is refused; the right one (RMD_ADMIN_CODE) opens the results → export the
+   ratings (CSV): the rating saved in 3 is there.
+
+Each flow saves a full-page screenshot, 1440 px wide, in its test-output folder; with RMD_SCREENSHOTS=1
+also in assets/screenshots/ (the README's pictures):
+
+    RMD_SCREENSHOTS=1 .venv/bin/python -m pytest tests/test_browser.py
+
+Locators are roles and visible texts, so that the pages can be reworked under the test.
+"""
 
 from __future__ import annotations
 
+import csv
+import io
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager, suppress
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +40,16 @@ from core.paths import ROOT
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run"]
+WIDTH, HEIGHT = 1440, 1000
+SCREENSHOTS = ROOT / "assets" / "screenshots"
+REVIEWER_CODE, ADMIN_CODE = "demo", "browser-test-admin"
+REVIEWER, PIN = "Browser Tester", "2468"
+ANSWERS = (4, 2, 5)  # relevance, usefulness, trust (the order the page asks them in), on a 1–5 scale
+COMMENT = "browser test: evidence on the heatmap is clear"
+SLOW = 300_000  # ms: a first explanation on a busy 2-core machine (model load, imports, SHAP's compilation)
+
+pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
+                                reason="Debian's chromium is not installed (make test installs it)")
 
 
 def _free_port() -> int:
@@ -26,14 +58,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def server(default_cohort, tmp_path):
+@pytest.fixture(scope="module")
+def server(default_cohort, tmp_path_factory):
+    """One app for every flow, its review database a temporary file, the study admin enabled, no
+    background explanations (RMD_REVIEW_WARM=0) competing with the browser for the CPU, and no file
+    watcher (an edit elsewhere in the tree must not reload modules under a running test); the toolbar as a
+    visitor sees it (no "Deploy" in the screenshots)."""
     port = _free_port()
-    env = {**os.environ, "RMD_REVIEWER_CODE": "demo", "RMD_REVIEW_DB": str(tmp_path / "review.sqlite3")}
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless", "true",
-                             "--server.port", str(port), "--server.address", "127.0.0.1",
-                             "--browser.gatherUsageStats", "false"], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tmp = tmp_path_factory.mktemp("browser")
+    env = {**os.environ, "RMD_REVIEWER_CODE": REVIEWER_CODE, "RMD_ADMIN_CODE": ADMIN_CODE,
+           "RMD_REVIEW_DB": str(tmp / "review.sqlite3"), "RMD_REVIEW_WARM": "0"}
+    log = ROOT / "test-output" / "browser-server.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless", "true",
+               "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
+               "--server.fileWatcherType", "none", "--client.toolbarMode", "minimal"]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -41,36 +82,231 @@ def server(default_cohort, tmp_path):
             if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).status == 200:
                 break
         except OSError:
+            if proc.poll() is not None:
+                break
             time.sleep(0.5)
     else:
         proc.kill()
-        pytest.fail("streamlit did not start")
+        pytest.fail(f"streamlit did not start (log: {log})")
+    if proc.poll() is not None:
+        pytest.fail(f"streamlit exited with {proc.returncode} (log: {log})")
     yield url
     proc.terminate()
-    proc.wait(timeout=20)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
-@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed (make test installs it)")
-def test_case_explorer_in_a_real_browser(server, out_dir):
+@pytest.fixture(scope="module")
+def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 2600})
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh browser context: a new Streamlit session, downloads accepted."""
+    context = browser.new_context(viewport={"width": WIDTH, "height": HEIGHT}, accept_downloads=True)
+    context.set_default_timeout(60_000)
+    pg = context.new_page()
+    yield pg
+    context.close()
+
+
+@contextmanager
+def _kept_on_failure(page, out_dir: Path):
+    """On failure, the page as it was is kept in the test's output folder (failure.png, failure.txt)."""
+    try:
+        yield
+    except BaseException:
+        with suppress(Exception):  # the original failure matters, not this one
+            page.screenshot(path=str(out_dir / "failure.png"), full_page=True)
+            (out_dir / "failure.txt").write_text(page.locator("body").inner_text(timeout=5_000))
+        raise
+
+
+# Shared between the review flow and the admin flow (which exports what the review flow saved).
+saved: dict[str, str] = {}
+
+
+def _idle(page, timeout: float = SLOW) -> None:
+    """Wait until Streamlit has no script run in progress: no running indicator, no element drawn faded as
+    stale (left from the run before)."""
+    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidgetRunningIcon\"]')"
+                           " && !document.querySelector('[data-stale=\"true\"]')", timeout=timeout)
+
+
+def _screenshot(page, out_dir: Path, name: str) -> Path:
+    """A full-page screenshot at 1440 px: the viewport is grown to the page's height first, because
+    Streamlit scrolls its main area inside the window (a plain full-page shot would cut it off)."""
+    _idle(page)
+    height = page.evaluate("""() => Math.max(document.body.scrollHeight, ...Array.from(document.querySelectorAll(
+        '[data-testid="stMain"], [data-testid="stAppViewContainer"], [data-testid="stSidebarContent"], section'))
+        .map(e => e.scrollHeight))""")
+    page.set_viewport_size({"width": WIDTH, "height": int(min(max(height, HEIGHT), 10_000))})
+    page.wait_for_timeout(1_500)  # charts re-layout to the new size; a rerun just asked for gets going
+    _idle(page)
+    path = out_dir / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    page.set_viewport_size({"width": WIDTH, "height": HEIGHT})
+    if os.environ.get("RMD_SCREENSHOTS") == "1":
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, SCREENSHOTS / path.name)
+    assert path.stat().st_size > 30_000  # a picture of a page, not a blank one
+    return path
+
+
+def _same_class(a: str, b: str) -> bool:
+    """A class as the page shows it and as a file writes it (internal or display name)."""
+    return re.sub(r"[\s_]+", " ", a).strip().lower() == re.sub(r"[\s_]+", " ", b).strip().lower()
+
+
+# ---- 1. case explorer ----------------------------------------------------------------------------------
+def test_case_explorer_switch_explain_and_download_the_report(server, page, out_dir):
+    with _kept_on_failure(page, out_dir):
         page.goto(server, timeout=120_000)
-        page.get_by_text("Predicted").first.wait_for(timeout=180_000)
-        before = page.locator('[data-testid="stMetricValue"]').first.inner_text()
-        assert before
+        page.get_by_text("Predicted").first.wait_for(timeout=SLOW)
+        page.get_by_role("switch", name="labs").wait_for()
         page.locator("label", has=page.get_by_role("switch", name="labs")).click()
         change = page.get_by_text("Largest change")
         change.wait_for(timeout=120_000)
         assert "→" in change.inner_text()
         page.get_by_text("Which test next").wait_for(timeout=120_000)
+        predicted = page.locator('[data-testid="stMetricValue"]').first.inner_text().strip()
+        assert predicted
+
         page.get_by_role("button", name="Explain this prediction").click()
-        page.get_by_text("Explained in").wait_for(timeout=300_000)
-        page.get_by_text("Download case report").wait_for(timeout=60_000)
-        time.sleep(1)
-        shot = out_dir / "case_explorer.png"
-        page.screenshot(path=str(shot), full_page=True)
-        browser.close()
-    assert shot.stat().st_size > 50_000
+        page.get_by_text("Explained in").first.wait_for(timeout=SLOW)
+        report_button = page.get_by_role("button", name=re.compile("Download case report"))
+        report_button.wait_for(timeout=SLOW)
+        _idle(page)
+        with page.expect_download(timeout=120_000) as download:
+            report_button.click()
+        report = Path(download.value.path()).read_text(encoding="utf-8")
+        assert download.value.suggested_filename.endswith(".html")
+        assert "<html" in report.lower() and "case report" in report.lower()
+        bold = re.findall(r"prediction: <b[^>]*>([^<]+)</b>", report)
+        assert bold and _same_class(bold[0], predicted), (bold, predicted)  # the class the page shows
+        assert "data:image/png;base64," in report  # the scan with its heatmap
+        assert "Which test next" in report  # the labs were switched off: the report says what to acquire
+        _screenshot(page, out_dir, "case_explorer")
+
+
+# ---- 2. upload a DICOM ------------------------------------------------------------------------------------
+def test_upload_a_dicom_shows_a_prediction_and_no_patient_identifiers(server, page, out_dir, identified_dicom):
+    dicom, secrets = identified_dicom  # pydicom's CT_small with a PatientName, an MRN, … planted
+    with _kept_on_failure(page, out_dir):
+        page.goto(server, timeout=120_000)
+        page.get_by_text("Predicted").first.wait_for(timeout=SLOW)
+        page.get_by_text("Upload your own", exact=True).click()
+        uploader = page.locator('[data-testid="stFileUploader"]').filter(has_text="DICOM").first
+        uploader.wait_for(timeout=120_000)
+        uploader.locator("input[type=file]").set_input_files(
+            {"name": "scan.dcm", "mimeType": "application/dicom", "buffer": dicom})
+        # a head CT for a chest radiograph model: refused with a reason, until the user overrides
+        page.get_by_text("not the kind of scan this model was trained on").first.wait_for(timeout=120_000)
+        override = page.get_by_text("Use it anyway", exact=False).first
+        override.click()
+        page.get_by_text("Predicted").first.wait_for(timeout=SLOW)
+        page.get_by_text("Outside what this model was trained on").first.wait_for(timeout=60_000)
+        _idle(page)
+        shown, source = page.locator("body").inner_text(), page.content()
+        for secret in secrets:
+            assert secret not in shown and secret not in source, f"patient identifier {secret!r} on the page"
+        assert "Zyxwv" not in source and "Qutsr" not in source  # the PatientName, in either part
+        _screenshot(page, out_dir, "upload")
+
+
+# ---- 3. review: sign in, rate, reload, resume -----------------------------------------------------------
+def _progress(page, timeout: float = SLOW) -> tuple[int, int]:
+    text = page.get_by_text(re.compile(rf"{re.escape(REVIEWER)}: \d+ of \d+ rated")).first
+    text.wait_for(timeout=timeout)
+    done, total = re.search(r"(\d+) of (\d+) rated", text.inner_text()).groups()
+    return int(done), int(total)
+
+
+def _item_number(page) -> str:
+    return page.get_by_label("Item", exact=True).input_value()
+
+
+def test_review_sign_in_rate_reload_and_resume(server, page, out_dir):
+    with _kept_on_failure(page, out_dir):
+        page.goto(f"{server}/review", timeout=120_000)
+        page.get_by_label("Your reviewer name").fill(REVIEWER, timeout=SLOW)
+        page.get_by_label("Reviewer code (shared by the study)").fill(REVIEWER_CODE)
+        page.get_by_label("Your PIN", exact=True).fill(PIN)
+        page.get_by_label("Repeat PIN (first sign-in only)").fill(PIN)
+        page.get_by_role("button", name="Sign in").click()
+        page.get_by_text(re.compile(rf"Signed in as\s+{re.escape(REVIEWER)}")).first.wait_for(timeout=120_000)
+        done, total = _progress(page)
+        assert done == 0 and total > 1
+        groups = page.get_by_role("radiogroup")
+        groups.first.wait_for(timeout=SLOW)  # the first explanation is prepared on demand
+        _idle(page)
+        assert groups.count() == len(ANSWERS)
+        first = _item_number(page)
+        shown = page.locator("body").inner_text()
+        save = page.get_by_role("button", name="Save rating")
+        assert save.is_disabled()  # nothing preselected: nothing to save yet
+
+        page.get_by_label("Comment (optional)").fill(COMMENT)
+        for i, answer in enumerate(ANSWERS):
+            groups.nth(i).get_by_text(re.compile(rf"^\s*{answer}(?!\d)")).click()  # "4", "5 · completely"
+            page.wait_for_function("([i, a]) => { const g = document.querySelectorAll('[role=radiogroup]')[i];"
+                                   " return g && [...g.querySelectorAll('input[type=radio]')].some("
+                                   "r => r.checked && r.closest('label').innerText.trim().startsWith(a)); }",
+                                   arg=[i, str(answer)], timeout=120_000)
+        save.click(timeout=120_000)  # (waits until it is enabled: every question answered)
+        page.get_by_text(re.compile(rf"{re.escape(REVIEWER)}: 1 of {total} rated")).first.wait_for(timeout=120_000)
+        page.get_by_role("radiogroup").first.wait_for(timeout=SLOW)
+        _idle(page)
+        after_save = _item_number(page)
+        assert after_save != first  # on to the next item
+        case_ids = set(re.findall(r"\bCase (\S+)", shown))
+        saved.update(reviewer=REVIEWER, case_ids=" ".join(case_ids))
+
+        assert "reviewer_token=" in page.url  # what keeps the reviewer signed in
+        page.reload(timeout=120_000)
+        page.get_by_text(re.compile(rf"Signed in as\s+{re.escape(REVIEWER)}")).first.wait_for(timeout=120_000)
+        assert _progress(page) == (1, total)
+        page.get_by_role("radiogroup").first.wait_for(timeout=SLOW)
+        _idle(page)
+        assert _item_number(page) == after_save  # resumes at the next item, not the rated one
+        assert page.get_by_label("Your reviewer name").count() == 0  # no sign-in form
+        assert page.get_by_role("button", name="Save rating").is_disabled()  # the new item starts unanswered
+        _screenshot(page, out_dir, "review")
+
+
+# ---- 4. study admin: results and export -------------------------------------------------------------------
+def test_admin_opens_results_and_exports_the_rating(server, page, out_dir):
+    if not saved:
+        pytest.skip("needs the rating saved by test_review_sign_in_rate_reload_and_resume (run the whole module)")
+    with _kept_on_failure(page, out_dir):
+        page.goto(f"{server}/review", timeout=120_000)
+        page.get_by_role("tab", name=re.compile("Results")).click(timeout=SLOW)
+        code = page.get_by_label("Study-admin code")
+        code.fill("not-the-code")
+        page.get_by_role("button", name="Open results").click()
+        page.get_by_text("wrong study-admin code").wait_for(timeout=60_000)
+        assert page.get_by_role("button", name=re.compile("Export ratings")).count() == 0
+        page.get_by_label("Study-admin code").fill(ADMIN_CODE)
+        page.get_by_role("button", name="Open results").click()
+        export = page.get_by_role("button", name=re.compile("Export ratings"))
+        export.wait_for(timeout=SLOW)
+        _idle(page)
+        with page.expect_download(timeout=120_000) as download:
+            export.click()
+        rows = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text(encoding="utf-8"))))
+        mine = [r for r in rows if r["reviewer"] == saved["reviewer"]]
+        assert len(mine) == 1, rows
+        row = mine[0]
+        assert (row["relevance"], row["usefulness"], row["trust"]) == tuple(map(str, ANSWERS))
+        assert row["comment"] == COMMENT
+        assert row["case_id"] in saved["case_ids"].split()  # the case the reviewer was shown
+        assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d", row["saved_at"]), row["saved_at"]  # ISO-8601
+        _screenshot(page, out_dir, "review_results")
