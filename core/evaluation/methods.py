@@ -11,15 +11,20 @@ from dataclasses import dataclass
 from typing import Callable
 
 from core.model.config import Config
+from core.names import display_name
 
 
 @dataclass(frozen=True)
 class Method:
     name: str
-    label: str
     kind: str  # single | baseline | robustmdiff | ablation
     change: Callable[[Config], Config]
     only: str | None = None  # single-modality methods: the modality they read
+
+    @property
+    def label(self) -> str:
+        """The words shown for it: from core.names, the one mapping of display names."""
+        return display_name(self.name)
 
 
 def _baseline(fusion: str, p: float) -> Callable[[Config], Config]:
@@ -31,23 +36,21 @@ def _baseline(fusion: str, p: float) -> Callable[[Config], Config]:
 
 def methods_for(modalities: list[str]) -> list[Method]:
     """All methods, in table order, for a data set with these modalities."""
-    single = [Method(f"single_{m}", f"Single modality: {m}", "single", _baseline("knowledge", 0.0), only=m)
-              for m in modalities]
+    single = [Method(f"single_{m}", "single", _baseline("knowledge", 0.0), only=m) for m in modalities]
     return single + [
-        Method("early_zero", "Early fusion, zero imputation", "baseline", _baseline("early_zero", 0.0)),
-        Method("early_mean", "Early fusion, mean imputation", "baseline", _baseline("early_mean", 0.0)),
-        Method("missing_token", "Learned missing-modality token", "baseline", _baseline("early_token", 0.0)),
-        Method("dropout_0.3", "Modality dropout p=0.3", "baseline", _baseline("early_zero", 0.3)),
-        Method("dropout_0.5", "Modality dropout p=0.5", "baseline", _baseline("early_zero", 0.5)),
-        Method("late_fusion", "Late fusion", "baseline", _baseline("late", 0.0)),
-        Method("masked_attention", "Masked attention (MARIA-style)", "baseline", _baseline("masked_attention", 0.3)),
-        Method("robustmdiff", "RobustMDiff", "robustmdiff", lambda c: c),
-        Method("no_diffusion", "w/o diffusion", "ablation", lambda c: c.override("diffusion", enabled=False)),
-        Method("no_knowledge", "w/o knowledge attention", "ablation", lambda c: c.override("model", use_knowledge=False)),
-        Method("no_curriculum", "w/o curriculum (fixed masking)", "ablation", lambda c: c.override("training", curriculum=False)),
-        Method("no_consistency", "w/o consistency", "ablation", lambda c: c.override("training", lambda_cons=0.0)),
-        Method("no_rare_sampling", "w/o rare-disease sampling", "ablation",
-               lambda c: c.override("training", rare_gamma=0.0, balance_gamma=0.0)),
+        Method("early_zero", "baseline", _baseline("early_zero", 0.0)),
+        Method("early_mean", "baseline", _baseline("early_mean", 0.0)),
+        Method("missing_token", "baseline", _baseline("early_token", 0.0)),
+        Method("dropout_0.3", "baseline", _baseline("early_zero", 0.3)),
+        Method("dropout_0.5", "baseline", _baseline("early_zero", 0.5)),
+        Method("late_fusion", "baseline", _baseline("late", 0.0)),
+        Method("masked_attention", "baseline", _baseline("masked_attention", 0.3)),
+        Method("robustmdiff", "robustmdiff", lambda c: c),
+        Method("no_diffusion", "ablation", lambda c: c.override("diffusion", enabled=False)),
+        Method("no_knowledge", "ablation", lambda c: c.override("model", use_knowledge=False)),
+        Method("no_curriculum", "ablation", lambda c: c.override("training", curriculum=False)),
+        Method("no_consistency", "ablation", lambda c: c.override("training", lambda_cons=0.0)),
+        Method("no_rare_sampling", "ablation", lambda c: c.override("training", rare_gamma=0.0, balance_gamma=0.0)),
     ]
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.errors import RobustMDiffError
+from core.names import display_name
 from core.paths import DEFAULT_CHECKPOINT, ROOT
 from core.review.store import REFERENCE_MODEL
 
@@ -55,12 +56,6 @@ def train_command(name: str) -> str:
     return f"python -m core train --method {name} --out checkpoints/comparison/{name}"
 
 
-def _label(name: str) -> str:
-    from core.evaluation.methods import methods_for
-
-    return next((m.label for m in methods_for([]) if m.name == name), name)
-
-
 def _candidates() -> list[Path]:
     listed = os.environ.get(ENV, "").strip()
     if listed:
@@ -95,7 +90,7 @@ def review_models() -> Lineup:
         if any(m.name == name for m in found):
             skipped.append((str(path), f"a second checkpoint of {name}"))
             continue
-        found.append(ReviewModel(name, _label(name), path, meta))
+        found.append(ReviewModel(name, display_name(name), path, meta))
     found.sort(key=lambda m: (m.name != REFERENCE_MODEL, m.name))
     models: list[ReviewModel] = []
     for m in found:  # every model must explain the same demo cases as the first (RobustMDiff when present)
