@@ -14,8 +14,8 @@ import logging
 import os
 import shutil
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 FEATURE_VERSION = "4"  # 3: a folder of memory-mapped .npy files; 4: note chunk rows carry a negation flag
 CHUNK = 512  # cases read and encoded at a time
+PROGRESS_CHUNK = 32  # ... when someone watches: 512 take ~30 s on a busy 2-core CPU, 32 a few seconds
 QUARANTINE = "quarantine.json"  # beside the cached arrays: what could not be read, for every later run
 
 
@@ -297,12 +298,14 @@ def cache_key(fingerprint: str, config: ModelConfig) -> str:
 
 def dataset_features(ds: Dataset, config: ModelConfig, device: torch.device | str = "cpu",
                      progress: bool = True, use_cache: bool = True, ctx: "Context | None" = None,
-                     strict: bool = False) -> FeatureTable:
+                     strict: bool = False, on_progress: Callable[[int, int], None] | None = None) -> FeatureTable:
     """Features of every case of a data set, from the on-disk cache when the same data was seen before (a
     folder of memory-mapped arrays). Cases are read and encoded `CHUNK` at a time, so a data set larger than
     memory streams through. Under torchrun (`ctx`) each process encodes every world-th case and rank 0
     merges the shards. Unreadable inputs are quarantined (core/data/quarantine.py: missing for that case,
-    listed in `ds.quarantine`, cases left with nothing dropped from the splits) unless `strict`."""
+    listed in `ds.quarantine`, cases left with nothing dropped from the splits) unless `strict`.
+    `on_progress(done, total)` is called after every chunk of cases (smaller chunks then, for frequent
+    news; the features are the same up to float rounding), not when they come from the cache."""
     path = cache_dir() / f"features-{cache_key(ds.fingerprint(), config)}"
     if use_cache and (path / "modalities.json").exists():
         return _quarantined(ds, FeatureTable.load(path), Quarantine.load(path / QUARANTINE), strict)
@@ -313,14 +316,19 @@ def dataset_features(ds: Dataset, config: ModelConfig, device: torch.device | st
     log.info("encoding %d cases with the frozen backbones (cached afterwards)", len(rows))
     bar = tqdm(total=len(rows), desc="encoding cases", disable=not progress, unit="case")
     parts, scratch = [], path.with_name(f"{path.name}.parts{os.getpid()}")
-    for start in range(0, len(rows), CHUNK):
-        cases = [ds.load(i, None if strict else quarantine) for i in rows[start:start + CHUNK]]
+    chunk = PROGRESS_CHUNK if on_progress else CHUNK
+    if on_progress:
+        on_progress(0, len(rows))
+    for start in range(0, len(rows), chunk):
+        cases = [ds.load(i, None if strict else quarantine) for i in rows[start:start + chunk]]
         part = table_from_inputs(cases, mods, labs, config, device)
         if use_cache and len(rows) > CHUNK:  # spill each chunk to disk, keep only a memory map of it
             part.save(scratch / f"{start:09d}")
             part = FeatureTable.load(scratch / f"{start:09d}")
         parts.append(part)
         bar.update(len(part))
+        if on_progress:
+            on_progress(min(start + chunk, len(rows)), len(rows))
     bar.close()
     if not use_cache:
         return _quarantined(ds, parts[0] if len(parts) == 1 else FeatureTable.stack(parts), quarantine, strict)

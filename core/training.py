@@ -13,6 +13,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -213,14 +214,43 @@ def _global_batches(order: np.ndarray | torch.Tensor, size: int, ctx: Context):
             yield ctx.shard(rows)
 
 
+# Rough cost of each step in phase-1 epochs (2-core CPU, quick cohort), so that the fraction `on_progress`
+# reports moves about evenly in time: a denoiser epoch is cheap, a phase-3 epoch samples latents, and the
+# calibration predicts every validation case from every subset of its modalities.
+COST = {"phase2_epoch": 0.4, "phase3_epoch": 2.5, "calibration": 1.0, "calibration_diffusion": 30.0}
+
+
+class _Progress:
+    """Reports (fraction of the whole training, what it is doing) to an optional callback."""
+
+    def __init__(self, on: Callable[[float, str], None] | None, tc, diffusion: bool):
+        self.on, self.done = on, 0.0
+        self.total = tc.epochs + (COST["calibration_diffusion"] if diffusion else COST["calibration"])
+        if diffusion:
+            self.total += COST["phase2_epoch"] * tc.diffusion_epochs + COST["phase3_epoch"] * tc.finetune_epochs
+        self.phases = 3 if diffusion else 1
+
+    def __call__(self, cost: float, text: str) -> None:
+        """`cost` more units are done (0 to only say what starts)."""
+        self.done = min(self.total, self.done + cost)
+        if self.on:
+            self.on(self.done / self.total, text)
+
+    def skip_to(self, units: float, text: str) -> None:  # early stopping: the epochs not run count as done
+        self.done = max(self.done, units)
+        self(0, text)
+
+
 def train_model(ds: Dataset, table: FeatureTable, config: Config, device: str | torch.device | None = None,
-                progress: bool = True, ctx: Context | None = None) -> TrainResult:
+                progress: bool = True, ctx: Context | None = None,
+                on_progress: Callable[[float, str], None] | None = None) -> TrainResult:
     """Three phases, one objective (L_cls + lambda_cons L_cons + lambda_diff L_diff):
     1. encoders, fusion and classifier under curriculum masking, the denoiser learning alongside on the
        (detached) latents; early stopping picks the best encoders;
     2. the denoiser alone on the now fixed latents, until its loss settles;
     3. fusion and classifier tuned on completed latents, the hidden ones synthesized by the denoiser,
-       so that the classifier reads what it will read at inference."""
+       so that the classifier reads what it will read at inference.
+    `on_progress(fraction, text)` hears after every epoch and before the calibration what is going on."""
     t0 = time.perf_counter()
     tc = config.training
     ctx = ctx or Context()
@@ -239,6 +269,7 @@ def train_model(ds: Dataset, table: FeatureTable, config: Config, device: str | 
     drops = validation_drops(table.present[va], tc.p_max, tc.seed)
     use_diffusion = model.denoiser is not None
     history: list[dict] = []
+    news = _Progress(on_progress if ctx.main else None, tc, use_diffusion)
 
     def epoch_order() -> np.ndarray:
         return tr[torch.multinomial(weights, len(tr), replacement=True, generator=order_gen).numpy()]
@@ -275,11 +306,13 @@ def train_model(ds: Dataset, table: FeatureTable, config: Config, device: str | 
         history.append({"phase": 1, "epoch": epoch, "p_mask": p, "cls": sums[0], "cons": sums[1], "diff": sums[2],
                         "val_auroc": scores[0], "val_auroc_masked": scores[1], "val_loss": loss})
         bar.set_postfix(cls=f"{sums[0]:.3f}", cons=f"{sums[1]:.3f}", diff=f"{sums[2]:.3f}", val=f"{np.mean(scores):.3f}")
+        news(1, f"phase 1 of {news.phases} (encoders and classifier): epoch {epoch + 1} of {tc.epochs}")
         if best.update(ctx.agree(float(np.mean(scores))), epoch, ctx.agree(loss)):
             break
     bar.close()
     best.restore()
     best_epoch, val_score = best.epoch, best.score
+    news.skip_to(tc.epochs, f"phase 1 of {news.phases} done (best epoch {best_epoch + 1})")
 
     if use_diffusion:
         for p_ in model.encoders.parameters():
@@ -305,6 +338,7 @@ def train_model(ds: Dataset, table: FeatureTable, config: Config, device: str | 
             sched.step()
             history.append({"phase": 2, "epoch": epoch, "diff": total / n})
             bar.set_postfix(diff=f"{total / n:.4f}")
+            news(COST["phase2_epoch"], f"phase 2 of 3 (latent diffusion): epoch {epoch + 1} of {tc.diffusion_epochs}")
         bar.close()
         # ---- phase 3 ------------------------------------------------------------------------------------
         model.eval()
@@ -336,12 +370,17 @@ def train_model(ds: Dataset, table: FeatureTable, config: Config, device: str | 
             history.append({"phase": 3, "epoch": epoch, "cls": total / n, "val_auroc": scores[0],
                             "val_auroc_masked": scores[1], "val_loss": loss})
             bar.set_postfix(loss=f"{total / n:.3f}", val=f"{np.mean(scores):.3f}")
+            news(COST["phase3_epoch"], f"phase 3 of 3 (classifier on completed latents): epoch {epoch + 1} of "
+                                       f"{tc.finetune_epochs}")
             if best.update(ctx.agree(float(np.mean(scores))), epoch, ctx.agree(loss)):
                 break
         bar.close()
         best.restore()
         val_score = best.score
+        news.skip_to(news.total - COST["calibration_diffusion"], "phase 3 of 3 done")
+    news(0, f"calibrating on {len(va)} validation cases")
     calibration = calibrate(model, table, ds.labels, tr, va, device)
+    news(news.total, "calibrated")
     return TrainResult(model, history, best_epoch, val_score, time.perf_counter() - t0, concept_ids, calibration)
 
 
