@@ -16,7 +16,7 @@ from core.checkpoint import load_checkpoint, read_meta
 from core.data.cohort.generate import ensure_cohort, quick_cohort
 from core.data.dataset import Dataset
 from core.evaluation import figures, report
-from core.evaluation.harness import Setup, run
+from core.evaluation.harness import Progress, Setup, run
 from core.evaluation.methods import methods_for, select
 from core.features import dataset_features
 from core.device import pick_device
@@ -24,6 +24,17 @@ from core.model.config import Config
 from core.model.config import quick as quick_config
 from core.paths import CONFIGS, DEFAULT_CHECKPOINT, ROOT, default_cohort_dir
 from core.jsonout import dumps
+from core.names import display_name
+
+# the share of the whole evaluation each stage spans in the fraction `on_progress` hears (the quick
+# evaluation on a 2-core CPU: cohort ~5-20 s, encoding ~35 s, models ~2 min, figures ~10 s)
+STAGES = {"features": (0.02, 0.2), "models": (0.2, 0.95), "figures": (0.95, 1.0)}
+
+
+def stage(news: Progress, lo: float, hi: float) -> Progress:
+    """The callback of a stage that spans [lo, hi] of the whole."""
+    return lambda f, text: news(lo + (hi - lo) * min(max(f, 0.0), 1.0), text)
+
 
 def machine() -> dict[str, str]:
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
@@ -33,12 +44,19 @@ def machine() -> dict[str, str]:
 
 def evaluate(checkpoint: str | Path | None = None, data: str | Path | None = None, methods: str = "all",
              seeds: int | None = None, out: str | Path | None = None, quick: bool = False, device: str | None = None,
-             progress: bool = True, on_step: Callable[[int, int, str], None] | None = None, jobs: int = 1) -> dict:
-    """`jobs` > 1 trains that many models at once in worker processes (CPU only; one torch thread each)."""
+             progress: bool = True, on_step: Callable[[int, int, str], None] | None = None, jobs: int = 1,
+             on_progress: Progress | None = None) -> dict:
+    """`jobs` > 1 trains that many models at once in worker processes (CPU only; one torch thread each).
+    `on_step(i, n, method)` hears when each model starts; `on_progress(fraction, text)` much more often
+    (every chunk of encoded cases, epoch and scored condition: a few seconds apart on a 2-core CPU)."""
     t0 = time.perf_counter()
+    news = on_progress or (lambda f, text: None)
     dev = pick_device(device)
+    news(0.0, "preparing the data (the first run generates the quick cohort)" if quick and not data else "preparing the data")
     data = Path(data) if data else quick_cohort() if quick else ensure_cohort(default_cohort_dir())
-    setup = make_setup(checkpoint, data, quick, str(dev), progress)
+    encoding = stage(news, *STAGES["features"])
+    setup = make_setup(checkpoint, data, quick, str(dev), progress,
+                       on_cases=lambda done, n: encoding(done / n, f"encoding cases with the frozen backbones: {done} of {n}"))
     ds, table, config = setup.ds, setup.table, setup.config
     n_seeds = seeds or (1 if quick else 3)
     base_seed = config.training.seed
@@ -61,7 +79,8 @@ def evaluate(checkpoint: str | Path | None = None, data: str | Path | None = Non
     out.mkdir(parents=True, exist_ok=True)
     rows, reliability = run(setup, chosen, seed_list, on, parts=out / "parts",
                             jobs=jobs if dev.type == "cpu" else 1,
-                            worker_args=(checkpoint and str(checkpoint), str(data), quick, str(dev)))
+                            worker_args=(checkpoint and str(checkpoint), str(data), quick, str(dev)),
+                            on_progress=stage(news, *STAGES["models"]))
     bar.update()
     bar.close()
     names = setup.names
@@ -73,20 +92,23 @@ def evaluate(checkpoint: str | Path | None = None, data: str | Path | None = Non
         "retention": report.retention(rows, names).to_dict("records"), "targets": report.targets(rows, names),
         "reliability": reliability, "modalities": names,
     }
+    news(STAGES["models"][1], "writing results and tables")
     (out / "results.json").write_text(dumps(result))
     pd.DataFrame(rows).to_csv(out / "results.csv", index=False)
     (out / "table.md").write_text(markdown(result), encoding="utf-8")
-    figs = {"auroc_by_pattern": figures.auroc_by_pattern(rows, names, labels),
-            "retention": figures.retention_curve(rows, names, labels),
-            "reliability": figures.reliability_diagram(reliability, labels, methods=[
-                "robustmdiff", "no_diffusion", "early_zero", "dropout_0.5", "masked_attention", "late_fusion"])}
-    result["figures"] = [str(p) for p in figures.write_figures(figs, out)]
+    figs = {"auroc_by_pattern": figures.auroc_by_pattern(rows, names),
+            "retention": figures.retention_curve(rows, names),
+            "reliability": figures.reliability_diagram(reliability, methods=figures.RELIABILITY_METHODS)}
+    result["figures"] = [str(p) for p in figures.write_figures(figs, out, on_figure=stage(news, *STAGES["figures"]))]
+    news(1.0, f"done in {time.perf_counter() - t0:.0f} s")
     result["out"] = str(out)
     return result
 
 
-def make_setup(checkpoint: str | None, data: Path, quick: bool, device: str, progress: bool = False) -> Setup:
-    """What every model of the evaluation shares: data, cached encoder features, base configuration."""
+def make_setup(checkpoint: str | None, data: Path, quick: bool, device: str, progress: bool = False,
+               on_cases: Callable[[int, int], None] | None = None) -> Setup:
+    """What every model of the evaluation shares: data, cached encoder features, base configuration
+    (`on_cases(done, total)`: progress of encoding the cases, when they are not cached yet)."""
     dev = torch.device(device)
     ckpt = Path(checkpoint) if checkpoint else DEFAULT_CHECKPOINT
     meta = read_meta(ckpt) if (ckpt / "meta.json").exists() else None
@@ -94,23 +116,24 @@ def make_setup(checkpoint: str | None, data: Path, quick: bool, device: str, pro
     if quick:
         config = quick_config(config)
     ds = Dataset.open(Path(data))
-    setup = Setup(ds, dataset_features(ds, config.model, dev, progress=progress), config, dev)
+    setup = Setup(ds, dataset_features(ds, config.model, dev, progress=progress, on_progress=on_cases), config, dev)
     if meta and not quick and meta.get("data_fingerprint") == ds.fingerprint():
         setup.reuse[("robustmdiff", config.training.seed)] = load_checkpoint(ckpt, dev)[0]  # the shipped model is seed 0
     return setup
 
 
 def markdown(result: dict) -> str:
-    rows, names, labels = result["rows"], result["modalities"], result["methods"]
+    """The tables of BENCHMARKS.md (the papers' format: both metrics, ± std in every cell); methods in words."""
+    rows, names = result["rows"], result["modalities"]
     ret = report.retention(rows, names)
-    ret["method"] = ret.method.map(lambda m: labels.get(m, m))
+    ret["method"] = ret.method.map(display_name)
     lines = ["## Macro AUROC and accuracy (%) under every availability pattern",
              "", f"Test split: {result['n_test_complete']} cases with all modalities, the others switched off per "
              f"pattern; mean ± std over seeds {result['seeds']}. AVG: mean over the patterns. p: Wilcoxon "
              "signed-rank test of RobustMDiff against the method, paired over patterns × seeds (* p < 0.05).", "",
-             report.main_table(rows, names, labels), "",
+             report.main_table(rows, names), "",
              "## Retention (share of the all-modalities AUROC kept; first column: that AUROC)", "",
              ret.to_markdown(index=False, floatfmt=".3f"), "", "## Rare vs common classes (natural missingness)", "",
-             report.rare_table(rows, labels).to_markdown(index=False, floatfmt=".3f"), "", "## Targets", "",
-             pd.DataFrame(result["targets"]).to_markdown(index=False)]
+             report.rare_table(rows).to_markdown(index=False, floatfmt=".3f"), "", "## Targets", "",
+             report.targets_frame(result["targets"]).to_markdown(index=False)]
     return "\n".join(lines) + "\n"

@@ -7,45 +7,65 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import plotly.express as px
 import plotly.graph_objects as go
 import plotly.io as pio
 
+from core.evaluation.harness import pattern_label
 from core.evaluation.report import pattern_columns, retention, summary
+from core.names import display_name
 
 log = logging.getLogger(__name__)
 
 
-def auroc_by_pattern(rows: list[dict], names: list[str], labels: dict[str, str]) -> go.Figure:
+# enough distinct colours for every method of the evaluation (plotly's default cycle has 10, so with 16
+# methods six lines shared a colour)
+COLOURS = px.colors.qualitative.Dark24
+LEGEND_ROW = 22  # px per legend entry
+# the methods of the reliability diagram (all 16 would be a tangle)
+RELIABILITY_METHODS = ["robustmdiff", "no_diffusion", "early_zero", "dropout_0.5", "masked_attention", "late_fusion"]
+
+
+def auroc_by_pattern(rows: list[dict], names: list[str]) -> go.Figure:
     s = summary(rows)
-    s = s[(s.group == "all") & s.condition.isin(pattern_columns(names))].copy()
-    s["method"] = s.method.map(lambda m: labels.get(m, m))
-    pivot = s.pivot(index="method", columns="condition", values="auroc")[pattern_columns(names)]
+    cols = pattern_columns(names)
+    s = s[(s.group == "all") & s.condition.isin(cols)].copy()
+    pivot = s.pivot(index="method", columns="condition", values="auroc")[cols]
     pivot = pivot.loc[s.method.unique()]
-    fig = px.imshow(pivot, text_auto=".3f", color_continuous_scale="Viridis", aspect="auto",
-                    labels={"color": "AUROC", "x": "available modalities", "y": ""})
-    fig.update_layout(title="Macro AUROC under every availability pattern (test split, mean over seeds)",
-                      height=120 + 28 * len(pivot), margin=dict(l=10, r=10, t=60, b=10))
+    pivot.index = [display_name(m) for m in pivot.index]
+    pivot.columns = [pattern_label(c) for c in cols]
+    fig = px.imshow(100 * pivot, text_auto=".1f", color_continuous_scale="Viridis", aspect="auto",
+                    labels={"color": "AUROC %", "x": "modalities given", "y": ""})
+    fig.update_layout(title="How well each method tells the diagnoses apart (AUROC %) with each combination of "
+                            "modalities<br><sup>test split, mean over seeds; 50 = guessing, 100 = perfect</sup>",
+                      height=140 + 28 * len(pivot), margin=dict(l=10, r=10, t=70, b=10))
     return fig
 
 
-def retention_curve(rows: list[dict], names: list[str], labels: dict[str, str]) -> go.Figure:
+def retention_curve(rows: list[dict], names: list[str]) -> go.Figure:
+    """One line per method, every one in the legend: the figure is as tall as its legend needs (a legend
+    taller than the plot is cut off: at the default height two of 16 methods were missing)."""
     ret = retention(rows, names)
     fig = go.Figure()
     ks = [0] + [k for k in range(1, len(names)) if f"{k}_missing_mean" in ret]
-    for _, r in ret.iterrows():
+    for i, (_, r) in enumerate(ret.iterrows()):
         y = [1.0] + [r[f"{k}_missing_mean"] for k in ks[1:]]
-        fig.add_trace(go.Scatter(x=ks, y=y, mode="lines+markers", name=labels.get(r["method"], r["method"]),
-                                 line=dict(width=4 if r["method"] == "robustmdiff" else 1.5)))
-    fig.update_layout(title="AUROC retained relative to all modalities present", xaxis_title="missing modalities",
-                      yaxis_title="share of full AUROC", yaxis_tickformat=".0%", xaxis=dict(tickvals=ks))
+        reference = r["method"] == "robustmdiff"
+        fig.add_trace(go.Scatter(x=ks, y=y, mode="lines+markers", name=display_name(r["method"]), showlegend=True,
+                                 line=dict(width=4 if reference else 1.5, color=COLOURS[i % len(COLOURS)],
+                                           dash="solid" if reference or i < len(COLOURS) else "dash")))
+    fig.update_layout(title="AUROC kept as modalities go missing (share of the all-given AUROC)",
+                      xaxis_title="modalities missing (mean over which ones)", yaxis_title="share of full AUROC",
+                      yaxis_tickformat=".0%", xaxis=dict(tickvals=ks),
+                      legend=dict(orientation="v", yanchor="top", y=1, tracegroupgap=0),
+                      height=max(450, 140 + LEGEND_ROW * len(ret)), margin=dict(l=10, r=10, t=60, b=10))
     return fig
 
 
-def reliability_diagram(reliability: dict[str, dict], labels: dict[str, str], bins: int = 10,
-                        methods: list[str] | None = None) -> go.Figure:
+def reliability_diagram(reliability: dict[str, dict], bins: int = 10, methods: list[str] | None = None) -> go.Figure:
     fig = go.Figure(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dash", color="gray"),
                                name="perfect calibration"))
     edges = np.linspace(0, 1, bins + 1)
@@ -60,18 +80,25 @@ def reliability_diagram(reliability: dict[str, dict], labels: dict[str, str], bi
             if sel.sum() >= 5:
                 xs.append(conf[sel].mean())
                 ys.append(correct[sel].mean())
-        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=labels.get(method, method)))
-    fig.update_layout(title="Reliability (test split, natural missingness)", xaxis_title="confidence (top class)",
-                      yaxis_title="accuracy", xaxis_range=[0, 1], yaxis_range=[0, 1])
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=display_name(method)))
+    fig.update_layout(title="Does the stated confidence match how often it is right?<br><sup>test split, "
+                            "modalities missing as they come</sup>", xaxis_title="confidence in the top diagnosis",
+                      yaxis_title="share right", xaxis_range=[0, 1], yaxis_range=[0, 1],
+                      legend=dict(orientation="h", yanchor="top", y=-0.25, xanchor="left", x=0),
+                      height=560, margin=dict(l=10, r=10, t=70, b=10))
     return fig
 
 
-def write_figures(figs: dict[str, go.Figure], out: Path) -> list[Path]:
-    """HTML always; PNG through Kaleido when it can find a Chromium (skipped with a warning otherwise)."""
+def write_figures(figs: dict[str, go.Figure], out: Path,
+                  on_figure: Callable[[float, str], None] | None = None) -> list[Path]:
+    """HTML always; PNG through Kaleido when it can find a Chromium (skipped with a warning otherwise).
+    `on_figure(fraction, text)` hears before each figure (a PNG takes a few seconds: a headless browser)."""
     written = []
     for noisy in ("kaleido", "choreographer", "logistro"):  # the headless browser's start-up chatter
         logging.getLogger(noisy).setLevel(logging.ERROR)
-    for name, fig in figs.items():
+    for i, (name, fig) in enumerate(figs.items()):
+        if on_figure:
+            on_figure(i / len(figs), f"drawing the figures: {name.replace('_', ' ')} ({i + 1} of {len(figs)})")
         fig.write_html(out / f"{name}.html", include_plotlyjs="cdn")
         written.append(out / f"{name}.html")
         try:

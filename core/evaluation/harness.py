@@ -24,6 +24,7 @@ from core.features import FeatureTable
 from core.inference import predict_table
 from core.model.config import Config
 from core.model.robustmdiff import RobustMDiff
+from core.names import display_name
 from core.training import train_model
 
 log = logging.getLogger(__name__)
@@ -69,10 +70,17 @@ def conditions(setup: Setup, seed: int) -> Iterator[tuple[str, np.ndarray, np.nd
     yield "natural", te, None
 
 
-def score(model: RobustMDiff, setup: Setup, table: FeatureTable, method: str, seed: int) -> tuple[list[dict], dict]:
+Progress = Callable[[float, str], None]  # (fraction done in [0, 1], what is going on)
+
+
+def score(model: RobustMDiff, setup: Setup, table: FeatureTable, method: str, seed: int,
+          on_progress: Progress | None = None) -> tuple[list[dict], dict]:
     """Metric rows for one trained model, and its natural-missingness probabilities (for reliability plots)."""
     rows, natural = [], {}
-    for name, idx, drop in conditions(setup, seed):
+    n_conditions = len(availability_patterns(len(setup.names))) + len(RANDOM_RATES) + 1
+    for i, (name, idx, drop) in enumerate(conditions(setup, seed)):
+        if on_progress:
+            on_progress(i / n_conditions, f"scoring: {condition_label(name)} ({i + 1} of {n_conditions})")
         probs = predict_table(model, table, idx, drop, seed=seed, device=setup.device, describe=False).probs
         y = setup.ds.labels[idx]
         if name == "natural":
@@ -83,15 +91,38 @@ def score(model: RobustMDiff, setup: Setup, table: FeatureTable, method: str, se
     return rows, natural
 
 
+def pattern_label(pattern: str) -> str:
+    """An availability pattern in words: 'image+labs' → 'Scan + Labs' (names from core.names)."""
+    return " + ".join(display_name(n) for n in pattern.split("+"))
+
+
+def condition_label(condition: str) -> str:
+    """An evaluation condition in words: the modalities of a pattern, or how modalities went missing."""
+    if condition == "natural":
+        return "modalities missing as they come"
+    if condition.startswith("random_"):
+        return f"{condition[len('random_'):]} % missing at random"
+    return pattern_label(condition)
+
+
+def cost(m: Method, config: Config) -> float:
+    """Rough time to train and score `m`, relative to a baseline (a model with diffusion: its denoiser,
+    fine-tuning on sampled latents, calibration and scoring with samples take ~10× longer)."""
+    return 10.0 if m.change(config).diffusion.enabled else 1.0
+
+
 def run(setup: Setup, methods: list[Method], seeds: list[int], on_step: Callable[[str], None] | None = None,
-        parts: Path | None = None, jobs: int = 1, worker_args: tuple | None = None) -> tuple[list[dict], dict]:
+        parts: Path | None = None, jobs: int = 1, worker_args: tuple | None = None,
+        on_progress: Progress | None = None) -> tuple[list[dict], dict]:
     """Train and score every (method, seed); returns metric rows and natural probabilities per method (first seed).
 
     With `parts`, each finished (method, seed) is saved there and reused by a rerun on the same data and
     configuration, so that an interrupted multi-hour evaluation resumes where it stopped. With `jobs` > 1,
     models train in that many worker processes, each rebuilding the setup from `worker_args` (the
     arguments of `core.evaluation.evaluate.make_setup`): small models use one CPU core poorly, so
-    two single-threaded trainings on two cores finish well before two two-threaded ones in turn."""
+    two single-threaded trainings on two cores finish well before two two-threaded ones in turn.
+    `on_progress(fraction, text)` hears about every epoch and scored condition (in worker processes: about
+    every finished model only); the fraction weighs each model by its `cost`."""
     stamp = json.loads(json.dumps({"data": setup.ds.fingerprint(), "config": setup.config.to_dict()}))
     done: dict[tuple[str, int], tuple[list[dict], dict]] = {}
     todo: list[tuple[Method, int]] = []
@@ -111,6 +142,21 @@ def run(setup: Setup, methods: list[Method], seeds: list[int], on_step: Callable
             tmp.write_text(json.dumps({"stamp": stamp, "rows": result[0], "natural": result[1]}, default=float))
             os.replace(tmp, parts / f"{m.name}-seed{seed}.json")
 
+    weights = {(m.name, seed): cost(m, setup.config) for m, seed in todo}
+    total, finished = sum(weights.values()) or 1.0, [0.0]
+
+    def model_news(m: Method, seed: int) -> Progress | None:
+        """The progress of one model as a part of the whole run."""
+        if not on_progress:
+            return None
+        share, head = weights[(m.name, seed)] / total, f"{display_name(m.name)} (seed {seed})"
+        return lambda f, text: on_progress(finished[0] + share * f, f"{head}: {text}")
+
+    def model_done(m: Method, seed: int) -> None:
+        finished[0] += weights[(m.name, seed)] / total
+        if on_progress:
+            on_progress(finished[0], f"{display_name(m.name)} (seed {seed}) done")
+
     for key in list(done):
         if on_step:
             on_step(f"{key[0]} (seed {key[1]}, saved)")
@@ -126,6 +172,7 @@ def run(setup: Setup, methods: list[Method], seeds: list[int], on_step: Callable
                 m, seed = futures[future]
                 if on_step:
                     on_step(f"{m.name} (seed {seed}, done)")
+                model_done(m, seed)
                 try:
                     finish(m, seed, future.result())  # every model that succeeds is saved, even after a failure
                 except Exception as e:  # noqa: BLE001 - re-raised below, once the others are saved
@@ -137,7 +184,8 @@ def run(setup: Setup, methods: list[Method], seeds: list[int], on_step: Callable
         for m, seed in todo:
             if on_step:
                 on_step(f"{m.name} (seed {seed})")
-            finish(m, seed, train_and_score(setup, m, seed))
+            finish(m, seed, train_and_score(setup, m, seed, model_news(m, seed)))
+            model_done(m, seed)
     rows: list[dict] = []
     reliability: dict[str, dict] = {}
     for seed in seeds:  # table order, however the models finished
@@ -156,13 +204,19 @@ def _read_part(path: Path) -> dict | None:
         return None
 
 
-def train_and_score(setup: Setup, m: Method, seed: int) -> tuple[list[dict], dict]:
+# share of a model's time spent training (the rest: scoring the test split under every condition)
+TRAIN_SHARE = 0.85
+
+
+def train_and_score(setup: Setup, m: Method, seed: int, on_progress: Progress | None = None) -> tuple[list[dict], dict]:
     table = restricted(setup.table, m.only) if m.only else setup.table
     model = setup.reuse.get((m.name, seed))
+    scoring = on_progress and (lambda f, text: on_progress(TRAIN_SHARE + (1 - TRAIN_SHARE) * f, text))
     if model is None:
         config = m.change(setup.config).override("training", seed=seed)
-        model = train_model(setup.ds, table, config, setup.device, progress=False).model
-    return score(model, setup, table, m.name, seed)
+        training = on_progress and (lambda f, text: on_progress(TRAIN_SHARE * f, f"training, {text}"))
+        model = train_model(setup.ds, table, config, setup.device, progress=False, on_progress=training).model
+    return score(model, setup, table, m.name, seed, scoring)
 
 
 _worker_setup: Setup | None = None

@@ -6,10 +6,18 @@ import numpy as np
 import pandas as pd
 from scipy.stats import wilcoxon
 
-from core.evaluation.harness import RANDOM_RATES
+from core.evaluation.harness import RANDOM_RATES, pattern_label
 from core.evaluation.patterns import availability_patterns, pattern_name
+from core.names import display_name
 
 REFERENCE = "robustmdiff"
+# what the tables' metrics are, in plain words (shown as column headers), and their definition (tooltips)
+METRIC_WORDS = {"auroc": "telling diagnoses apart (AUROC)", "accuracy": "accuracy"}
+METRIC_HELP = {
+    "auroc": "Macro AUROC: for each diagnosis, the chance that a case with it gets a higher probability of it than a "
+             "case without it (0.5 = guessing, 1 = perfect), averaged over the diagnoses. In %.",
+    "accuracy": "Share of cases whose most probable diagnosis is the true one. In %.",
+}
 
 
 def pattern_columns(names: list[str]) -> list[str]:
@@ -54,7 +62,7 @@ def _cell(mean: float, std: float) -> str:
     return "–" if np.isnan(mean) else f"{100 * mean:.2f} ± {100 * (0 if np.isnan(std) else std):.2f}"
 
 
-def main_table(rows: list[dict], names: list[str], labels: dict[str, str], metric: str = "auroc") -> str:
+def main_table(rows: list[dict], names: list[str], metric: str = "auroc") -> str:
     """Methods as rows, availability patterns as columns (ACC and the metric), AVG last (CMML Table 2).
     The best mean of each column is in bold; a * after the method marks a significant difference from
     RobustMDiff (Wilcoxon, p < 0.05)."""
@@ -81,7 +89,7 @@ def main_table(rows: list[dict], names: list[str], labels: dict[str, str], metri
             cells += [cell(r["accuracy"], r["accuracy_std"], best.at[c, "accuracy"]),
                       cell(r[metric], r[f"{metric}_std"], best.at[c, metric])]
         p = f"{sig[method]['p_value']:.3g}" if method in sig else "ref."
-        lines.append(f"| {labels.get(method, method)}{star} | " + " | ".join(cells)
+        lines.append(f"| {display_name(method)}{star} | " + " | ".join(cells)
                      + f" | {cell(avg_a.loc[method, 'mean'], avg_a.loc[method, 'std'], avg_a['mean'].max())}"
                      + f" | {cell(avg_m.loc[method, 'mean'], avg_m.loc[method, 'std'], avg_m['mean'].max())} | {p} |")
     return "\n".join(lines)
@@ -112,7 +120,7 @@ def retention(rows: list[dict], names: list[str], metric: str = "auroc") -> pd.D
     return pd.DataFrame(out)
 
 
-def rare_table(rows: list[dict], labels: dict[str, str]) -> pd.DataFrame:
+def rare_table(rows: list[dict]) -> pd.DataFrame:
     """Rare vs common classes under natural missingness: AUROC and recall, mean over seeds."""
     s = summary(rows)
     s = s[s.condition == "natural"]
@@ -121,10 +129,65 @@ def rare_table(rows: list[dict], labels: dict[str, str]) -> pd.DataFrame:
         sub = s[s.method == method].set_index("group")
         if "rare" not in sub.index:
             continue
-        out.append({"method": labels.get(method, method), "rare AUROC": sub.loc["rare", "auroc"],
+        out.append({"method": display_name(method), "rare AUROC": sub.loc["rare", "auroc"],
                     "rare recall": sub.loc["rare", "recall"], "common AUROC": sub.loc["common", "auroc"],
                     "common recall": sub.loc["common", "recall"]})
     return pd.DataFrame(out)
+
+
+def comparison(rows: list[dict], names: list[str], metric: str = "auroc") -> tuple[pd.DataFrame, dict[str, str]]:
+    """The main table for a screen, and a definition of each column (for tooltips): one metric, methods as
+    rows in table order, the mean over seeds (%) under every availability pattern and its average over the
+    patterns, and the test against RobustMDiff; every name in words. Where `main_table` (both metrics, ±
+    std in every cell: 18 columns) needs scrolling sideways on a laptop screen, this fits at 1440 px."""
+    s = summary(rows)
+    s = s[s.group == "all"]
+    cols = pattern_columns(names)
+    heads = {c: pattern_label(c).replace(" + ", "+") for c in cols}
+    heads[cols[-1]] = "All modalities"
+    sig = significance(rows, names, metric)
+    avg = averages(rows, names, metric).groupby("method")[metric].mean()
+    out = []
+    for method in s.method.unique():
+        sub = s[s.method == method].set_index("condition")
+        p = sig[method]["p_value"] if method in sig else None
+        out.append({"Method": display_name(method), **{heads[c]: 100 * sub.at[c, metric] for c in cols},
+                    "Average": 100 * avg[method], "p": "ref." if p is None else _p_text(p)})
+    what = METRIC_HELP[metric]
+    helps = {heads[c]: f"{what} Only {pattern_label(c)} given: the complete test cases with the other modalities "
+                       "switched off; mean over the training seeds (± std: in the downloadable table)." for c in cols}
+    helps.update({"Method": "How missing modalities are handled (core/evaluation/methods.py).",
+                  "Average": f"{what} Mean over the {len(cols)} combinations of modalities (AVG in the papers).",
+                  "p": "Could the difference between RobustMDiff (ref.) and this method be chance? The p-value of a "
+                       "two-sided Wilcoxon signed-rank test, paired over combinations × seeds; * marks p < 0.05."})
+    return pd.DataFrame(out), helps
+
+
+def _p_text(p: float) -> str:
+    return ("<0.001" if p < 0.001 else f"{p:.2g}") + (" *" if p < 0.05 else "")
+
+
+def retention_view(rows: list[dict], names: list[str]) -> tuple[pd.DataFrame, dict[str, str]]:
+    """`retention` for a screen: words for the methods and columns, in %, and a definition per column."""
+    ret = retention(rows, names)
+    heads = {"method": "Method", "auroc_all_present": "All given"}
+    helps = {"All given": METRIC_HELP["auroc"] + " With every modality given: what the other columns are a share of."}
+    for k in range(1, len(names)):
+        for kind in ("mean", "worst"):
+            head = f"{k} missing, {kind}"
+            heads[f"{k}_missing_{kind}"] = head
+            helps[head] = (f"Share of the all-given AUROC kept with {k} modalit{'y' if k == 1 else 'ies'} switched off, "
+                           f"{'averaged over' if kind == 'mean' else 'the worst of'} the ways to choose {k}. In %.")
+    for rate in RANDOM_RATES:
+        head = f"Random {int(rate * 100)} %"
+        heads[f"random_{int(rate * 100)}"] = head
+        helps[head] = (f"Share of the all-given AUROC kept when each modality is switched off with probability "
+                       f"{rate:.0%} (at least one kept per case). In %.")
+    ret = ret.rename(columns=heads)
+    ret["Method"] = ret["Method"].map(display_name)
+    numeric = [c for c in ret.columns if c != "Method"]
+    ret[numeric] = 100 * ret[numeric]
+    return ret, helps
 
 
 def targets(rows: list[dict], names: list[str]) -> list[dict]:
@@ -138,7 +201,7 @@ def targets(rows: list[dict], names: list[str]) -> list[dict]:
         out: list[dict] = []
     else:
         out = [{"target": "best AVG AUROC of all methods",
-                "measured": f"{avg.idxmax()} ({avg.max():.4f}); RobustMDiff {avg.get(REFERENCE, np.nan):.4f}",
+                "measured": f"{display_name(avg.idxmax())} ({avg.max():.4f}); RobustMDiff {avg.get(REFERENCE, np.nan):.4f}",
                 "met": bool(avg.get(REFERENCE, -np.inf) >= avg.max())},  # a tie for first counts
                {"target": "p < 0.05 against every other method (Wilcoxon)",
                 "measured": f"{sum(v['p_value'] < 0.05 and v['mean_difference'] > 0 for v in sig.values())} of "
@@ -159,3 +222,10 @@ def targets(rows: list[dict], names: list[str]) -> list[dict]:
         out.append({"target": "rare-class recall >= 15 % higher than without rare-disease sampling",
                     "measured": f"{nat[REFERENCE]:.3f} vs {nat['no_rare_sampling']:.3f} ({gain:+.1%})", "met": bool(gain >= 0.15)})
     return out
+
+
+def targets_frame(targets: list[dict]) -> pd.DataFrame:
+    """Targets as read: 'met' / 'not met' in words rather than booleans (which a page draws as checkboxes)."""
+    df = pd.DataFrame(targets, columns=["target", "measured", "met"])
+    df["met"] = df["met"].map(lambda m: "met" if m else "not met")
+    return df
