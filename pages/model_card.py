@@ -9,8 +9,27 @@ import plotly.graph_objects as go
 import streamlit as st
 import yaml
 
+from core.evaluation import report
+from core.evaluation.harness import condition_label
+from core.names import display_name, display_names
 from core.paths import ASSETS, DEFAULT_CHECKPOINT
 from pages.common import NOTICE, get_predictor
+
+# the test metrics in words (column headers), with their definitions (tooltips)
+METRICS = {
+    "auroc": ("Telling apart (AUROC)", report.METRIC_HELP["auroc"].replace(" In %.", "")),
+    "auprc": ("Precision-recall area (AUPRC)", "Area under the precision-recall curve per diagnosis, averaged: like "
+              "AUROC, but it weighs how many of the cases flagged with a diagnosis really have it."),
+    "accuracy": ("Accuracy", "Share of cases whose most probable diagnosis is the true one."),
+    "f1": ("F1", "Harmonic mean of precision and recall per diagnosis, averaged over the diagnoses."),
+    "sensitivity": ("Found (sensitivity)", "Share of the cases with a diagnosis that get it as the top answer, "
+                    "averaged over the diagnoses (recall)."),
+    "specificity": ("Correctly ruled out (specificity)", "Share of the cases without a diagnosis that do not get it "
+                    "as the top answer, averaged over the diagnoses."),
+    "ece": ("Calibration error (ECE)", "Expected calibration error: the gap between the stated confidence in the top "
+            "diagnosis and how often it is right, averaged over 10 confidence bins weighted by their cases (0 = "
+            "perfect)."),
+}
 
 st.title("Model card")
 predictor = get_predictor()
@@ -23,22 +42,26 @@ MLP, knowledge-enhanced fusion over {meta['n_concepts']} medical concepts, a con
 restores missing modalities ({predictor.model.config.diffusion.sample_steps} DDIM steps × {predictor.model.config.diffusion.samples}
 samples), and a calibrated classifier (see Calibration).
 
-**Training data.** `{spec['name']}`: {meta['data_size']} cases, classes {', '.join(predictor.classes)}
-(rare: {', '.join(spec.get('rare_classes', [])) or 'none'}). Data fingerprint `{meta['data_fingerprint'][:16]}…`.
+**Training data.** `{spec['name']}`: {meta['data_size']} cases, diagnoses {', '.join(display_names(predictor.classes))}
+(rare: {', '.join(display_names(spec.get('rare_classes', []))) or 'none'}). Data fingerprint `{meta['data_fingerprint'][:16]}…`.
 Trained in {meta['train_seconds'] / 60:.1f} min on {meta['device']} with `{meta['command'] or 'python -m core train'}`.
 """)
-st.subheader("Test metrics per availability pattern")
-st.caption("Complete test cases with the other modalities switched off; 'natural' = the test split as it comes.")
-rows = [{"pattern": k, **{m: v[m] for m in ("auroc", "auprc", "accuracy", "f1", "sensitivity", "specificity", "ece")},
-         "n": v.get("n")} for k, v in meta["test_metrics"].items()]
-st.dataframe(pd.DataFrame(rows).round(3), hide_index=True)
+st.subheader("Test metrics for each combination of modalities")
+st.caption("Complete test cases with the other modalities switched off, and the test split with modalities missing "
+           "as they come. Hover a column title for its definition.")
+rows = [{"Modalities": condition_label(k), **{METRICS[m][0]: v[m] for m in METRICS}, "Cases": v.get("n")}
+        for k, v in meta["test_metrics"].items()]
+st.dataframe(pd.DataFrame(rows).round(3), hide_index=True, width="stretch",
+             column_config={head: st.column_config.NumberColumn(help=text) for head, text in METRICS.values()})
 st.subheader("Calibration")
 temps = list(meta.get("calibration_fit", {}).get("temperature", {}).get("temperature", {}).values()) or [meta["temperature"]]
 st.markdown(f"""
-Class probabilities are softmax(logits / T + b) averaged over the diffusion samples, with a temperature T for each
-availability pattern ({min(temps):.2f}–{max(temps):.2f}) and a per-class prior correction b, fitted on the validation
-split on exactly that average (this also undoes the prior shift of rare-class oversampling).
-
+Class probabilities are softened or sharpened for each combination of modalities (a temperature between
+{min(temps):.2f} and {max(temps):.2f}) and shifted per diagnosis, both fitted on the validation split, so that a stated
+80 % is right about 80 % of the time; this also undoes the over-representation of rare diseases in training.
+""", help="Probabilities are softmax(logits / T + b) averaged over the diffusion samples: a temperature T per "
+          "availability pattern and a per-class prior correction b, fitted on exactly that average.")
+st.markdown("""
 The **synthesis confidence** of a missing modality is the probability that the answer stays the same when the
 real modality is added. It is learned on validation cases, each predicted from every subset of its modalities,
 by a logistic regression on the spread of the diffusion samples, the expected change and information gain of
@@ -48,32 +71,51 @@ Measured on the test split (`python -m core calibration`):
 """)
 cal = meta.get("calibration")
 if cal:
-    st.dataframe(pd.DataFrame([{"modality hidden": m, "views": c["n"], "confidence ECE": c["ece"],
-                                "ECE of a perfectly calibrated model (mean)": c["ece_noise_floor"][0], "AUROC": c["auroc"],
-                                "Brier": c["brier"], "mean confidence": c["mean_confidence"],
-                                "answer unchanged": c["unchanged_rate"], "seed sensitivity": cal["seed_sensitivity"][m]}
-                               for m, c in cal["confidence"].items()]).round(3), hide_index=True, width="stretch")
+    helps = {
+        "Views": "Test cases predicted without this modality (from each subset of the others).",
+        "Calibration error": "ECE of the synthesis confidence: the gap between the stated confidence and how often "
+                             "the answer really stayed the same, averaged over bins (0 = perfect).",
+        "Error by chance alone": "The mean ECE a perfectly calibrated confidence would show on this many views "
+                                 "(the noise floor).",
+        "Tells kept from changed (AUROC)": "AUROC of the confidence for 'the answer stays the same': the chance that a "
+                                           "view whose answer stays gets a higher confidence than one whose answer changes.",
+        "Squared error (Brier)": "Brier score: mean squared gap between the confidence and what happened (1 = stayed, "
+                                 "0 = changed); lower is better.",
+        "Mean confidence": "Average synthesis confidence over the views.",
+        "Answer unchanged": "Share of views whose answer stayed the same once the real modality was added.",
+        "Change with the seed": "How much the confidence moves when the diffusion samples are drawn with other seeds "
+                                "(mean absolute change).",
+    }
+    st.dataframe(pd.DataFrame([{"Modality hidden": display_name(m), "Views": c["n"], "Calibration error": c["ece"],
+                                "Error by chance alone": c["ece_noise_floor"][0],
+                                "Tells kept from changed (AUROC)": c["auroc"], "Squared error (Brier)": c["brier"],
+                                "Mean confidence": c["mean_confidence"], "Answer unchanged": c["unchanged_rate"],
+                                "Change with the seed": cal["seed_sensitivity"][m]}
+                               for m, c in cal["confidence"].items()]).round(3), hide_index=True, width="stretch",
+                 column_config={k: st.column_config.Column(help=v) for k, v in helps.items()})
     fig = go.Figure(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dash", color="#aaa"), name="ideal"))
     for m, c in cal["confidence"].items():
         fig.add_scatter(x=[b["mean_predicted"] for b in c["bins"]], y=[b["observed"] for b in c["bins"]],
-                        mode="lines+markers", name=f"{m} hidden")
+                        mode="lines+markers", name=f"{display_name(m)} hidden")
     fig.update_layout(height=340, xaxis_title="synthesis confidence", yaxis_title="answer unchanged (observed)",
                       margin=dict(l=10, r=10, t=30, b=10), title="Reliability of the synthesis confidence (test)")
     st.plotly_chart(fig, width="stretch")
     p, nt = cal["probabilities"], cal["next_test"]
-    lines = [f"- Class probabilities under natural missingness: ECE {p['ece']:.3f} (a perfectly calibrated model would "
-             f"show about {p['ece_noise_floor'][0]:.3f} on these {cal['n_test']} cases), Brier {p['brier']:.3f}; the mean "
-             f"predicted probability of every class is within {p['prevalence_gap']:.3f} of its prevalence."]
+    lines = [f"- Class probabilities, modalities missing as they come: calibration error {p['ece']:.3f} (a perfectly "
+             f"calibrated model would show about {p['ece_noise_floor'][0]:.3f} on these {cal['n_test']} cases), squared "
+             f"error {p['brier']:.3f}; the mean predicted probability of every diagnosis is within "
+             f"{p['prevalence_gap']:.3f} of how common it is."]
     if nt.get("n_views"):
         lines.append(f"- Which test next (the missing modality most likely to change the answer): it is the one whose real "
                      f"value changes the answer most in {nt['top1_agreement_probability_of_change']:.0%} of test views "
                      f"missing two or more (chance {nt['top1_chance']:.0%}).")
-    lines += [f"- Assumed {m} values: their 80 % intervals contain {a['coverage']:.0%} of the real test values."
-              for m, a in cal["assumed_values"].items()]
-    st.markdown("\n".join(lines))
+    lines += [f"- Assumed {display_name(m)} values: their 80 % intervals contain {a['coverage']:.0%} of the real test "
+              "values." for m, a in cal["assumed_values"].items()]
+    st.markdown("\n".join(lines), help="Calibration error: expected calibration error (ECE), the gap between the "
+                "stated confidence and the accuracy averaged over 10 confidence bins. Squared error: the Brier score, "
+                "the mean squared difference between the probabilities and the one-hot truth.")
     with st.expander("Targets"):
-        st.dataframe(pd.DataFrame([{"target": t["target"], "measured": round(t["measured"], 4),
-                                    "met": "yes" if t["met"] else "no"} for t in cal["targets"]]),
+        st.dataframe(report.targets_frame([{**t, "measured": round(t["measured"], 4)} for t in cal["targets"]]),
                      hide_index=True, width="stretch")
 st.subheader("Inputs unlike the training data")
 guard = meta.get("guard")
@@ -83,19 +125,27 @@ st.markdown("A scan whose DICOM header contradicts what the model was trained on
                or "no expectation declared") + "), unless you override it. Every present input is also scored "
             "against the training data; above the threshold the diagnosis is greyed under a banner.")
 if guard:
-    st.dataframe(pd.DataFrame([{"input": m, "threshold": round(t, 2),
+    st.dataframe(pd.DataFrame([{"input": display_name(m), "threshold": round(t, 2),
                                 "flagged on validation": f"{guard['val_flagged'].get(m, float('nan')):.1%}",
                                 "false alarms on test": f"{guard.get('test_flagged', {}).get(m, float('nan')):.1%}"}
                                for m, t in guard["thresholds"].items()]), hide_index=True, width="stretch")
-    st.caption("Score: images and notes, the distance to the nearest class of training inputs in the frozen "
-               "encoder's feature space (about 1 for a typical input); labs, -log10 of how rare the combination "
-               "or the most extreme value is. Thresholds leave 1 % of held-out inputs flagged.")
+    st.caption("Score: for scans and notes, how far the input lies from the training inputs (about 1 for a typical "
+               "input); for labs, how rare the combination or the most extreme value is. Thresholds leave 1 % of "
+               "held-out inputs flagged.", help="Images and notes: the distance to the nearest class of training "
+               "inputs in the frozen encoder's feature space, in units of the typical distance. Labs: -log10 of the "
+               "probability of the combination or of the most extreme value under the training distribution.")
 else:
     st.warning("This checkpoint carries no out-of-distribution statistics: run `python -m core guard --fit`.")
-evaluation = ASSETS / "evaluation" / "table.md"
+evaluation = ASSETS / "evaluation" / "results.json"
 if evaluation.exists():
     with st.expander("Comparison with baselines and ablations (python -m core evaluate)"):
-        st.markdown(evaluation.read_text(encoding="utf-8"))
+        result = json.loads(evaluation.read_text(encoding="utf-8"))
+        table, helps = report.comparison(result["rows"], result["modalities"])
+        st.dataframe(table.round(1), hide_index=True, width="stretch", height=35 * (len(table) + 1) + 3,
+                     column_config={c: st.column_config.Column(help=h) for c, h in helps.items()})
+        st.caption(f"AUROC (%) on the {result['n_test_complete']} complete test cases with only the named modalities "
+                   "given, mean over the training seeds. The Robustness lab shows accuracy, retention, rare diseases "
+                   "and the figures; BENCHMARKS.md the full table with ± std.")
 st.subheader("Intended use and limits")
 st.markdown(f"""
 - **{NOTICE}**

@@ -17,6 +17,7 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 from core.errors import RobustMDiffError
+from core.names import display_name
 from core.explain.explanation import METHODS, Explanation, explain_case
 from core.explain.render import legend_html, note_html, overlay
 from core.review import auth
@@ -167,7 +168,7 @@ def _on_save(reviewer: str, item: Item, pos: int) -> None:
 def show_item(item: Item, row: int, exp: Explanation, pos: int) -> None:
     """One item, blinded: nothing drawn (text, captions, element keys) names its model or method."""
     case = load_demo_case(row)
-    st.markdown(f"**Case {item.case_id}** · model prediction: **{exp.target}** "
+    st.markdown(f"**Case {item.case_id}** · model prediction: **{display_name(exp.target)}** "
                 f"({exp.prediction.probabilities[exp.target]:.0%}). Model and explanation method: hidden.")
     c1, c2 = st.columns([1, 1])
     image = heat_image(item.case_id, item.model, item.method, row)
@@ -179,7 +180,7 @@ def show_item(item: Item, row: int, exp: Explanation, pos: int) -> None:
         shown = [r for r in rows if r.value is not None]
         fig = go.Figure(go.Bar(y=[f"{r.label} {r.value:.3g} {r.unit} {r.flag}" for r in shown],
                                x=[r.score for r in shown], orientation="h"))
-        fig.update_layout(height=80 + 30 * len(shown), yaxis=dict(autorange="reversed"), title="lab attributions",
+        fig.update_layout(height=80 + 30 * len(shown), yaxis=dict(autorange="reversed"), title="Lab results ranked by influence",
                           margin=dict(l=10, r=10, t=30, b=10))
         st.plotly_chart(fig, width="stretch", key=f"labs_{pos}")
 
@@ -259,32 +260,63 @@ def results_view() -> None:
     tables = {"per_model": per_model(ratings), "per_method": per_method(ratings),
               "per_model_method": per_model_method(ratings), "paired_test": paired_tests(ratings)}
     st.plotly_chart(ratings_chart(tables["per_model_method"]), width="stretch", key="ratings_chart")
-    st.caption("Mean rating (1–5) with its 95 % t-interval over the ratings (each rating one observation; the "
-               "interval does not account for ratings sharing a reviewer or a case).")
+    st.caption("Mean rating (1–5) with the range that holds the true mean with 95 % probability.",
+               help="95 % t-interval over the ratings, each rating one observation; it does not account for "
+                    "ratings sharing a reviewer or a case.")
     for name, title in (("per_model", "Per model"), ("per_method", "Per explanation method"),
                         ("per_model_method", "Per model and method")):
         st.markdown(f"**{title}**")
-        st.dataframe(tables[name].round(2), hide_index=True, key=f"table_{name}")
+        readable_table(tables[name].round(2), f"table_{name}")
     paired_view(tables["paired_test"])
     alpha = agreement(ratings)
-    st.markdown("Inter-rater agreement (Krippendorff's α, ordinal): " +
-                ", ".join(f"{k} {v:.2f}" if v == v else f"{k} n/a (needs items rated by two reviewers)"
-                          for k, v in alpha.items()))
+    st.markdown("Agreement between reviewers (1 = full, 0 = as by chance): " +
+                ", ".join(f"{k} {v:.2f}" if v == v else f"{k} not yet measurable (needs items rated by two reviewers)"
+                          for k, v in alpha.items()),
+                help="Krippendorff's α for ordinal ratings, per question, over the items rated by two or more "
+                     "reviewers.")
     c1, c2 = st.columns(2)
     c1.download_button("Export ratings (CSV)", ratings_csv(ratings), "ratings.csv", mime="text/csv", key="export")
     c2.download_button("Export results (CSV)", results_csv(tables), "review-results.csv", mime="text/csv",
                        key="export_results")
 
 
+# the admin's tables keep the internal names (the exported CSV and `python -m core train --method` use them);
+# people read the same rows in words: these columns are drawn as the words in a column of their own
+WORDS = {"model": "Model", "method": "Explanation method", "reference": "Reference", "comparison": "Compared with",
+         "direction": "Rated higher"}
+HEADERS = {"scale": "Question", "mean": "Mean", "ci_low": "95 % range from", "ci_high": "to", "n": "Ratings",
+           "n_pairs": "Pairs", "n_nonzero": "Pairs that differ", "mean_diff": "Mean difference",
+           "median_diff": "Median difference", "statistic": "Test statistic", "p": "p", "p_holm": "p (corrected)"}
+
+
+def _words(value: object) -> str:
+    """A model or method in words; in "<model> higher", the model."""
+    name, _, rest = str(value).partition(" ")
+    return display_name(name) + (f" {rest}" if rest else "")
+
+
+def readable_table(df: pd.DataFrame, key: str, helps: dict[str, str] | None = None) -> None:
+    """Draw a results table with names and headers in words; the frame keeps its internal names too."""
+    shown = df.copy()
+    for col, head in WORDS.items():
+        if col in shown:
+            shown[head] = shown[col].map(_words)
+    order = [WORDS[c] for c in df.columns if c in WORDS] + [c for c in df.columns if c not in WORDS]
+    st.dataframe(shown, hide_index=True, key=key, column_order=order, column_config={
+        c: st.column_config.Column(HEADERS.get(c, c), help=(helps or {}).get(c)) for c in df.columns if c not in WORDS})
+
+
 def models_view(found: Lineup) -> None:
     """Which models the study compares, and what is missing with the command that trains it."""
     st.markdown("**Models in this study** (a second blinded factor beside the explanation method)")
     st.dataframe(pd.DataFrame([{"model": m.name, "label": m.label, "checkpoint": str(m.path)} for m in found.models],
-                              columns=["model", "label", "checkpoint"]), hide_index=True, key="models_table")
+                              columns=["model", "label", "checkpoint"]), hide_index=True, key="models_table",
+                 column_order=["label", "checkpoint"], column_config={"label": "Model", "checkpoint": "Checkpoint"})
     if found.missing:
         commands = "\n".join(train_command(n) for n in found.missing)
-        st.warning(f"Missing from the study: {', '.join(found.missing)}. The study runs with the models above; "
-                   "train the missing ones (the queue takes them up at the next page load):")
+        st.warning(f"Missing from the study: {', '.join(f'{display_name(n)} ({n})' for n in found.missing)}. The study "
+                   "runs with the models above; train the missing ones (the queue takes them up at the next page "
+                   "load):")
         st.code(commands, language="bash")
     for path, why in found.skipped:
         st.caption(f"Not used: {path} ({why}).")
@@ -296,7 +328,8 @@ def ratings_chart(table: pd.DataFrame) -> go.Figure:
     for m_i, (model, sub) in enumerate(table.groupby("model", sort=False)):
         for s_i, scale in enumerate(SCALES):
             part = sub[sub.scale == scale]
-            fig.add_trace(go.Bar(x=part.method, y=part["mean"], name=model, legendgroup=model,
+            fig.add_trace(go.Bar(x=[display_name(m) for m in part.method], y=part["mean"], name=display_name(model),
+                                 legendgroup=model,
                                  showlegend=s_i == 0, marker_color=f"hsl({(m_i * 137) % 360},55%,45%)",
                                  error_y=dict(type="data", symmetric=False, array=part.ci_high - part["mean"],
                                               arrayminus=part["mean"] - part.ci_low)), row=1, col=s_i + 1)
@@ -307,17 +340,20 @@ def ratings_chart(table: pd.DataFrame) -> go.Figure:
 
 
 def paired_view(paired: pd.DataFrame) -> None:
-    st.markdown(f"**Paired test: {REFERENCE_MODEL} against each comparison model**")
+    st.markdown(f"**Paired test: {display_name(REFERENCE_MODEL)} against each comparison model**")
     if paired.empty:
         st.caption("Needs ratings of RobustMDiff and of a comparison model by the same reviewer on the same case "
                    "and method.")
         return
-    st.dataframe(paired.round(4), hide_index=True, key="table_paired")
+    readable_table(paired.round(4), "table_paired", helps={
+        "p": "Chance of a difference at least this large if the models were rated alike: two-sided Wilcoxon "
+             "signed-rank test, zero differences dropped.",
+        "p_holm": "The p-value corrected for testing several comparison models (Holm), per question.",
+        "statistic": "The Wilcoxon signed-rank statistic."})
     st.caption("Pairs: one reviewer's ratings of the same case and explanation method under RobustMDiff and under "
                "the comparison model. Difference = RobustMDiff − comparison (positive: RobustMDiff rated higher). "
-               "Wilcoxon signed-rank, two-sided, zero differences dropped (n_nonzero); p_holm: Holm-corrected "
-               "across the comparison models, per scale. Pairs from one reviewer or one case are not fully "
-               "independent, which the test assumes: read p as a guide.")
+               "A small p means the difference is unlikely to be chance; pairs from one reviewer or one case are "
+               "not fully independent, which the test assumes, so read p as a guide.")
 
 
 def _on_reset_pin() -> None:

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
+from dataclasses import dataclass, field
 
 import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from core.evaluation import figures
+from core.evaluation import figures, report
+from core.evaluation.harness import pattern_label
 from core.evaluation.methods import methods_for
 from core.evaluation.patterns import availability_patterns, pattern_name
+from core.names import display_name
 from core.paths import ASSETS
 from pages.common import fail, get_demo_cases, get_predictor, load_demo_case, notice
 
@@ -18,21 +23,126 @@ st.title("Robustness lab")
 notice()
 predictor = get_predictor()
 names = [n for n, _ in predictor.modalities]
+METRICS = {"auroc": "Telling diagnoses apart (AUROC)", "accuracy": "Accuracy"}
+
+
+def numbers(df: pd.DataFrame, helps: dict[str, str], fmt: str = "%.1f") -> dict:
+    """Column settings: the definition of each column in its tooltip, numbers compact (the tables must fit
+    a 1440 px screen without scrolling sideways)."""
+    config = {}
+    for col in df.columns:
+        if pd.api.types.is_numeric_dtype(df[col]):
+            config[col] = st.column_config.NumberColumn(help=helps.get(col), format=fmt)
+        else:
+            config[col] = st.column_config.TextColumn(help=helps.get(col), pinned=col == "Method")
+    return config
+
+
+def all_rows(df: pd.DataFrame) -> int:
+    """A table height that shows every row (16 methods: no scrolling inside the table)."""
+    return 35 * (len(df) + 1) + 3
+
+
+def comparison_tables(result: dict, key: str) -> None:
+    """The papers' comparison, one metric at a time, every column on screen; the full markdown to download."""
+    rows, modalities = result["rows"], result["modalities"]
+    metric = st.segmented_control("Measure", list(METRICS), format_func=METRICS.get, default="auroc",
+                                  key=f"{key}_metric", help=report.METRIC_HELP["auroc"] + " " + report.METRIC_HELP["accuracy"])
+    table, helps = report.comparison(rows, modalities, metric or "auroc")
+    st.dataframe(table, hide_index=True, width="stretch", column_config=numbers(table, helps), key=f"{key}_table",
+                 height=all_rows(table))
+    st.caption(f"{METRICS[metric or 'auroc']}, %, on the {result['n_test_complete']} complete test cases with only "
+               "the named modalities given; mean over the training seeds. Hover a column title for its definition.")
+    st.markdown("**How much of the all-given AUROC each method keeps (%)**")
+    ret, ret_helps = report.retention_view(rows, modalities)
+    st.dataframe(ret, hide_index=True, width="stretch", column_config=numbers(ret, ret_helps), key=f"{key}_retention",
+                 height=all_rows(ret))
+    rare = report.rare_table(rows)
+    if not rare.empty:
+        st.markdown("**Rare and common diagnoses** (modalities missing as they come)")
+        rare.columns = ["Method", "Rare: AUROC", "Rare: found (recall)", "Common: AUROC", "Common: found (recall)"]
+        rare[rare.columns[1:]] = 100 * rare[rare.columns[1:]]
+        recall = "Share of the cases with such a diagnosis that get it as the top answer (recall, sensitivity). In %."
+        st.dataframe(rare, hide_index=True, width="stretch", key=f"{key}_rare", height=all_rows(rare),
+                     column_config=numbers(rare, {
+            "Rare: AUROC": report.METRIC_HELP["auroc"], "Common: AUROC": report.METRIC_HELP["auroc"],
+            "Rare: found (recall)": recall, "Common: found (recall)": recall}))
+    from core.evaluation.evaluate import markdown
+
+    st.download_button("Download the full table (markdown, as in BENCHMARKS.md: both measures, ± std)",
+                       markdown(result), "table.md", mime="text/markdown", key=f"{key}_markdown")
+
+
+def targets_table(targets: list[dict], key: str) -> None:
+    st.dataframe(report.targets_frame(targets), hide_index=True, width="stretch", key=f"{key}_targets",
+                 column_config={"met": st.column_config.TextColumn("met?", width="small")})
 
 
 def show_results(result: dict, key: str) -> None:
-    rows, labels = result["rows"], result["methods"]
+    rows, modalities = result["rows"], result["modalities"]
     st.caption(f"{result['n_test_complete']} complete test cases; seeds {result['seeds']}; "
                f"{result['seconds'] / 60:.0f} min on {result['machine']['cpus']} CPUs ({result['device']}).")
-    st.plotly_chart(figures.auroc_by_pattern(rows, result["modalities"], labels), width="stretch", key=f"{key}_heat")
-    c1, c2 = st.columns(2)
-    c1.plotly_chart(figures.retention_curve(rows, result["modalities"], labels), width="stretch", key=f"{key}_ret")
-    c2.plotly_chart(figures.reliability_diagram(result["reliability"], labels, methods=["robustmdiff", "no_diffusion",
-                    "early_zero", "masked_attention", "late_fusion"]), width="stretch", key=f"{key}_rel")
-    st.dataframe(pd.DataFrame(result["targets"]), hide_index=True)
-    with st.expander("Full table (markdown, as in BENCHMARKS.md)"):
-        from core.evaluation.evaluate import markdown
-        st.markdown(markdown(result))
+    st.plotly_chart(figures.auroc_by_pattern(rows, modalities), width="stretch", key=f"{key}_heat")
+    c1, c2 = st.columns([3, 2])
+    c1.plotly_chart(figures.retention_curve(rows, modalities), width="stretch", key=f"{key}_ret")
+    c2.plotly_chart(figures.reliability_diagram(result["reliability"], methods=figures.RELIABILITY_METHODS),
+                    width="stretch", key=f"{key}_rel")
+    c2.caption("On the diagonal, a stated confidence of 80 % is right 80 % of the time (calibration).")
+    st.markdown("**Targets**")
+    targets_table(report.targets(rows, modalities), key)  # recomputed: older results name methods internally
+    with st.expander("Comparison table (every method under every combination of modalities)"):
+        comparison_tables(result, key)
+
+
+# ---- quick evaluation: runs in a thread, so that the page can show its progress and the time as it goes ----
+@dataclass
+class QuickRun:
+    methods: list[str]
+    started: float = field(default_factory=time.monotonic)
+    fraction: float = 0.0
+    text: str = "starting"
+    updated: float = field(default_factory=time.monotonic)
+    result: dict | None = None
+    error: Exception | None = None
+    thread: threading.Thread | None = None
+
+    def news(self, fraction: float, text: str) -> None:  # from the evaluation thread: plain attributes only
+        self.fraction, self.text, self.updated = max(self.fraction, fraction), text, time.monotonic()
+
+    def work(self) -> None:
+        from core.evaluation.evaluate import evaluate
+
+        try:
+            self.result = evaluate(methods=",".join(self.methods) or "robustmdiff", quick=True, progress=False,
+                                   on_progress=self.news)
+        except Exception as e:  # noqa: BLE001 - shown on the page by the script thread
+            self.error = e
+
+    def start(self) -> QuickRun:
+        self.thread = threading.Thread(target=self.work, name="quick-evaluation", daemon=True)
+        self.thread.start()
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
+
+def minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)}:{int(seconds % 60):02d}"
+
+
+def follow(job: QuickRun) -> None:
+    """Redraw the job's progress every half second until it ends (the run goes on if the page is left)."""
+    bar, clock = st.progress(0.0, text="starting…"), st.empty()
+    while job.running:
+        bar.progress(min(job.fraction, 1.0), text=f"{job.text} · {job.fraction:.0%}")
+        clock.caption(f"{minutes(time.monotonic() - job.started)} elapsed; last news "
+                      f"{time.monotonic() - job.updated:.0f} s ago. You can leave this page: the run goes on, and "
+                      "its results appear here when you come back.")
+        time.sleep(0.5)
+    bar.progress(1.0, text=job.text if job.error is None else "stopped")
+    clock.caption(f"{minutes(time.monotonic() - job.started)} in all.")
 
 
 shipped, quick, live = st.tabs(["Shipped evaluation", "Run a quick evaluation", "Live demo on one case"])
@@ -45,43 +155,63 @@ with shipped:
 
 with quick:
     st.markdown("Trains the chosen methods on a 600-case cohort for a few epochs and scores them: a demonstration "
-                "of the harness in minutes, not a benchmark.")
-    options = [m.name for m in methods_for(names)]
-    chosen = st.multiselect("Methods (RobustMDiff is always included)", options,
+                "of the harness in a few minutes, not a benchmark.")
+    options = [m.name for m in methods_for(names) if m.name != "robustmdiff"]
+    chosen = st.multiselect("Methods compared with RobustMDiff", options, format_func=display_name,
                             default=["early_zero", "dropout_0.5", "masked_attention"], key="quick_methods")
-    if st.button("Run quick evaluation", type="primary", key="run_quick"):
-        bar = st.progress(0.0, text="starting…")
-        try:
-            from core.evaluation.evaluate import evaluate
-
-            result = evaluate(methods=",".join(chosen) or "robustmdiff", quick=True, progress=False,
-                              on_step=lambda i, n, name: bar.progress(i / n, text=f"training {name} ({i + 1}/{n})"))
-            bar.progress(1.0, text="done")
-            st.session_state["quick_result"] = result
-        except Exception as e:  # noqa: BLE001
-            fail(e)
+    job: QuickRun | None = st.session_state.get("quick_job")
+    if st.button("Run quick evaluation", type="primary", key="run_quick", disabled=bool(job and job.running)):
+        job = st.session_state["quick_job"] = QuickRun(list(chosen)).start()
+    if job is not None:
+        if job.running:
+            follow(job)
+        if job.error is not None:
+            fail(job.error)
+        elif job.result is not None:
+            st.session_state["quick_result"] = job.result
+        if not job.running:
+            del st.session_state["quick_job"]
     if "quick_result" in st.session_state:
         show_results(st.session_state["quick_result"], "quick")
+
+
+@st.cache_data(show_spinner="Predicting the case under every combination of modalities…", max_entries=32)
+def live_rows(row: int, model: str | None) -> list[dict]:
+    """The case predicted from every subset of its modalities: computed once per case and model (`model`:
+    the checkpoint's digest, so a retrained model is not served stale rows)."""
+    case = load_demo_case(row)
+    out = []
+    for pattern in availability_patterns(len(names)):
+        absent = [n for n, keep in zip(names, pattern) if not keep]
+        p = predictor.predict(case, absent=absent)
+        out.append({"pattern": pattern_name(pattern, names), "missing": len(absent), "prediction": p.prediction,
+                    "probabilities": p.probabilities,
+                    "confidence": {m: s["confidence"] for m, s in p.synthesized.items()}})
+    return out
+
 
 with live:
     demos = get_demo_cases()
     choice = st.selectbox("Case", [d.label for d in demos], key="live_case")
     demo = demos[[d.label for d in demos].index(choice)]
-    case = load_demo_case(demo.row)
-    rows = []
+    truth = display_name(demo.diagnosis)
     try:
-        for pattern in availability_patterns(len(names)):
-            absent = [n for n, keep in zip(names, pattern) if not keep]
-            p = predictor.predict(case, absent=absent)
-            rows.append({"available": pattern_name(pattern, names), "missing": len(absent), "prediction": p.prediction,
-                         f"p({demo.diagnosis})": p.probabilities[demo.diagnosis],
-                         **{f"confidence {m}": s["confidence"] for m, s in p.synthesized.items()}})
+        results = live_rows(demo.row, predictor.meta.get("meta_sha256"))
     except Exception as e:  # noqa: BLE001
         fail(e)
         st.stop()
-    df = pd.DataFrame(rows)
-    st.markdown(f"True diagnosis: **{demo.diagnosis}**. Modalities are removed one pattern at a time.")
-    fig = px.bar(df, x="available", y=f"p({demo.diagnosis})", color="prediction", range_y=[0, 1],
-                 title="Probability of the true diagnosis as modalities go missing")
+    chance = "Probability of the true diagnosis"
+    df = pd.DataFrame([{"Modalities given": pattern_label(r["pattern"]), "Missing": r["missing"],
+                        "Prediction": display_name(r["prediction"]), chance: r["probabilities"][demo.diagnosis],
+                        **{f"Confidence: {display_name(m)}": c for m, c in r["confidence"].items()}}
+                       for r in results])
+    st.markdown(f"True diagnosis: **{truth}**. Modalities are removed one combination at a time.")
+    fig = px.bar(df, x="Modalities given", y=chance, color="Prediction", range_y=[0, 1],
+                 title=f"Probability of the true diagnosis ({truth}) as modalities go missing")
     st.plotly_chart(fig, width="stretch", key="live_chart")
-    st.dataframe(df.round(3), hide_index=True)
+    confidence_help = ("Synthesis confidence of a missing modality: how likely the answer stays the same once the "
+                       "real one is added (learned on validation cases).")
+    st.dataframe(df, hide_index=True, width="stretch", column_config={
+        chance: st.column_config.NumberColumn(format="percent", help=f"The model's probability of {truth}."),
+        **{c: st.column_config.NumberColumn(format="percent", help=confidence_help)
+           for c in df.columns if c.startswith("Confidence")}})

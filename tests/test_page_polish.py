@@ -1,0 +1,206 @@
+"""Issue 15's page problems on the Robustness lab, the Model card and the Review page: one mapping of names
+(core/names.py) on every table and figure, tables narrow enough for a laptop, every method in the retention
+legend, targets in words, the live demo computed once per case, and the quick evaluation's progress."""
+
+from __future__ import annotations
+
+import inspect
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from core.evaluation import evaluate as evaluate_module
+from core.evaluation import figures, methods, report
+from core.evaluation.evaluate import evaluate, markdown
+from core.evaluation.harness import RANDOM_RATES, condition_label, pattern_label
+from core.evaluation.methods import methods_for
+from core.evaluation.report import pattern_columns
+from core.names import CLASSES, METHODS, display_name
+from core.paths import ASSETS, ROOT
+
+NAMES = ["image", "note", "labs"]
+# internal names nobody should read on a page (the friendly words are in core/names.py)
+RAW = sorted({n for n in [*METHODS, *CLASSES] if "_" in n or "." in n} | {"robustmdiff"})
+
+
+def _rows(methods_: list[str], seeds: int = 2) -> list[dict]:
+    """Evaluation rows as `core.evaluation.harness.run` makes them, with made-up metrics."""
+    rng = np.random.default_rng(0)
+    conditions = pattern_columns(NAMES) + [f"random_{int(r * 100)}" for r in RANDOM_RATES] + ["natural"]
+    rows = []
+    for k, m in enumerate(methods_):
+        for seed in range(seeds):
+            for c in conditions:
+                for group in ("all", "rare", "common"):
+                    rows.append({"method": m, "seed": seed, "condition": c, "group": group, "n": 100,
+                                 "auroc": 0.7 + 0.01 * k + 0.02 * c.count("+") + 0.005 * rng.random(),
+                                 "accuracy": 0.5 + 0.01 * k + 0.005 * rng.random(), "recall": 0.4 + 0.01 * k})
+    return rows
+
+
+ALL = [m.name for m in methods_for(NAMES)]
+
+
+def _raw_in(text: str) -> list[str]:
+    return [r for r in RAW if r in text]
+
+
+# ---- one mapping of names ------------------------------------------------------------------------------------
+def test_method_labels_come_from_core_names_only():
+    for m in methods_for(NAMES):
+        assert m.label == display_name(m.name)
+    assert set(METHODS) <= set(ALL)  # every method of the evaluation has its words in core/names.py
+    source = inspect.getsource(methods)
+    assert not [words for name, words in METHODS.items() if words in source and words != "RobustMDiff"]
+    assert methods_for(NAMES)[0].label == "Single modality: Scan"
+
+
+def test_patterns_and_conditions_in_words():
+    assert pattern_label("image+labs") == "Scan + Labs"
+    assert condition_label("note") == "Clinical note"
+    assert condition_label("random_30") == "30 % missing at random"
+    assert condition_label("natural") == "modalities missing as they come"
+
+
+# ---- tables --------------------------------------------------------------------------------------------------
+def test_comparison_table_is_compact_and_in_words():
+    rows = _rows(ALL)
+    table, helps = report.comparison(rows, NAMES)
+    # one measure, 7 patterns + average + p: 10 columns instead of the markdown table's 18
+    assert list(table.columns) == ["Method", "Scan", "Clinical note", "Labs", "Scan+Clinical note", "Scan+Labs",
+                                   "Clinical note+Labs", "All modalities", "Average", "p"]
+    assert list(table.Method) == [display_name(m) for m in ALL]
+    assert table.set_index("Method").at["RobustMDiff", "p"] == "ref."
+    assert set(helps) == set(table.columns) and all(helps.values())
+    assert not _raw_in(table.to_string()) and not _raw_in(" ".join(table.columns))
+    assert table["Average"].between(0, 100).all()  # in %
+    ret, ret_helps = report.retention_view(rows, NAMES)
+    assert set(ret_helps) == set(ret.columns) - {"Method"}
+    assert not _raw_in(ret.to_string())
+    assert "auroc_all_present" not in ret.columns and "1_missing_mean" not in ret.columns
+
+
+def test_markdown_and_targets_name_methods_in_words():
+    rows = _rows(ALL)
+    result = {"rows": rows, "modalities": NAMES, "methods": {m: m for m in ALL}, "seeds": [0, 1],
+              "n_test_complete": 100, "targets": report.targets(rows, NAMES)}
+    text = markdown(result)
+    assert not _raw_in(text), _raw_in(text)
+    targets = report.targets_frame(result["targets"])
+    assert set(targets.met) <= {"met", "not met"} and not pd.api.types.is_bool_dtype(targets.met)
+    assert "| met " in text and "False" not in text and "True" not in text
+
+
+# ---- figures -------------------------------------------------------------------------------------------------
+def test_retention_legend_shows_every_method():
+    fig = figures.retention_curve(_rows(ALL), NAMES)
+    names = [t.name for t in fig.data if t.showlegend is not False]
+    assert names == [display_name(m) for m in ALL] and len(set(names)) == len(ALL) == 16
+    assert len({t.line.color for t in fig.data}) == len(ALL)  # no two methods share a colour
+    # the legend (one entry per method, beside the plot) fits in the figure: plotly cuts off what does not
+    plot = fig.layout.height - fig.layout.margin.t - fig.layout.margin.b
+    assert plot >= figures.LEGEND_ROW * len(ALL)
+
+
+def test_figures_name_methods_and_patterns_in_words():
+    rows = _rows(ALL)
+    heat = figures.auroc_by_pattern(rows, NAMES)
+    assert list(heat.data[0].y) == [display_name(m) for m in ALL]
+    assert "Scan + Clinical note + Labs" in list(heat.data[0].x)
+    reliability = {m: {"y": [0, 1] * 20, "probs": [[0.7, 0.3], [0.4, 0.6]] * 20} for m in ALL}
+    rel = figures.reliability_diagram(reliability, methods=figures.RELIABILITY_METHODS)
+    assert not _raw_in(" ".join(t.name for t in rel.data))
+
+
+# ---- pages ---------------------------------------------------------------------------------------------------
+@pytest.fixture
+def app(monkeypatch, default_cohort):
+    monkeypatch.setenv("RMD_REVIEW_WARM", "0")
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    return AppTest.from_file(str(ROOT / "app.py"), default_timeout=600)
+
+
+def _page_text(at: AppTest) -> str:
+    parts = [e.value for kind in ("markdown", "caption", "title", "subheader", "info") for e in at.get(kind)]
+    for df in at.dataframe:
+        parts += [" ".join(map(str, df.value.columns)), df.value.to_string()]
+    return "\n".join(map(str, parts))
+
+
+@pytest.mark.skipif(not (ASSETS / "evaluation" / "results.json").exists(), reason="no shipped evaluation")
+def test_robustness_lab_in_words_targets_as_text_and_live_demo_cached(app, monkeypatch):
+    from core.inference import Predictor
+
+    calls = []
+    predict = Predictor.predict
+
+    def counted(self, *a, **k):  # the live demo's predictions (not the other pages' or a warm-up's)
+        if any(f.filename.endswith("robustness_lab.py") for f in inspect.stack()):
+            calls.append(1)
+        return predict(self, *a, **k)
+
+    monkeypatch.setattr(Predictor, "predict", counted)
+    at = app.run()
+    at.switch_page("pages/robustness_lab.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    text = _page_text(at)
+    assert not _raw_in(text), _raw_in(text)
+    targets = next(d.value for d in at.dataframe if "met" in d.value.columns)
+    assert set(targets.met) <= {"met", "not met"}
+    assert not any(h.value.lstrip().startswith("# ") for h in at.markdown)  # no H1 inside the page's tables
+    assert len(calls) == 7  # the live demo: every combination of modalities of the chosen case
+    at.run()  # any rerun (a widget moved elsewhere on the page) reuses them
+    assert not at.exception and len(calls) == 7
+
+
+def test_model_card_in_words_with_a_comparison_that_fits(app):
+    at = app.run()
+    at.switch_page("pages/model_card.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    text = _page_text(at)
+    assert not _raw_in(text), _raw_in(text)
+    assert not any(m.value.lstrip().startswith("# ") for m in at.markdown)
+    if (ASSETS / "evaluation" / "results.json").exists():
+        table = next(d.value for d in at.dataframe if "Average" in d.value.columns)
+        assert len(table.columns) == 10 and "RobustMDiff" in set(table.Method)
+    targets = [d.value for d in at.dataframe if "met" in d.value.columns]
+    assert all(set(t.met) <= {"met", "not met"} for t in targets)
+
+
+# ---- quick evaluation progress -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_cohort(tmp_path_factory):
+    from core.data.cohort.generate import generate_cohort
+
+    return generate_cohort(tmp_path_factory.mktemp("tiny") / "c", n=80, seed=5, workers=1, progress=False, card=False)
+
+
+def test_evaluation_reports_progress_in_small_steps(tiny_cohort, tmp_path, monkeypatch):
+    """A whole evaluation (cases encoded, a baseline and RobustMDiff trained, calibrated and scored, figures)
+    on 80 cases: progress starts at 0, never goes back, ends at 1, and says what is going on at each step."""
+    monkeypatch.setenv("RMD_DATA_DIR", str(tmp_path / "data"))  # a fresh feature cache: the encoding reports too
+
+    def write_figures(figs, out, on_figure=None):  # no headless browser for PNGs here: only the news
+        for i, name in enumerate(figs):
+            on_figure(i / len(figs), f"drawing {name}")
+        return []
+
+    monkeypatch.setattr(evaluate_module.figures, "write_figures", write_figures)
+    news: list[tuple[float, str]] = []
+    result = evaluate(data=tiny_cohort, methods="early_zero", quick=True, out=tmp_path / "out", progress=False,
+                      on_progress=lambda f, text: news.append((f, text)))
+    fractions = [f for f, _ in news]
+    assert fractions[0] == 0.0 and fractions[-1] == 1.0
+    assert all(a <= b for a, b in zip(fractions, fractions[1:])), fractions
+    texts = "\n".join(t for _, t in news)
+    for expected in ("encoding cases", "Early fusion, zero imputation (seed 0): training, phase 1 of 1",
+                     "RobustMDiff (seed 0): training, phase 2 of 3", "phase 3 of 3", "calibrating",
+                     "scoring: Scan + Clinical note + Labs", "drawing", "done"):
+        assert expected in texts, expected
+    assert sum("encoding cases" in t for _, t in news) >= 3  # 80 cases: several chunks, not one
+    assert len(news) >= 40 and set(json.loads(json.dumps(result["methods"]))) == {"early_zero", "robustmdiff"}
