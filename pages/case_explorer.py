@@ -340,4 +340,4 @@ include = bool(annotated) and st.checkbox(
     f"Include the scan in the report: I checked that its pixels carry no patient details ({', '.join(annotated)})",
     key=f"include_pixels_{case_key}")
 st.download_button("Download case report (HTML)", report_html(exp, case.inputs, cmap=cmap, include_annotated=include),
-                   file_name="robustmdiff_report.html", mime="text/html", key="report")
+                   file_name="robustmdiff_report.html", mime="text/html", key="report", on_click="ignore")
