@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
@@ -61,10 +61,11 @@ class TableOutput:
 @torch.no_grad()
 def predict_table(model: RobustMDiff, table: FeatureTable, idx: Iterable[int], drop: np.ndarray | None = None,
                   samples: int | None = None, steps: int | None = None, seed: int = 0, batch_size: int = 256,
-                  device: torch.device | str | None = None, describe: bool = True) -> TableOutput:
+                  device: torch.device | str | None = None, describe: bool = True,
+                  on_batch: Callable[[int, int], None] | None = None) -> TableOutput:
     """Predict rows `idx` of a feature table with the modalities in `drop` switched off. With `describe`, each
     synthesized modality also gets its confidence, value of information, assumed lab values and concepts
-    (the evaluation, which needs only probabilities, skips them)."""
+    (the evaluation, which needs only probabilities, skips them). `on_batch(rows done, rows)` after each batch."""
     idx = np.asarray(list(idx))
     device = model_device(model) if device is None else device
     k = samples or model.config.diffusion.samples
@@ -111,6 +112,8 @@ def predict_table(model: RobustMDiff, table: FeatureTable, idx: Iterable[int], d
         for n in tab:
             for q in range(3):
                 outs[f"{n}/{q}"].append(assumed[n][q].cpu().numpy())
+        if on_batch:
+            on_batch(start + b, len(idx))
     cat = {n: np.concatenate(v, axis=1 if n == "sample_probs" else 0) for n, v in outs.items()}
     return TableOutput(cat["probs"], cat["given"], cat["spread"], cat["conf"], cat["change"], cat["gain"],
                        cat["signals"], cat["sample_probs"], {n: tuple(cat[f"{n}/{q}"] for q in range(3)) for n in tab}, cat["concepts"])

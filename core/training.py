@@ -379,7 +379,9 @@ def train_model(ds: Dataset, table: FeatureTable, config: Config, device: str | 
         val_score = best.score
         news.skip_to(news.total - COST["calibration_diffusion"], "phase 3 of 3 done")
     news(0, f"calibrating on {len(va)} validation cases")
-    calibration = calibrate(model, table, ds.labels, tr, va, device)
+    start, units = news.done, news.total - news.done
+    calibration = calibrate(model, table, ds.labels, tr, va, device,
+                            on_progress=lambda f, text: news.skip_to(start + f * units, f"calibration: {text}"))
     news(news.total, "calibrated")
     return TrainResult(model, history, best_epoch, val_score, time.perf_counter() - t0, concept_ids, calibration)
 

@@ -200,6 +200,7 @@ def test_evaluation_reports_progress_in_small_steps(tiny_cohort, tmp_path, monke
     texts = "\n".join(t for _, t in news)
     for expected in ("encoding cases", "Early fusion, zero imputation (seed 0): training, phase 1 of 1",
                      "RobustMDiff (seed 0): training, phase 2 of 3", "phase 3 of 3", "calibrating",
+                     "calibration: calibrating the probabilities (", "calibration: learning the synthesis confidence (",
                      "scoring: Scan + Clinical note + Labs", "drawing", "done"):
         assert expected in texts, expected
     assert sum("encoding cases" in t for _, t in news) >= 3  # 80 cases: several chunks, not one

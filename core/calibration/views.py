@@ -7,6 +7,7 @@ Its training data and its test both come from views: for a case predicted from t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import combinations
 
@@ -58,9 +59,9 @@ def subsets(present: np.ndarray, max_views: int, rng: np.random.Generator) -> li
 
 
 def case_views(model: RobustMDiff, table: FeatureTable, idx: np.ndarray, seed: int = 0, max_views: int = 15,
-               device=None, describe: bool = True) -> Views:
+               device=None, describe: bool = True, on_batch: Callable[[int, int], None] | None = None) -> Views:
     """Predict every case of `idx` from each subset of its present modalities (with the sampler settings
-    and per-case noise of prediction)."""
+    and per-case noise of prediction). `on_batch(views done, views)`: progress, in batches of 128 then."""
     rng = np.random.default_rng(0)
     rows, given = [], []
     for r in idx:
@@ -68,5 +69,6 @@ def case_views(model: RobustMDiff, table: FeatureTable, idx: np.ndarray, seed: i
             rows.append(r)
             given.append(g)
     rows_a, given_a = np.array(rows, int), np.array(given, bool).reshape(len(rows), -1)
-    out = predict_table(model, table, rows_a, table.present[rows_a] & ~given_a, seed=seed, device=device, describe=describe)
+    out = predict_table(model, table, rows_a, table.present[rows_a] & ~given_a, seed=seed, device=device, describe=describe,
+                        batch_size=128 if on_batch else 256, on_batch=on_batch)
     return Views(rows_a, given_a, out)
