@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.data.cohort.scenario import LABELS
 from core.data.dataset import Dataset
+from core.names import display_name
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,7 @@ class DemoCase:
     @property
     def label(self) -> str:
         kind = "rare" if self.rare else "typical"
-        return f"{LABELS.get(self.diagnosis, self.diagnosis)} · {kind} · {self.case_id}"
+        return f"{display_name(self.diagnosis)} · {kind} · {self.case_id}"
 
 
 def demo_cases(ds: Dataset, per_class: int = 2) -> list[DemoCase]:

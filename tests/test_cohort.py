@@ -165,6 +165,42 @@ def test_ensure_cohort_says_what_it_does_on_first_use_only(tmp_path, capsys):
     assert capsys.readouterr() == ("", "")
 
 
+def test_a_cohort_is_rebuilt_once_beside_the_folder_and_swapped_in(tmp_path):
+    """Two processes (here threads) that find the cohort out of date: one builds it beside the folder, the
+    other waits and finds it in place; a reader of the folder never meets a half-written cohort, and no
+    building or old folder is left behind."""
+    import threading
+
+    folder = tmp_path / "cohort"
+    ensure_cohort(folder, n=60, progress=False)
+    params = json.loads((folder / "cohort.json").read_text())
+    (folder / "cohort.json").write_text(json.dumps({**params, "generator_version": "older"}))
+    news: list[list[tuple[float, str]]] = [[], []]
+    seen_incomplete = []
+
+    def reader(stop: threading.Event) -> None:  # the old cohort stays whole until the new one replaces it
+        while not stop.is_set():
+            if (folder / "manifest.csv").exists() and not (folder / "images").is_dir():
+                seen_incomplete.append(True)
+
+    stop = threading.Event()
+    watching = threading.Thread(target=reader, args=(stop,))
+    watching.start()
+    builders = [threading.Thread(target=ensure_cohort, args=(folder,), kwargs=dict(
+        n=60, progress=False, on_progress=lambda f, text, i=i: news[i].append((f, text)))) for i in range(2)]
+    for t in builders:
+        t.start()
+    for t in builders:
+        t.join()
+    stop.set()
+    watching.join()
+    assert sorted(len(n) > 0 for n in news) == [False, True]  # built once
+    built = next(n for n in news if n)
+    assert [f for f, _ in built] == sorted(f for f, _ in built) and "writing the dataset card" in built[-1][1]
+    assert json.loads((folder / "cohort.json").read_text())["generator_version"] != "older"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".cohort.lock", "cohort"] and not seen_incomplete
+
+
 def test_phase_reminds_while_a_step_runs():
     """A step that cannot report (a library call) still gets a line every few seconds."""
 

@@ -53,7 +53,9 @@ def evaluate(checkpoint: str | Path | None = None, data: str | Path | None = Non
     news = on_progress or (lambda f, text: None)
     dev = pick_device(device)
     news(0.0, "preparing the data (the first run generates the quick cohort)" if quick and not data else "preparing the data")
-    data = Path(data) if data else quick_cohort() if quick else ensure_cohort(default_cohort_dir())
+    preparing = stage(news, 0.0, STAGES["features"][0])  # only the first run generates anything
+    data = (Path(data) if data else quick_cohort(on_progress=preparing) if quick
+            else ensure_cohort(default_cohort_dir(), on_progress=preparing))
     encoding = stage(news, *STAGES["features"])
     setup = make_setup(checkpoint, data, quick, str(dev), progress,
                        on_cases=lambda done, n: encoding(done / n, f"encoding cases with the frozen backbones: {done} of {n}"))

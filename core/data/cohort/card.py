@@ -20,6 +20,7 @@ from sklearn.preprocessing import StandardScaler
 from core.data.cohort import scenario as sc
 from core.data.dataset import Dataset
 from core.data.readers import LabPanel, Scan
+from core.names import display_name
 
 
 def _features(ds: Dataset) -> tuple[dict[str, list], np.ndarray]:
@@ -119,7 +120,7 @@ def write_card(folder: str | Path) -> dict:
              "## Diagnoses", "", "| diagnosis | label | prevalence | cases | rare |", "|---|---|---|---|---|"]
     for c in ds.classes:
         k = int((df.diagnosis == c).sum())
-        lines.append(f"| `{c}` | {sc.LABELS[c]} | {k / n:.1%} | {k} | {'yes' if c in sc.RARE_CLASSES else ''} |")
+        lines.append(f"| `{c}` | {display_name(c)} | {k / n:.1%} | {k} | {'yes' if c in sc.RARE_CLASSES else ''} |")
     lines += ["", "## Missingness", "",
               f"{stats['complete_fraction']:.1%} of cases have all three modalities. Missingness depends on the case: "
               "sicker patients more often have an image and labs, young patients with mild symptoms less often "

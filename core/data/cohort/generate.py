@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import csv
+import fcntl
 import hashlib
 import json
+import os
 import shutil
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -112,8 +116,11 @@ def _make(args: tuple[str, int, int, str, int, str]) -> dict[str, str]:
 
 
 def generate_cohort(out: str | Path, n: int = DEFAULT_N, seed: int = DEFAULT_SEED, image_size: int = DEFAULT_IMAGE_SIZE,
-                    workers: int = 2, progress: bool = True, card: bool = True) -> Path:
-    """Write the cohort into `out` (replacing a previous cohort there) and return the folder."""
+                    workers: int = 2, progress: bool = True, card: bool = True,
+                    on_progress: Callable[[float, str], None] | None = None) -> Path:
+    """Write the cohort into `out` (replacing a previous cohort there) and return the folder.
+    `on_progress(fraction, text)` every 50 cases and before the card (the cases take about a third)."""
+    news = on_progress or (lambda f, text: None)
     if n < 50:
         raise ValueError("a cohort needs at least 50 cases to hold every diagnosis in every split")
     out = Path(out)
@@ -126,13 +133,17 @@ def generate_cohort(out: str | Path, n: int = DEFAULT_N, seed: int = DEFAULT_SEE
     rows: list[dict[str, str]] = []
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
-            for row in pool.map(_make, jobs, chunksize=64):
+            for row in pool.map(_make, jobs, chunksize=16):
                 rows.append(row)
                 bar.update()
+                if len(rows) % 50 == 0:
+                    news(0.35 * len(rows) / n, f"generating the synthetic cases: {len(rows)} of {n}")
     else:
         for job in jobs:
             rows.append(_make(job))
             bar.update()
+            if len(rows) % 50 == 0:
+                news(0.35 * len(rows) / n, f"generating the synthetic cases: {len(rows)} of {n}")
     bar.close()
     cols = ["case_id", "split", "diagnosis", "image_path", "note_path", "labs_path", "truth_path"]
     with open(out / "manifest.csv", "w", newline="", encoding="utf-8") as f:
@@ -145,6 +156,7 @@ def generate_cohort(out: str | Path, n: int = DEFAULT_N, seed: int = DEFAULT_SEE
     if card:
         from core.data.cohort.card import write_card
 
+        news(0.35, f"writing the dataset card ({_card_estimate(n)})")
         # The card fits simple models per modality (5-fold); the note model dominates and, with no progress of
         # its own, was the ~100 s of silence after the bar in issue 15: hence the reminders.
         with phase("Writing the dataset card", f"how much each modality tells alone: {_card_estimate(n)}",
@@ -170,22 +182,61 @@ def cohort_params(folder: str | Path) -> dict | None:
     return json.loads(p.read_text()) if p.exists() else None
 
 
+@contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """One process at a time builds a cohort folder (the others wait, then find it in place)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.with_name(f".{folder.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _swap_in(built: Path, folder: Path) -> None:
+    """Replace `folder` by `built` with two renames, so that a reader never meets a half-written cohort."""
+    old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+    if folder.exists():
+        folder.rename(old)
+    built.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def ensure_cohort(folder: str | Path, n: int = DEFAULT_N, seed: int = DEFAULT_SEED,
-                  image_size: int = DEFAULT_IMAGE_SIZE, progress: bool = True) -> Path:
-    """The embedded default, generated once on first use (deterministic, so identical everywhere)."""
+                  image_size: int = DEFAULT_IMAGE_SIZE, progress: bool = True,
+                  on_progress: Callable[[float, str], None] | None = None) -> Path:
+    """The embedded default, generated once on first use (deterministic, so identical everywhere). It is
+    built beside the folder and swapped in, under a lock, so that a running app or test never reads a
+    half-written cohort and two processes never build it at once."""
+    folder = Path(folder)
     want = {"generator_version": GENERATOR_VERSION, "n": n, "seed": seed, "image_size": image_size}
-    have = cohort_params(folder)
-    if have != want or not (Path(folder) / "manifest.csv").exists():
-        # Only here is anything printed: a cohort already in place costs one small JSON read and says nothing.
-        why = "first use only" if have is None else "its generator or parameters changed since it was made"
-        if progress:
-            say(f"Generating the embedded cohort ({n} synthetic cases) in {folder}: {why}; "
-                f"{_cohort_estimate(n)} in all.")
-        start = time.monotonic()
-        generate_cohort(folder, n=n, seed=seed, image_size=image_size, progress=progress)
-        if progress:
-            say(f"The cohort is ready ({time.monotonic() - start:.0f} s).")
-    return Path(folder)
+
+    def current() -> bool:
+        return cohort_params(folder) == want and (folder / "manifest.csv").exists()
+
+    if current():
+        return folder
+    with _locked(folder):
+        if not current():
+            _build(folder, want, progress, on_progress)
+    return folder
+
+
+def _build(folder: Path, want: dict, progress: bool, on_progress: Callable[[float, str], None] | None) -> None:
+    # Only here is anything printed: a cohort already in place costs one small JSON read and says nothing.
+    n = want["n"]
+    why = "first use only" if cohort_params(folder) is None else "its generator or parameters changed since it was made"
+    if progress:
+        say(f"Generating the embedded cohort ({n} synthetic cases) in {folder}: {why}; {_cohort_estimate(n)} in all.")
+    start = time.monotonic()
+    built = folder.with_name(f".{folder.name}.building-{os.getpid()}")
+    shutil.rmtree(built, ignore_errors=True)
+    generate_cohort(built, n=n, seed=want["seed"], image_size=want["image_size"], progress=progress,
+                    on_progress=on_progress)
+    _swap_in(built, folder)
+    if progress:
+        say(f"The cohort is ready ({time.monotonic() - start:.0f} s).")
 
 
 def _cohort_estimate(n: int) -> str:
@@ -193,8 +244,8 @@ def _cohort_estimate(n: int) -> str:
     return _span(25 * n / 3000)
 
 
-def quick_cohort() -> Path:
+def quick_cohort(on_progress: Callable[[float, str], None] | None = None) -> Path:
     """The 600-case cohort that `--quick` commands train and evaluate on."""
     from core.paths import default_cohort_dir
 
-    return ensure_cohort(default_cohort_dir().with_name("cohort-quick"), n=QUICK_N)
+    return ensure_cohort(default_cohort_dir().with_name("cohort-quick"), n=QUICK_N, on_progress=on_progress)

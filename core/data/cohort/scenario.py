@@ -19,10 +19,6 @@ PREVALENCE: dict[str, float] = {"no_acute_disease": 0.36, "pneumonia": 0.24, "he
                                 "pulmonary_embolism": 0.10, "pneumothorax": 0.08, "tuberculosis": 0.03,
                                 "aortic_dissection": 0.02}
 RARE_CLASSES: tuple[str, ...] = ("tuberculosis", "aortic_dissection")
-LABELS: dict[str, str] = {"no_acute_disease": "No acute cardiopulmonary disease", "pneumonia": "Pneumonia",
-                          "heart_failure": "Acute heart failure", "pulmonary_embolism": "Pulmonary embolism",
-                          "pneumothorax": "Pneumothorax", "tuberculosis": "Pulmonary tuberculosis",
-                          "aortic_dissection": "Aortic dissection"}
 # age (mean, sd) and probability male, per diagnosis
 DEMOGRAPHY: dict[str, tuple[float, float, float]] = {
     "no_acute_disease": (46, 16, 0.5), "pneumonia": (62, 18, 0.52), "heart_failure": (76, 9, 0.5),
