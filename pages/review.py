@@ -27,7 +27,8 @@ from core.review.models import Lineup, Predictors, review_models, train_command
 from core.review.prepared import BACKGROUND, PreparedExplanations, default_folder, fingerprint, warm_enabled
 from core.review.stats import agreement, paired_tests, per_method, per_model, per_model_method
 from core.review.store import DEMO_CODE, REFERENCE_MODEL, SCALES, Item, ReviewStore, reviewer_code
-from pages.common import fail, get_cohort, get_demo_cases, get_predictor, load_demo_case, notice
+from core.serve import BACKGROUND as BACKGROUND_WORK, INTERACTIVE
+from pages.common import fail, get_cohort, get_demo_cases, get_predictor, get_service, load_demo_case, notice
 
 LIKERT = {1: "1 · not at all", 2: "2", 3: "3", 4: "4", 5: "5 · completely"}
 QUESTIONS = {"relevance": "The highlighted evidence is clinically relevant to the prediction.",
@@ -71,8 +72,11 @@ def _prepared(_lineup: Lineup, key: tuple) -> PreparedExplanations:
     shipped = {m.name: get_predictor() for m in _lineup.models if m.path.resolve() == DEFAULT_CHECKPOINT.resolve()}
     predictors = Predictors(_lineup.models, shipped)  # the others load on first use
     # runs in the background thread too: only plain core calls, no Streamlit
+    service = get_service()  # review work queues in the app's one pool, behind what people wait for
     return PreparedExplanations(folders, lambda row, model, method: explain_case(predictors.get(model),
-                                                                                 cohort.load(row), method=method))
+                                                                                 cohort.load(row), method=method),
+                                run=lambda work, background: service.call(
+                                    work, priority=BACKGROUND_WORK if background else INTERACTIVE))
 
 
 def prepared(found: Lineup | None = None) -> PreparedExplanations:

@@ -242,6 +242,27 @@ def test_prepared_explanations_are_computed_once_and_kept_on_disk(tmp_path):
     assert len(calls) == len(keys)
 
 
+def test_prepared_work_runs_where_it_is_told_background_behind_pages(tmp_path):
+    """In the app, review explanations run in the shared model pool: what the background thread prepares
+    goes in as background work, what a page waits for as interactive work."""
+    ran: list[tuple[int, bool]] = []
+
+    def run(work, background: bool):
+        out = work()
+        ran.append((out, background))
+        return out
+
+    prep = PreparedExplanations({"robustmdiff": tmp_path / "prep"}, lambda row, model, method: row, run=run)
+    assert prep.get((0, "c0", "robustmdiff", "shap")) == 0
+    prep.prefetch([(1, "c1", "robustmdiff", "shap")])
+    deadline = time.time() + 30
+    while not prep.ready((1, "c1", "robustmdiff", "shap")) and time.time() < deadline:
+        time.sleep(0.01)
+    assert prep.get((1, "c1", "robustmdiff", "shap")) == 1
+    prep.close()
+    assert ran == [(0, False), (1, True)]
+
+
 def test_a_failed_preparation_is_retried(tmp_path):
     attempts = []
 

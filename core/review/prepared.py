@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 Key = tuple[int, str, str, str]  # (cohort row, case id, model, method)
 Compute = Callable[[int, str, str], object]  # (row, model, method) -> Explanation
+Run = Callable[[Callable[[], object], bool], object]  # (work, in the background?) -> its result
 CACHE_VERSION = "1"
 URGENT, AHEAD, BACKGROUND = 0, 1, 2
 _SOURCES = ("core/explain", "core/inference.py", "core/model")
@@ -71,9 +72,11 @@ def _background_policy() -> None:
 
 
 class PreparedExplanations:
-    def __init__(self, folders: Mapping[str, Path], compute: Compute):
-        """`folders`: where each model's explanations are kept (see `fingerprint`, `default_folder`)."""
-        self.folders, self._compute = {k: Path(v) for k, v in folders.items()}, compute
+    def __init__(self, folders: Mapping[str, Path], compute: Compute, run: Run | None = None):
+        """`folders`: where each model's explanations are kept (see `fingerprint`, `default_folder`).
+        `run(work, background)`: where the model work runs (the app's shared pool, core/serve.py, so that
+        review work queues with everyone else's instead of adding threads); here, by default."""
+        self.folders, self._compute, self._run = {k: Path(v) for k, v in folders.items()}, compute, run
         self._futures: dict[Key, Future] = {}
         self._lock = threading.Lock()
         self._queue: queue.PriorityQueue = queue.PriorityQueue()
@@ -87,10 +90,7 @@ class PreparedExplanations:
         """The explanation, waiting for it if the worker is computing it, else computing it here."""
         future, mine = self._claim(key)
         if mine:
-            from core.serve import single_threaded
-
-            with single_threaded():  # a page's own thread: one torch thread, like the app's workers (core/serve.py: why)
-                self._produce(key, future)
+            self._produce(key, future, background=False)
         return future.result()
 
     def ready(self, key: Key) -> bool:
@@ -134,9 +134,9 @@ class PreparedExplanations:
             future = self._futures[key] = Future()
             return future, True
 
-    def _produce(self, key: Key, future: Future) -> None:
+    def _produce(self, key: Key, future: Future, background: bool) -> None:
         try:
-            future.set_result(self._load(key) or self._compute_and_keep(key))
+            future.set_result(self._load(key) or self._compute_and_keep(key, background))
         except BaseException as e:  # noqa: BLE001 - handed to whoever waits; a later get() retries
             with self._lock:
                 self._futures.pop(key, None)
@@ -153,9 +153,15 @@ class PreparedExplanations:
             log.warning("review explanation cache file %s unreadable; recomputing", path.name)
             return None
 
-    def _compute_and_keep(self, key: Key):
+    def _compute_and_keep(self, key: Key, background: bool):
         row, _, model, method = key
-        value = self._compute(row, model, method)
+        if self._run is not None:
+            value = self._run(lambda: self._compute(row, model, method), background)
+        else:
+            from core.serve import single_threaded
+
+            with single_threaded():  # one torch thread, like the app's workers (core/serve.py: why)
+                value = self._compute(row, model, method)
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
@@ -179,6 +185,6 @@ class PreparedExplanations:
                 return
             future, mine = self._claim(key)
             if mine:
-                self._produce(key, future)
+                self._produce(key, future, background=True)
                 if future.exception() is not None:
                     log.warning("could not prepare review item %s/%s/%s: %s", key[1], key[2], key[3], future.exception())
