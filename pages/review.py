@@ -18,13 +18,13 @@ from plotly.subplots import make_subplots
 
 from core.errors import RobustMDiffError
 from core.names import display_name
-from core.explain.explanation import METHODS, Explanation, explain_case
+from core.explain.explanation import METHODS, Explanation
 from core.explain.render import legend_html, note_html, overlay
 from core.review import auth
 from core.paths import DEFAULT_CHECKPOINT
 from core.review.export import ratings_csv, results_csv
-from core.review.models import Lineup, Predictors, review_models, train_command
-from core.review.prepared import BACKGROUND, PreparedExplanations, default_folder, fingerprint, warm_enabled
+from core.review.models import Lineup, review_models, train_command
+from core.review.prepared import BACKGROUND, PreparedExplanations, study_explanations, warm_enabled
 from core.review.stats import agreement, paired_tests, per_method, per_model, per_model_method
 from core.review.store import DEMO_CODE, REFERENCE_MODEL, SCALES, Item, ReviewStore, reviewer_code
 from core.serve import BACKGROUND as BACKGROUND_WORK, INTERACTIVE
@@ -66,17 +66,10 @@ def _report_missing(missing: tuple[str, ...], skipped: tuple[tuple[str, str], ..
 
 @st.cache_resource(show_spinner=False)
 def _prepared(_lineup: Lineup, key: tuple) -> PreparedExplanations:
-    cohort = get_cohort()
-    manifest = cohort.manifest.to_csv(index=False)
-    folders = {m.name: default_folder(fingerprint(m.meta, manifest)) for m in _lineup.models}
     shipped = {m.name: get_predictor() for m in _lineup.models if m.path.resolve() == DEFAULT_CHECKPOINT.resolve()}
-    predictors = Predictors(_lineup.models, shipped)  # the others load on first use
-    # runs in the background thread too: only plain core calls, no Streamlit
     service = get_service()  # review work queues in the app's one pool, behind what people wait for
-    return PreparedExplanations(folders, lambda row, model, method: explain_case(predictors.get(model),
-                                                                                 cohort.load(row), method=method),
-                                run=lambda work, background: service.call(
-                                    work, priority=BACKGROUND_WORK if background else INTERACTIVE))
+    return study_explanations(_lineup, get_cohort(), shipped, run=lambda work, background: service.call(
+        work, priority=BACKGROUND_WORK if background else INTERACTIVE))
 
 
 def prepared(found: Lineup | None = None) -> PreparedExplanations:

@@ -188,3 +188,18 @@ class PreparedExplanations:
                 self._produce(key, future, background=True)
                 if future.exception() is not None:
                     log.warning("could not prepare review item %s/%s/%s: %s", key[1], key[2], key[3], future.exception())
+
+
+def study_explanations(lineup, cohort, loaded: dict | None = None, run: Run | None = None) -> PreparedExplanations:
+    """The review study's explanations: every model of `lineup` (core/review/models.py) explaining cases
+    of `cohort` (a Dataset), kept per model fingerprint. `loaded`: predictors already in memory by model
+    name (the others load on first use); `run`: where the model work runs (see PreparedExplanations)."""
+    from core.explain.explanation import explain_case
+    from core.review.models import Predictors
+
+    manifest = cohort.manifest.to_csv(index=False)
+    folders = {m.name: default_folder(fingerprint(m.meta, manifest)) for m in lineup.models}
+    predictors = Predictors(lineup.models, loaded)
+    # runs in the background thread too: only plain core calls, no Streamlit
+    return PreparedExplanations(folders, lambda row, model, method: explain_case(predictors.get(model), cohort.load(row),
+                                                                                 method=method), run=run)
