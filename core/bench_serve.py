@@ -122,7 +122,7 @@ def prepare_review(reviewers: list[str], items: int) -> dict:
     ds = Dataset.open(ensure_cohort(default_cohort_dir(), progress=False))
     lineup = review_models()
     demos = {d.case_id: d for d in demo_cases(ds)}
-    prep = study_explanations(lineup, ds, run=lambda work, background: work())
+    prep = study_explanations(lineup, ds, run=lambda work, priority: work())
     keys = {(demos[it.case_id].row, it.case_id, it.model, it.method) for r in reviewers
             for it in ReviewStore.queue(r, list(demos), list(METHODS), lineup.names)[:items]}
     computed = [k for k in keys if not prep.ready(k)]

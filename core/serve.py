@@ -32,7 +32,11 @@ from core.inference import Prediction, Predictor
 
 log = logging.getLogger(__name__)
 
-URGENT, INTERACTIVE, BACKGROUND = 0, 1, 2  # predictions, explanations, warm-up and preparation
+# predictions; explanations someone waits for; work needed soon (a reviewer's next items); work for some
+# day (the warm-up, preparing a whole review study), which starts only on an idle pool: a long job
+# (a SHAP explanation can take a minute) must not hold a worker while people are clicking
+URGENT, INTERACTIVE, AHEAD, BACKGROUND = 0, 1, 2, 3
+IDLE_S = 3.0  # no one has asked the pool for anything this long: background work may start
 PREDICTION_CACHE = 256  # (case, availability) pairs kept: a few per session for a handful of sessions
 
 
@@ -143,6 +147,8 @@ class ModelService:
         self._waiting: dict[int, Job] = {}  # order → job, for queue positions
         self._lock = threading.Lock()
         self._predictions: OrderedDict[tuple, Prediction] = OrderedDict()
+        self._last_asked = float("-inf")  # when someone last submitted or finished non-background work
+        self._running_for_people = 0
         self._threads = [threading.Thread(target=self._work, name=f"rmd-worker-{i}", daemon=True)
                          for i in range(self.workers)]
         for t in self._threads:
@@ -161,6 +167,8 @@ class ModelService:
         order = next(self._order)
         with self._lock:
             self._waiting[order] = job
+            if priority < BACKGROUND:
+                self._last_asked = time.monotonic()
         self._queue.put((priority, order, job, fn, args, kwargs))
         return job
 
@@ -176,15 +184,29 @@ class ModelService:
         with self._lock:
             return len(self._waiting)
 
+    def idle(self) -> bool:
+        """Nobody's work runs and nobody asked for any for IDLE_S seconds."""
+        with self._lock:
+            return self._running_for_people == 0 and time.monotonic() - self._last_asked >= IDLE_S
+
     def _work(self) -> None:
         one_thread()
         while True:
-            priority, order, job, fn, args, kwargs = self._queue.get()
+            item = self._queue.get()
+            priority, order, job, fn, args, kwargs = item
             if job is None:
                 return
+            if priority >= BACKGROUND and not self.idle():
+                self._queue.put(item)  # back in line; anything more urgent is taken first
+                time.sleep(0.2)
+                continue
             with self._lock:
                 self._waiting.pop(order, None)
+                people = priority < BACKGROUND
+                self._running_for_people += people
             if not job.future.set_running_or_notify_cancel():
+                with self._lock:
+                    self._running_for_people -= people
                 continue
             job.started = time.perf_counter()
             try:
@@ -193,6 +215,10 @@ class ModelService:
                 job.future.set_exception(e)
             finally:
                 job.finished = time.perf_counter()
+                with self._lock:
+                    self._running_for_people -= people
+                    if people:
+                        self._last_asked = time.monotonic()
 
     def close(self, timeout: float = 120.0) -> None:
         """Cancel the jobs still waiting, let the running ones finish, stop the workers."""

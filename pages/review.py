@@ -24,10 +24,10 @@ from core.review import auth
 from core.paths import DEFAULT_CHECKPOINT
 from core.review.export import ratings_csv, results_csv
 from core.review.models import Lineup, review_models, train_command
-from core.review.prepared import BACKGROUND, PreparedExplanations, study_explanations, warm_enabled
+from core.review.prepared import AHEAD, BACKGROUND, URGENT, PreparedExplanations, study_explanations, warm_enabled
 from core.review.stats import agreement, paired_tests, per_method, per_model, per_model_method
 from core.review.store import DEMO_CODE, REFERENCE_MODEL, SCALES, Item, ReviewStore, reviewer_code
-from core.serve import BACKGROUND as BACKGROUND_WORK, INTERACTIVE
+from core.serve import AHEAD as AHEAD_WORK, BACKGROUND as BACKGROUND_WORK, INTERACTIVE
 from pages.common import fail, get_cohort, get_demo_cases, get_predictor, get_service, load_demo_case, notice
 
 LIKERT = {1: "1 · not at all", 2: "2", 3: "3", 4: "4", 5: "5 · completely"}
@@ -68,8 +68,9 @@ def _report_missing(missing: tuple[str, ...], skipped: tuple[tuple[str, str], ..
 def _prepared(_lineup: Lineup, key: tuple) -> PreparedExplanations:
     shipped = {m.name: get_predictor() for m in _lineup.models if m.path.resolve() == DEFAULT_CHECKPOINT.resolve()}
     service = get_service()  # review work queues in the app's one pool, behind what people wait for
-    return study_explanations(_lineup, get_cohort(), shipped, run=lambda work, background: service.call(
-        work, priority=BACKGROUND_WORK if background else INTERACTIVE))
+    priority = {URGENT: INTERACTIVE, AHEAD: AHEAD_WORK, BACKGROUND: BACKGROUND_WORK}  # a reviewer waits / soon / some day
+    return study_explanations(_lineup, get_cohort(), shipped,
+                              run=lambda work, urgency: service.call(work, priority=priority[urgency]))
 
 
 def prepared(found: Lineup | None = None) -> PreparedExplanations:

@@ -22,7 +22,7 @@ from core.errors import RobustMDiffError
 from core.paths import ROOT
 from core.review import auth
 from core.review.export import ratings_csv, safe_cell
-from core.review.prepared import PreparedExplanations
+from core.review.prepared import AHEAD, URGENT, PreparedExplanations
 from core.review.store import SCHEMA_VERSION, Item, ReviewStore
 
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
@@ -244,12 +244,12 @@ def test_prepared_explanations_are_computed_once_and_kept_on_disk(tmp_path):
 
 def test_prepared_work_runs_where_it_is_told_background_behind_pages(tmp_path):
     """In the app, review explanations run in the shared model pool: what the background thread prepares
-    goes in as background work, what a page waits for as interactive work."""
-    ran: list[tuple[int, bool]] = []
+    goes in with its urgency (ahead of need, or the whole study some day), what a page waits for as urgent."""
+    ran: list[tuple[int, int]] = []
 
-    def run(work, background: bool):
+    def run(work, priority: int):
         out = work()
-        ran.append((out, background))
+        ran.append((out, priority))
         return out
 
     prep = PreparedExplanations({"robustmdiff": tmp_path / "prep"}, lambda row, model, method: row, run=run)
@@ -260,7 +260,7 @@ def test_prepared_work_runs_where_it_is_told_background_behind_pages(tmp_path):
         time.sleep(0.01)
     assert prep.get((1, "c1", "robustmdiff", "shap")) == 1
     prep.close()
-    assert ran == [(0, False), (1, True)]
+    assert ran == [(0, URGENT), (1, AHEAD)]
 
 
 def test_a_failed_preparation_is_retried(tmp_path):

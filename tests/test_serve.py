@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.serve import BACKGROUND, INTERACTIVE, URGENT, ModelService
+from core.serve import BACKGROUND, IDLE_S, INTERACTIVE, URGENT, ModelService
 
 
 @pytest.fixture
@@ -54,6 +54,20 @@ def test_queue_positions_and_priorities(service):
     late.result(30)
     assert order == ["predict", "explain", "background"]
     assert late.ahead() == 0 and late.waited() > 0
+
+
+def test_background_work_waits_for_an_idle_pool(predictor):
+    """A long background job (preparing a review study) must not take a worker while people click: it
+    starts only once nobody has asked the pool for anything for IDLE_S seconds."""
+    s = ModelService(predictor, workers=2)
+    try:
+        people = s.submit(lambda: None, priority=INTERACTIVE)
+        people.result(30)
+        later = s.submit(lambda: None, priority=BACKGROUND)
+        later.result(30)
+        assert later.started - people.finished >= IDLE_S - 0.05
+    finally:
+        s.close()
 
 
 def test_predictions_are_cached_per_case_and_availability(service, predictor, default_dataset):

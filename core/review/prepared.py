@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 Key = tuple[int, str, str, str]  # (cohort row, case id, model, method)
 Compute = Callable[[int, str, str], object]  # (row, model, method) -> Explanation
-Run = Callable[[Callable[[], object], bool], object]  # (work, in the background?) -> its result
+Run = Callable[[Callable[[], object], int], object]  # (work, URGENT / AHEAD / BACKGROUND) -> its result
 CACHE_VERSION = "1"
 URGENT, AHEAD, BACKGROUND = 0, 1, 2
 _SOURCES = ("core/explain", "core/inference.py", "core/model")
@@ -74,7 +74,7 @@ def _background_policy() -> None:
 class PreparedExplanations:
     def __init__(self, folders: Mapping[str, Path], compute: Compute, run: Run | None = None):
         """`folders`: where each model's explanations are kept (see `fingerprint`, `default_folder`).
-        `run(work, background)`: where the model work runs (the app's shared pool, core/serve.py, so that
+        `run(work, priority)`: where the model work runs (the app's shared pool, core/serve.py, so that
         review work queues with everyone else's instead of adding threads); here, by default."""
         self.folders, self._compute, self._run = {k: Path(v) for k, v in folders.items()}, compute, run
         self._futures: dict[Key, Future] = {}
@@ -90,7 +90,7 @@ class PreparedExplanations:
         """The explanation, waiting for it if the worker is computing it, else computing it here."""
         future, mine = self._claim(key)
         if mine:
-            self._produce(key, future, background=False)
+            self._produce(key, future, URGENT)
         return future.result()
 
     def ready(self, key: Key) -> bool:
@@ -134,9 +134,9 @@ class PreparedExplanations:
             future = self._futures[key] = Future()
             return future, True
 
-    def _produce(self, key: Key, future: Future, background: bool) -> None:
+    def _produce(self, key: Key, future: Future, priority: int) -> None:
         try:
-            future.set_result(self._load(key) or self._compute_and_keep(key, background))
+            future.set_result(self._load(key) or self._compute_and_keep(key, priority))
         except BaseException as e:  # noqa: BLE001 - handed to whoever waits; a later get() retries
             with self._lock:
                 self._futures.pop(key, None)
@@ -153,10 +153,10 @@ class PreparedExplanations:
             log.warning("review explanation cache file %s unreadable; recomputing", path.name)
             return None
 
-    def _compute_and_keep(self, key: Key, background: bool):
+    def _compute_and_keep(self, key: Key, priority: int):
         row, _, model, method = key
         if self._run is not None:
-            value = self._run(lambda: self._compute(row, model, method), background)
+            value = self._run(lambda: self._compute(row, model, method), priority)
         else:
             from core.serve import single_threaded
 
@@ -180,12 +180,12 @@ class PreparedExplanations:
     def _work(self) -> None:
         _background_policy()
         while True:
-            _, _, key = self._queue.get()
+            priority, _, key = self._queue.get()
             if key is None or self._stopping:
                 return
             future, mine = self._claim(key)
             if mine:
-                self._produce(key, future, background=True)
+                self._produce(key, future, priority)
                 if future.exception() is not None:
                     log.warning("could not prepare review item %s/%s/%s: %s", key[1], key[2], key[3], future.exception())
 
