@@ -5,7 +5,8 @@ one shared model service and caches a server has), in its own thread, all in one
 `streamlit run`. A user opens the case explorer, then for a few rounds switches a modality off or on and
 asks for an explanation, pausing to read between actions; then signs in to the review study and rates
 items. Every action is timed from the click to the finished page run (what the browser waits for,
-without its drawing), and the bench reports p50/p95 per action.
+without its drawing), and the bench reports p50/p95 per action; for explanations also when their first
+part (contributions, labs, heatmap) was on the page and how long they waited for a worker.
 
 Before the crowd arrives, one session measures the first explanation after start (the model is warmed
 up in the background when the first page opens; the user reads the prediction for `think` seconds first,
@@ -77,9 +78,14 @@ def explorer_user(i: int, rounds: int, think: tuple[float, float], rec: dict) ->
             continue
         at = _timed(rec, "switch a modality", lambda: toggle.set_value(not toggle.value).run())
         time.sleep(rng.uniform(*think))
+        before = len(at.session_state["explain_timing"]) if "explain_timing" in at.session_state else 0
         at = _timed(rec, "explain", lambda: at.button(key="explain").click().run())
         if not _explained(at):
             raise RuntimeError(f"user {i}: no explanation shown")
+        timings = list(at.session_state["explain_timing"].values())
+        if len(timings) > before:  # a new explanation (one this session had already is shown at once)
+            for k, action in (("first_part", "explain: first part on the page"), ("waited", "explain: wait for a worker")):
+                rec.setdefault(action, []).append(timings[-1][k])
 
 
 def review_user(i: int, items: int, think: tuple[float, float], rec: dict) -> None:

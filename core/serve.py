@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 URGENT, INTERACTIVE, AHEAD, BACKGROUND = 0, 1, 2, 3
 IDLE_S = 3.0  # no one has asked the pool for anything this long: background work may start
 PREDICTION_CACHE = 256  # (case, availability) pairs kept: a few per session for a handful of sessions
+EXPLANATION_CACHE = 64  # explanations are seeded, so another session asking the same gets the same one
 
 
 def available_cores() -> int:
@@ -97,6 +98,7 @@ class Job:
     priority: int
     future: Future = field(default_factory=Future)
     stages: list[str] = field(default_factory=list)
+    stage_times: list[float] = field(default_factory=list)  # perf_counter when each stage was reported
     partial: object = None
     submitted: float = field(default_factory=time.perf_counter)
     started: float | None = None
@@ -118,6 +120,7 @@ class Job:
     def report(self, stage: str, partial: object = None) -> None:
         if partial is not None:
             self.partial = partial
+        self.stage_times.append(time.perf_counter())
         self.stages.append(stage)
 
     def waited(self) -> float:
@@ -147,6 +150,7 @@ class ModelService:
         self._waiting: dict[int, Job] = {}  # order → job, for queue positions
         self._lock = threading.Lock()
         self._predictions: OrderedDict[tuple, Prediction] = OrderedDict()
+        self._explanations: OrderedDict[tuple, object] = OrderedDict()
         self._last_asked = float("-inf")  # when someone last submitted or finished non-background work
         self._running_for_people = 0
         self._threads = [threading.Thread(target=self._work, name=f"rmd-worker-{i}", daemon=True)
@@ -210,11 +214,14 @@ class ModelService:
                 continue
             job.started = time.perf_counter()
             try:
-                job.future.set_result(fn(*args, **kwargs))
+                result = fn(*args, **kwargs)
             except BaseException as e:  # noqa: BLE001 - handed to whoever waits on the job
+                job.finished = time.perf_counter()  # before the future: a waiter reads it as soon as it is done
                 job.future.set_exception(e)
-            finally:
+            else:
                 job.finished = time.perf_counter()
+                job.future.set_result(result)
+            finally:
                 with self._lock:
                     self._running_for_people -= people
                     if people:
@@ -256,15 +263,35 @@ class ModelService:
 
         return self.submit(run, priority=URGENT, label="Predicting")
 
-    def explain_job(self, case: CaseInputs, absent: Iterable[str] = (), method: str = "integrated_gradients",
-                    allow_domain_mismatch: bool = False, priority: int = INTERACTIVE) -> Job:
+    def explain_job(self, case: CaseInputs, case_key: str, absent: Iterable[str] = (),
+                    method: str = "integrated_gradients", allow_domain_mismatch: bool = False,
+                    priority: int = INTERACTIVE) -> Job:
         """An explanation reported in stages: the prediction and modality contributions first, then labs,
-        note and image (see `explain_case`); `Job.partial` is the explanation so far."""
+        image and note (see `explain_case`); `Job.partial` is the explanation so far. Explanations are
+        seeded, so one asked for before (by any session) is answered from the cache."""
         from core.explain.explanation import explain_case
 
+        key = (case_key, tuple(sorted(absent)), method, allow_domain_mismatch)
+        with self._lock:
+            hit = self._explanations.get(key)
+            if hit is not None:
+                self._explanations.move_to_end(key)
+        if hit is not None:
+            job = Job("Explaining", priority)
+            for stage in ["contributions", *hit.image, *hit.labs, *hit.note]:
+                job.report(stage, hit)
+            job.started = job.finished = job.submitted
+            job.future.set_result(hit)
+            return job
+
         def run(job: Job):
-            return explain_case(self.predictor, case, list(absent), method, allow_domain_mismatch=allow_domain_mismatch,
-                                on_stage=job.report)
+            exp = explain_case(self.predictor, case, list(key[1]), method, allow_domain_mismatch=allow_domain_mismatch,
+                               on_stage=job.report)
+            with self._lock:
+                self._explanations[key] = exp
+                while len(self._explanations) > EXPLANATION_CACHE:
+                    self._explanations.popitem(last=False)
+            return exp
 
         return self.submit(run, priority=priority, label="Explaining", pass_job=True)
 

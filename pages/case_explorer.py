@@ -267,7 +267,7 @@ key = (case_key, tuple(absent), method)
 explanations = st.session_state.setdefault("explanations", {})
 jobs = st.session_state.setdefault("explain_jobs", {})  # running explanations outlive a rerun of the page
 if c2.button("Explain this prediction", type="primary", key="explain") and key not in explanations and key not in jobs:
-    jobs[key] = service.explain_job(case, absent, method, allow)
+    jobs[key] = service.explain_job(case, case_key, absent, method, allow)
 if key not in explanations and key not in jobs:
     st.caption("Press the button to compute the heatmap, highlighted note and lab attributions.")
     st.stop()
@@ -330,8 +330,11 @@ else:  # draw each part as the worker reports it; a rerun meanwhile picks the sa
         status.empty()
         fail(e)
         st.stop()
-    st.session_state.setdefault("explain_waited", {})[key] = job.waited()
-waited = st.session_state.get("explain_waited", {}).get(key, 0.0)
+    # what the user met: the wait for a worker, the first part on the page, the whole (read by bench --serve)
+    st.session_state.setdefault("explain_timing", {})[key] = {
+        "waited": job.waited(), "first_part": (job.stage_times[0] if job.stage_times else job.finished) - job.submitted,
+        "total": job.finished - job.submitted}
+waited = st.session_state.get("explain_timing", {}).get(key, {}).get("waited", 0.0)
 status.caption(f"Explained in {exp.seconds:.1f} s" + (f" (after {waited:.1f} s waiting for other users)" if waited >= 0.5
                else "") + f". Attributions explain log p({display_name(exp.target)}).")
 cmap = st.session_state.get("heat_drawn_cmap", CMAPS[0]) if exp.image else CMAPS[0]

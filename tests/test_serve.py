@@ -83,11 +83,15 @@ def test_predictions_are_cached_per_case_and_availability(service, predictor, de
 
 def test_explanation_arrives_in_stages_cheapest_first(service, predictor, default_dataset):
     case = default_dataset.load(0)
-    job = service.explain_job(case)
+    job = service.explain_job(case, "case-0")
     exp = job.result(300)
     assert job.stages == ["contributions", "labs", "image", "note"]
+    assert job.stage_times == sorted(job.stage_times) and job.stage_times[0] < job.finished
     assert job.partial is exp and exp.image and exp.note and exp.labs
     assert exp.target == predictor.predict(case).prediction
+    again = service.explain_job(case, "case-0")  # another session, the same question: no model work
+    assert again.done() and again.result() is exp and set(again.stages) == set(job.stages)
+    assert service.explain_job(case, "case-0", ["labs"]).result(300) is not exp
 
 
 def test_errors_reach_the_waiting_page_and_close_cancels_waiting_jobs(predictor):
