@@ -295,6 +295,11 @@ class ModelService:
 
         return self.submit(run, priority=priority, label="Explaining", pass_job=True)
 
+    def forget_explanations(self) -> None:
+        """Drop the kept explanations (to time one again, or after the model changed)."""
+        with self._lock:
+            self._explanations.clear()
+
     def call(self, fn: Callable[..., object], *args, priority: int = INTERACTIVE, **kwargs):
         """Run other model work (e.g. a review explanation) in the pool and wait for it."""
         return self.submit(fn, *args, priority=priority, **kwargs).result()

@@ -109,7 +109,7 @@ def test_serve_bench_runs_real_sessions(monkeypatch, tmp_path, default_cohort):
     """One user, one round: every action of the bench happens in real page sessions and is timed."""
     import streamlit as st
 
-    from core.bench_serve import markdown, serve_bench
+    from tools.serve_bench import markdown, serve_bench
 
     monkeypatch.setenv("RMD_REVIEW_WARM", "0")
     monkeypatch.setenv("RMD_REVIEWER_CODE", "demo")

@@ -32,18 +32,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    """The driver runs the Streamlit pages, so it lives outside core (tools/serve_bench.py), in its own process."""
+    import subprocess
+    import sys
 
-    from core.bench_serve import markdown, serve_bench
+    from core.paths import ROOT
 
-    res = serve_bench(users=args.users, rounds=args.rounds)
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "bench_serve.json").write_text(dumps(res))
-        (out / "bench_serve.md").write_text(markdown(res) + "\n")
-    print(dumps(res) if args.json else markdown(res))
-    return 1 if res["errors"] else 0
+    cmd = [sys.executable, "-m", "tools.serve_bench", "--users", str(args.users), "--rounds", str(args.rounds)]
+    cmd += (["--out", args.out] if args.out else []) + (["--json"] if args.json else [])
+    return subprocess.run(cmd, cwd=ROOT).returncode
 
 
 def run(args: argparse.Namespace) -> int:

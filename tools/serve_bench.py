@@ -1,4 +1,5 @@
-"""`python -m core bench --serve`: the app under several users at once, timed as they meet it.
+"""`python -m core bench --serve` (which runs `python -m tools.serve_bench`): the app under several users
+at once, timed as they meet it. It lives outside `core` because it drives the Streamlit pages.
 
 Each simulated user is a real session of the app (Streamlit's AppTest runs the very page scripts, with the
 one shared model service and caches a server has), in its own thread, all in one process as in
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.jsonout import dumps
 from core.paths import ROOT
 
 APP = str(ROOT / "app.py")
@@ -54,11 +56,14 @@ def _explained(at) -> bool:
 def first_explain(think: float) -> dict:
     """Cold: a new session opens the app in this fresh process and, after `think` s, asks for an
     explanation; then a second session asks for the same explanation (warm)."""
+    from pages.common import get_service
+
     rec: dict = {}
     at = _timed(rec, "open (cold)", lambda: _session().run())
     time.sleep(think)
     at = _timed(rec, "first explain", lambda: at.button(key="explain").click().run())
     assert _explained(at), "the first explanation did not finish"
+    get_service().forget_explanations()  # the same case again, computed again: warm, not from the cache
     other = _session().run()
     other = _timed(rec, "warm explain", lambda: other.button(key="explain").click().run())
     assert _explained(other)
@@ -209,3 +214,27 @@ def markdown(res: dict) -> str:
     if res["errors"]:
         lines += ["", "Errors: " + "; ".join(res["errors"])]
     return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m tools.serve_bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--users", type=int, default=4)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--review-items", type=int, default=3)
+    p.add_argument("--out", help="also write bench_serve.{json,md} into this folder")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    args = p.parse_args(argv)
+    res = serve_bench(users=args.users, rounds=args.rounds, review_items=args.review_items)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "bench_serve.json").write_text(dumps(res))
+        (out / "bench_serve.md").write_text(markdown(res) + "\n")
+    print(dumps(res) if args.json else markdown(res))
+    return 1 if res["errors"] else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
