@@ -9,6 +9,7 @@ This page only draws.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -21,7 +22,7 @@ from core.names import display_name
 from core.explain.explanation import METHODS, Explanation
 from core.explain.render import legend_html, note_html, overlay
 from core.review import auth
-from core.paths import DEFAULT_CHECKPOINT
+from core.paths import DEFAULT_CHECKPOINT, ROOT
 from core.review.export import ratings_csv, results_csv
 from core.review.models import Lineup, review_models, train_command
 from core.review.prepared import AHEAD, BACKGROUND, URGENT, PreparedExplanations, study_explanations, warm_enabled
@@ -300,14 +301,23 @@ def readable_table(df: pd.DataFrame, key: str, helps: dict[str, str] | None = No
         if col in shown:
             shown[head] = shown[col].map(_words)
     order = [WORDS[c] for c in df.columns if c in WORDS] + [c for c in df.columns if c not in WORDS]
-    st.dataframe(shown, hide_index=True, key=key, column_order=order, column_config={
+    # placeholder: an interval of a single rating does not exist, shown as a dash rather than "None"
+    st.dataframe(shown, hide_index=True, key=key, column_order=order, placeholder="–", column_config={
         c: st.column_config.Column(HEADERS.get(c, c), help=(helps or {}).get(c)) for c in df.columns if c not in WORDS})
+
+
+def _shown_path(path: Path) -> str:
+    """A checkpoint inside the project by its project path (no server paths on the page)."""
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return path.name
 
 
 def models_view(found: Lineup) -> None:
     """Which models the study compares, and what is missing with the command that trains it."""
     st.markdown("**Models in this study** (a second blinded factor beside the explanation method)")
-    st.dataframe(pd.DataFrame([{"model": m.name, "label": m.label, "checkpoint": str(m.path)} for m in found.models],
+    st.dataframe(pd.DataFrame([{"model": m.name, "label": m.label, "checkpoint": _shown_path(m.path)} for m in found.models],
                               columns=["model", "label", "checkpoint"]), hide_index=True, key="models_table",
                  column_order=["label", "checkpoint"], column_config={"label": "Model", "checkpoint": "Checkpoint"})
     if found.missing:
