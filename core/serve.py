@@ -4,8 +4,10 @@ Why: torch's intra-op threads oversubscribe a small machine. Two sessions explai
 default threads (one per core each) ran 15× slower than one thread each (issue 15: 49 s against 3.3 s on
 2 cores). So the server runs at most `workers` model jobs at a time (one per core by default,
 RMD_WORKERS to change it), each with one torch thread (torch's setting is per thread, so every worker
-sets its own), and everything else waits in one priority queue: predictions before explanations before
-background work (the warm-up). A page shows how many jobs are ahead of its own while it waits.
+sets its own), and everything else waits in one priority queue: explanations before work needed soon
+before background work (the warm-up). Predictions (a tenth of a second each) have a lane and a worker
+of their own, so that switching a modality never waits behind someone's explanation; that worker adds
+at most one short thread to the cores. A page shows how many jobs are ahead of its own while it waits.
 
 Jobs report stages as they go (`Job.stages`), so a page can draw an explanation progressively, and the
 last predictions are kept (`predict` is cached per case and availability), so moving a display control
@@ -146,6 +148,7 @@ class ModelService:
         self.warm = threading.Event()
         self.warm_seconds: float | None = None
         self._queue: queue.PriorityQueue = queue.PriorityQueue()
+        self._urgent: queue.PriorityQueue = queue.PriorityQueue()  # predictions: their own lane and worker
         self._order = itertools.count()
         self._waiting: dict[int, Job] = {}  # order → job, for queue positions
         self._lock = threading.Lock()
@@ -153,8 +156,9 @@ class ModelService:
         self._explanations: OrderedDict[tuple, object] = OrderedDict()
         self._last_asked = float("-inf")  # when someone last submitted or finished non-background work
         self._running_for_people = 0
-        self._threads = [threading.Thread(target=self._work, name=f"rmd-worker-{i}", daemon=True)
+        self._threads = [threading.Thread(target=self._work, args=(self._queue,), name=f"rmd-worker-{i}", daemon=True)
                          for i in range(self.workers)]
+        self._threads.append(threading.Thread(target=self._work, args=(self._urgent,), name="rmd-predict", daemon=True))
         for t in self._threads:
             t.start()
         # a worker still inside torch when the interpreter exits aborts the process ("terminate called
@@ -173,7 +177,7 @@ class ModelService:
             self._waiting[order] = job
             if priority < BACKGROUND:
                 self._last_asked = time.monotonic()
-        self._queue.put((priority, order, job, fn, args, kwargs))
+        (self._urgent if priority == URGENT else self._queue).put((priority, order, job, fn, args, kwargs))
         return job
 
     def ahead_of(self, job: Job) -> int:
@@ -181,7 +185,9 @@ class ModelService:
             mine = next((o for o, j in self._waiting.items() if j is job), None)
             if mine is None:
                 return 0
-            return sum(1 for o, j in self._waiting.items() if (j.priority, o) < (job.priority, mine))
+            lane = job.priority == URGENT
+            return sum(1 for o, j in self._waiting.items()
+                       if (j.priority == URGENT) == lane and (j.priority, o) < (job.priority, mine))
 
     def busy(self) -> int:
         """Jobs waiting for a worker."""
@@ -193,15 +199,15 @@ class ModelService:
         with self._lock:
             return self._running_for_people == 0 and time.monotonic() - self._last_asked >= IDLE_S
 
-    def _work(self) -> None:
+    def _work(self, lane: queue.PriorityQueue) -> None:
         one_thread()
         while True:
-            item = self._queue.get()
+            item = lane.get()
             priority, order, job, fn, args, kwargs = item
             if job is None:
                 return
             if priority >= BACKGROUND and not self.idle():
-                self._queue.put(item)  # back in line; anything more urgent is taken first
+                lane.put(item)  # back in line; anything more urgent is taken first
                 time.sleep(0.2)
                 continue
             with self._lock:
@@ -235,6 +241,7 @@ class ModelService:
             job.future.cancel()
         for i in range(self.workers):
             self._queue.put((99, -1 - i, None, None, (), {}))
+        self._urgent.put((99, -1, None, None, (), {}))
         for t in self._threads:
             t.join(timeout=timeout)
 

@@ -27,7 +27,7 @@ def _block(service: ModelService) -> threading.Event:
         running.set()
         release.wait(60)
 
-    service.submit(hold, priority=URGENT)
+    service.submit(hold, priority=INTERACTIVE)
     assert running.wait(30)
     return release
 
@@ -36,24 +36,29 @@ def test_workers_use_one_torch_thread_whatever_the_process_uses(predictor):
     before = torch.get_num_threads()
     s = ModelService(predictor, workers=2)
     try:
-        assert [s.submit(torch.get_num_threads).result(30) for _ in range(4)] == [1] * 4
+        assert [s.submit(torch.get_num_threads, priority=p).result(30) for p in (URGENT, INTERACTIVE, URGENT, INTERACTIVE)
+                ] == [1] * 4
         assert torch.get_num_threads() == before  # the caller's own setting is left alone
     finally:
         s.close()
 
 
-def test_queue_positions_and_priorities(service):
+def test_queue_positions_priorities_and_the_prediction_lane(service):
+    """With the only worker busy, a prediction still runs at once (its own lane), and the queue behind
+    the worker is served by priority, each job knowing how many are ahead of it."""
     release = _block(service)
     order: list[str] = []
     late = service.submit(order.append, "background", priority=BACKGROUND)
-    explain = service.submit(order.append, "explain", priority=INTERACTIVE)
-    predict = service.submit(order.append, "predict", priority=URGENT)  # submitted last, runs first
-    assert (predict.ahead(), explain.ahead(), late.ahead()) == (0, 1, 2)
-    assert "Waiting for the model: 2 requests" in late.status()
+    later = service.submit(order.append, "also background", priority=BACKGROUND)
+    explain = service.submit(order.append, "explain", priority=INTERACTIVE)  # submitted after, runs before
+    assert service.submit(order.append, "predict", priority=URGENT).result(30) is None
+    assert order == ["predict"]
+    assert (explain.ahead(), late.ahead(), later.ahead()) == (0, 1, 2)
+    assert "Waiting for the model: 2 requests" in later.status()
     release.set()
-    late.result(30)
-    assert order == ["predict", "explain", "background"]
-    assert late.ahead() == 0 and late.waited() > 0
+    later.result(30)
+    assert order == ["predict", "explain", "background", "also background"]
+    assert later.ahead() == 0 and later.waited() > 0
 
 
 def test_background_work_waits_for_an_idle_pool(predictor):
