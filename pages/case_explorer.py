@@ -130,7 +130,7 @@ def uploaded_case() -> tuple[CaseInputs | None, str]:
                                              "unit": [lab.unit for lab in catalogue],
                                              "reference": [lab.ref_text() for lab in catalogue]})
                         edited = st.data_editor(base, key=f"edit_{name}", disabled=["lab", "unit", "reference"],
-                                                hide_index=True, height="content",
+                                                hide_index=True, height="content", placeholder="",
                                                 column_config={"value": st.column_config.NumberColumn(
                                                     help="in the unit shown; leave empty if not measured")})
                         values = {lab.name: v for lab, v in zip(catalogue, edited["value"]) if pd.notna(v)}
