@@ -115,8 +115,8 @@ if cal:
                 "stated confidence and the accuracy averaged over 10 confidence bins. Squared error: the Brier score, "
                 "the mean squared difference between the probabilities and the one-hot truth.")
     with st.expander("Targets"):
-        st.dataframe(report.targets_frame([{**t, "measured": round(t["measured"], 4)} for t in cal["targets"]]),
-                     hide_index=True, width="stretch")
+        st.table(report.targets_frame([{**t, "measured": round(t["measured"], 4)} for t in cal["targets"]]),
+                 hide_index=True)
 st.subheader("Inputs unlike the training data")
 guard = meta.get("guard")
 expect = {m["name"]: m["expect"] for m in spec["modalities"] if m.get("expect")}

@@ -74,8 +74,8 @@ def comparison_tables(result: dict, key: str) -> None:
 
 
 def targets_table(targets: list[dict], key: str) -> None:
-    st.dataframe(report.targets_frame(targets), hide_index=True, width="stretch", key=f"{key}_targets",
-                 column_config={"met": st.column_config.TextColumn("met?", width="small")})
+    """A static table: long measured values wrap instead of running off the right edge."""
+    st.table(report.targets_frame(targets), hide_index=True)
 
 
 def show_results(result: dict, key: str) -> None:

@@ -222,6 +222,27 @@ def test_upload_a_dicom_shows_a_prediction_and_no_patient_identifiers(server, pa
         _screenshot(page, out_dir, "upload")
 
 
+# ---- the Robustness lab's comparison fits the screen ----------------------------------------------------------
+def test_robustness_lab_comparison_table_fits_1440_px(server, page, out_dir):
+    """Issue 15: the comparison table was clipped on the right (its AVG and p columns out of sight)."""
+    with _kept_on_failure(page, out_dir):
+        page.goto(server, timeout=120_000)  # as a user arrives: the app, then the page in the sidebar
+        page.get_by_text("Predicted").first.wait_for(timeout=SLOW)
+        page.get_by_role("link", name="Robustness lab").click()
+        page.get_by_text("Comparison table", exact=False).first.click()
+        page.get_by_text("AUROC", exact=False).first.wait_for(timeout=SLOW)
+        _idle(page)
+        grids = page.locator('[data-testid="stDataFrame"]')
+        assert grids.count() >= 1
+        for i in range(grids.count()):  # a grid scrolls sideways only when its columns are wider than its box
+            overflow = grids.nth(i).evaluate("el => { const s = el.querySelector('.dvn-scroller');"
+                                             " return s ? s.scrollWidth - s.clientWidth : 0; }")
+            assert overflow <= 1, f"table {i} on the Robustness lab overflows by {overflow} px"
+        for table in page.locator('[data-testid="stTable"]').all():  # static tables wrap: within the main column
+            assert table.evaluate("el => el.scrollWidth - el.clientWidth") <= 1
+        _screenshot(page, out_dir, "robustness_lab")
+
+
 # ---- 3. review: sign in, rate, reload, resume -----------------------------------------------------------
 def _progress(page, timeout: float = SLOW) -> tuple[int, int]:
     text = page.get_by_text(re.compile(rf"{re.escape(REVIEWER)}: \d+ of \d+ rated")).first

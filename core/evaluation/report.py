@@ -227,5 +227,6 @@ def targets(rows: list[dict], names: list[str]) -> list[dict]:
 def targets_frame(targets: list[dict]) -> pd.DataFrame:
     """Targets as read: 'met' / 'not met' in words rather than booleans (which a page draws as checkboxes)."""
     df = pd.DataFrame(targets, columns=["target", "measured", "met"])
+    df["target"] = df["target"].str.replace(">=", "≥").str.replace("<=", "≤")  # a leading ">" reads as a quote
     df["met"] = df["met"].map(lambda m: "met" if m else "not met")
     return df
