@@ -92,6 +92,29 @@ def single_threaded():
         torch.set_num_threads(before)
 
 
+class _Kept:
+    """The last `size` results by key (least recently used dropped), safe across threads."""
+
+    def __init__(self, size: int):
+        self.size, self._items, self._lock = size, OrderedDict(), threading.Lock()
+
+    def get(self, key: tuple):
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+            return self._items.get(key)
+
+    def put(self, key: tuple, value) -> None:
+        with self._lock:
+            self._items[key] = value
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
 @dataclass
 class Job:
     """A queued piece of model work. `stages` grows as the work reports progress (read it from any
@@ -118,6 +141,16 @@ class Job:
         if self.started is not None or self._service is None:
             return 0
         return self._service.ahead_of(self)
+
+    @classmethod
+    def answered(cls, label: str, priority: int, result: object, stages: Iterable[str] = ()) -> "Job":
+        """A job whose result was already kept: done at once, with the stages it had."""
+        job = cls(label, priority)
+        for stage in stages:
+            job.report(stage, result)
+        job.started = job.finished = job.submitted
+        job.future.set_result(result)
+        return job
 
     def report(self, stage: str, partial: object = None) -> None:
         if partial is not None:
@@ -152,8 +185,8 @@ class ModelService:
         self._order = itertools.count()
         self._waiting: dict[int, Job] = {}  # order → job, for queue positions
         self._lock = threading.Lock()
-        self._predictions: OrderedDict[tuple, Prediction] = OrderedDict()
-        self._explanations: OrderedDict[tuple, object] = OrderedDict()
+        self._predictions = _Kept(PREDICTION_CACHE)
+        self._explanations = _Kept(EXPLANATION_CACHE)
         self._last_asked = float("-inf")  # when someone last submitted or finished non-background work
         self._running_for_people = 0
         self._threads = [threading.Thread(target=self._work, args=(self._queue,), name=f"rmd-worker-{i}", daemon=True)
@@ -250,22 +283,13 @@ class ModelService:
                     allow_domain_mismatch: bool = False) -> Job:
         """A prediction (answered from the cache when this case and availability were predicted before)."""
         key = (case_key, tuple(sorted(absent)), allow_domain_mismatch)
-        with self._lock:
-            hit = self._predictions.get(key)
-            if hit is not None:
-                self._predictions.move_to_end(key)
+        hit = self._predictions.get(key)
         if hit is not None:
-            job = Job("predicting", URGENT)
-            job.future.set_result(hit)
-            job.started = job.finished = job.submitted
-            return job
+            return Job.answered("Predicting", URGENT, hit)
 
         def run() -> Prediction:
             pred = self.predictor.predict(case, absent=list(key[1]), allow_domain_mismatch=allow_domain_mismatch)
-            with self._lock:
-                self._predictions[key] = pred
-                while len(self._predictions) > PREDICTION_CACHE:
-                    self._predictions.popitem(last=False)
+            self._predictions.put(key, pred)
             return pred
 
         return self.submit(run, priority=URGENT, label="Predicting")
@@ -279,33 +303,21 @@ class ModelService:
         from core.explain.explanation import explain_case
 
         key = (case_key, tuple(sorted(absent)), method, allow_domain_mismatch)
-        with self._lock:
-            hit = self._explanations.get(key)
-            if hit is not None:
-                self._explanations.move_to_end(key)
+        hit = self._explanations.get(key)
         if hit is not None:
-            job = Job("Explaining", priority)
-            for stage in ["contributions", *hit.image, *hit.labs, *hit.note]:
-                job.report(stage, hit)
-            job.started = job.finished = job.submitted
-            job.future.set_result(hit)
-            return job
+            return Job.answered("Explaining", priority, hit, ["contributions", *hit.image, *hit.labs, *hit.note])
 
         def run(job: Job):
             exp = explain_case(self.predictor, case, list(key[1]), method, allow_domain_mismatch=allow_domain_mismatch,
                                on_stage=job.report)
-            with self._lock:
-                self._explanations[key] = exp
-                while len(self._explanations) > EXPLANATION_CACHE:
-                    self._explanations.popitem(last=False)
+            self._explanations.put(key, exp)
             return exp
 
         return self.submit(run, priority=priority, label="Explaining", pass_job=True)
 
     def forget_explanations(self) -> None:
         """Drop the kept explanations (to time one again, or after the model changed)."""
-        with self._lock:
-            self._explanations.clear()
+        self._explanations.clear()
 
     def call(self, fn: Callable[..., object], *args, priority: int = INTERACTIVE, **kwargs):
         """Run other model work (e.g. a review explanation) in the pool and wait for it."""

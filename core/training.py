@@ -33,6 +33,7 @@ from core.model.config import Config
 from core.model.knowledge import KnowledgeGraph, embed_concepts
 from core.model.robustmdiff import DataInfo, RobustMDiff
 from core.paths import ROOT
+from core.training_progress import COST, TrainingProgress
 from core.jsonout import dumps
 
 log = logging.getLogger(__name__)
@@ -214,33 +215,6 @@ def _global_batches(order: np.ndarray | torch.Tensor, size: int, ctx: Context):
             yield ctx.shard(rows)
 
 
-# Rough cost of each step in phase-1 epochs (2-core CPU, quick cohort), so that the fraction `on_progress`
-# reports moves about evenly in time: a denoiser epoch is cheap, a phase-3 epoch samples latents, and the
-# calibration predicts every validation case from every subset of its modalities.
-COST = {"phase2_epoch": 0.4, "phase3_epoch": 2.5, "calibration": 1.0, "calibration_diffusion": 30.0}
-
-
-class _Progress:
-    """Reports (fraction of the whole training, what it is doing) to an optional callback."""
-
-    def __init__(self, on: Callable[[float, str], None] | None, tc, diffusion: bool):
-        self.on, self.done = on, 0.0
-        self.total = tc.epochs + (COST["calibration_diffusion"] if diffusion else COST["calibration"])
-        if diffusion:
-            self.total += COST["phase2_epoch"] * tc.diffusion_epochs + COST["phase3_epoch"] * tc.finetune_epochs
-        self.phases = 3 if diffusion else 1
-
-    def __call__(self, cost: float, text: str) -> None:
-        """`cost` more units are done (0 to only say what starts)."""
-        self.done = min(self.total, self.done + cost)
-        if self.on:
-            self.on(self.done / self.total, text)
-
-    def skip_to(self, units: float, text: str) -> None:  # early stopping: the epochs not run count as done
-        self.done = max(self.done, units)
-        self(0, text)
-
-
 def train_model(ds: Dataset, table: FeatureTable, config: Config, device: str | torch.device | None = None,
                 progress: bool = True, ctx: Context | None = None,
                 on_progress: Callable[[float, str], None] | None = None) -> TrainResult:
@@ -269,7 +243,7 @@ def train_model(ds: Dataset, table: FeatureTable, config: Config, device: str | 
     drops = validation_drops(table.present[va], tc.p_max, tc.seed)
     use_diffusion = model.denoiser is not None
     history: list[dict] = []
-    news = _Progress(on_progress if ctx.main else None, tc, use_diffusion)
+    news = TrainingProgress(on_progress if ctx.main else None, tc, use_diffusion)
 
     def epoch_order() -> np.ndarray:
         return tr[torch.multinomial(weights, len(tr), replacement=True, generator=order_gen).numpy()]
@@ -379,9 +353,7 @@ def train_model(ds: Dataset, table: FeatureTable, config: Config, device: str | 
         val_score = best.score
         news.skip_to(news.total - COST["calibration_diffusion"], "phase 3 of 3 done")
     news(0, f"calibrating on {len(va)} validation cases")
-    start, units = news.done, news.total - news.done
-    calibration = calibrate(model, table, ds.labels, tr, va, device,
-                            on_progress=lambda f, text: news.skip_to(start + f * units, f"calibration: {text}"))
+    calibration = calibrate(model, table, ds.labels, tr, va, device, on_progress=news.rest("calibration: "))
     news(news.total, "calibrated")
     return TrainResult(model, history, best_epoch, val_score, time.perf_counter() - t0, concept_ids, calibration)
 
