@@ -17,7 +17,7 @@ from core.evaluation.methods import methods_for
 from core.evaluation.patterns import availability_patterns, pattern_name
 from core.names import display_name
 from core.paths import ASSETS
-from pages.common import fail, get_demo_cases, get_predictor, load_demo_case, notice
+from pages.common import fail, get_demo_cases, get_predictor, get_service, load_demo_case, notice
 
 st.title("Robustness lab")
 notice()
@@ -183,7 +183,8 @@ def live_rows(row: int, model: str | None) -> list[dict]:
     out = []
     for pattern in availability_patterns(len(names)):
         absent = [n for n, keep in zip(names, pattern) if not keep]
-        p = predictor.predict(case, absent=absent)
+        # the app's pool, sharing the case explorer's kept predictions (same key)
+        p = get_service().predict_job(case, f"demo-{case.case_id}", absent).result()
         out.append({"pattern": pattern_name(pattern, names), "missing": len(absent), "prediction": p.prediction,
                     "probabilities": p.probabilities,
                     "confidence": {m: s["confidence"] for m, s in p.synthesized.items()}})
