@@ -178,8 +178,6 @@ class ModelService:
         import_model_stack()
         self.predictor = predictor
         self.workers = workers or default_workers()
-        self.warm = threading.Event()
-        self.warm_seconds: float | None = None
         self._queue: queue.PriorityQueue = queue.PriorityQueue()
         self._urgent: queue.PriorityQueue = queue.PriorityQueue()  # predictions: their own lane and worker
         self._order = itertools.count()
@@ -221,11 +219,6 @@ class ModelService:
             lane = job.priority == URGENT
             return sum(1 for o, j in self._waiting.items()
                        if (j.priority == URGENT) == lane and (j.priority, o) < (job.priority, mine))
-
-    def busy(self) -> int:
-        """Jobs waiting for a worker."""
-        with self._lock:
-            return len(self._waiting)
 
     def idle(self) -> bool:
         """Nobody's work runs and nobody asked for any for IDLE_S seconds."""
@@ -326,17 +319,13 @@ class ModelService:
     # ---- warm-up -------------------------------------------------------------------------------------
     def warm_up(self, case: CaseInputs) -> Job:
         """In the background: one prediction and one explanation of `case`, so that imports, SHAP's
-        compilation and torch's first-call costs are paid before the first user asks (`warm` is set after)."""
+        compilation and torch's first-call costs are paid before the first user asks."""
         from core.explain.explanation import explain_case
 
         def run():
             t0 = time.perf_counter()
-            try:
-                self.predictor.predict(case)
-                explain_case(self.predictor, case, [], "integrated_gradients")
-            finally:  # a failing warm-up must not leave pages waiting for it
-                self.warm_seconds = time.perf_counter() - t0
-                self.warm.set()
-            log.info("model warmed up in %.1f s", self.warm_seconds)
+            self.predictor.predict(case)
+            explain_case(self.predictor, case, [], "integrated_gradients")
+            log.info("model warmed up in %.1f s", time.perf_counter() - t0)
 
         return self.submit(run, priority=BACKGROUND, label="Warming up")

@@ -99,6 +99,11 @@ def test_explanation_arrives_in_stages_cheapest_first(service, predictor, defaul
     assert service.explain_job(case, "case-0", ["labs"]).result(300) is not exp
 
 
+def test_warm_up_explains_a_case_in_the_background(service, default_dataset):
+    job = service.warm_up(default_dataset.load(0))
+    assert job.priority == BACKGROUND and job.result(300) is None and job.finished > job.started
+
+
 def test_errors_reach_the_waiting_page_and_close_cancels_waiting_jobs(predictor):
     s = ModelService(predictor, workers=1)
     with pytest.raises(ZeroDivisionError):
