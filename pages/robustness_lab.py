@@ -90,6 +90,13 @@ def show_results(result: dict, key: str) -> None:
     c2.caption("On the diagonal, a stated confidence of 80 % is right 80 % of the time (calibration).")
     st.markdown("**Targets**")
     targets_table(report.targets(rows, modalities), key)  # recomputed: older results name methods internally
+    if result.get("bootstrap_natural"):
+        st.markdown("**RobustMDiff against each method, with intervals** (missing data as it comes)",
+                    help="Difference in macro AUROC, in points (+: RobustMDiff higher), with its 95 % interval from "
+                         "a paired bootstrap: 2000 resamples of the test cases, both methods scored on the same "
+                         "resampled cases. 'Better' or 'worse' only where the Holm-corrected p (across the methods) "
+                         "is below 0.05.")
+        st.table(report.bootstrap_frame(result["bootstrap_natural"]), hide_index=True)
     with st.expander("Comparison table (every method under every combination of modalities)"):
         comparison_tables(result, key)
 

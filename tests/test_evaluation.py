@@ -92,6 +92,9 @@ def test_quick_evaluation_end_to_end(tmp_path):
     saved = json.loads((tmp_path / "results.json").read_text())
     assert set(saved["significance"]) == {"early_zero", "late_fusion"}
     assert all(0 <= r["auroc"] <= 1 for r in saved["rows"] if r["auroc"] == r["auroc"])
+    boot = {r["method"]: r for r in saved["bootstrap_natural"]}  # paired over cases, Holm, a direction each
+    assert set(boot) == {"early_zero", "late_fusion"} and "paired bootstrap over test cases" in table
+    assert all(r["low"] <= r["difference"] <= r["high"] and r["p_holm"] >= r["p"] for r in boot.values())
 
     # An interrupted run resumes: every finished model is saved, and a rerun into the same folder reuses them
     # (here with two worker processes for the two models that are missing or unreadable).

@@ -153,6 +153,9 @@ def test_robustness_lab_in_words_targets_as_text_and_live_demo_cached(app, monke
     assert not _raw_in(text), _raw_in(text)
     targets = next(t.value for t in at.table if "met" in t.value.columns)  # a static table: long values wrap
     assert set(targets.met) <= {"met", "not met"}
+    boot = next(t.value for t in at.table if "reading" in t.value.columns)  # the paired bootstrap, in words
+    assert "w/o diffusion" in set(boot.method) and set(boot.reading) <= {"RobustMDiff better", "RobustMDiff worse",
+                                                                           "no clear difference"}
     assert not any(h.value.lstrip().startswith("# ") for h in at.markdown)  # no H1 inside the page's tables
     # the live demo: every combination of modalities of the same case, the complete one kept from the explorer
     assert len(calls) == 1 + 6

@@ -252,6 +252,28 @@ def _rare_against_comparisons(s: pd.DataFrame) -> list[dict]:
     return out
 
 
+def natural_bootstrap(natural: dict[str, dict], n_resamples: int = 2000) -> list[dict]:
+    """RobustMDiff against every other method under natural missingness: the paired bootstrap over test
+    cases (core/evaluation/bootstrap.py) of the difference in macro AUROC, from each method's per-case
+    probabilities ({"y", "probs"}, the first seed, as the evaluation keeps them)."""
+    from core.evaluation.bootstrap import compare
+
+    if REFERENCE not in natural or len(natural) < 2:
+        return []
+    y = np.asarray(natural[REFERENCE]["y"])
+    probs = {m: np.asarray(v["probs"], float)[None] for m, v in natural.items() if np.array_equal(v["y"], y)}
+    return compare(y, probs, REFERENCE, n_resamples=n_resamples)
+
+
+def bootstrap_frame(rows: list[dict]) -> pd.DataFrame:
+    """The comparisons as read: the difference and its interval in AUROC points, better and worse marked."""
+    mark = {"better": "RobustMDiff better", "worse": "RobustMDiff worse", "no clear difference": "no clear difference"}
+    return pd.DataFrame([{"method": display_name(r["method"]), "difference (AUROC points)": f"{100 * r['difference']:+.2f}",
+                          "95 % interval": f"[{100 * r['low']:+.2f}, {100 * r['high']:+.2f}]", "p": round(r["p"], 4),
+                          "p (Holm)": round(r["p_holm"], 4), "reading": mark[r["direction"]]}
+                         for r in sorted(rows, key=lambda r: -r["difference"])])
+
+
 def targets_frame(targets: list[dict]) -> pd.DataFrame:
     """Targets as read: 'met' / 'not met' in words rather than booleans (which a page draws as checkboxes)."""
     df = pd.DataFrame(targets, columns=["target", "measured", "met"])
