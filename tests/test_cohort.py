@@ -180,8 +180,13 @@ def test_a_cohort_is_rebuilt_once_beside_the_folder_and_swapped_in(tmp_path):
 
     def reader(stop: threading.Event) -> None:  # the old cohort stays whole until the new one replaces it
         while not stop.is_set():
-            if (folder / "manifest.csv").exists() and not (folder / "images").is_dir():
-                seen_incomplete.append(True)
+            try:  # one folder (same inode) with a manifest but without its images would be half a cohort
+                before = folder.stat().st_ino
+                broken = (folder / "manifest.csv").exists() and not (folder / "images").is_dir()
+                if broken and folder.stat().st_ino == before:
+                    seen_incomplete.append(True)
+            except FileNotFoundError:
+                pass  # between the two renames the name is free for an instant: no cohort, never half of one
 
     stop = threading.Event()
     watching = threading.Thread(target=reader, args=(stop,))
