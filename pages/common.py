@@ -39,7 +39,7 @@ def get_service() -> ModelService:
     return service
 
 
-def wait_for(job: Job, what: str = "the model"):
+def wait_for(job: Job):
     """The job's result; while it waits, a line says where it is (queue position, stage)."""
     if not job.done():
         line = st.empty()
