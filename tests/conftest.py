@@ -38,9 +38,9 @@ def _exclusive(name: str):
 
 @pytest.fixture(scope="session")
 def default_cohort() -> Path:
-    """The embedded default cohort (3,000 cases), generated on first use."""
-    with _exclusive("cohort"):
-        return ensure_cohort(default_cohort_dir(), progress=False)
+    """The embedded default cohort (3,000 cases), generated on first use. `ensure_cohort` takes its own
+    lock (data/.cohort.lock); holding a second one here on that file deadlocked a fresh clone."""
+    return ensure_cohort(default_cohort_dir(), progress=False)
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ import csv
 import fcntl
 import hashlib
 import json
+import multiprocessing
 import os
 import shutil
 import time
@@ -132,7 +133,9 @@ def generate_cohort(out: str | Path, n: int = DEFAULT_N, seed: int = DEFAULT_SEE
     bar = tqdm(total=n, desc="cohort", unit="case", disable=not progress)
     rows: list[dict[str, str]] = []
     if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
+        # spawn, not fork: the app and the tests call this from processes that already run threads (the model
+        # pool, torch's), and a forked child can inherit a lock that one of them held
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             for row in pool.map(_make, jobs, chunksize=16):
                 rows.append(row)
                 bar.update()
