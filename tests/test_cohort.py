@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from core.data.cohort import scenario as sc
-from core.data.cohort.generate import ensure_cohort, generate_cohort
+from core.data.cohort.generate import assign_diagnoses, ensure_cohort, generate_cohort
+from core.data.cohort.sample import sample_case
 from core.data.dataset import Dataset
 from core.data.readers import read_labs
 from core.startup import phase
@@ -230,3 +231,72 @@ def test_phase_reminds_while_a_step_runs():
     with phase("Fitting the models", enabled=False, stream=quiet):
         pass
     assert quiet.getvalue() == ""
+
+
+def _draws_digest(redundancy: float | None) -> str:
+    """What the sampler drew for the first 60 cases of seed 7, less the pixels (whose last bits may vary with
+    numpy's SIMD paths): findings, notes, labs, presence."""
+    labels, _ = assign_diagnoses(60, 7)
+    h = hashlib.sha256()
+    for i, dx in enumerate(labels):
+        c = sample_case(7, i, dx, 32) if redundancy is None else sample_case(7, i, dx, 32, redundancy=redundancy)
+        h.update(repr((c.case_id, dx, round(c.severity, 6), c.age, c.male, c.comorbidities, c.present, c.portable,
+                       {f: sorted(p) for f, p in c.image_findings.items()}, c.note, c.labs, c.signal_labs)).encode())
+    return h.hexdigest()[:16]
+
+
+def test_redundancy_zero_draws_exactly_the_default_cohort():
+    """Cached features are keyed by the default cohort's data fingerprint: redundancy 0 must not move one draw.
+    The pinned digest is that of the sampler before redundancy existed (commit ca81907); a deliberate change
+    to the generator updates it."""
+    assert _draws_digest(None) == _draws_digest(0.0) == "a18f7a6d5947411e"
+    assert _draws_digest(0.8) != _draws_digest(0.0)
+    with pytest.raises(ValueError):
+        sample_case(7, 0, "pneumonia", 32, redundancy=1.5)
+
+
+def test_redundancy_shares_silences_and_firms_findings():
+    """Issue 17 (d): with redundancy the modalities are atypical together and show their findings more often,
+    so each tells more of the same thing; who the patient is and which modalities are missing stay the same."""
+    labels, _ = assign_diagnoses(300, 7)
+    by_r = {r: [sample_case(7, i, labels[i], 32, redundancy=r) for i in range(300)] for r in (0.0, 0.8, 1.0)}
+
+    def agree(cases) -> float:  # all three modalities silent, or none
+        return float(np.mean([len(set(c.silent.values())) == 1 for c in cases]))
+
+    def note_findings(cases) -> float:  # diagnostic note findings per case whose note shows the diagnosis
+        shown = [c for c in cases if not c.silent["note"] and c.note is not None and c.diagnosis != "no_acute_disease"]
+        return float(np.mean([sum(f in sc.NOTE_EFFECTS[c.diagnosis] for f in c.note_findings) for c in shown]))
+
+    assert agree(by_r[0.8]) > agree(by_r[0.0]) + 0.25 and agree(by_r[1.0]) == 1.0
+    assert note_findings(by_r[0.8]) > note_findings(by_r[0.0]) + 0.2
+    for a, b in zip(by_r[0.0], by_r[0.8]):
+        assert (a.age, a.severity, a.comorbidities) == (b.age, b.severity, b.comorbidities)
+
+
+@pytest.mark.filterwarnings("ignore:The least populated class")  # a 60-case card has classes of 1-2 cases
+def test_redundancy_is_recorded_only_when_non_zero(tmp_path, monkeypatch):
+    """cohort.json (and so ensure_cohort's check) carries redundancy only when it is not 0: a default cohort keeps
+    exactly its keys and is not rebuilt; a redundant one is rebuilt when asked for the default; the CLI passes it."""
+    import core.data.cohort.generate as gen
+    from core.cli import main
+
+    folder = tmp_path / "cohort"
+    ensure_cohort(folder, n=60, image_size=32, progress=False)
+    assert set(json.loads((folder / "cohort.json").read_text())) == {"generator_version", "n", "seed", "image_size"}
+    ensure_cohort(folder, n=60, image_size=32, progress=False, redundancy=0.8)
+    assert json.loads((folder / "cohort.json").read_text())["redundancy"] == 0.8
+    assert "redundancy 0.8" in (folder / "DATASET_CARD.md").read_text()
+    ensure_cohort(folder, n=60, image_size=32, progress=False)
+    assert "redundancy" not in json.loads((folder / "cohort.json").read_text())
+
+    assert main(["cohort", "--out", str(tmp_path / "cli"), "--n", "60", "--image-size", "32", "--no-card",
+                 "--workers", "1", "--redundancy", "0.5"]) == 0
+    assert json.loads((tmp_path / "cli" / "cohort.json").read_text())["redundancy"] == 0.5
+
+    asked = []
+    monkeypatch.setattr(gen, "ensure_cohort", lambda folder, **kw: asked.append((Path(folder).name, kw)) or folder)
+    gen.redundant_cohort()
+    gen.redundant_cohort(quick=True)
+    assert [(name, kw["n"], kw["redundancy"]) for name, kw in asked] == [
+        ("cohort-redundant", gen.DEFAULT_N, gen.REDUNDANT), ("cohort-quick-redundant", gen.QUICK_N, gen.REDUNDANT)]

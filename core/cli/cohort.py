@@ -18,6 +18,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE, help="image side in pixels (default 128)")
     p.add_argument("--no-card", action="store_true", help="skip the dataset card (its separability models)")
     p.add_argument("--workers", type=int, default=2, help="processes used to draw cases (default 2)")
+    p.add_argument("--redundancy", type=float, default=0.0,
+                   help="0..1: how much the modalities share (shared silences, findings more reliable); "
+                        "default 0, the standard cohort (issue 17, regime d)")
     p.set_defaults(run=run)
 
 
@@ -25,8 +28,10 @@ def run(args: argparse.Namespace) -> int:
     t = time.perf_counter()
     if args.n < 50:
         raise SystemExit("error: --n must be at least 50")
+    if not 0.0 <= args.redundancy <= 1.0:
+        raise SystemExit("error: --redundancy must lie in [0, 1]")
     out = generate_cohort(args.out, n=args.n, seed=args.seed, image_size=args.image_size, workers=args.workers,
-                          card=not args.no_card)
+                          card=not args.no_card, redundancy=args.redundancy)
     print(f"wrote {args.n} cases to {out} in {time.perf_counter() - t:.1f} s"
           + ("" if args.no_card else f"; see {out / 'DATASET_CARD.md'}"))
     return 0

@@ -116,7 +116,10 @@ def write_card(folder: str | Path) -> dict:
              "A generated, deterministic cohort of emergency-department chest presentations. Each case may have "
              f"a chest-radiograph-like image ({params['image_size']}×{params['image_size']} PNG), an admission note "
              "and a lab table (long form, canonical or alternative units). It is **synthetic**: no real patient is in it. "
-             "Regenerate it with `python -m core cohort --out DIR --n N --seed S`.", "",
+             "Regenerate it with `python -m core cohort --out DIR --n N --seed S`."
+             + (f" Drawn at **redundancy {params['redundancy']:g}** (`--redundancy`): modalities share their "
+                "atypical presentations and show findings more reliably, so each tells more of the same thing."
+                if params.get("redundancy") else ""), "",
              "## Diagnoses", "", "| diagnosis | label | prevalence | cases | rare |", "|---|---|---|---|---|"]
     for c in ds.classes:
         k = int((df.diagnosis == c).sum())

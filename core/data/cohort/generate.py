@@ -38,6 +38,7 @@ DEFAULT_N = 3000
 DEFAULT_SEED = 7
 DEFAULT_IMAGE_SIZE = 128
 QUICK_N = 600  # the smaller cohort that --quick commands use
+REDUNDANT = 0.8  # the redundancy of redundant_cohort(): modalities that share most of what they show (issue 17, d)
 
 
 def cohort_spec(image_size: int = DEFAULT_IMAGE_SIZE) -> DatasetSpec:
@@ -109,27 +110,30 @@ def _write_case(out: Path, case: SampledCase) -> dict[str, str]:
     return row
 
 
-def _make(args: tuple[str, int, int, str, int, str]) -> dict[str, str]:
-    out, seed, index, dx, size, split = args
-    row = _write_case(Path(out), sample_case(seed, index, dx, size))
+def _make(args: tuple[str, int, int, str, int, str, float]) -> dict[str, str]:
+    out, seed, index, dx, size, split, redundancy = args
+    row = _write_case(Path(out), sample_case(seed, index, dx, size, redundancy))
     row["split"] = split
     return row
 
 
 def generate_cohort(out: str | Path, n: int = DEFAULT_N, seed: int = DEFAULT_SEED, image_size: int = DEFAULT_IMAGE_SIZE,
                     workers: int = 2, progress: bool = True, card: bool = True,
-                    on_progress: Callable[[float, str], None] | None = None) -> Path:
+                    on_progress: Callable[[float, str], None] | None = None, redundancy: float = 0.0) -> Path:
     """Write the cohort into `out` (replacing a previous cohort there) and return the folder.
-    `on_progress(fraction, text)` every 50 cases and before the card (the cases take about a third)."""
+    `on_progress(fraction, text)` every 50 cases and before the card (the cases take about a third).
+    `redundancy` in [0, 1]: how much the modalities share (see sample_case); 0 is the default cohort."""
     news = on_progress or (lambda f, text: None)
     if n < 50:
         raise ValueError("a cohort needs at least 50 cases to hold every diagnosis in every split")
+    if not 0.0 <= redundancy <= 1.0:
+        raise ValueError(f"redundancy must lie in [0, 1], not {redundancy}")
     out = Path(out)
     for sub in ("images", "notes", "labs", "truth"):
         shutil.rmtree(out / sub, ignore_errors=True)
         (out / sub).mkdir(parents=True, exist_ok=True)
     labels, splits = assign_diagnoses(n, seed)
-    jobs = [(str(out), seed, i, labels[i], image_size, splits[i]) for i in range(n)]
+    jobs = [(str(out), seed, i, labels[i], image_size, splits[i], redundancy) for i in range(n)]
     bar = tqdm(total=n, desc="cohort", unit="case", disable=not progress)
     rows: list[dict[str, str]] = []
     if workers > 1:
@@ -154,8 +158,7 @@ def generate_cohort(out: str | Path, n: int = DEFAULT_N, seed: int = DEFAULT_SEE
         w.writeheader()
         w.writerows(rows)
     cohort_spec(image_size).save(out / "spec.yaml")
-    (out / "cohort.json").write_text(json.dumps({"generator_version": GENERATOR_VERSION, "n": n, "seed": seed,
-                                                 "image_size": image_size}, indent=1))
+    (out / "cohort.json").write_text(json.dumps(_params(n, seed, image_size, redundancy), indent=1))
     if card:
         from core.data.cohort.card import write_card
 
@@ -177,6 +180,12 @@ def _span(idle_s: float) -> str:
     """A duration measured on an idle 2-core machine, and the ~6× that a busy one took (issue 15)."""
     lo = max(5, round(idle_s / 5) * 5)
     return f"about {lo}–{lo * 6} s"
+
+
+def _params(n: int, seed: int, image_size: int, redundancy: float) -> dict:
+    """What cohort.json records; redundancy only when non-zero, so that a default cohort keeps its keys."""
+    params = {"generator_version": GENERATOR_VERSION, "n": n, "seed": seed, "image_size": image_size}
+    return {**params, "redundancy": redundancy} if redundancy else params
 
 
 def cohort_params(folder: str | Path) -> dict | None:
@@ -208,12 +217,12 @@ def _swap_in(built: Path, folder: Path) -> None:
 
 def ensure_cohort(folder: str | Path, n: int = DEFAULT_N, seed: int = DEFAULT_SEED,
                   image_size: int = DEFAULT_IMAGE_SIZE, progress: bool = True,
-                  on_progress: Callable[[float, str], None] | None = None) -> Path:
+                  on_progress: Callable[[float, str], None] | None = None, redundancy: float = 0.0) -> Path:
     """The embedded default, generated once on first use (deterministic, so identical everywhere). It is
     built beside the folder and swapped in, under a lock, so that a running app or test never reads a
     half-written cohort and two processes never build it at once."""
     folder = Path(folder)
-    want = {"generator_version": GENERATOR_VERSION, "n": n, "seed": seed, "image_size": image_size}
+    want = _params(n, seed, image_size, float(redundancy))
 
     def current() -> bool:
         return cohort_params(folder) == want and (folder / "manifest.csv").exists()
@@ -236,7 +245,7 @@ def _build(folder: Path, want: dict, progress: bool, on_progress: Callable[[floa
     built = folder.with_name(f".{folder.name}.building-{os.getpid()}")
     shutil.rmtree(built, ignore_errors=True)
     generate_cohort(built, n=n, seed=want["seed"], image_size=want["image_size"], progress=progress,
-                    on_progress=on_progress)
+                    on_progress=on_progress, redundancy=want.get("redundancy", 0.0))
     _swap_in(built, folder)
     if progress:
         say(f"The cohort is ready ({time.monotonic() - start:.0f} s).")
@@ -252,3 +261,14 @@ def quick_cohort(on_progress: Callable[[float, str], None] | None = None) -> Pat
     from core.paths import default_cohort_dir
 
     return ensure_cohort(default_cohort_dir().with_name("cohort-quick"), n=QUICK_N, on_progress=on_progress)
+
+
+def redundant_cohort(quick: bool = False, on_progress: Callable[[float, str], None] | None = None) -> Path:
+    """The default (or, with `quick`, the 600-case) cohort drawn at redundancy REDUNDANT: modalities that share
+    their silences and show findings more reliably, so that a missing one is more predictable from the others.
+    Issue 17, regime (d): does restoring missing modalities help more when the modalities share more information?"""
+    from core.paths import default_cohort_dir
+
+    name = "cohort-quick-redundant" if quick else "cohort-redundant"
+    return ensure_cohort(default_cohort_dir().with_name(name), n=QUICK_N if quick else DEFAULT_N,
+                         redundancy=REDUNDANT, on_progress=on_progress)

@@ -15,6 +15,10 @@ BACKGROUND_NOTE = {"dyspnea": 0.15, "tachycardia": 0.12, "fever": 0.08, "pleurit
                    "chest_wall_pain": 0.08, "leg_edema": 0.06, "productive_cough": 0.1, "hemoptysis": 0.02,
                    "sudden_onset": 0.08, "crackles": 0.05, "orthopnea": 0.03, "weight_loss": 0.03}
 MODALITIES = ("image", "note", "labs")
+# Redundancy draws come from their own stream, so that at redundancy 0 the main stream (and every case) is exactly
+# what it was, and at redundancy > 0 demography, missingness (but for the rare case whose labs all go unmeasured)
+# and the independent silences stay those of the default.
+_TIE_STREAM = 17
 
 
 @dataclass
@@ -35,6 +39,13 @@ class SampledCase:
     labs: list[tuple[str, float, str]] = field(default_factory=list)  # (name as written, value, unit)
     signal_labs: list[str] = field(default_factory=list)
     portable: bool = False
+    silent: dict[str, bool] = field(default_factory=dict)  # modalities that show nothing of the diagnosis (not written)
+
+
+def _firmer(q: float, redundancy: float, cap: float) -> float:
+    """A finding's probability under redundancy: up to 1.5x as likely at redundancy 1, capped. Multiplicative, not
+    a pull toward the cap, so that incidental findings (cardiomegaly in a healthy patient, 4%) stay rare."""
+    return min(cap, q * (1 + 0.5 * redundancy)) if redundancy > 0 else q
 
 
 def _comorbidities(rng: np.random.Generator, dx: str, age: int) -> list[str]:
@@ -45,7 +56,8 @@ def _comorbidities(rng: np.random.Generator, dx: str, age: int) -> list[str]:
     return [k for k, v in p.items() if rng.random() < v]
 
 
-def _labs(rng: np.random.Generator, dx: str, s: float, age: int, comorb: list[str]) -> tuple[dict[str, float], list[str]]:
+def _labs(rng: np.random.Generator, dx: str, s: float, age: int, comorb: list[str],
+          redundancy: float = 0.0) -> tuple[dict[str, float], list[str]]:
     values: dict[str, float] = {}
     manifested: list[str] = []
     for lab in sc.LAB_CATALOGUE:
@@ -64,7 +76,7 @@ def _labs(rng: np.random.Generator, dx: str, s: float, age: int, comorb: list[st
         if lab.name == "hemoglobin" and "anemia" in comorb:
             lin_v -= 2.2
         effect = sc.LAB_EFFECTS[dx].get(lab.name)
-        if effect is not None and rng.random() < 0.92:
+        if effect is not None and rng.random() < _firmer(0.92, redundancy, 0.97):
             intensity = (0.5 + 0.7 * s) * float(np.clip(rng.normal(1, 0.25), 0.3, 1.6))
             if m.log:
                 log_v += np.log(effect) * intensity
@@ -87,8 +99,24 @@ def _missing(rng: np.random.Generator, dx: str, s: float, age: int) -> dict[str,
     return present
 
 
-def sample_case(seed: int, index: int, dx: str, image_size: int) -> SampledCase:
-    """Everything about case `index`, deterministic in (seed, index, dx)."""
+def _shared_silence(seed: int, index: int, silent: dict[str, bool], redundancy: float) -> dict[str, bool]:
+    """With probability `redundancy` the case is atypical in all modalities or in none (at the mean SILENT rate);
+    otherwise each modality keeps its own independent draw, as in the default cohort."""
+    if redundancy <= 0:
+        return silent
+    tie = np.random.default_rng([seed, index, _TIE_STREAM])
+    if tie.random() >= redundancy:
+        return silent
+    shared = bool(tie.random() < float(np.mean([sc.SILENT[m] for m in MODALITIES])))
+    return dict.fromkeys(MODALITIES, shared)
+
+
+def sample_case(seed: int, index: int, dx: str, image_size: int, redundancy: float = 0.0) -> SampledCase:
+    """Everything about case `index`, deterministic in (seed, index, dx, redundancy). `redundancy` in [0, 1] makes
+    the modalities tell more of the same thing (issue 17, regime d): silences shared across modalities with that
+    probability, and every diagnostic finding up to 1.5x as likely. At 0 the draws are exactly the default cohort's."""
+    if not 0.0 <= redundancy <= 1.0:
+        raise ValueError(f"redundancy must lie in [0, 1], not {redundancy}")
     rng = np.random.default_rng([seed, index])
 
     def pick(seq):
@@ -100,13 +128,13 @@ def sample_case(seed: int, index: int, dx: str, image_size: int) -> SampledCase:
     s = float(rng.beta(2, 5) if dx == "no_acute_disease" else rng.beta(2.2, 2.0))
     comorb = _comorbidities(rng, dx, age)
     side = "right" if rng.random() < 0.55 else "left"
-    silent = {m: bool(rng.random() < sc.SILENT[m]) for m in MODALITIES}
+    silent = _shared_silence(seed, index, {m: bool(rng.random() < sc.SILENT[m]) for m in MODALITIES}, redundancy)
     case = SampledCase(case_id=f"RMD-{index + 1:05d}", diagnosis=dx, severity=s, age=age, male=male,
-                       comorbidities=comorb, present=_missing(rng, dx, s, age))
+                       comorbidities=comorb, present=_missing(rng, dx, s, age), silent=silent)
 
     # image
     for f, p in ({} if silent["image"] else sc.IMAGE_EFFECTS[dx]).items():
-        if rng.random() < min(0.97, p * (0.7 + 0.5 * s)):
+        if rng.random() < _firmer(min(0.97, p * (0.7 + 0.5 * s)), redundancy, 0.97):
             params = {"side": "left" if dx == "aortic_dissection" else side,
                       "severity": float(np.clip(s * rng.uniform(0.7, 1.2), 0.05, 1.0))}
             if f == "consolidation":
@@ -123,7 +151,7 @@ def sample_case(seed: int, index: int, dx: str, image_size: int) -> SampledCase:
     # note
     findings: dict[str, dict] = {}
     for f, p in ({} if silent["note"] else sc.NOTE_EFFECTS[dx]).items():
-        if rng.random() < min(0.95, p * (0.55 + 0.5 * s)):
+        if rng.random() < _firmer(min(0.95, p * (0.55 + 0.5 * s)), redundancy, 0.95):
             findings[f] = {"side": side}
     for f, p in BACKGROUND_NOTE.items():
         if f not in findings and rng.random() < p:
@@ -135,7 +163,8 @@ def sample_case(seed: int, index: int, dx: str, image_size: int) -> SampledCase:
         case.note, case.mentions, case.note_findings = text, mentions, findings
 
     # labs
-    values, manifested = _labs(rng, "no_acute_disease" if silent["labs"] else dx, s, age, case.comorbidities)
+    values, manifested = _labs(rng, "no_acute_disease" if silent["labs"] else dx, s, age, case.comorbidities,
+                               redundancy)
     alt_units = rng.random() < 0.2
     use_alias = rng.random() < 0.2
     measured, measured_names = [], set()

@@ -129,7 +129,8 @@ NOTE_DECISIVE: dict[str, tuple[str, ...]] = {
 }
 
 # Atypical presentations: the chance that a modality shows nothing of the diagnosis in a given case.
-# Independent across modalities, so that combining them recovers what any one of them misses.
+# Independent across modalities, so that combining them recovers what any one of them misses (in the default
+# cohort: with `redundancy` > 0 they are shared, see sample._shared_silence).
 SILENT: dict[str, float] = {"image": 0.15, "note": 0.3, "labs": 0.25}
 
 # ---- missingness ----------------------------------------------------------------------------------
