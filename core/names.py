@@ -31,6 +31,7 @@ METHODS: dict[str, str] = {
     "dropout_0.5": "Modality dropout p=0.5",
     "late_fusion": "Late fusion",
     "masked_attention": "Masked attention (MARIA-style)",
+    "must_style": "MUST-style diffusion (50 steps × 5 samples)",
     "no_diffusion": "w/o diffusion",
     "no_knowledge": "w/o knowledge attention",
     "no_curriculum": "w/o curriculum (fixed masking)",

@@ -44,9 +44,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def data_info(ds: Dataset) -> DataInfo:
+def data_info(ds: Dataset, train_rows: np.ndarray | None = None) -> DataInfo:
+    """`train_rows`: the training cases whose labels may be read (prevalence); all of the split by default."""
     mods, labs = modalities_of(ds.spec)
-    train = ds.labels[ds.indices("train")]
+    train = ds.labels[ds.indices("train") if train_rows is None else train_rows]
     prevalence = {c: float((train == i).mean()) for i, c in enumerate(ds.classes)}
     lab_log = {m: [lab.log for lab in ds.spec.lab_features(m)] for m in labs}
     return DataInfo(mods, list(ds.classes), labs, lab_log, prevalence, list(ds.spec.rare_classes))
@@ -217,14 +218,17 @@ def _global_batches(order: np.ndarray | torch.Tensor, size: int, ctx: Context):
 
 def train_model(ds: Dataset, table: FeatureTable, config: Config, device: str | torch.device | None = None,
                 progress: bool = True, ctx: Context | None = None,
-                on_progress: Callable[[float, str], None] | None = None) -> TrainResult:
+                on_progress: Callable[[float, str], None] | None = None,
+                labelled: np.ndarray | None = None) -> TrainResult:
     """Three phases, one objective (L_cls + lambda_cons L_cons + lambda_diff L_diff):
     1. encoders, fusion and classifier under curriculum masking, the denoiser learning alongside on the
        (detached) latents; early stopping picks the best encoders;
     2. the denoiser alone on the now fixed latents, until its loss settles;
     3. fusion and classifier tuned on completed latents, the hidden ones synthesized by the denoiser,
        so that the classifier reads what it will read at inference.
-    `on_progress(fraction, text)` hears after every epoch and before the calibration what is going on."""
+    `on_progress(fraction, text)` hears after every epoch and before the calibration what is going on.
+    `labelled`: the training rows whose labels may be used (scarce labels, issue 17); the other training
+    rows are unlabelled, and only the denoiser learns from them (phase 2)."""
     t0 = time.perf_counter()
     tc = config.training
     ctx = ctx or Context()
@@ -234,8 +238,9 @@ def train_model(ds: Dataset, table: FeatureTable, config: Config, device: str | 
     # the sampling order is drawn alike by every process; masks and noise by each for its own rows
     order_gen = torch.Generator().manual_seed(tc.seed)
     gen = order_gen if not ctx.active else torch.Generator().manual_seed(tc.seed + 7919 * (ctx.rank + 1))
-    tr, va = ds.indices("train"), ds.indices("val")
-    model, concept_ids = build_model(data_info(ds), config, table, tr)
+    tr_all, va = ds.indices("train"), ds.indices("val")
+    tr = tr_all if labelled is None else np.sort(np.asarray(labelled))
+    model, concept_ids = build_model(data_info(ds, tr), config, table, tr_all)  # lab statistics need no labels
     model.to(device)
     rare = [ds.classes.index(c) for c in ds.spec.rare_classes if c in ds.classes]
     weights = torch.as_tensor(rare_weights(ds.labels[tr], len(ds.classes), tc.rare_gamma, rare, tc.balance_gamma))
@@ -294,14 +299,16 @@ def train_model(ds: Dataset, table: FeatureTable, config: Config, device: str | 
         model.eval()
         h_tr, present_tr = encode_table(model, table, tr, device)
         # ---- phase 2 ------------------------------------------------------------------------------------
-        step = _distributed(_Loss(model, lambda m, idx: tc.lambda_diff * m.diffusion_loss(h_tr[idx], present_tr[idx], gen)),
+        # the denoiser needs no labels: it learns from every training case, labelled or not
+        h_all, present_all = (h_tr, present_tr) if len(tr) == len(tr_all) else encode_table(model, table, tr_all, device)
+        step = _distributed(_Loss(model, lambda m, idx: tc.lambda_diff * m.diffusion_loss(h_all[idx], present_all[idx], gen)),
                             ctx, device)
         opt = torch.optim.AdamW(model.denoiser.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, tc.diffusion_epochs))
         bar = tqdm(range(tc.diffusion_epochs), desc="phase 2: latent diffusion", unit="epoch", disable=not progress)
         for epoch in bar:
             model.denoiser.train()
-            perm = torch.randperm(len(tr), generator=order_gen)
+            perm = torch.randperm(len(tr_all), generator=order_gen)
             total, n = 0.0, 0
             for idx in _global_batches(perm, 2 * tc.batch_size, ctx):
                 loss = step(idx.to(device))

@@ -78,6 +78,12 @@ def targets_table(targets: list[dict], key: str) -> None:
     st.table(report.targets_frame(targets), hide_index=True)
 
 
+BOOTSTRAP_HELP = ("Difference in macro AUROC, in points (+: RobustMDiff higher), with its 95 % interval from a paired "
+                  "bootstrap: 2000 resamples of the test cases, both methods scored on the same resampled cases, every "
+                  "availability pattern and training seed stacked. 'Better' or 'worse' only where the Holm-corrected p "
+                  "(across the methods) is below 0.05.")
+
+
 def show_results(result: dict, key: str) -> None:
     rows, modalities = result["rows"], result["modalities"]
     st.caption(f"{result['n_test_complete']} complete test cases; seeds {result['seeds']}; "
@@ -90,13 +96,12 @@ def show_results(result: dict, key: str) -> None:
     c2.caption("On the diagonal, a stated confidence of 80 % is right 80 % of the time (calibration).")
     st.markdown("**Targets**")
     targets_table(report.targets(rows, modalities), key)  # recomputed: older results name methods internally
-    if result.get("bootstrap_natural"):
-        st.markdown("**RobustMDiff against each method, with intervals** (missing data as it comes)",
-                    help="Difference in macro AUROC, in points (+: RobustMDiff higher), with its 95 % interval from "
-                         "a paired bootstrap: 2000 resamples of the test cases, both methods scored on the same "
-                         "resampled cases. 'Better' or 'worse' only where the Holm-corrected p (across the methods) "
-                         "is below 0.05.")
-        st.table(report.bootstrap_frame(result["bootstrap_natural"]), hide_index=True)
+    boots = result.get("bootstraps") or ({"natural": result["bootstrap_natural"]} if result.get("bootstrap_natural") else {})
+    if boots:
+        st.markdown("**RobustMDiff against each method, with intervals**", help=BOOTSTRAP_HELP)
+        which = st.segmented_control("Missing data", list(boots), format_func=report.BOOTSTRAP_SETS.get,
+                                     default="natural" if "natural" in boots else next(iter(boots)), key=f"{key}_boot")
+        st.table(report.bootstrap_frame(boots[which or next(iter(boots))]), hide_index=True)
     with st.expander("Comparison table (every method under every combination of modalities)"):
         comparison_tables(result, key)
 
@@ -152,13 +157,38 @@ def follow(job: QuickRun) -> None:
     clock.caption(f"{minutes(time.monotonic() - job.started)} in all.")
 
 
-shipped, quick, live = st.tabs(["Shipped evaluation", "Run a quick evaluation", "Live demo on one case"])
+def show_regimes(study: dict) -> None:
+    """Where the diffusion helps: RobustMDiff against each method in every missing-data regime (issue 17)."""
+    from core.evaluation.regime_study import figure, frame
+    from core.evaluation.regimes import REGIMES
+
+    st.markdown("Each regime changes one thing about the data: how many training cases are complete, whether "
+                "modalities go missing more for severe and rare cases, how many training labels there are, or how "
+                "much the modalities overlap. **w/o diffusion** is the same model without the restoration of missing "
+                "modalities: its row is what the diffusion itself adds.")
+    st.plotly_chart(figure(study["summary"]), width="stretch", key="regimes_figure")
+    st.table(frame(study["summary"]), hide_index=True)
+    st.caption(("Quick variant (600-case cohort, short training, one seed): a demonstration of the regimes, with "
+                "wide intervals. " if study.get("quick") else "") + "Training data: " + "; ".join(
+        f"{REGIMES[n].title}: {t['complete']} complete, {t['labelled']} labelled" for n, t in study["train"].items()))
+
+
+shipped, regimes, quick, live = st.tabs(["Shipped evaluation", "Missing-data regimes", "Run a quick evaluation",
+                                         "Live demo on one case"])
 with shipped:
     path = ASSETS / "evaluation" / "results.json"
     if path.exists():
         show_results(json.loads(path.read_text()), "shipped")
     else:
         st.info("No shipped evaluation results yet: run `python -m core evaluate --out assets/evaluation`.")
+
+with regimes:
+    # the full study when it is shipped, else its quick variant
+    found = [p for p in (ASSETS / "evaluation" / d / "regimes.json" for d in ("regimes", "regimes-quick")) if p.exists()]
+    if found:
+        show_regimes(json.loads(found[0].read_text()))
+    else:
+        st.info("No regime study shipped yet: run `python -m core evaluate --regimes all --out assets/evaluation/regimes`.")
 
 with quick:
     st.markdown("Trains the chosen methods on a 600-case cohort for a few epochs and scores them: a demonstration "

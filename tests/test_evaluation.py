@@ -92,15 +92,23 @@ def test_quick_evaluation_end_to_end(tmp_path):
     saved = json.loads((tmp_path / "results.json").read_text())
     assert set(saved["significance"]) == {"early_zero", "late_fusion"}
     assert all(0 <= r["auroc"] <= 1 for r in saved["rows"] if r["auroc"] == r["auroc"])
-    boot = {r["method"]: r for r in saved["bootstrap_natural"]}  # paired over cases, Holm, a direction each
-    assert set(boot) == {"early_zero", "late_fusion"} and "paired bootstrap over test cases" in table
-    assert all(r["low"] <= r["difference"] <= r["high"] and r["p_holm"] >= r["p"] for r in boot.values())
+    assert set(saved["bootstraps"]) == {"patterns", "random_50", "mnar_50", "natural"}
+    for rows in saved["bootstraps"].values():  # paired over cases, Holm, a direction each
+        boot = {r["method"]: r for r in rows}
+        assert set(boot) == {"early_zero", "late_fusion"} and "paired bootstrap over test cases" in table
+        assert all(r["low"] <= r["difference"] <= r["high"] and r["p_holm"] >= r["p"] for r in boot.values())
+    assert saved["bootstrap_natural"] == saved["bootstraps"]["natural"]
+    kept = np.load(tmp_path / "probabilities.npz")  # every condition's per-case probabilities, for later comparisons
+    assert {"robustmdiff|0|natural", "early_zero|0|mnar_50", "rows|image", "y|natural"} <= set(kept.files)
+    image_only = kept["robustmdiff|0|image"]
+    assert image_only.shape[0] == saved["n_test_complete"] == len(kept["rows|image"])
+    assert np.allclose(image_only.sum(1), 1, atol=1e-4)
 
     # An interrupted run resumes: every finished model is saved, and a rerun into the same folder reuses them
     # (here with two worker processes for the two models that are missing or unreadable).
     parts = tmp_path / "parts"
-    assert sorted(p.name for p in parts.iterdir()) == ["early_zero-seed0.json", "late_fusion-seed0.json",
-                                                       "robustmdiff-seed0.json"]
+    assert sorted(p.name for p in parts.iterdir()) == [f"{m}-seed0.{ext}" for m in ("early_zero", "late_fusion",
+                                                       "robustmdiff") for ext in ("json", "npz")]
     kept = (parts / "robustmdiff-seed0.json").stat().st_mtime_ns
     (parts / "late_fusion-seed0.json").unlink()
     (parts / "early_zero-seed0.json").write_text('{"stamp": {"da')  # cut short, as by an interrupt: trained again
@@ -129,7 +137,7 @@ def test_the_design_targets_as_written_against_the_best_comparison_method():
     assert design["met"] == (kept >= 0.85) and f"{kept:.1%}" in design["measured"]
     s = report.summary(res["rows"])
     rare = s[(s.condition == "natural") & (s.group == "rare")].set_index("method")
-    baselines = [m.name for m in methods_for([]) if m.kind == "baseline"]
+    baselines = [m.name for m in methods_for([]) if m.kind == "baseline" and m.name in rare.index]
     for measure in ("accuracy", "recall"):
         t = found[f"design: rare-disease {measure} >= 15–20 % above the best comparison method"]
         ours, best = rare.loc["robustmdiff", measure], rare.loc[baselines, measure].max()

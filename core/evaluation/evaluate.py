@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 import torch
 from tqdm import tqdm
@@ -16,8 +17,9 @@ from core.checkpoint import load_checkpoint, read_meta
 from core.data.cohort.generate import ensure_cohort, quick_cohort
 from core.data.dataset import Dataset
 from core.evaluation import figures, report
-from core.evaluation.harness import Progress, Setup, run
+from core.evaluation.harness import Progress, Setup, condition_rows, run
 from core.evaluation.methods import methods_for, select
+from core.evaluation.regimes import REGIME_METHODS, case_severity, labelled_rows, limit_complete, regime
 from core.features import dataset_features
 from core.device import pick_device
 from core.model.config import Config
@@ -45,20 +47,32 @@ def machine() -> dict[str, str]:
 def evaluate(checkpoint: str | Path | None = None, data: str | Path | None = None, methods: str = "all",
              seeds: int | None = None, out: str | Path | None = None, quick: bool = False, device: str | None = None,
              progress: bool = True, on_step: Callable[[int, int, str], None] | None = None, jobs: int = 1,
-             on_progress: Progress | None = None) -> dict:
-    """`jobs` > 1 trains that many models at once in worker processes (CPU only; one torch thread each).
+             on_progress: Progress | None = None, regime_name: str = "natural") -> dict:
+    """`regime_name`: the missing-data regime (core/evaluation/regimes.py); its default methods are
+    REGIME_METHODS when `methods` is 'all' and the regime is not the natural one.
+    `jobs` > 1 trains that many models at once in worker processes (CPU only; one torch thread each).
     `on_step(i, n, method)` hears when each model starts; `on_progress(fraction, text)` much more often
     (every chunk of encoded cases, epoch and scored condition: a few seconds apart on a 2-core CPU)."""
     t0 = time.perf_counter()
     news = on_progress or (lambda f, text: None)
     dev = pick_device(device)
+    chosen_regime = regime(regime_name)
+    if chosen_regime.name != "natural" and methods in ("", "all"):
+        methods = REGIME_METHODS
     news(0.0, "preparing the data (the first run generates the quick cohort)" if quick and not data else "preparing the data")
     preparing = stage(news, 0.0, STAGES["features"][0])  # only the first run generates anything
-    data = (Path(data) if data else quick_cohort(on_progress=preparing) if quick
-            else ensure_cohort(default_cohort_dir(), on_progress=preparing))
+    if data:
+        data = Path(data)
+    elif chosen_regime.cohort == "redundant":
+        from core.data.cohort.generate import redundant_cohort
+
+        data = redundant_cohort(quick, on_progress=preparing)
+    else:
+        data = quick_cohort(on_progress=preparing) if quick else ensure_cohort(default_cohort_dir(), on_progress=preparing)
     encoding = stage(news, *STAGES["features"])
     setup = make_setup(checkpoint, data, quick, str(dev), progress,
-                       on_cases=lambda done, n: encoding(done / n, f"encoding cases with the frozen backbones: {done} of {n}"))
+                       on_cases=lambda done, n: encoding(done / n, f"encoding cases with the frozen backbones: {done} of {n}"),
+                       regime_name=chosen_regime.name)
     ds, table, config = setup.ds, setup.table, setup.config
     n_seeds = seeds or (1 if quick else 3)
     base_seed = config.training.seed
@@ -79,20 +93,29 @@ def evaluate(checkpoint: str | Path | None = None, data: str | Path | None = Non
 
     out = Path(out) if out else ROOT / "runs" / f"eval-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
-    rows, reliability = run(setup, chosen, seed_list, on, parts=out / "parts",
-                            jobs=jobs if dev.type == "cpu" else 1,
-                            worker_args=(checkpoint and str(checkpoint), str(data), quick, str(dev)),
-                            on_progress=stage(news, *STAGES["models"]))
+    rows, reliability, probs = run(setup, chosen, seed_list, on, parts=out / "parts",
+                                   jobs=jobs if dev.type == "cpu" else 1,
+                                   worker_args=(checkpoint and str(checkpoint), str(data), quick, str(dev), False, None,
+                                                chosen_regime.name),
+                                   on_progress=stage(news, *STAGES["models"]))
     bar.update()
     bar.close()
     names = setup.names
+    where = condition_rows(setup)
+    write_probabilities(out / "probabilities.npz", probs, where, ds.labels)
+    news(STAGES["models"][1], "bootstrapping the differences between methods over test cases")
+    bootstraps = report.bootstraps(probs, where, ds.labels, seed_list, names)
     result = {
+        "regime": chosen_regime.name, "regime_title": chosen_regime.title,
+        "n_train_complete": int(setup.table.present[ds.indices("train")].all(1).sum()),
+        "n_train_labelled": int(len(setup.labelled) if setup.labelled is not None else len(ds.indices("train"))),
         "data": str(data), "data_fingerprint": ds.fingerprint(), "n_test": int(len(ds.indices("test"))),
         "n_test_complete": int(table.present[ds.indices("test")].all(1).sum()), "methods": labels, "seeds": seed_list,
         "quick": quick, "config": config.to_dict(), "machine": machine(), "device": str(dev),
         "seconds": time.perf_counter() - t0, "rows": rows, "significance": report.significance(rows, names),
         "retention": report.retention(rows, names).to_dict("records"), "targets": report.targets(rows, names),
-        "reliability": reliability, "modalities": names, "bootstrap_natural": report.natural_bootstrap(reliability),
+        "reliability": reliability, "modalities": names, "bootstraps": bootstraps,
+        "bootstrap_natural": bootstraps.get("natural", []),
     }
     news(STAGES["models"][1], "writing results and tables")
     (out / "results.json").write_text(dumps(result))
@@ -108,9 +131,10 @@ def evaluate(checkpoint: str | Path | None = None, data: str | Path | None = Non
 
 
 def make_setup(checkpoint: str | None, data: Path, quick: bool, device: str, progress: bool = False,
-               on_cases: Callable[[int, int], None] | None = None) -> Setup:
-    """What every model of the evaluation shares: data, cached encoder features, base configuration
-    (`on_cases(done, total)`: progress of encoding the cases, when they are not cached yet)."""
+               on_cases: Callable[[int, int], None] | None = None, regime_name: str = "natural") -> Setup:
+    """What every model of the evaluation shares: data, cached encoder features, base configuration, and
+    what the regime changes in them (`on_cases(done, total)`: progress of encoding the cases, when they are
+    not cached yet)."""
     dev = torch.device(device)
     ckpt = Path(checkpoint) if checkpoint else DEFAULT_CHECKPOINT
     meta = read_meta(ckpt) if (ckpt / "meta.json").exists() else None
@@ -118,10 +142,26 @@ def make_setup(checkpoint: str | None, data: Path, quick: bool, device: str, pro
     if quick:
         config = quick_config(config)
     ds = Dataset.open(Path(data))
-    setup = Setup(ds, dataset_features(ds, config.model, dev, progress=progress, on_progress=on_cases), config, dev)
-    if meta and not quick and meta.get("data_fingerprint") == ds.fingerprint():
+    r = regime(regime_name)
+    table = dataset_features(ds, config.model, dev, progress=progress, on_progress=on_cases)
+    if r.complete_share is not None:
+        for split in ("train", "val"):
+            table = limit_complete(table, ds.indices(split), r.complete_share)
+    labelled = labelled_rows(ds.labels, ds.indices("train"), r.label_share) if r.label_share is not None else None
+    setup = Setup(ds, table, config, dev, labelled=labelled, severity=case_severity(ds))
+    natural = r.complete_share is None and r.label_share is None
+    if natural and meta and not quick and meta.get("data_fingerprint") == ds.fingerprint():
         setup.reuse[("robustmdiff", config.training.seed)] = load_checkpoint(ckpt, dev)[0]  # the shipped model is seed 0
     return setup
+
+
+def write_probabilities(path: Path, probs: dict[tuple[str, int], dict[str, np.ndarray]],
+                        where: dict[str, np.ndarray], labels: np.ndarray) -> None:
+    """Every (method, seed, condition)'s per-case probabilities, with each condition's test rows and labels:
+    what any later comparison needs (`report.bootstraps`), kept out of results.json for its size."""
+    arrays = {f"{m}|{seed}|{c}": p for (m, seed), by_condition in probs.items() for c, p in by_condition.items()}
+    arrays |= {f"rows|{c}": idx for c, idx in where.items()} | {f"y|{c}": labels[idx] for c, idx in where.items()}
+    np.savez_compressed(path, **arrays)
 
 
 def markdown(result: dict) -> str:
@@ -138,10 +178,11 @@ def markdown(result: dict) -> str:
              ret.to_markdown(index=False, floatfmt=".3f"), "", "## Rare vs common classes (natural missingness)", "",
              report.rare_table(rows).to_markdown(index=False, floatfmt=".3f"), "", "## Targets", "",
              report.targets_frame(result["targets"]).to_markdown(index=False)]
-    if result.get("bootstrap_natural"):
-        lines += ["", "## RobustMDiff against each method, paired bootstrap over test cases (natural missingness)", "",
+    boots = result.get("bootstraps") or ({"natural": result["bootstrap_natural"]} if result.get("bootstrap_natural") else {})
+    for key, rows in boots.items():
+        lines += ["", f"## RobustMDiff against each method, paired bootstrap over test cases: {report.BOOTSTRAP_SETS[key]}", "",
                   "Difference in macro AUROC (points; + means RobustMDiff is higher) with its 95 % percentile interval "
-                  "over 2000 resamples of the test cases, both methods on the same resampled cases; p two-sided, Holm "
-                  "across the methods; first seed.", "",
-                  report.bootstrap_frame(result["bootstrap_natural"]).to_markdown(index=False)]
+                  "over 2000 resamples of the test cases, both methods on the same resampled cases, every condition "
+                  "and seed stacked; p two-sided, Holm across the methods.", "",
+                  report.bootstrap_frame(rows).to_markdown(index=False)]
     return "\n".join(lines) + "\n"

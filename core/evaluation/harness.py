@@ -1,5 +1,8 @@
 """Train every method with the same harness and score it on the test split under every availability
-pattern, under random missingness at 30 % and 50 %, and as the data come (natural missingness)."""
+pattern, under random missingness at 30 % and 50 %, under missingness not at random (severe and rare
+cases miss more, at the same rates) and as the data come (natural missingness). Every condition's
+per-case probabilities are kept (`Scored.probs`), so that differences between methods can be
+bootstrapped over test cases, patterns and seeds (core/evaluation/bootstrap.py)."""
 
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from core.data.dataset import Dataset
 from core.evaluation.methods import Method, methods_for
 from core.evaluation.metrics import classification_metrics
 from core.evaluation.patterns import availability_patterns, pattern_name, random_missing
+from core.evaluation.regimes import MNAR_RATES, mnar_missing
 from core.features import FeatureTable
 from core.inference import predict_table
 from core.model.config import Config
@@ -39,6 +43,8 @@ class Setup:
     config: Config
     device: torch.device
     reuse: dict[tuple[str, int], RobustMDiff] = field(default_factory=dict)  # (method, seed) → trained model
+    labelled: np.ndarray | None = None  # training rows whose labels may be used (None: all; regime labels_10)
+    severity: np.ndarray | None = None  # per case, for missingness not at random (None: no MNAR conditions)
 
     @property
     def names(self) -> list[str]:
@@ -67,28 +73,52 @@ def conditions(setup: Setup, seed: int) -> Iterator[tuple[str, np.ndarray, np.nd
         yield pattern_name(pattern, setup.names), complete, np.tile(~np.asarray(pattern), (len(complete), 1))
     for rate in RANDOM_RATES:
         yield f"random_{int(rate * 100)}", complete, random_missing(setup.table.present[complete], rate, 1000 + seed)
+    if setup.severity is not None:
+        rare = [setup.ds.classes.index(c) for c in setup.ds.spec.rare_classes if c in setup.ds.classes]
+        for rate in MNAR_RATES:
+            yield f"mnar_{int(rate * 100)}", complete, mnar_missing(
+                setup.table.present[complete], setup.ds.labels[complete], setup.severity[complete], rare, rate, 2000 + seed)
     yield "natural", te, None
+
+
+def n_conditions(setup: Setup) -> int:
+    return (len(availability_patterns(len(setup.names))) + len(RANDOM_RATES)
+            + (len(MNAR_RATES) if setup.severity is not None else 0) + 1)
 
 
 Progress = Callable[[float, str], None]  # (fraction done in [0, 1], what is going on)
 
 
+@dataclass
+class Scored:
+    """One trained (method, seed): metric rows, natural-missingness probabilities (for reliability plots)
+    and every condition's per-case probabilities (float32, rows in `condition_rows` order)."""
+    rows: list[dict]
+    natural: dict
+    probs: dict[str, np.ndarray]
+
+
+def condition_rows(setup: Setup) -> dict[str, np.ndarray]:
+    """The test rows each condition scores (the same for every method and seed)."""
+    return {name: idx for name, idx, _ in conditions(setup, 0)}
+
+
 def score(model: RobustMDiff, setup: Setup, table: FeatureTable, method: str, seed: int,
-          on_progress: Progress | None = None) -> tuple[list[dict], dict]:
-    """Metric rows for one trained model, and its natural-missingness probabilities (for reliability plots)."""
-    rows, natural = [], {}
-    n_conditions = len(availability_patterns(len(setup.names))) + len(RANDOM_RATES) + 1
+          on_progress: Progress | None = None) -> Scored:
+    rows, natural, kept = [], {}, {}
+    total = n_conditions(setup)
     for i, (name, idx, drop) in enumerate(conditions(setup, seed)):
         if on_progress:
-            on_progress(i / n_conditions, f"scoring: {condition_label(name)} ({i + 1} of {n_conditions})")
+            on_progress(i / total, f"scoring: {condition_label(name)} ({i + 1} of {total})")
         probs = predict_table(model, table, idx, drop, seed=seed, device=setup.device, describe=False).probs
         y = setup.ds.labels[idx]
+        kept[name] = probs.astype(np.float32)
         if name == "natural":
             natural = {"y": y.tolist(), "probs": probs.tolist()}
         for group, classes in setup.groups().items():
             rows.append({"method": method, "seed": seed, "condition": name, "group": group, "n": int(len(idx)),
                          **classification_metrics(y, probs, classes)})
-    return rows, natural
+    return Scored(rows, natural, kept)
 
 
 def pattern_label(pattern: str) -> str:
@@ -102,6 +132,8 @@ def condition_label(condition: str) -> str:
         return "modalities missing as they come"
     if condition.startswith("random_"):
         return f"{condition[len('random_'):]} % missing at random"
+    if condition.startswith("mnar_"):
+        return f"{condition[len('mnar_'):]} % missing, more often for severe and rare cases"
     return pattern_label(condition)
 
 
@@ -113,8 +145,9 @@ def cost(m: Method, config: Config) -> float:
 
 def run(setup: Setup, methods: list[Method], seeds: list[int], on_step: Callable[[str], None] | None = None,
         parts: Path | None = None, jobs: int = 1, worker_args: tuple | None = None,
-        on_progress: Progress | None = None) -> tuple[list[dict], dict]:
-    """Train and score every (method, seed); returns metric rows and natural probabilities per method (first seed).
+        on_progress: Progress | None = None) -> tuple[list[dict], dict, dict[tuple[str, int], dict[str, np.ndarray]]]:
+    """Train and score every (method, seed); returns metric rows, natural probabilities per method (first
+    seed) and every condition's per-case probabilities per (method, seed).
 
     With `parts`, each finished (method, seed) is saved there and reused by a rerun on the same data and
     configuration, so that an interrupted multi-hour evaluation resumes where it stopped. With `jobs` > 1,
@@ -123,24 +156,23 @@ def run(setup: Setup, methods: list[Method], seeds: list[int], on_step: Callable
     two single-threaded trainings on two cores finish well before two two-threaded ones in turn.
     `on_progress(fraction, text)` hears about every epoch and scored condition (in worker processes: about
     every finished model only); the fraction weighs each model by its `cost`."""
-    stamp = json.loads(json.dumps({"data": setup.ds.fingerprint(), "config": setup.config.to_dict()}))
-    done: dict[tuple[str, int], tuple[list[dict], dict]] = {}
+    stamp = json.loads(json.dumps({"data": setup.ds.fingerprint(), "config": setup.config.to_dict(),
+                                   "labelled": None if setup.labelled is None else len(setup.labelled),
+                                   "present": int(setup.table.present.sum()), "mnar": setup.severity is not None}))
+    done: dict[tuple[str, int], Scored] = {}
     todo: list[tuple[Method, int]] = []
     for seed in seeds:
         for m in methods:
-            saved = _read_part(parts / f"{m.name}-seed{seed}.json") if parts else None
-            if saved and saved.get("stamp") == stamp:
-                done[(m.name, seed)] = saved["rows"], saved["natural"]
+            saved = _read_part(parts, f"{m.name}-seed{seed}", stamp) if parts else None
+            if saved:
+                done[(m.name, seed)] = saved
             else:
                 todo.append((m, seed))
 
-    def finish(m: Method, seed: int, result: tuple[list[dict], dict]) -> None:
+    def finish(m: Method, seed: int, result: Scored) -> None:
         done[(m.name, seed)] = result
         if parts:
-            parts.mkdir(parents=True, exist_ok=True)
-            tmp = parts / f"{m.name}-seed{seed}.json.tmp"  # written whole, then renamed: an interrupt leaves no half file
-            tmp.write_text(json.dumps({"stamp": stamp, "rows": result[0], "natural": result[1]}, default=float))
-            os.replace(tmp, parts / f"{m.name}-seed{seed}.json")
+            _write_part(parts, f"{m.name}-seed{seed}", stamp, result)
 
     weights = {(m.name, seed): cost(m, setup.config) for m, seed in todo}
     total, finished = sum(weights.values()) or 1.0, [0.0]
@@ -190,17 +222,32 @@ def run(setup: Setup, methods: list[Method], seeds: list[int], on_step: Callable
     reliability: dict[str, dict] = {}
     for seed in seeds:  # table order, however the models finished
         for m in methods:
-            r, natural = done[(m.name, seed)]
-            rows += r
+            rows += done[(m.name, seed)].rows
             if seed == seeds[0]:
-                reliability[m.name] = natural
-    return rows, reliability
+                reliability[m.name] = done[(m.name, seed)].natural
+    return rows, reliability, {key: scored.probs for key, scored in done.items()}
 
 
-def _read_part(path: Path) -> dict | None:
+def _write_part(parts: Path, name: str, stamp: dict, result: Scored) -> None:
+    """Probabilities first, then the JSON that marks the part done; each written whole, then renamed, so an
+    interrupt leaves no half file."""
+    parts.mkdir(parents=True, exist_ok=True)
+    with open(parts / f"{name}.npz.tmp", "wb") as f:
+        np.savez_compressed(f, **result.probs)
+    os.replace(parts / f"{name}.npz.tmp", parts / f"{name}.npz")
+    tmp = parts / f"{name}.json.tmp"
+    tmp.write_text(json.dumps({"stamp": stamp, "rows": result.rows, "natural": result.natural}, default=float))
+    os.replace(tmp, parts / f"{name}.json")
+
+
+def _read_part(parts: Path, name: str, stamp: dict) -> Scored | None:
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):  # absent, or unreadable: trained again
+        saved = json.loads((parts / f"{name}.json").read_text())
+        if saved.get("stamp") != stamp:
+            return None
+        with np.load(parts / f"{name}.npz") as probs:
+            return Scored(saved["rows"], saved["natural"], {k: probs[k] for k in probs.files})
+    except (OSError, ValueError, KeyError):  # absent, unreadable or from an older version: trained again
         return None
 
 
@@ -208,14 +255,15 @@ def _read_part(path: Path) -> dict | None:
 TRAIN_SHARE = 0.85
 
 
-def train_and_score(setup: Setup, m: Method, seed: int, on_progress: Progress | None = None) -> tuple[list[dict], dict]:
+def train_and_score(setup: Setup, m: Method, seed: int, on_progress: Progress | None = None) -> Scored:
     table = restricted(setup.table, m.only) if m.only else setup.table
     model = setup.reuse.get((m.name, seed))
     scoring = on_progress and (lambda f, text: on_progress(TRAIN_SHARE + (1 - TRAIN_SHARE) * f, text))
     if model is None:
         config = m.change(setup.config).override("training", seed=seed)
         training = on_progress and (lambda f, text: on_progress(TRAIN_SHARE * f, f"training, {text}"))
-        model = train_model(setup.ds, table, config, setup.device, progress=False, on_progress=training).model
+        model = train_model(setup.ds, table, config, setup.device, progress=False, on_progress=training,
+                            labelled=setup.labelled).model
     return score(model, setup, table, m.name, seed, scoring)
 
 
@@ -230,7 +278,7 @@ def _init_worker(worker_args: tuple) -> None:
     _worker_setup = make_setup(*worker_args)
 
 
-def _work(method: str, seed: int) -> tuple[list[dict], dict]:
+def _work(method: str, seed: int) -> Scored:
     assert _worker_setup is not None
     m = next(m for m in methods_for(_worker_setup.names) if m.name == method)
     return train_and_score(_worker_setup, m, seed)

@@ -252,17 +252,40 @@ def _rare_against_comparisons(s: pd.DataFrame) -> list[dict]:
     return out
 
 
-def natural_bootstrap(natural: dict[str, dict], n_resamples: int = 2000) -> list[dict]:
-    """RobustMDiff against every other method under natural missingness: the paired bootstrap over test
-    cases (core/evaluation/bootstrap.py) of the difference in macro AUROC, from each method's per-case
-    probabilities ({"y", "probs"}, the first seed, as the evaluation keeps them)."""
-    from core.evaluation.bootstrap import compare
+# the comparisons every evaluation bootstraps: each stacks its conditions over every seed, on the same cases
+BOOTSTRAP_SETS = {"patterns": "averaged over every availability pattern (complete test cases)",
+                  "random_50": "50 % of modalities missing at random", "mnar_50":
+                  "50 % missing, more often for severe and rare cases", "natural": "modalities missing as they come"}
 
-    if REFERENCE not in natural or len(natural) < 2:
-        return []
-    y = np.asarray(natural[REFERENCE]["y"])
-    probs = {m: np.asarray(v["probs"], float)[None] for m, v in natural.items() if np.array_equal(v["y"], y)}
-    return compare(y, probs, REFERENCE, n_resamples=n_resamples)
+
+def bootstrap_conditions(key: str, names: list[str]) -> list[str]:
+    return pattern_columns(names) if key == "patterns" else [key]
+
+
+def bootstraps(probs: dict[tuple[str, int], dict[str, np.ndarray]], where: dict[str, np.ndarray], labels: np.ndarray,
+               seeds: list[int], names: list[str], n_resamples: int = 2000) -> dict[str, list[dict]]:
+    """RobustMDiff against every other method for each of BOOTSTRAP_SETS: the paired bootstrap over test
+    cases (core/evaluation/bootstrap.py) of the difference in macro AUROC, the conditions and seeds stacked,
+    from the per-case probabilities the harness keeps. Each row also has both methods' mean AUROC."""
+    from core.evaluation.bootstrap import compare, macro_auroc_stack
+
+    methods = list(dict.fromkeys(m for m, _ in probs))
+    out: dict[str, list[dict]] = {}
+    for key in BOOTSTRAP_SETS:
+        conds = bootstrap_conditions(key, names)
+        if any(c not in where for c in conds) or REFERENCE not in methods:
+            continue
+        y = labels[where[conds[0]]]
+        stacked = {m: np.stack([probs[(m, s)][c] for s in seeds for c in conds]) for m in methods
+                   if all((m, s) in probs for s in seeds)}
+        if len(stacked) < 2:
+            continue
+        rows = compare(y, stacked, REFERENCE, n_resamples=n_resamples)
+        ours = float(macro_auroc_stack(y, stacked[REFERENCE]).mean())
+        for row in rows:
+            row.update(auroc=float(macro_auroc_stack(y, stacked[row["method"]]).mean()), auroc_reference=ours)
+        out[key] = rows
+    return out
 
 
 def bootstrap_frame(rows: list[dict]) -> pd.DataFrame:

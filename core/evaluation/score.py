@@ -26,7 +26,7 @@ def score_checkpoint(checkpoint: str | Path | None, data: str | Path, device: st
         raise SpecError("data", f"has classes {list(ds.classes)}; the checkpoint predicts {predictor.classes}")
     table = dataset_features(ds, predictor.model.config.model, predictor.device, progress=progress)
     setup = Setup(ds, table, predictor.model.config, torch.device(predictor.device))
-    rows, _ = score(predictor.model, setup, table, "checkpoint", seed=0)
+    rows = score(predictor.model, setup, table, "checkpoint", seed=0).rows
     out: dict = {"checkpoint": str(checkpoint or "checkpoints/default"), "data": str(data), "rows": rows,
                  "n_test": int(len(ds.indices("test"))),
                  "same_data": ds.fingerprint() == predictor.meta.get("data_fingerprint")}

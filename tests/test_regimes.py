@@ -1,0 +1,121 @@
+"""The missing-data regimes of issue 17: what each changes in the data, and only that."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from core.evaluation.bootstrap import macro_auroc_stack
+from core.evaluation.regimes import REGIMES, labelled_rows, limit_complete, mnar_missing, regime
+from core.features import FeatureTable
+
+
+def _table(present: np.ndarray) -> FeatureTable:
+    t = FeatureTable.__new__(FeatureTable)  # only `present` matters to the regimes
+    t.present = present
+    return t
+
+
+def test_fewer_complete_cases_only_in_the_rows_given_and_one_modality_less_each():
+    rng = np.random.default_rng(0)
+    present = rng.random((1000, 3)) < 0.8
+    present[~present.any(1), 0] = True
+    rows = np.arange(600)
+    t = limit_complete(_table(present), rows, 0.05)
+    assert t.present[rows].all(1).sum() == 30  # 5 % of the 600 rows
+    assert np.array_equal(t.present[600:], present[600:]) and t.present is not present
+    changed = np.flatnonzero((t.present != present).any(1))
+    assert np.all((present[changed].sum(1) - t.present[changed].sum(1)) == 1) and t.present.any(1).all()
+    assert not (t.present & ~present).any()  # nothing appears that was missing
+    # asking for more than there are keeps every complete case
+    assert limit_complete(_table(present), rows, 0.99).present[rows].all(1).sum() == present[rows].all(1).sum()
+
+
+def test_scarce_labels_are_stratified_and_keep_every_class():
+    labels = np.repeat(np.arange(5), [500, 300, 150, 30, 12])
+    rows = np.arange(len(labels))
+    kept = labelled_rows(labels, rows, 0.10)
+    counts = np.bincount(labels[kept], minlength=5)
+    assert list(counts) == [50, 30, 15, 3, 2]  # 10 % of each class, at least two of the rarest
+    assert np.array_equal(kept, np.unique(kept)) and np.array_equal(kept, labelled_rows(labels, rows, 0.10))
+
+
+def test_missing_not_at_random_hits_severe_and_rare_cases_at_the_same_mean_rate():
+    rng = np.random.default_rng(1)
+    n = 20000
+    labels = rng.integers(0, 5, n)
+    severity = rng.random(n)
+    present = np.ones((n, 3), bool)
+    drop = mnar_missing(present, labels, severity, rare=[4], rate=0.3, seed=0)
+    assert (present & ~drop).any(1).all()
+    assert drop.mean() == pytest.approx(0.3, abs=0.02)
+    rare, common = drop[labels == 4].mean(), drop[labels != 4].mean()
+    assert rare > 1.6 * common
+    common_rows = labels != 4
+    severe = drop[common_rows & (severity > 0.8)].mean()
+    mild = drop[common_rows & (severity < 0.2)].mean()
+    assert severe > 1.8 * mild
+
+
+def test_unknown_regime_names_the_choices():
+    with pytest.raises(ValueError, match="complete_5"):
+        regime("nonsense")
+    assert REGIMES["labels_10"].label_share == 0.1 and REGIMES["redundant"].cohort == "redundant"
+
+
+def test_scarce_labels_never_read_the_hidden_labels(small_cohort):
+    """Training with 10 % of the labels gives the same model whatever the other training cases' labels are:
+    only the denoiser reads those cases, and it reads no labels."""
+    import torch
+
+    from core.data.dataset import Dataset
+    from core.features import dataset_features
+    from core.model.config import Config, quick
+    from core.paths import CONFIGS
+    from core.training import train_model
+
+    config = quick(Config.load(CONFIGS / "default.yaml")).override(
+        "training", epochs=2, diffusion_epochs=2, finetune_epochs=1).override("diffusion", samples=4)
+    ds = Dataset.open(small_cohort)
+    table = dataset_features(ds, config.model, "cpu", progress=False)
+    tr = ds.indices("train")
+    labelled = labelled_rows(ds.labels, tr, 0.10)
+    hidden = np.setdiff1d(tr, labelled)
+    first = train_model(ds, table, config, "cpu", progress=False, labelled=labelled)
+    ds.labels[hidden] = np.random.default_rng(0).permutation(ds.labels[hidden])
+    ds.labels[hidden[:5]] = (ds.labels[hidden[:5]] + 1) % len(ds.classes)  # certainly different
+    second = train_model(ds, table, config, "cpu", progress=False, labelled=labelled)
+    a, b = first.model.state_dict(), second.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # and the labelled rows do matter: with every label, the classifier differs
+    full = train_model(ds, table, config, "cpu", progress=False)
+    assert not torch.equal(full.model.head[-1].weight, first.model.head[-1].weight)
+
+
+def test_bootstraps_stack_patterns_and_seeds_and_report_both_aurocs():
+    from core.evaluation.report import bootstraps, pattern_columns
+
+    rng = np.random.default_rng(3)
+    names = ["image", "note"]
+    n, c = 120, 3
+    labels = rng.integers(0, c, 200)
+    complete, everyone = np.arange(n), np.arange(200)
+    where = {p: complete for p in pattern_columns(names)} | {"random_50": complete, "natural": everyone}
+    onehot = np.eye(c)
+
+    def probs(strength: float, seed: int) -> dict[str, np.ndarray]:
+        r = np.random.default_rng(seed)
+        return {k: (strength * onehot[labels[idx]] + r.random((len(idx), c))).astype(np.float32)
+                for k, idx in where.items()}
+
+    kept = {(m, s): probs(strength, 10 * s + i) for s in (0, 1)
+            for i, (m, strength) in enumerate([("robustmdiff", 1.0), ("weak", 0.2), ("same", 1.0)])}
+    out = bootstraps(kept, where, labels, [0, 1], names, n_resamples=300)
+    assert set(out) == {"patterns", "random_50", "natural"}  # no MNAR conditions here: no MNAR comparison
+    rows = {r["method"]: r for r in out["patterns"]}
+    assert rows["weak"]["direction"] == "better" and rows["same"]["direction"] == "no clear difference"
+    assert rows["weak"]["n_conditions"] == 3 * 2  # 3 patterns × 2 seeds stacked
+    y = labels[complete]
+    stack = np.stack([kept[("weak", s)][p] for s in (0, 1) for p in pattern_columns(names)])
+    assert rows["weak"]["auroc"] == pytest.approx(macro_auroc_stack(y, stack).mean())
+    assert rows["weak"]["auroc_reference"] - rows["weak"]["auroc"] == pytest.approx(rows["weak"]["difference"])
