@@ -47,8 +47,10 @@ def machine() -> dict[str, str]:
 def evaluate(checkpoint: str | Path | None = None, data: str | Path | None = None, methods: str = "all",
              seeds: int | None = None, out: str | Path | None = None, quick: bool = False, device: str | None = None,
              progress: bool = True, on_step: Callable[[int, int, str], None] | None = None, jobs: int = 1,
-             on_progress: Progress | None = None, regime_name: str = "natural") -> dict:
-    """`regime_name`: the missing-data regime (core/evaluation/regimes.py); its default methods are
+             on_progress: Progress | None = None, regime_name: str = "natural", short: bool = False) -> dict:
+    """`quick`: the 600-case cohort and the short training schedule; `short`: the short schedule on the full
+    cohort (more test cases, so tighter intervals, in a fraction of the full schedule's time).
+    `regime_name`: the missing-data regime (core/evaluation/regimes.py); its default methods are
     REGIME_METHODS when `methods` is 'all' and the regime is not the natural one.
     `jobs` > 1 trains that many models at once in worker processes (CPU only; one torch thread each).
     `on_step(i, n, method)` hears when each model starts; `on_progress(fraction, text)` much more often
@@ -70,11 +72,11 @@ def evaluate(checkpoint: str | Path | None = None, data: str | Path | None = Non
     else:
         data = quick_cohort(on_progress=preparing) if quick else ensure_cohort(default_cohort_dir(), on_progress=preparing)
     encoding = stage(news, *STAGES["features"])
-    setup = make_setup(checkpoint, data, quick, str(dev), progress,
+    setup = make_setup(checkpoint, data, quick or short, str(dev), progress,
                        on_cases=lambda done, n: encoding(done / n, f"encoding cases with the frozen backbones: {done} of {n}"),
                        regime_name=chosen_regime.name)
     ds, table, config = setup.ds, setup.table, setup.config
-    n_seeds = seeds or (1 if quick else 3)
+    n_seeds = seeds or (1 if quick or short else 3)
     base_seed = config.training.seed
     chosen = select(methods_for(setup.names), methods)
     labels = {m.name: m.label for m in chosen}
@@ -95,7 +97,7 @@ def evaluate(checkpoint: str | Path | None = None, data: str | Path | None = Non
     out.mkdir(parents=True, exist_ok=True)
     rows, reliability, probs = run(setup, chosen, seed_list, on, parts=out / "parts",
                                    jobs=jobs if dev.type == "cpu" else 1,
-                                   worker_args=(checkpoint and str(checkpoint), str(data), quick, str(dev), False, None,
+                                   worker_args=(checkpoint and str(checkpoint), str(data), quick or short, str(dev), False, None,
                                                 chosen_regime.name),
                                    on_progress=stage(news, *STAGES["models"]))
     bar.update()
@@ -111,7 +113,7 @@ def evaluate(checkpoint: str | Path | None = None, data: str | Path | None = Non
         "n_train_labelled": int(len(setup.labelled) if setup.labelled is not None else len(ds.indices("train"))),
         "data": str(data), "data_fingerprint": ds.fingerprint(), "n_test": int(len(ds.indices("test"))),
         "n_test_complete": int(table.present[ds.indices("test")].all(1).sum()), "methods": labels, "seeds": seed_list,
-        "quick": quick, "config": config.to_dict(), "machine": machine(), "device": str(dev),
+        "quick": quick, "short": short, "config": config.to_dict(), "machine": machine(), "device": str(dev),
         "seconds": time.perf_counter() - t0, "rows": rows, "significance": report.significance(rows, names),
         "retention": report.retention(rows, names).to_dict("records"), "targets": report.targets(rows, names),
         "reliability": reliability, "modalities": names, "bootstraps": bootstraps,
@@ -130,7 +132,7 @@ def evaluate(checkpoint: str | Path | None = None, data: str | Path | None = Non
     return result
 
 
-def make_setup(checkpoint: str | None, data: Path, quick: bool, device: str, progress: bool = False,
+def make_setup(checkpoint: str | None, data: Path, quick: bool, device: str, progress: bool = False,  # quick: schedule
                on_cases: Callable[[int, int], None] | None = None, regime_name: str = "natural") -> Setup:
     """What every model of the evaluation shares: data, cached encoder features, base configuration, and
     what the regime changes in them (`on_cases(done, total)`: progress of encoding the cases, when they are

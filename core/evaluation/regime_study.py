@@ -35,7 +35,9 @@ def parse_regimes(spec: str) -> list[str]:
 
 def study(regimes: str = "all", quick: bool = False, seeds: int | None = None, out: str | Path | None = None,
           methods: str = REGIME_METHODS, device: str | None = None, jobs: int = 1, progress: bool = True,
-          on_progress: Callable[[float, str], None] | None = None) -> dict:
+          on_progress: Callable[[float, str], None] | None = None, short: bool = False) -> dict:
+    """`quick`: 600-case cohorts and the short schedule (minutes per regime); `short`: the short schedule on
+    the full cohorts; neither: the full schedule (hours per regime on a CPU)."""
     t0 = time.perf_counter()
     names = parse_regimes(regimes)
     out = Path(out) if out else ROOT / "runs" / f"regimes-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -46,10 +48,10 @@ def study(regimes: str = "all", quick: bool = False, seeds: int | None = None, o
     for i, name in enumerate(runs):
         part = stage(news, i / len(runs), (i + 1) / len(runs))
         results[name] = evaluate(data=None, methods=methods, seeds=seeds, out=out / name, quick=quick, device=device,
-                                 progress=progress, jobs=jobs, regime_name=name,
+                                 progress=progress, jobs=jobs, regime_name=name, short=short,
                                  on_progress=lambda f, text, name=name, part=part: part(f, f"{name}: {text}"))
     table = summary_rows(names, results)
-    result = {"regimes": names, "quick": quick, "methods": methods.split(","), "seconds": time.perf_counter() - t0,
+    result = {"regimes": names, "quick": quick, "short": short, "methods": methods.split(","), "seconds": time.perf_counter() - t0,
               "summary": table, "runs": {n: str(out / n) for n in runs},
               "train": {n: {"complete": results[TRAINED_AS.get(n, n)]["n_train_complete"],
                             "labelled": results[TRAINED_AS.get(n, n)]["n_train_labelled"],
