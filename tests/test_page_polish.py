@@ -99,7 +99,7 @@ def test_markdown_and_targets_name_methods_in_words():
 def test_retention_legend_shows_every_method():
     fig = figures.retention_curve(_rows(ALL), NAMES)
     names = [t.name for t in fig.data if t.showlegend is not False]
-    assert names == [display_name(m) for m in ALL] and len(set(names)) == len(ALL) == 16
+    assert names == [display_name(m) for m in ALL] and len(set(names)) == len(ALL) == 17
     assert len({t.line.color for t in fig.data}) == len(ALL)  # no two methods share a colour
     # the legend (one entry per method, beside the plot) fits in the figure: plotly cuts off what does not
     plot = fig.layout.height - fig.layout.margin.t - fig.layout.margin.b
@@ -157,6 +157,10 @@ def test_robustness_lab_in_words_targets_as_text_and_live_demo_cached(app, monke
     assert "w/o diffusion" in set(boot.method) and set(boot.reading) <= {"RobustMDiff better", "RobustMDiff worse",
                                                                            "no clear difference"}
     assert not any(h.value.lstrip().startswith("# ") for h in at.markdown)  # no H1 inside the page's tables
+    if any((ASSETS / "evaluation" / d / "regimes.json").exists() for d in ("regimes", "regimes-quick")):
+        regimes = next(t.value for t in at.table if "compared with" in t.value.columns)  # where the diffusion helps
+        assert "w/o diffusion" in set(regimes["compared with"]) and not _raw_in(" ".join(regimes.regime))
+        assert set(regimes.reading) <= {"RobustMDiff better", "RobustMDiff worse", "no clear difference"}
     # the live demo: every combination of modalities of the same case, the complete one kept from the explorer
     assert len(calls) == 1 + 6
     at.run()  # any rerun (a widget moved elsewhere on the page) reuses them

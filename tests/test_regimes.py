@@ -119,3 +119,58 @@ def test_bootstraps_stack_patterns_and_seeds_and_report_both_aurocs():
     stack = np.stack([kept[("weak", s)][p] for s in (0, 1) for p in pattern_columns(names)])
     assert rows["weak"]["auroc"] == pytest.approx(macro_auroc_stack(y, stack).mean())
     assert rows["weak"]["auroc_reference"] - rows["weak"]["auroc"] == pytest.approx(rows["weak"]["difference"])
+
+
+def test_the_study_reads_each_regime_by_its_own_comparison(tmp_path):
+    """MNAR is read on its MNAR conditions of the natural run, the others on the pattern average; the table
+    and the figure carry every regime's interval."""
+    from core.evaluation.regime_study import figure, frame, markdown, parse_regimes, summary_rows
+
+    def boot(shift: float) -> list[dict]:
+        return [{"method": "no_diffusion", "difference": shift, "low": shift - 0.01, "high": shift + 0.01, "p": 0.01,
+                 "p_holm": 0.02, "direction": "better" if shift > 0 else "worse", "auroc": 0.8, "auroc_reference": 0.8 + shift}]
+
+    results = {"natural": {"bootstraps": {"patterns": boot(0.01), "mnar_50": boot(-0.02)}},
+               "complete_5": {"bootstraps": {"patterns": boot(0.03)}}}
+    rows = summary_rows(["natural", "mnar", "complete_5"], results)
+    assert [(r["regime"], r["comparison"], r["difference"]) for r in rows] == [
+        ("natural", "patterns", 0.01), ("mnar", "mnar_50", -0.02), ("complete_5", "patterns", 0.03)]
+    table = frame(rows)
+    assert list(table["reading"]) == ["RobustMDiff better", "RobustMDiff worse", "RobustMDiff better"]
+    assert list(table["95 % interval"]) == ["[+0.00, +2.00]", "[-3.00, -1.00]", "[+2.00, +4.00]"]
+    text = markdown({"summary": rows, "train": {"complete_5": {"complete": 90, "labelled": 2100, "data": "d"}}})
+    assert "5 % complete training cases: 90 complete training cases" in text
+    fig = figure(rows)
+    (trace,) = fig.data
+    assert list(trace.y) == pytest.approx([1.0, 3.0, -2.0])  # regimes in REGIMES order: natural, complete_5, mnar
+    assert list(trace.error_y.array) == pytest.approx([1.0, 1.0, 1.0])
+    assert parse_regimes("all")[0] == "natural"
+    with pytest.raises(ValueError, match="unknown regimes"):
+        parse_regimes("natural,often")
+
+
+def test_tuning_reads_validation_only_and_keeps_the_best_value(small_cohort, tmp_path):
+    """Each value is scored on validation; changing every test label changes nothing; the written
+    configuration holds the chosen values and loads."""
+    from core.data.dataset import Dataset
+    from core.evaluation.tuning import markdown, parse_grid, tune, write
+    from core.model.config import Config, quick
+    from core.paths import CONFIGS
+
+    base = quick(Config.load(CONFIGS / "default.yaml")).override(
+        "training", epochs=2, diffusion_epochs=2, finetune_epochs=1).override("diffusion", samples=4)
+    grid = parse_grid(["rare_gamma=0,1", "denoiser_width=64"], base)
+    assert grid == {"rare_gamma": [0.0, 1.0], "denoiser_width": [64]}
+    with pytest.raises(ValueError, match="unknown parameter"):
+        parse_grid(["gamma=1"], base)
+    ds = Dataset.open(small_cohort)
+    first = tune(ds, base, grid)
+    te = ds.indices("test")
+    ds.labels[te] = (ds.labels[te] + 1) % len(ds.classes)
+    again = tune(ds, base, grid)
+    assert [r["val_score"] for r in first["rows"]] == [r["val_score"] for r in again["rows"]]
+    gammas = [r for r in first["rows"] if r["parameter"] == "rare_gamma"]
+    assert first["chosen"]["rare_gamma"] == max(gammas, key=lambda r: r["val_score"])["value"]
+    tuned = Config.load(write(first, tmp_path))
+    assert tuned.training.rare_gamma == first["chosen"]["rare_gamma"] and tuned.diffusion.denoiser_width == 64
+    assert "all chosen together" in markdown(first) and "**chosen**" in markdown(first)

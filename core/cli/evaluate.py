@@ -12,6 +12,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "natural missingness; write results.json/.csv, table.md and figures.")
     p.add_argument("--checkpoint", help="checkpoint whose config is the base (default: checkpoints/default)")
     p.add_argument("--data", help="data set folder (default: the embedded cohort)")
+    p.add_argument("--config", help="base configuration instead of the checkpoint's (e.g. tuned.yaml of `core tune`)")
     p.add_argument("--methods", default="all", help="'all' or a comma-separated list, e.g. early_zero,late_fusion")
     p.add_argument("--seeds", type=int, help="training seeds per method (default 3, or 1 with --quick)")
     p.add_argument("--out", help="output folder (default runs/eval-<time>); rerunning with the same --out resumes "
@@ -41,12 +42,13 @@ def run(args: argparse.Namespace) -> int:
                 raise ValueError("--regimes runs on the embedded cohorts and the default configuration")
             result = study(args.regimes, args.quick, args.seeds, args.out,
                            REGIME_METHODS if args.methods == "all" else args.methods, args.device, args.jobs,
-                           short=args.short)
+                           short=args.short, config_path=args.config)
             print(f"results in {result['out']} ({result['seconds'] / 60:.1f} min)")
             print(frame(result["summary"]).to_string(index=False))
             return 0
         result = evaluate(args.checkpoint, args.data, args.methods, args.seeds, args.out, args.quick, args.device,
-                          jobs=args.jobs, regime_name=args.regime, short=args.short)
+                          jobs=args.jobs, regime_name=args.regime, short=args.short,
+                          config_path=args.config)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
     print(f"results in {result['out']} ({result['seconds'] / 60:.1f} min)")

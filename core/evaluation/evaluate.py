@@ -47,9 +47,11 @@ def machine() -> dict[str, str]:
 def evaluate(checkpoint: str | Path | None = None, data: str | Path | None = None, methods: str = "all",
              seeds: int | None = None, out: str | Path | None = None, quick: bool = False, device: str | None = None,
              progress: bool = True, on_step: Callable[[int, int, str], None] | None = None, jobs: int = 1,
-             on_progress: Progress | None = None, regime_name: str = "natural", short: bool = False) -> dict:
+             on_progress: Progress | None = None, regime_name: str = "natural", short: bool = False,
+             config_path: str | Path | None = None) -> dict:
     """`quick`: the 600-case cohort and the short training schedule; `short`: the short schedule on the full
-    cohort (more test cases, so tighter intervals, in a fraction of the full schedule's time).
+    cohort (more test cases, so tighter intervals, in a fraction of the full schedule's time). `config_path`:
+    the base configuration instead of the checkpoint's (e.g. `python -m core tune`'s tuned.yaml).
     `regime_name`: the missing-data regime (core/evaluation/regimes.py); its default methods are
     REGIME_METHODS when `methods` is 'all' and the regime is not the natural one.
     `jobs` > 1 trains that many models at once in worker processes (CPU only; one torch thread each).
@@ -74,7 +76,7 @@ def evaluate(checkpoint: str | Path | None = None, data: str | Path | None = Non
     encoding = stage(news, *STAGES["features"])
     setup = make_setup(checkpoint, data, quick or short, str(dev), progress,
                        on_cases=lambda done, n: encoding(done / n, f"encoding cases with the frozen backbones: {done} of {n}"),
-                       regime_name=chosen_regime.name)
+                       regime_name=chosen_regime.name, config_path=config_path)
     ds, table, config = setup.ds, setup.table, setup.config
     n_seeds = seeds or (1 if quick or short else 3)
     base_seed = config.training.seed
@@ -98,7 +100,7 @@ def evaluate(checkpoint: str | Path | None = None, data: str | Path | None = Non
     rows, reliability, probs = run(setup, chosen, seed_list, on, parts=out / "parts",
                                    jobs=jobs if dev.type == "cpu" else 1,
                                    worker_args=(checkpoint and str(checkpoint), str(data), quick or short, str(dev), False, None,
-                                                chosen_regime.name),
+                                                chosen_regime.name, config_path and str(config_path)),
                                    on_progress=stage(news, *STAGES["models"]))
     bar.update()
     bar.close()
@@ -133,14 +135,16 @@ def evaluate(checkpoint: str | Path | None = None, data: str | Path | None = Non
 
 
 def make_setup(checkpoint: str | None, data: Path, quick: bool, device: str, progress: bool = False,  # quick: schedule
-               on_cases: Callable[[int, int], None] | None = None, regime_name: str = "natural") -> Setup:
+               on_cases: Callable[[int, int], None] | None = None, regime_name: str = "natural",
+               config_path: str | None = None) -> Setup:
     """What every model of the evaluation shares: data, cached encoder features, base configuration, and
     what the regime changes in them (`on_cases(done, total)`: progress of encoding the cases, when they are
     not cached yet)."""
     dev = torch.device(device)
     ckpt = Path(checkpoint) if checkpoint else DEFAULT_CHECKPOINT
     meta = read_meta(ckpt) if (ckpt / "meta.json").exists() else None
-    config = Config.from_dict(meta["config"]) if meta else Config.load(CONFIGS / "default.yaml")
+    config = (Config.load(config_path) if config_path else Config.from_dict(meta["config"]) if meta
+              else Config.load(CONFIGS / "default.yaml"))
     if quick:
         config = quick_config(config)
     ds = Dataset.open(Path(data))
@@ -152,7 +156,7 @@ def make_setup(checkpoint: str | None, data: Path, quick: bool, device: str, pro
     labelled = labelled_rows(ds.labels, ds.indices("train"), r.label_share) if r.label_share is not None else None
     setup = Setup(ds, table, config, dev, labelled=labelled, severity=case_severity(ds))
     natural = r.complete_share is None and r.label_share is None
-    if natural and meta and not quick and meta.get("data_fingerprint") == ds.fingerprint():
+    if natural and meta and not quick and not config_path and meta.get("data_fingerprint") == ds.fingerprint():
         setup.reuse[("robustmdiff", config.training.seed)] = load_checkpoint(ckpt, dev)[0]  # the shipped model is seed 0
     return setup
 

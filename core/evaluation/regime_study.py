@@ -35,7 +35,8 @@ def parse_regimes(spec: str) -> list[str]:
 
 def study(regimes: str = "all", quick: bool = False, seeds: int | None = None, out: str | Path | None = None,
           methods: str = REGIME_METHODS, device: str | None = None, jobs: int = 1, progress: bool = True,
-          on_progress: Callable[[float, str], None] | None = None, short: bool = False) -> dict:
+          on_progress: Callable[[float, str], None] | None = None, short: bool = False,
+          config_path: str | Path | None = None) -> dict:
     """`quick`: 600-case cohorts and the short schedule (minutes per regime); `short`: the short schedule on
     the full cohorts; neither: the full schedule (hours per regime on a CPU)."""
     t0 = time.perf_counter()
@@ -48,10 +49,10 @@ def study(regimes: str = "all", quick: bool = False, seeds: int | None = None, o
     for i, name in enumerate(runs):
         part = stage(news, i / len(runs), (i + 1) / len(runs))
         results[name] = evaluate(data=None, methods=methods, seeds=seeds, out=out / name, quick=quick, device=device,
-                                 progress=progress, jobs=jobs, regime_name=name, short=short,
+                                 progress=progress, jobs=jobs, regime_name=name, short=short, config_path=config_path,
                                  on_progress=lambda f, text, name=name, part=part: part(f, f"{name}: {text}"))
     table = summary_rows(names, results)
-    result = {"regimes": names, "quick": quick, "short": short, "methods": methods.split(","), "seconds": time.perf_counter() - t0,
+    result = {"regimes": names, "quick": quick, "short": short, "config": config_path and str(config_path), "methods": methods.split(","), "seconds": time.perf_counter() - t0,
               "summary": table, "runs": {n: str(out / n) for n in runs},
               "train": {n: {"complete": results[TRAINED_AS.get(n, n)]["n_train_complete"],
                             "labelled": results[TRAINED_AS.get(n, n)]["n_train_labelled"],
