@@ -144,6 +144,7 @@ def test_the_study_reads_each_regime_by_its_own_comparison(tmp_path):
     (trace,) = fig.data
     assert list(trace.y) == pytest.approx([1.0, 3.0, -2.0])  # regimes in REGIMES order: natural, complete_5, mnar
     assert list(trace.error_y.array) == pytest.approx([1.0, 1.0, 1.0])
+    assert list(fig.layout.xaxis.ticktext) == ["as it comes", "5 % complete", "not at random"]
     assert parse_regimes("all")[0] == "natural"
     with pytest.raises(ValueError, match="unknown regimes"):
         parse_regimes("natural,often")

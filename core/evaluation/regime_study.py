@@ -105,13 +105,18 @@ def figure(rows: list[dict]) -> go.Figure:
     if df.empty:
         return fig
     order = [n for n in REGIMES if n in set(df.regime)]
-    for i, method in enumerate(dict.fromkeys(df.method)):
+    methods = list(dict.fromkeys(df.method))
+    width = 0.6 / max(1, len(methods))  # methods side by side within a regime: the regimes are not a continuum
+    for i, method in enumerate(methods):
         sub = df[df.method == method].set_index("regime").reindex(order).dropna(subset=["difference"])
+        x = [order.index(n) + (i - (len(methods) - 1) / 2) * width for n in sub.index]
         fig.add_trace(go.Scatter(
-            x=[REGIMES[n].title for n in sub.index], y=100 * sub.difference, mode="markers+lines",
-            name=display_name(method), marker=dict(size=9, color=COLOURS[i % len(COLOURS)]),
+            x=x, y=100 * sub.difference, mode="markers", name=display_name(method),
+            marker=dict(size=10, color=COLOURS[i % len(COLOURS)], symbol="diamond" if method == "no_diffusion" else "circle"),
             error_y=dict(type="data", symmetric=False, array=100 * (sub.high - sub.difference),
-                         arrayminus=100 * (sub.difference - sub.low))))
+                         arrayminus=100 * (sub.difference - sub.low)),
+            hovertext=[REGIMES[n].title for n in sub.index]))
+    fig.update_xaxes(tickmode="array", tickvals=list(range(len(order))), ticktext=[REGIMES[n].short for n in order])
     fig.add_hline(y=0, line_dash="dot", line_color="grey")
     fig.update_layout(title="RobustMDiff minus each method, macro AUROC points, with 95 % bootstrap intervals"
                             "<br><sup>above zero: RobustMDiff better; w/o diffusion is the diffusion's own contribution</sup>",

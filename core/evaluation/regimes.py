@@ -34,19 +34,21 @@ from core.features import FeatureTable
 class Regime:
     name: str
     title: str
+    short: str  # for a figure's axis
     complete_share: float | None = None  # share of training and validation cases with every modality
     label_share: float | None = None  # share of training cases that keep their label
     cohort: str = "default"  # default | redundant
 
 
 REGIMES: dict[str, Regime] = {r.name: r for r in (
-    Regime("natural", "the cohort as it comes"),
-    Regime("complete_5", "5 % complete training cases", complete_share=0.05),
-    Regime("complete_10", "10 % complete training cases", complete_share=0.10),
-    Regime("complete_20", "20 % complete training cases", complete_share=0.20),
-    Regime("mnar", "missing not at random at test (severe and rare cases miss more)"),
-    Regime("labels_10", "10 % of training labels (the rest unlabelled, for the denoiser)", label_share=0.10),
-    Regime("redundant", "a cohort whose modalities share more information", cohort="redundant"),
+    Regime("natural", "the cohort as it comes", "as it comes"),
+    Regime("complete_5", "5 % complete training cases", "5 % complete", complete_share=0.05),
+    Regime("complete_10", "10 % complete training cases", "10 % complete", complete_share=0.10),
+    Regime("complete_20", "20 % complete training cases", "20 % complete", complete_share=0.20),
+    Regime("mnar", "missing not at random at test (severe and rare cases miss more)", "not at random"),
+    Regime("labels_10", "10 % of training labels (the rest unlabelled, for the denoiser)", "10 % labels",
+           label_share=0.10),
+    Regime("redundant", "a cohort whose modalities share more information", "redundant cohort", cohort="redundant"),
 )}
 # the methods every regime compares: RobustMDiff, its ablation without diffusion, the two strongest
 # baselines of the default evaluation, and the MUST-style generative baseline
