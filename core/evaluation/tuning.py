@@ -60,11 +60,12 @@ def with_values(config: Config, values: dict[str, Any]) -> Config:
 
 def tune(ds: Dataset, base: Config, grid: dict[str, list[Any]], device: str = "cpu",
          on_progress: Callable[[float, str], None] | None = None) -> dict:
-    """Every value of every parameter (the others at their base value), then the best of each together."""
+    """Every value of every parameter (the others at their base value), then the best of each together
+    (with one parameter, its best run is that combination)."""
     news = on_progress or (lambda f, text: None)
     table = dataset_features(ds, base.model, device, progress=False)
     runs = [(name, value) for name, values in grid.items() for value in values]
-    total = len(runs) + 1
+    total = len(runs) + (len(grid) > 1)
     rows = []
     for i, (name, value) in enumerate(runs):
         news(i / total, f"{name} = {value} ({i + 1} of {total})")
@@ -74,12 +75,17 @@ def tune(ds: Dataset, base: Config, grid: dict[str, list[Any]], device: str = "c
                      "seconds": time.perf_counter() - t0})
     chosen = {name: max((r for r in rows if r["parameter"] == name), key=lambda r: r["val_score"])["value"]
               for name in grid}
-    news(len(runs) / total, f"the chosen values together ({total} of {total})")
-    t0 = time.perf_counter()
-    combined = train_model(ds, table, with_values(base, chosen), device, progress=False)
+    if len(grid) == 1:  # the best run already is the combination
+        best = next(r for r in rows if r["value"] == chosen[r["parameter"]])
+        combined_score, combined_seconds = best["val_score"], 0.0
+    else:
+        news(len(runs) / total, f"the chosen values together ({total} of {total})")
+        t0 = time.perf_counter()
+        combined_score = float(train_model(ds, table, with_values(base, chosen), device, progress=False).val_score)
+        combined_seconds = time.perf_counter() - t0
     news(1.0, "done")
-    return {"rows": rows, "chosen": chosen, "combined_val_score": float(combined.val_score),
-            "combined_seconds": time.perf_counter() - t0, "base": {n: getattr(getattr(base, section_of(n)), n) for n in grid},
+    return {"rows": rows, "chosen": chosen, "combined_val_score": combined_score, "combined_seconds": combined_seconds,
+            "base": {n: getattr(getattr(base, section_of(n)), n) for n in grid},
             "config": with_values(base, chosen).to_dict(), "n_val": int(len(ds.indices("val")))}
 
 
