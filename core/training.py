@@ -239,7 +239,9 @@ def train_model(ds: Dataset, table: FeatureTable, config: Config, device: str | 
     order_gen = torch.Generator().manual_seed(tc.seed)
     gen = order_gen if not ctx.active else torch.Generator().manual_seed(tc.seed + 7919 * (ctx.rank + 1))
     tr_all, va = ds.indices("train"), ds.indices("val")
-    tr = tr_all if labelled is None else np.sort(np.asarray(labelled))
+    tr = tr_all if labelled is None else np.unique(labelled)
+    if not np.isin(tr, tr_all).all():
+        raise ValueError("labelled rows must be rows of the training split")
     model, concept_ids = build_model(data_info(ds, tr), config, table, tr_all)  # lab statistics need no labels
     model.to(device)
     rare = [ds.classes.index(c) for c in ds.spec.rare_classes if c in ds.classes]
@@ -300,7 +302,7 @@ def train_model(ds: Dataset, table: FeatureTable, config: Config, device: str | 
         h_tr, present_tr = encode_table(model, table, tr, device)
         # ---- phase 2 ------------------------------------------------------------------------------------
         # the denoiser needs no labels: it learns from every training case, labelled or not
-        h_all, present_all = (h_tr, present_tr) if len(tr) == len(tr_all) else encode_table(model, table, tr_all, device)
+        h_all, present_all = (h_tr, present_tr) if labelled is None else encode_table(model, table, tr_all, device)
         step = _distributed(_Loss(model, lambda m, idx: tc.lambda_diff * m.diffusion_loss(h_all[idx], present_all[idx], gen)),
                             ctx, device)
         opt = torch.optim.AdamW(model.denoiser.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)

@@ -79,9 +79,10 @@ def targets_table(targets: list[dict], key: str) -> None:
 
 
 BOOTSTRAP_HELP = ("Difference in macro AUROC, in points (+: RobustMDiff higher), with its 95 % interval from a paired "
-                  "bootstrap: 2000 resamples of the test cases, both methods scored on the same resampled cases, every "
-                  "availability pattern and training seed stacked. 'Better' or 'worse' only where the Holm-corrected p "
-                  "(across the methods) is below 0.05.")
+                  "bootstrap: 2000 resamples of the test cases, both methods scored on the same resampled cases (the "
+                  "pattern average stacks every availability pattern; every set stacks the training seeds whose "
+                  "per-case results were kept). 'Better' or 'worse' only where the Holm-corrected p (across the "
+                  "methods) is below 0.05.")
 
 
 def show_results(result: dict, key: str) -> None:

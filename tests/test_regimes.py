@@ -90,6 +90,8 @@ def test_scarce_labels_never_read_the_hidden_labels(small_cohort):
     # and the labelled rows do matter: with every label, the classifier differs
     full = train_model(ds, table, config, "cpu", progress=False)
     assert not torch.equal(full.model.head[-1].weight, first.model.head[-1].weight)
+    with pytest.raises(ValueError, match="training split"):  # a validation or test case is never a training label
+        train_model(ds, table, config, "cpu", progress=False, labelled=np.append(labelled, ds.indices("val")[:1]))
 
 
 def test_bootstraps_stack_patterns_and_seeds_and_report_both_aurocs():

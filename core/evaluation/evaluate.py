@@ -145,7 +145,7 @@ def make_setup(checkpoint: str | None, data: Path, quick: bool, device: str, pro
     meta = read_meta(ckpt) if (ckpt / "meta.json").exists() else None
     config = (Config.load(config_path) if config_path else Config.from_dict(meta["config"]) if meta
               else Config.load(CONFIGS / "default.yaml"))
-    if quick:
+    if quick and not config_path:  # a given configuration is used as written, its schedule included
         config = quick_config(config)
     ds = Dataset.open(Path(data))
     r = regime(regime_name)

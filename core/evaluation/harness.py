@@ -44,7 +44,7 @@ class Setup:
     device: torch.device
     reuse: dict[tuple[str, int], RobustMDiff] = field(default_factory=dict)  # (method, seed) → trained model
     labelled: np.ndarray | None = None  # training rows whose labels may be used (None: all; regime labels_10)
-    severity: np.ndarray | None = None  # per case, for missingness not at random (None: no MNAR conditions)
+    severity: np.ndarray | None = None  # per case, for the MNAR conditions (every evaluation has it; `score` not)
 
     @property
     def names(self) -> list[str]:

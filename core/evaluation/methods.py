@@ -36,7 +36,8 @@ def _baseline(fusion: str, p: float) -> Callable[[Config], Config]:
 
 def _must_style(c: Config) -> Config:
     """A MUST-style generative baseline: latent diffusion restores the missing modalities, sampled as MUST
-    does (50 DDIM steps, 5 samples averaged), and the completed latents are fused early; none of
+    does (50 DDIM steps, 5 samples averaged), and the completed latents are fused early. It shares the
+    harness's diffusion training (the classifier tuned on synthesized latents, calibration) but none of
     RobustMDiff's own devices (knowledge attention, curriculum, consistency, rare-disease sampling)."""
     c = _baseline("early_zero", 0.3)(c)
     return c.override("diffusion", enabled=True, sample_steps=50, samples=5)

@@ -18,8 +18,9 @@ def pattern_name(pattern: tuple[bool, ...], names: list[str]) -> str:
     return "+".join(n for n, keep in zip(names, pattern) if keep)
 
 
-def random_missing(present: np.ndarray, rate: float, seed: int) -> np.ndarray:
-    """A drop mask hiding each present modality with probability `rate`, keeping at least one per case."""
+def random_missing(present: np.ndarray, rate: float | np.ndarray, seed: int) -> np.ndarray:
+    """A drop mask hiding each present modality with probability `rate` (a number, or one per case as a
+    column (n, 1): missingness not at random), keeping at least one per case."""
     rng = np.random.default_rng(seed)
     drop = (rng.random(present.shape) < rate) & present
     gone = ~(present & ~drop).any(1)

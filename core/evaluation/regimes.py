@@ -9,7 +9,9 @@ at random. Each regime changes one of those conditions:
   every modality; each other complete case loses one modality drawn at random. Fewer complete cases leave
   less to learn how modalities relate, which the denoiser needs and which masked training imitates.
 - `mnar`: the same training; at test, modalities go missing more often for severe and rare cases (as on
-  real wards, where the sickest patients skip tests), at the same average rate as the random conditions.
+  real wards, where the sickest patients skip tests), at about the same average rate as the random
+  conditions. Every evaluation scores these conditions (`mnar_30`, `mnar_50`), so this regime is the
+  natural one read on them.
 - `labels_10`: only 10 % of the training cases keep their label (stratified); the rest are unlabelled,
   and only the denoiser may learn from them (phase 2). Validation keeps its labels (model selection and
   calibration).
@@ -27,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from core.data.dataset import Dataset
+from core.evaluation.patterns import random_missing
 from core.features import FeatureTable
 
 
@@ -102,14 +105,8 @@ def case_severity(ds: Dataset) -> np.ndarray:
 
 def mnar_missing(present: np.ndarray, labels: np.ndarray, severity: np.ndarray, rare: list[int], rate: float,
                  seed: int) -> np.ndarray:
-    """A drop mask like `random_missing`, but each case's modalities go missing with a probability that
-    grows with its severity and doubles for rare diagnoses, scaled so that the mean over the cases is
-    `rate` (capped at 0.9); at least one modality stays."""
+    """`random_missing` with a probability per case that grows with its severity and doubles for rare
+    diagnoses, scaled so that its mean over the cases is `rate`; capped at 0.9, so slightly below `rate`
+    where the cap binds (at 0.5 on the embedded cohort: 3.8 % of cases capped, mean 0.49)."""
     weight = (0.5 + severity) * np.where(np.isin(labels, rare), 2.0, 1.0)
-    p = np.clip(rate * weight / weight.mean(), 0.0, 0.9)
-    rng = np.random.default_rng(seed)
-    drop = (rng.random(present.shape) < p[:, None]) & present
-    gone = ~(present & ~drop).any(1)
-    for r in np.flatnonzero(gone):
-        drop[r, rng.choice(np.flatnonzero(present[r]))] = False
-    return drop
+    return random_missing(present, np.clip(rate * weight / weight.mean(), 0.0, 0.9)[:, None], seed)

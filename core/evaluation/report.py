@@ -278,8 +278,10 @@ def bootstraps(probs: dict[tuple[str, int], dict[str, np.ndarray]], where: dict[
         y = labels[where[conds[0]]]
         stacked = {m: np.stack([probs[(m, s)][c] for s in seeds for c in conds]) for m in methods
                    if all((m, s) in probs for s in seeds)}
-        if len(stacked) < 2:
+        if REFERENCE not in stacked or len(stacked) < 2:
             continue
+        if any(not np.array_equal(where[c], where[conds[0]]) for c in conds):
+            raise ValueError(f"the conditions of {key} score different cases; they cannot be stacked")
         rows = compare(y, stacked, REFERENCE, n_resamples=n_resamples)
         ours = float(macro_auroc_stack(y, stacked[REFERENCE]).mean())
         for row in rows:

@@ -6,7 +6,8 @@ and with modalities hidden at random, averaged). The best value of each paramete
 combination is trained once more and scored the same way. The test split is never read, so that an
 evaluation with the chosen configuration stays an honest test. A one-at-a-time sweep is cheaper than the
 full grid (the sum of the value counts instead of their product) and misses interactions, which the
-combined run at least checks.
+combined run at least checks. Validation both stops each training early and ranks the values, so the
+validation scores reported are optimistic; the test split stays untouched.
 """
 
 from __future__ import annotations
@@ -63,14 +64,16 @@ def tune(ds: Dataset, base: Config, grid: dict[str, list[Any]], device: str = "c
     """Every value of every parameter (the others at their base value), then the best of each together
     (with one parameter, its best run is that combination)."""
     news = on_progress or (lambda f, text: None)
-    table = dataset_features(ds, base.model, device, progress=False)
     runs = [(name, value) for name, values in grid.items() for value in values]
     total = len(runs) + (len(grid) > 1)
     rows = []
     for i, (name, value) in enumerate(runs):
         news(i / total, f"{name} = {value} ({i + 1} of {total})")
         t0 = time.perf_counter()
-        result = train_model(ds, table, with_values(base, {name: value}), device, progress=False)
+        config = with_values(base, {name: value})
+        # features are keyed by the model settings that shape them: encoded once per distinct setting
+        table = dataset_features(ds, config.model, device, progress=False)
+        result = train_model(ds, table, config, device, progress=False)
         rows.append({"parameter": name, "value": value, "val_score": float(result.val_score),
                      "seconds": time.perf_counter() - t0})
     chosen = {name: max((r for r in rows if r["parameter"] == name), key=lambda r: r["val_score"])["value"]
@@ -81,7 +84,9 @@ def tune(ds: Dataset, base: Config, grid: dict[str, list[Any]], device: str = "c
     else:
         news(len(runs) / total, f"the chosen values together ({total} of {total})")
         t0 = time.perf_counter()
-        combined_score = float(train_model(ds, table, with_values(base, chosen), device, progress=False).val_score)
+        config = with_values(base, chosen)
+        combined_score = float(train_model(ds, dataset_features(ds, config.model, device, progress=False), config,
+                                           device, progress=False).val_score)
         combined_seconds = time.perf_counter() - t0
     news(1.0, "done")
     return {"rows": rows, "chosen": chosen, "combined_val_score": combined_score, "combined_seconds": combined_seconds,
@@ -90,7 +95,7 @@ def tune(ds: Dataset, base: Config, grid: dict[str, list[Any]], device: str = "c
 
 
 def write(result: dict, out: Path) -> Path:
-    """tune.json's content as YAML config (`evaluate --config`) and a markdown table."""
+    """The chosen configuration as YAML (tuned.yaml, for `evaluate --config`); returns its path."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / "tuned.yaml"
     path.write_text("# chosen on validation by `python -m core tune` (core/evaluation/tuning.py)\n"
