@@ -11,6 +11,7 @@ from typing import Callable
 import pandas as pd
 import plotly.graph_objects as go
 
+from core.evaluation import report
 from core.evaluation.evaluate import evaluate, stage
 from core.evaluation.figures import COLOURS, write_figures
 from core.evaluation.regimes import REGIME_METHODS, REGIMES
@@ -78,12 +79,11 @@ def summary_rows(names: list[str], results: dict[str, dict]) -> list[dict]:
 
 def frame(rows: list[dict]) -> pd.DataFrame:
     """The summary as read: AUROC points, the interval, better and worse in words."""
-    mark = {"better": "RobustMDiff better", "worse": "RobustMDiff worse", "no clear difference": "no clear difference"}
     return pd.DataFrame([{"regime": REGIMES[r["regime"]].title, "compared with": display_name(r["method"]),
                           "RobustMDiff": f"{100 * r['auroc_robustmdiff']:.1f}", "method": f"{100 * r['auroc_method']:.1f}",
                           "difference": f"{100 * r['difference']:+.2f}",
                           "95 % interval": f"[{100 * r['low']:+.2f}, {100 * r['high']:+.2f}]",
-                          "p (Holm)": round(r["p_holm"], 4), "reading": mark[r["direction"]]} for r in rows])
+                          "p (Holm)": report.p_value(r["p_holm"]), "reading": report.READING[r["direction"]]} for r in rows])
 
 
 def markdown(result: dict) -> str:

@@ -290,12 +290,19 @@ def bootstraps(probs: dict[tuple[str, int], dict[str, np.ndarray]], where: dict[
     return out
 
 
+READING = {"better": "RobustMDiff better", "worse": "RobustMDiff worse", "no clear difference": "no clear difference"}
+
+
+def p_value(p: float) -> str:
+    """A bootstrap p-value as read: its resolution is 1/resamples, so below 0.001 it is '< 0.001', not 0."""
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
 def bootstrap_frame(rows: list[dict]) -> pd.DataFrame:
     """The comparisons as read: the difference and its interval in AUROC points, better and worse marked."""
-    mark = {"better": "RobustMDiff better", "worse": "RobustMDiff worse", "no clear difference": "no clear difference"}
     return pd.DataFrame([{"method": display_name(r["method"]), "difference (AUROC points)": f"{100 * r['difference']:+.2f}",
-                          "95 % interval": f"[{100 * r['low']:+.2f}, {100 * r['high']:+.2f}]", "p": round(r["p"], 4),
-                          "p (Holm)": round(r["p_holm"], 4), "reading": mark[r["direction"]]}
+                          "95 % interval": f"[{100 * r['low']:+.2f}, {100 * r['high']:+.2f}]", "p": p_value(r["p"]),
+                          "p (Holm)": p_value(r["p_holm"]), "reading": READING[r["direction"]]}
                          for r in sorted(rows, key=lambda r: -r["difference"])])
 
 
