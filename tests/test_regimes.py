@@ -173,7 +173,7 @@ def test_tuning_reads_validation_only_and_keeps_the_best_value(small_cohort, tmp
     again = tune(ds, base, {"rare_gamma": grid["rare_gamma"]})  # one parameter: its best run is the combination
     gammas = [r for r in first["rows"] if r["parameter"] == "rare_gamma"]
     assert [r["val_score"] for r in gammas] == [r["val_score"] for r in again["rows"]]
-    assert again["combined_val_score"] == max(r["val_score"] for r in again["rows"]) and again["combined_seconds"] == 0
+    assert again["combined_val_score"] == max(r["val_score"] for r in again["rows"]) and again["combined_seconds"] < 1
     assert first["chosen"]["rare_gamma"] == max(gammas, key=lambda r: r["val_score"])["value"]
     tuned = Config.load(write(first, tmp_path))
     assert tuned.training.rare_gamma == first["chosen"]["rare_gamma"] and tuned.diffusion.denoiser_width == 64

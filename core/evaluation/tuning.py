@@ -61,33 +61,31 @@ def with_values(config: Config, values: dict[str, Any]) -> Config:
 
 def tune(ds: Dataset, base: Config, grid: dict[str, list[Any]], device: str = "cpu",
          on_progress: Callable[[float, str], None] | None = None) -> dict:
-    """Every value of every parameter (the others at their base value), then the best of each together
-    (with one parameter, its best run is that combination)."""
+    """Every value of every parameter (the others at their base value), then the best of each together.
+    A configuration met twice (a value equal to the base one, or a combination already trained) is trained
+    once; its second run costs 0 s."""
     news = on_progress or (lambda f, text: None)
     runs = [(name, value) for name, values in grid.items() for value in values]
-    total = len(runs) + (len(grid) > 1)
+    total = len(runs) + 1
+    scores: dict[Config, float] = {}
+
+    def score(config: Config) -> tuple[float, float]:
+        t0 = time.perf_counter()
+        if config not in scores:
+            # features are keyed by the model settings that shape them: encoded once per distinct setting
+            table = dataset_features(ds, config.model, device, progress=False)
+            scores[config] = float(train_model(ds, table, config, device, progress=False).val_score)
+        return scores[config], time.perf_counter() - t0
+
     rows = []
     for i, (name, value) in enumerate(runs):
         news(i / total, f"{name} = {value} ({i + 1} of {total})")
-        t0 = time.perf_counter()
-        config = with_values(base, {name: value})
-        # features are keyed by the model settings that shape them: encoded once per distinct setting
-        table = dataset_features(ds, config.model, device, progress=False)
-        result = train_model(ds, table, config, device, progress=False)
-        rows.append({"parameter": name, "value": value, "val_score": float(result.val_score),
-                     "seconds": time.perf_counter() - t0})
+        val_score, seconds = score(with_values(base, {name: value}))
+        rows.append({"parameter": name, "value": value, "val_score": val_score, "seconds": seconds})
     chosen = {name: max((r for r in rows if r["parameter"] == name), key=lambda r: r["val_score"])["value"]
               for name in grid}
-    if len(grid) == 1:  # the best run already is the combination
-        best = next(r for r in rows if r["value"] == chosen[r["parameter"]])
-        combined_score, combined_seconds = best["val_score"], 0.0
-    else:
-        news(len(runs) / total, f"the chosen values together ({total} of {total})")
-        t0 = time.perf_counter()
-        config = with_values(base, chosen)
-        combined_score = float(train_model(ds, dataset_features(ds, config.model, device, progress=False), config,
-                                           device, progress=False).val_score)
-        combined_seconds = time.perf_counter() - t0
+    news(len(runs) / total, f"the chosen values together ({total} of {total})")
+    combined_score, combined_seconds = score(with_values(base, chosen))
     news(1.0, "done")
     return {"rows": rows, "chosen": chosen, "combined_val_score": combined_score, "combined_seconds": combined_seconds,
             "base": {n: getattr(getattr(base, section_of(n)), n) for n in grid},
