@@ -141,7 +141,7 @@ def test_the_study_reads_each_regime_by_its_own_comparison(tmp_path):
     assert list(table["reading"]) == ["RobustMDiff better", "RobustMDiff worse", "RobustMDiff better"]
     assert list(table["95 % interval"]) == ["[+0.00, +2.00]", "[-3.00, -1.00]", "[+2.00, +4.00]"]
     text = markdown({"summary": rows, "train": {"complete_5": {"complete": 90, "labelled": 2100, "data": "d"}}})
-    assert "5 % complete training cases: 90 complete training cases" in text
+    assert "5 % complete training cases: 90 complete training cases, 2100 labelled (data/d)" in text
     fig = figure(rows)
     (trace,) = fig.data
     assert list(trace.y) == pytest.approx([1.0, 3.0, -2.0])  # regimes in REGIMES order: natural, complete_5, mnar

@@ -190,5 +190,5 @@ def markdown(result: dict) -> str:
                   "Difference in macro AUROC (points; + means RobustMDiff is higher) with its 95 % percentile interval "
                   "over 2000 resamples of the test cases, both methods on the same resampled cases, every condition "
                   "and seed stacked; p two-sided, Holm across the methods.", "",
-                  report.bootstrap_frame(rows).to_markdown(index=False)]
+                  report.bootstrap_frame(rows).to_markdown(index=False, disable_numparse=True)]
     return "\n".join(lines) + "\n"

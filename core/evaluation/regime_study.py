@@ -92,8 +92,9 @@ def markdown(result: dict) -> str:
              "the complete test cases (MNAR: 50 % of modalities missing, more often for severe and rare cases); the "
              "difference in points with its 95 % paired-bootstrap interval over test cases, seeds stacked; p Holm-"
              "corrected across the methods of a regime.", "",
-             frame(result["summary"]).to_markdown(index=False), "", "Training data per regime:", ""]
-    lines += [f"- {REGIMES[n].title}: {t['complete']} complete training cases, {t['labelled']} labelled ({t['data']})"
+             frame(result["summary"]).to_markdown(index=False, disable_numparse=True), "", "Training data per regime:", ""]
+    lines += [f"- {REGIMES[n].title}: {t['complete']} complete training cases, {t['labelled']} labelled "
+              f"(data/{Path(t['data']).name})"
               for n, t in result["train"].items()]
     return "\n".join(lines) + "\n"
 
