@@ -61,6 +61,10 @@ def test_unknown_regime_names_the_choices():
     with pytest.raises(ValueError, match="complete_5"):
         regime("nonsense")
     assert REGIMES["labels_10"].label_share == 0.1 and REGIMES["redundant"].cohort == "redundant"
+    from core.evaluation.evaluate import evaluate
+
+    with pytest.raises(ValueError, match="own cohort variant"):  # not silently evaluated on other data
+        evaluate(data="elsewhere", regime_name="redundant", progress=False)
 
 
 def test_scarce_labels_never_read_the_hidden_labels(small_cohort):

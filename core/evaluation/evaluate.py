@@ -14,7 +14,7 @@ import torch
 from tqdm import tqdm
 
 from core.checkpoint import load_checkpoint, read_meta
-from core.data.cohort.generate import ensure_cohort, quick_cohort
+from core.data.cohort.generate import ensure_cohort, quick_cohort, redundant_cohort
 from core.data.dataset import Dataset
 from core.evaluation import figures, report
 from core.evaluation.harness import Progress, Setup, condition_rows, run
@@ -65,11 +65,11 @@ def evaluate(checkpoint: str | Path | None = None, data: str | Path | None = Non
         methods = REGIME_METHODS
     news(0.0, "preparing the data (the first run generates the quick cohort)" if quick and not data else "preparing the data")
     preparing = stage(news, 0.0, STAGES["features"][0])  # only the first run generates anything
+    if data and chosen_regime.cohort == "redundant":
+        raise ValueError("the redundant regime evaluates on its own cohort variant: leave out the data folder")
     if data:
         data = Path(data)
     elif chosen_regime.cohort == "redundant":
-        from core.data.cohort.generate import redundant_cohort
-
         data = redundant_cohort(quick, on_progress=preparing)
     else:
         data = quick_cohort(on_progress=preparing) if quick else ensure_cohort(default_cohort_dir(), on_progress=preparing)
