@@ -34,7 +34,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from core.evaluation.evaluate import evaluate
-    from core.evaluation.regime_study import REGIME_METHODS, frame, study
+    from core.evaluation.regime_study import frame, study
+    from core.evaluation.regimes import REGIME_METHODS
 
     try:
         if args.regimes:
