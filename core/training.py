@@ -416,7 +416,7 @@ def train(data: str | Path, config: Config, out: str | Path, device: str | None 
         metrics = test_metrics(result.model, ds, table, dev)
         calibration = calibration_report(result.model, ds, table, dev) if result.model.denoiser is not None else None
         meta = {"spec": ds.spec.to_dict(), "n_concepts": len(result.concept_ids), "concept_ids": result.concept_ids,
-                "data_fingerprint": ds.fingerprint(), "data_size": len(ds), "test_metrics": metrics,
+                "data_fingerprint": ds.fingerprint(), "data_identity": ds.identity().to_dict(), "data_size": len(ds), "test_metrics": metrics,
                 "calibration_fit": result.calibration, "calibration": calibration,
                 "temperature": float(result.model.temperature.mean()),
                 "best_epoch": result.best_epoch, "val_score": result.val_score, "history": result.history,

@@ -58,10 +58,11 @@ def add_report_arguments(p: argparse.ArgumentParser, out_help: str,
     p.add_argument("--device", help="cpu or cuda")
 
 
-def note_other_data(same: bool) -> None:
-    """Measuring on data other than the training data is allowed; say so."""
-    if not same:
-        print("note: this data is not the data the checkpoint was trained on (fingerprints differ)", file=sys.stderr)
+def note_other_data(difference: str | None) -> None:
+    """Measuring on data other than the training data is allowed; say so, and what differs
+    (`Dataset.identity().difference`)."""
+    if difference:
+        print(f"note: this data is not the data the checkpoint was trained on: {difference}", file=sys.stderr)
 
 
 def write_outputs(out: str | None, stem: str, data: dict, md: str) -> None:

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     if predictor.model.denoiser is None:
         raise RobustMDiffError("this checkpoint has no diffusion model, so it synthesizes nothing to calibrate")
     ds = Dataset.open(args.data or ensure_cohort(default_cohort_dir(), progress=not args.json))
-    note_other_data(ds.fingerprint() == predictor.meta.get("data_fingerprint"))
+    note_other_data(ds.identity().difference(predictor.meta.get("data_identity")))
     table = dataset_features(ds, predictor.model.config.model, predictor.device, progress=not args.json)
     report = calibration_report(predictor.model, ds, table, predictor.device)
     if args.out:

@@ -35,11 +35,11 @@ def run(args: argparse.Namespace) -> int:
 
     predictor = Predictor.load(args.checkpoint, args.device)
     ds = Dataset.open(args.data or ensure_cohort(default_cohort_dir(), progress=not args.json))
-    same_data = ds.fingerprint() == predictor.meta.get("data_fingerprint")
+    other_data = ds.identity().difference(predictor.meta.get("data_identity"))
     if args.fit:
-        if not same_data:
-            raise CheckpointError("the statistics must come from the data the checkpoint was trained on, and this "
-                                  "data's fingerprint differs; pass that data with --data")
+        if other_data:
+            raise CheckpointError("the statistics must come from the data the checkpoint was trained on, and on "
+                                  f"this data {other_data}; pass that data with --data")
         table = dataset_features(ds, predictor.model.config.model, predictor.device, progress=not args.json)
         guard = fit_guard(table, ds.labels, ds.indices("train"), ds.indices("val"),
                           {n: ds.spec.lab_features(n) for n, k in predictor.modalities if k == "tabular"})
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         attach_guard(args.checkpoint or DEFAULT_CHECKPOINT, guard)
         print(f"stored: thresholds {guard.thresholds}; test false alarms {guard.test_flagged}")
         return 0
-    note_other_data(same_data)
+    note_other_data(other_data)
     report = guard_benchmark(predictor, ds, progress=not args.json)
     write_outputs(args.out, "guard", report, markdown(report))
     print(dumps(report) if args.json else markdown(report))

@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
 
     data = args.data or ensure_cohort(default_cohort_dir(), progress=not args.json)
     result = score_checkpoint(args.checkpoint, data, args.device, progress=not args.json)
-    note_other_data(result["same_data"])
+    note_other_data(result["other_data"])
     write_outputs(args.out, "score", result, markdown(result))
     print(dumps(result) if args.json else markdown(result))
     return 0

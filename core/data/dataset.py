@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from core.data.identity import DataIdentity, data_identity
 from core.data.readers import LabPanel, Scan, read_labs, read_note, read_scan
 from core.data.quarantine import Quarantine
 from core.data.readers.labs import labs_from_mapping
-from core.data.spec import DatasetSpec, ModalitySpec
+from core.data.spec import DatasetSpec
 from core.errors import InputError, ManifestError
 
 SPEC_NAMES = ("spec.yaml", "spec.yml", "spec.json")
@@ -86,6 +87,8 @@ class Dataset:
             splits = stable_split(manifest[spec.case_id], labels)
         self.manifest = manifest
         self.splits = splits
+        self.given_splits = splits.copy()  # as the manifest or the hash gave them, before any `drop`
+        self._identity: DataIdentity | None = None
         self.quarantine = Quarantine()  # filled when features are extracted (core/features.py)
         self.labels = np.array([self.classes.index(x) for x in labels], dtype=np.int64)
 
@@ -151,7 +154,7 @@ class Dataset:
         inputs: dict[str, Modal | None] = {}
         for m in self.spec.modalities:
             try:
-                inputs[m.name] = self._read(i, m) if self.is_present(i, m.name) else None
+                inputs[m.name] = self.read(i, m.name) if self.is_present(i, m.name) else None
             except InputError as e:
                 if quarantine is None:
                     raise type(e)(f"manifest row {i + 1} (case {self.case_id(i)}), {m.name}: {e.source}", e.problem) from None
@@ -159,7 +162,9 @@ class Dataset:
                 inputs[m.name] = None
         return CaseInputs(self.case_id(i), inputs, self.classes[self.labels[i]])
 
-    def _read(self, i: int, m: ModalitySpec) -> Modal:
+    def read(self, i: int, modality: str) -> Modal:
+        """One present input of case `i`, parsed by its reader (raises InputError when it cannot be read)."""
+        m = self.spec.modality(modality)
         if m.type == "image":
             return read_scan(self.path(i, m.name))
         if m.type == "text":
@@ -175,15 +180,12 @@ class Dataset:
         self.splits = self.splits.astype(object)
         self.splits[rows] = "dropped"
 
-    def fingerprint(self) -> str:
-        """sha256 over the spec, the manifest and every file it names: which data a model saw."""
-        h = hashlib.sha256()
-        h.update(repr(self.spec.to_dict()).encode())
-        h.update(self.manifest.to_csv(index=False).encode())
-        for i in range(len(self)):
-            for m in self.spec.modalities:
-                p = self.path(i, m.name) if m.column else None
-                if p is not None and p.exists():
-                    h.update(p.read_bytes())
-        return h.hexdigest()
+    def identity(self) -> DataIdentity:
+        """This data's content identity (core/data/identity.py); read once per Dataset."""
+        if self._identity is None:
+            self._identity = data_identity(self)
+        return self._identity
 
+    def fingerprint(self) -> str:
+        """sha256 of the content (spec, cases, decoded inputs), not of the files' bytes: which data a model saw."""
+        return self.identity().fingerprint

@@ -156,7 +156,7 @@ def make_setup(checkpoint: str | None, data: Path, quick: bool, device: str, pro
     labelled = labelled_rows(ds.labels, ds.indices("train"), r.label_share) if r.label_share is not None else None
     setup = Setup(ds, table, config, dev, labelled=labelled, severity=case_severity(ds))
     natural = r.complete_share is None and r.label_share is None
-    if natural and meta and not quick and not config_path and meta.get("data_fingerprint") == ds.fingerprint():
+    if natural and meta and not quick and not config_path and ds.identity().difference(meta.get("data_identity")) is None:
         setup.reuse[("robustmdiff", config.training.seed)] = load_checkpoint(ckpt, dev)[0]  # the shipped model is seed 0
     return setup
 

@@ -29,7 +29,7 @@ def score_checkpoint(checkpoint: str | Path | None, data: str | Path, device: st
     rows = score(predictor.model, setup, table, "checkpoint", seed=0).rows
     out: dict = {"checkpoint": str(checkpoint or "checkpoints/default"), "data": str(data), "rows": rows,
                  "n_test": int(len(ds.indices("test"))),
-                 "same_data": ds.fingerprint() == predictor.meta.get("data_fingerprint")}
+                 "other_data": ds.identity().difference(predictor.meta.get("data_identity"))}
     if predictor.guard is not None:
         out["ood_flagged_on_test"] = predictor.guard.flag_rates(table, ds.indices("test"))
     return out

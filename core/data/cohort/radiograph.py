@@ -4,6 +4,11 @@ Drawn in canonical coordinates (x, y in [-1, 1], y downwards, the patient's righ
 as a PA film is read), then moved by the acquisition (rotation, scale, shift, exposure, blur, noise).
 Every finding's pixels are returned as a mask moved by the same transform, so explanations can be
 scored against where the finding really is.
+
+Everything is computed in float64 and quantized once at the end. In float32, numpy's exp, sin and log
+return results that differ in the last bit between SIMD levels (X86_V4, X86_V3, baseline, ARM), and that
+was enough to move one uint8 pixel in about one image in 200 between machines (issue 23); in float64 a
+last-bit difference would have to land within ~1e-13 of a rounding or threshold boundary to show.
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ class Canvas:
 
     def __init__(self, size: int):
         self.size = size
-        lin = (np.arange(size, dtype=np.float32) + 0.5) / size * 2 - 1
+        lin = (np.arange(size, dtype=np.float64) + 0.5) / size * 2 - 1
         self.y, self.x = np.meshgrid(lin, lin, indexing="ij")
 
     def ellipse(self, cx: float, cy: float, rx: float, ry: float) -> np.ndarray:
@@ -57,11 +62,11 @@ class Canvas:
         return np.sqrt((self.x - cx) ** 2 + (self.y - cy) ** 2)
 
     def noise(self, rng: np.random.Generator, sigma_px: float) -> np.ndarray:
-        n = ndimage.gaussian_filter(rng.standard_normal((self.size, self.size)).astype(np.float32), sigma_px)
+        n = ndimage.gaussian_filter(rng.standard_normal((self.size, self.size)), sigma_px)
         return n / (n.std() + 1e-6)
 
     def soften(self, mask: np.ndarray, sigma_px: float = 1.0) -> np.ndarray:
-        return ndimage.gaussian_filter(mask.astype(np.float32), sigma_px)
+        return ndimage.gaussian_filter(mask.astype(np.float64), sigma_px)
 
 
 def lung_mask(c: Canvas, side: str, inspiration: float) -> np.ndarray:
@@ -79,7 +84,7 @@ def draw_radiograph(rng: np.random.Generator, size: int, findings: dict[str, dic
     c = Canvas(size)
     px = size / 2  # pixels per canonical unit
     inspiration = 0.1 if acq.portable else 0.0
-    img = np.full((size, size), 0.04, dtype=np.float32)
+    img = np.full((size, size), 0.04)
     thorax = c.ellipse(0.0, 0.05, 0.86, 0.98)
     img[thorax] = 0.42
     lungs = {s: lung_mask(c, s, inspiration) for s in ("right", "left")}
@@ -214,7 +219,7 @@ def draw_radiograph(rng: np.random.Generator, size: int, findings: dict[str, dic
     offset = centre - rot @ centre - np.array(acq.shift) * px
 
     def move(a: np.ndarray, order: int) -> np.ndarray:
-        return ndimage.affine_transform(a.astype(np.float32), rot, offset=offset, order=order, mode="nearest" if order else "constant")
+        return ndimage.affine_transform(a.astype(np.float64), rot, offset=offset, order=order, mode="nearest" if order else "constant")
 
     img = move(img, 1)
     masks = {k: move(m, 0) > 0.5 for k, m in masks.items()}
