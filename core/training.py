@@ -27,7 +27,7 @@ from core.data.dataset import Dataset
 from core.evaluation.metrics import classification_metrics, macro_auroc
 from core.features import FeatureTable, dataset_features, modalities_of
 from core.device import pick_device
-from core.distributed import Context, context, process_device
+from core.distributed import BatchDraws, Context, context, process_device
 from core.inference import encode_table, predict_table
 from core.model.config import Config
 from core.model.knowledge import KnowledgeGraph, embed_concepts
@@ -74,13 +74,14 @@ def mask_probability(config: Config, epoch: int) -> float:
     return t.p_min + (t.p_max - t.p_min) * min(1.0, epoch / max(1e-9, t.epochs * t.curriculum_ratio))
 
 
-def sample_mask(present: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
-    """Which present modalities stay given: each is hidden with probability p; one always stays."""
-    keep = present & (torch.rand(present.shape, generator=generator) >= p).to(present.device)
+def sample_mask(present: torch.Tensor, p: float, draws: BatchDraws) -> torch.Tensor:
+    """Which present modalities stay given: each is hidden with probability p; one always stays. Both draws
+    are made whatever the rows need, so that every process's stream stays in step."""
+    m = present.shape[1]
+    keep = present & (draws.rand(m) >= p).to(present.device)
+    scores = draws.rand(m).to(present.device) * present
     empty = ~keep.any(1) & present.any(1)
-    if empty.any():
-        scores = torch.rand(present.shape, generator=generator).to(present.device) * present
-        keep[empty, scores[empty].argmax(1)] = True
+    keep[empty, scores[empty].argmax(1)] = True
     return keep
 
 
@@ -105,13 +106,13 @@ def validation_drops(present: np.ndarray, p: float, seed: int) -> list[np.ndarra
 
 
 def consistency(zs: list[torch.Tensor], givens: list[torch.Tensor]) -> torch.Tensor:
-    """||Z(m1) - Z(m2)||^2 (design §3.2.3), averaged over dimensions. The view with more modalities is the
+    """||Z(m1) - Z(m2)||^2 (design §3.2.3) per row, averaged over dimensions. The view with more modalities is the
     target (stop-gradient), so the loss pulls the poorer view towards the richer one instead of letting
     both collapse to a constant."""
     richer = (givens[0].sum(1) >= givens[1].sum(1)).unsqueeze(-1)
     target = torch.where(richer, zs[0], zs[1]).detach()
     student = torch.where(richer, zs[1], zs[0])
-    return ((student - target).float() ** 2).mean(-1).mean()
+    return ((student - target).float() ** 2).mean(-1)
 
 
 @dataclass
@@ -126,22 +127,23 @@ class TrainResult:
 
 
 def _classify_views(model: RobustMDiff, h: torch.Tensor, present: torch.Tensor, y: torch.Tensor, p: float,
-                    gen: torch.Generator, synth_steps: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Classification loss over two random masks and their consistency (design §3.2.1, §3.2.3). With
-    `synth_steps`, hidden latents are synthesized by the denoiser (no gradient) instead of left out."""
+                    draws: BatchDraws, synth_steps: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Classification loss over two random masks and their consistency (design §3.2.1, §3.2.3), each the
+    global batch's mean. With `synth_steps`, hidden latents are synthesized by the denoiser (no gradient)
+    instead of left out."""
     zs, givens, cls = [], [], h.new_zeros(())
     for _ in range(2):
-        given = sample_mask(present, p, gen)
+        given = sample_mask(present, p, draws)
         if synth_steps:
-            noise = torch.randn((1, *h.shape), generator=gen).to(h.device)
+            noise = draws.randn(*h.shape[1:]).unsqueeze(0).to(h.device)
             hs = model.synthesize(h.detach().float(), given, noise, synth_steps)[0].to(h.dtype)
             z, _ = model.fuse(torch.where(given.unsqueeze(-1), h, hs), torch.ones_like(given), ~given)
         else:
             z, _ = model.fuse(h * given.unsqueeze(-1), given)
         zs.append(z)
         givens.append(given)
-        cls = cls + F.cross_entropy(model.logits(z).float(), y) / 2
-    return cls, consistency(zs, givens)
+        cls = cls + draws.row_mean(F.cross_entropy(model.logits(z).float(), y, reduction="none")) / 2
+    return cls, draws.row_mean(consistency(zs, givens))
 
 
 def _nll(y: np.ndarray, probs: np.ndarray) -> float:
@@ -207,13 +209,13 @@ def _distributed(module: nn.Module, ctx: Context, device: torch.device) -> nn.Mo
                                    find_unused_parameters=True)
 
 
-def _global_batches(order: np.ndarray | torch.Tensor, size: int, ctx: Context):
-    """Batches of `size` rows of a shared order, each split between the processes (this one's share);
-    a tail too small to give every process a row is dropped by all of them alike."""
+def _global_batches(order: np.ndarray | torch.Tensor, size: int, ctx: Context, gen: torch.Generator):
+    """Batches of `size` rows of a shared order, each split between the processes: (this one's share, the
+    batch's random draws); a tail too small to give every process a row is dropped by all of them alike."""
     for start in range(0, len(order), size):
         rows = order[start:start + size]
         if len(rows) >= ctx.world:
-            yield ctx.shard(rows)
+            yield ctx.shard(rows), BatchDraws(gen, len(rows), ctx)
 
 
 def train_model(ds: Dataset, table: FeatureTable, config: Config, device: str | torch.device | None = None,
@@ -235,15 +237,16 @@ def train_model(ds: Dataset, table: FeatureTable, config: Config, device: str | 
     device = pick_device(device)
     progress = progress and ctx.main
     seed_everything(tc.seed)
-    # the sampling order is drawn alike by every process; masks and noise by each for its own rows
-    order_gen = torch.Generator().manual_seed(tc.seed)
-    gen = order_gen if not ctx.active else torch.Generator().manual_seed(tc.seed + 7919 * (ctx.rank + 1))
+    # the sampling order, masks and noise are drawn alike by every process (core/distributed.py, BatchDraws)
+    order_gen, gen = torch.Generator().manual_seed(tc.seed), torch.Generator().manual_seed(tc.seed + 7919)
     tr_all, va = ds.indices("train"), ds.indices("val")
     tr = tr_all if labelled is None else np.unique(labelled)
     if not np.isin(tr, tr_all).all():
         raise ValueError("labelled rows must be rows of the training split")
     model, concept_ids = build_model(data_info(ds, tr), config, table, tr_all)  # lab statistics need no labels
     model.to(device)
+    if ctx.active:  # dropout masks come from torch's global stream: each process its own (not rank 0's copy)
+        torch.manual_seed(tc.seed + 104729 * ctx.rank)
     rare = [ds.classes.index(c) for c in ds.spec.rare_classes if c in ds.classes]
     weights = torch.as_tensor(rare_weights(ds.labels[tr], len(ds.classes), tc.rare_gamma, rare, tc.balance_gamma))
     y_all = torch.as_tensor(ds.labels)
@@ -256,10 +259,10 @@ def train_model(ds: Dataset, table: FeatureTable, config: Config, device: str | 
         return tr[torch.multinomial(weights, len(tr), replacement=True, generator=order_gen).numpy()]
 
     # ---- phase 1 ----------------------------------------------------------------------------------------
-    def phase1_loss(m: RobustMDiff, rows: np.ndarray, p: float):
+    def phase1_loss(m: RobustMDiff, rows: np.ndarray, draws: BatchDraws, p: float):
         h, present = m.encode(table.batch(rows, device))
-        cls, cons = _classify_views(m, h, present, y_all[rows].to(device), p, gen, None)
-        diff = m.diffusion_loss(h, present, gen) if use_diffusion else h.new_zeros(())
+        cls, cons = _classify_views(m, h, present, y_all[rows].to(device), p, draws, None)
+        diff = m.diffusion_loss(h, present, draws) if use_diffusion else h.new_zeros(())
         loss = tc.lambda_cls * cls + tc.lambda_cons * cons + tc.lambda_diff * diff
         return loss, torch.stack([cls.detach().float(), cons.detach().float(), diff.detach().float()])
 
@@ -273,8 +276,8 @@ def train_model(ds: Dataset, table: FeatureTable, config: Config, device: str | 
         p = mask_probability(config, epoch)
         sums = torch.zeros(3, device=device)  # summed on the device: no host sync per batch
         order = epoch_order()
-        for rows in _global_batches(order, tc.batch_size, ctx):
-            loss, parts = step(rows, p)
+        for rows, draws in _global_batches(order, tc.batch_size, ctx, gen):
+            loss, parts = step(rows, draws, p)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -303,8 +306,8 @@ def train_model(ds: Dataset, table: FeatureTable, config: Config, device: str | 
         # ---- phase 2 ------------------------------------------------------------------------------------
         # the denoiser needs no labels: it learns from every training case, labelled or not
         h_all, present_all = (h_tr, present_tr) if labelled is None else encode_table(model, table, tr_all, device)
-        step = _distributed(_Loss(model, lambda m, idx: tc.lambda_diff * m.diffusion_loss(h_all[idx], present_all[idx], gen)),
-                            ctx, device)
+        step = _distributed(_Loss(model, lambda m, idx, draws: tc.lambda_diff * m.diffusion_loss(
+            h_all[idx], present_all[idx], draws)), ctx, device)
         opt = torch.optim.AdamW(model.denoiser.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, tc.diffusion_epochs))
         bar = tqdm(range(tc.diffusion_epochs), desc="phase 2: latent diffusion", unit="epoch", disable=not progress)
@@ -312,8 +315,8 @@ def train_model(ds: Dataset, table: FeatureTable, config: Config, device: str | 
             model.denoiser.train()
             perm = torch.randperm(len(tr_all), generator=order_gen)
             total, n = 0.0, 0
-            for idx in _global_batches(perm, 2 * tc.batch_size, ctx):
-                loss = step(idx.to(device))
+            for idx, draws in _global_batches(perm, 2 * tc.batch_size, ctx, gen):
+                loss = step(idx.to(device), draws)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -329,8 +332,9 @@ def train_model(ds: Dataset, table: FeatureTable, config: Config, device: str | 
         scores, loss = _val_score(model, table, va, ds.labels[va], drops, device)
         best.update(ctx.agree(float(np.mean(scores))), -1, ctx.agree(loss))
 
-        def phase3_loss(m: RobustMDiff, idx: torch.Tensor, y: torch.Tensor):
-            cls, cons = _classify_views(m, h_tr[idx], present_tr[idx], y, tc.p_max, gen, config.diffusion.train_sample_steps)
+        def phase3_loss(m: RobustMDiff, idx: torch.Tensor, y: torch.Tensor, draws: BatchDraws):
+            cls, cons = _classify_views(m, h_tr[idx], present_tr[idx], y, tc.p_max, draws,
+                                        config.diffusion.train_sample_steps)
             return tc.lambda_cls * cls + tc.lambda_cons * cons
 
         step = _distributed(_Loss(model, phase3_loss), ctx, device)
@@ -343,8 +347,8 @@ def train_model(ds: Dataset, table: FeatureTable, config: Config, device: str | 
             model.head.train()
             order = torch.as_tensor(np.searchsorted(tr, epoch_order()))
             total, n = 0.0, 0
-            for idx in _global_batches(order, tc.batch_size, ctx):
-                loss = step(idx.to(device), y_all[tr[idx.numpy()]].to(device))
+            for idx, draws in _global_batches(order, tc.batch_size, ctx, gen):
+                loss = step(idx.to(device), y_all[tr[idx.numpy()]].to(device), draws)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

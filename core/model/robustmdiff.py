@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -27,6 +28,9 @@ from core.model.encoders import ImageHead, LabEncoder, TextHead, ViTEncoder
 from core.model.fusions import EarlyFusion, LateFusion, MaskedAttentionFusion
 from core.model.knowledge import KnowledgeAttention
 from core.model.schedule import NoiseSchedule
+
+if TYPE_CHECKING:
+    from core.distributed import BatchDraws
 
 Batch = dict[str, dict[str, torch.Tensor]]
 # per missing modality, what the synthesis-confidence model reads (then one "given" flag per modality)
@@ -222,13 +226,17 @@ class RobustMDiff(nn.Module):
         return self.probabilities(self.logits(z), given)
 
     # ---- diffusion ---------------------------------------------------------------------------------
-    def diffusion_loss(self, h: torch.Tensor, present: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Denoising loss (design §3.1.3) on latents of present modalities hidden from the denoiser."""
+    def diffusion_loss(self, h: torch.Tensor, present: torch.Tensor, draws: BatchDraws) -> torch.Tensor:
+        """Denoising loss (design §3.1.3) on latents of present modalities hidden from the denoiser: the
+        mean squared error over every hidden latent of the global batch (`draws`, core/distributed.py)."""
         if self.denoiser is None:
             return h.new_zeros(())
-        b, m, _ = h.shape
-        # random draws on the generator's device (the CPU), then moved: one stream on every device
-        keep = torch.rand(b, m, generator=generator).to(h.device) < 0.5
+        b, m, d = h.shape
+        # drawn for every row on the generator's device (the CPU), then moved: one stream on every device and
+        # in every process, whatever the rows turn out to need
+        keep = draws.rand(m).to(h.device) < 0.5
+        noise = draws.randn(m, d).to(h.device)
+        t = draws.randint(self.schedule.steps).to(h.device)
         given = present & keep
         # every example needs something given and something to restore
         none_given = given.sum(1) == 0
@@ -236,15 +244,13 @@ class RobustMDiff(nn.Module):
         given[none_given, first[none_given]] = True
         target = present & ~given
         rows = target.any(1)
-        if not rows.any():
-            return h.new_zeros(())
-        x0 = h.detach()[rows]
-        given, target = given[rows], target[rows]
-        noise = torch.randn(x0.shape, generator=generator).to(h.device)
-        t = torch.randint(0, self.schedule.steps, (len(x0),), generator=generator).to(h.device)
-        out = self.denoiser(self.schedule.add_noise(x0, noise, t), t, x0 * given.unsqueeze(-1), given)
-        err = ((out - self.schedule.target(x0, noise, t, self.config.diffusion.prediction)) ** 2).mean(-1)
-        return (err * target).sum() / target.sum()
+        total = h.new_zeros(())
+        if rows.any():
+            x0, given, target_rows, noise, t = h.detach()[rows], given[rows], target[rows], noise[rows], t[rows]
+            out = self.denoiser(self.schedule.add_noise(x0, noise, t), t, x0 * given.unsqueeze(-1), given)
+            err = ((out - self.schedule.target(x0, noise, t, self.config.diffusion.prediction)) ** 2).mean(-1)
+            total = (err * target_rows).sum()
+        return draws.ratio(total, target.sum())
 
     def case_noise(self, keys: np.ndarray, given: torch.Tensor, samples: int, seed: int) -> torch.Tensor:
         """Starting noise (K, B, M, d_h) for the sampler, each case's from its own seed (`case_seeds`)."""
