@@ -37,9 +37,57 @@ def words(text: str) -> list[str]:
     ("who presents with chest pain, no fever who reports cough", ["fever"]),
     ("no fever cough sputum chills rigors sweats malaise", ["fever cough sputum chills rigors sweats"]),  # MAX_SCOPE
     ("Denies pain in the chest", ["pain in the chest"]),  # function words inside a scope, not counted
+    # real phrasing the cohort never wrote (issue 24): a list goes on only while its items are findings
+    ("No fever, productive cough for three days.", ["fever"]),
+    ("No chest trauma, sudden tearing chest pain radiating to the back", ["chest trauma"]),
+    ("Denies chest pain, has shortness of breath", ["chest pain"]),
+    ("Denies fever, chills, night sweats.", ["fever", "chills", "night sweats"]),
+    ("Pneumonia was excluded", ["Pneumonia"]),
+    ("PE was excluded last year.", ["PE"]),
+    ("TB: negative", ["TB"]),
+    ("Fever: absent", ["Fever"]),
+    ("Cough: denies", ["Cough"]),
+    ("Allergies - none.", ["Allergies"]),
+    ("Small bowel obstruction, resolved.", ["Small bowel obstruction"]),
+    ("There is evidence of a septal infarct with negative deflections.", []),  # a modifier, not a negation
+    ("No biliary dilatation and positive for cholecystolithiasis.", ["biliary dilatation"]),
+    ("CT to exclude PE.", []),  # hypothetical, not negated
 ])
 def test_negated_spans(text, negated):
     assert words(text) == negated
+
+
+# Sentences of the NegEx test set (Chapman et al. 2001; chapmanbe/negex, rsAnnotations-1-120-random.txt) with
+# their annotation; the whole set is measured by `python -m core negation --negex FILE` (BENCHMARKS.md).
+NEGEX_SENTENCES = [
+    ("Neurologic - No numbness, tingling, or WEAKNESS.", "weakness", True),
+    ("He denies any orthopnea, lower extremity edema, OR CALF PAIN.", "calf pain", True),
+    ("HIS SOCIAL HISTORY:  He denies any tobacco, alcohol, or DRUG ABUSE although   he occasionally drinks beer.",
+     "drug abuse", True),
+    ("Cardiovascular - Regular rate and rhythm, no murmurs, RUBS, gallops.", "rubs", True),
+    ("PHYSICAL EXAMINATION:  On examination, the patient is a WELL-DEVELOPED white female in no acute   distress.",
+     "well-developed", False),
+    ("The LUNGS ARE CLEAR TO AUSCULTATION BILATERALLY, no wheezes or   rales.", "lungs are clear", False),
+    ("Positive for chest pain, no PALPITATIONS.", "palpitations", True),
+    ("Positive for chest pain, no PALPITATIONS.", "chest pain", False),
+    ("Extremities - No CLUBBING, cyanosis,   or edema.", "clubbing", True),
+    ("At the time of discharge, the patient had no further   episodes of COFFEE-GROUND EMESIS or any signs of "
+     "active bleeding.", "coffee-ground emesis", True),
+    ("PARTIAL SMALL BOWEL OBSTRUCTION, resolved.", "partial small bowel obstruction", True),
+    ("Her digoxin level is 0.6, which appears   to be subtherapeutic; however, she was not tachycardic, nor was she was "
+     "in   ATRIAL FIBRILLATION.", "atrial fibrillation", True),
+    ("There is evidence of a SEPTAL INFARCT with negative deflections   and Q waves in the septal leads.",
+     "septal infarct", False),
+    ("However, due to no evidence of active bleeding, the   patient remained HEMODYNAMICALLY STABLE.",
+     "hemodynamically stable", False),
+]
+
+
+@pytest.mark.parametrize("sentence, condition, negated", NEGEX_SENTENCES)
+def test_sentences_of_the_public_negex_set(sentence, condition, negated):
+    from core.evaluation.negation import locate
+
+    assert is_negated(sentence, *locate(condition, sentence)) == negated
 
 
 def test_spans_are_sorted_disjoint_and_never_trigger_words():
@@ -213,3 +261,22 @@ def test_a_negation_model_sees_negation_in_prediction_and_attribution(quick_chec
         np.testing.assert_allclose(via_graph, [pred.probabilities[c] for c in p.classes], atol=1e-4)
         probs.append(via_graph)
     assert not np.allclose(probs[0], probs[1], atol=1e-4)
+
+
+def test_negation_command_scores_a_negex_file(tmp_path, capsys):
+    import json
+
+    from core.cli import main
+
+    rows = ["line number\tCondition\tsentence\tnegation_status\ttemporality\texperiencer"]
+    rows += [f"{i}\t{c}\t{s}\t{'Negated' if n else 'Affirmed'}\tRecent\tPatient"
+             for i, (s, c, n) in enumerate(NEGEX_SENTENCES, 1)]
+    rows.append("99\tmissing condition\tA sentence without it.\tNegated\tRecent\tPatient")
+    path = tmp_path / "annotations.txt"
+    path.write_text("\n".join(rows) + "\n")
+    assert main(["negation", "--negex", str(path), "--json", "--out", str(tmp_path / "out")]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["n"], result["not_located"], result["f1"]) == (len(NEGEX_SENTENCES), 1, 1.0)
+    assert "| F1 | 1.000 |" in (tmp_path / "out" / "negation.md").read_text()
+    (tmp_path / "bad.txt").write_text("not,a,negex,file\n")
+    assert main(["negation", "--negex", str(tmp_path / "bad.txt")]) == 2

@@ -10,7 +10,7 @@ import sys
 from core.errors import InputError, RobustMDiffError
 
 COMMANDS = ("cohort", "train", "predict", "evaluate", "explain", "faithfulness", "calibration", "guard", "score", "validate",
-            "importer", "bench", "doctor", "tune")  # modules of core/cli; importer.py adds the command `import`
+            "importer", "bench", "doctor", "tune", "negation")  # modules of core/cli; importer.py adds the command `import`
 
 
 def add_case_arguments(p: argparse.ArgumentParser) -> None:
