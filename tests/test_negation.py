@@ -3,6 +3,8 @@ reach the model (their own flagged chunks), with checkpoints trained before nega
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -280,3 +282,41 @@ def test_negation_command_scores_a_negex_file(tmp_path, capsys):
     assert "| F1 | 1.000 |" in (tmp_path / "out" / "negation.md").read_text()
     (tmp_path / "bad.txt").write_text("not,a,negex,file\n")
     assert main(["negation", "--negex", str(tmp_path / "bad.txt")]) == 2
+
+
+E3C_XMI = """<?xml version="1.0" encoding="UTF-8"?><xmi:XMI xmlns:xmi="http://www.omg.org/XMI" \
+xmlns:cas="http:///uima/cas.ecore" xmlns:type4="http:///de/tudarmstadt/ukp/dkpro/core/api/segmentation/type.ecore" \
+xmlns:custom="http:///webanno/custom.ecore" xmi:version="2.0">
+    <cas:NULL xmi:id="0"/>
+    <type4:Sentence xmi:id="2" sofa="1" begin="0" end="{s1}"/>
+    <type4:Sentence xmi:id="3" sofa="1" begin="{b2}" end="{e2}"/>
+    <custom:CLINENTITY xmi:id="4" sofa="1" begin="{fever_b}" end="{fever_e}" entityID="C0015967"/>
+    <custom:CLINENTITY xmi:id="5" sofa="1" begin="{head_b}" end="{head_e}" entityID="C0018681"/>
+    <custom:CLINENTITY xmi:id="6" sofa="1" begin="{rash_b}" end="{rash_e}" entityID="C0015230"/>
+    <custom:EVENT xmi:id="7" sofa="1" begin="{fever_b}" end="{fever_e}" contextualModality="ACTUAL" polarity="NEG"/>
+    <custom:EVENT xmi:id="8" sofa="1" begin="{head_b}" end="{head_e}" contextualModality="ACTUAL" polarity="POS"/>
+    <cas:Sofa xmi:id="1" sofaNum="1" sofaID="_InitialView" mimeType="text" sofaString="{text}"/>
+</xmi:XMI>
+"""
+
+
+def test_e3c_layout_reads_entities_with_the_polarity_of_their_events(tmp_path, capsys):
+    """E3C's English layer (hltfbk/E3C-Corpus) in its own WebAnno XMI layout: an entity is negated when an event
+    over it says NEG, affirmed when POS, left out without an event; offsets are sentence-relative."""
+    from core.cli import main
+    from core.evaluation.negation import read_e3c, read_negex
+
+    first = "The child had a moderate headache. "
+    second = "There was no fever and a faint rash."
+    text = first + second
+    at = {w: text.index(w) for w in ("headache", "fever", "rash")}
+    (tmp_path / "EN1.xml").write_text(E3C_XMI.format(
+        s1=len(first) - 1, b2=len(first), e2=len(text), text=text,
+        fever_b=at["fever"], fever_e=at["fever"] + 5, head_b=at["headache"], head_e=at["headache"] + 8,
+        rash_b=at["rash"], rash_e=at["rash"] + 4))
+    rows = read_e3c(tmp_path)
+    assert [(r.condition, r.negated) for r in rows] == [("fever", True), ("headache", False)]
+    assert rows[0].sentence == second and rows[0].sentence[slice(*rows[0].span)] == "fever"
+    assert main(["negation", "--e3c", str(tmp_path), "--json", "--export", str(tmp_path / "e3c.txt")]) == 0
+    assert json.loads(capsys.readouterr().out)["f1"] == 1.0
+    assert [(r.condition, r.negated) for r in read_negex(tmp_path / "e3c.txt")] == [("fever", True), ("headache", False)]
