@@ -99,6 +99,45 @@ def test_stable_split_is_stratified_and_stable():
     assert (b.count("train"), b.count("val"), b.count("test")) == (35, 8, 7)
 
 
+def _tabular_study(folder, patients: list[str], splits: list[str] | None = None):
+    """A small inline-tabular data set with a patient column (and a split column when given)."""
+    folder.mkdir()
+    n = len(patients)
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"case_id": [f"c{i}" for i in range(n)], "patient": patients,
+                       "y": ["a" if i % 3 else "b" for i in range(n)], "wbc": rng.uniform(4, 11, n).round(1)})
+    spec = {"label": "y", "group": "patient", "modalities": [{"name": "labs", "type": "tabular", "columns": ["wbc"]}],
+            "labs": [{"name": "wbc", "unit": "10^9/L"}]}
+    if splits is not None:
+        df["split"], spec["split"] = splits, "split"
+    df.to_csv(folder / "manifest.csv", index=False)
+    DatasetSpec.from_dict(spec).save(folder / "spec.yaml")
+    return folder
+
+
+def test_a_patient_never_spans_two_splits(tmp_path):
+    patients = [f"p{i // 3}" for i in range(240)]  # three cases per patient
+    ds = Dataset.open(_tabular_study(tmp_path / "by_patient", patients))
+    assert ds.groups_across_splits() == {}
+    assert set(ds.splits) == {"train", "val", "test"}
+    assert pd.Series(ds.splits).value_counts()["train"] == pytest.approx(0.7 * 240, abs=12)
+    # without a group key, a case is its own group: the split is the one by case id
+    ids = pd.Series([f"c{i}" for i in range(240)])
+    assert list(stable_split(ids, pd.Series(ds.classes[k] for k in ds.labels))) != list(ds.splits)
+
+
+def test_validate_reports_patients_across_a_manifest_split(tmp_path):
+    from core.data.validate import validate
+
+    patients = [f"p{i // 2}" for i in range(60)]
+    splits = ["train", "test"] * 30  # each patient's two cases in train and test
+    report = validate(_tabular_study(tmp_path / "leaky", patients, splits))
+    assert not report["ok"] and report["groups_across_splits"] == 30
+    assert any("span more than one split" in p and "p0 (test/train)" in p for p in report["problems"])
+    ok = validate(_tabular_study(tmp_path / "clean", patients, [["train", "test"][i // 30] for i in range(60)]))
+    assert ok["groups_across_splits"] == 0 and ok["groups"] == 30
+
+
 def test_cli_help_and_cohort(tmp_path):
     out = subprocess.run([sys.executable, "-m", "core", "--help"], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0 and "cohort" in out.stdout

@@ -47,24 +47,28 @@ def _find(folder: Path, names: tuple[str, ...], what: str) -> Path:
     raise ManifestError(folder.name or str(folder), f"has no {what} (looked for {', '.join(names)})")
 
 
-def stable_split(case_ids: pd.Series, labels: pd.Series, fractions=(0.7, 0.15, 0.15)) -> np.ndarray:
-    """Stratified train/val/test from a hash of each case id: the same case always lands in the same split."""
-    out = np.empty(len(case_ids), dtype=object)
-    for label in labels.unique():
-        idx = np.flatnonzero((labels == label).to_numpy())
-        order = sorted(idx, key=lambda i: hashlib.sha256(str(case_ids.iloc[i]).encode()).hexdigest())
+def stable_split(groups: pd.Series, labels: pd.Series, fractions=(0.7, 0.15, 0.15)) -> np.ndarray:
+    """Train/val/test from a hash of each group's id (the patient; the case itself when there is no group key):
+    every case of a group lands in its group's split, the same group always in the same split, stratified by
+    the label of each group's first case."""
+    first = ~groups.duplicated().to_numpy()
+    group_label = dict(zip(groups[first], labels[first]))
+    split_of: dict[str, str] = {}
+    for label in labels[first].unique():
+        members = [g for g, lab in group_label.items() if lab == label]
+        order = sorted(members, key=lambda g: hashlib.sha256(str(g).encode()).hexdigest())
         n_train = round(len(order) * fractions[0])
         n_val = round(len(order) * fractions[1])
-        for rank, i in enumerate(order):
-            out[i] = "train" if rank < n_train else "val" if rank < n_train + n_val else "test"
-    return out
+        for rank, g in enumerate(order):
+            split_of[g] = "train" if rank < n_train else "val" if rank < n_train + n_val else "test"
+    return np.array([split_of[g] for g in groups], dtype=object)
 
 
 class Dataset:
     def __init__(self, spec: DatasetSpec, manifest: pd.DataFrame, root: Path):
         self.spec, self.root = spec, root
         label = manifest.attrs.get("name", "manifest")
-        needed = [spec.label, spec.case_id] + [c for m in spec.modalities for c in ([m.column] if m.column else list(m.columns))]
+        needed = [spec.label, spec.case_id] + ([spec.group] if spec.group else []) + [c for m in spec.modalities for c in ([m.column] if m.column else list(m.columns))]
         missing = [c for c in needed if c not in manifest.columns]
         if missing:
             raise ManifestError(label, f"is missing column(s) {missing}; it has {list(manifest.columns)}")
@@ -78,14 +82,19 @@ class Dataset:
         unknown = sorted(set(labels) - set(self.classes))
         if unknown:
             raise ManifestError(label, f"has labels {unknown} that are not among the spec's classes {self.classes}")
+        # the patient of each case; a case without one is a group of its own
+        ids = manifest[spec.case_id].astype(str)
+        groups = manifest[spec.group].astype(str).str.strip() if spec.group else ids
+        groups = groups.where(~groups.isin(["", "nan", "None"]), "case:" + ids)
         if spec.split and spec.split in manifest.columns:
             splits = manifest[spec.split].astype(str).str.lower().to_numpy()
             bad = sorted(set(splits) - set(SPLITS))
             if bad:
                 raise ManifestError(label, f"column '{spec.split}' has values {bad}; use train, val or test")
         else:
-            splits = stable_split(manifest[spec.case_id], labels)
+            splits = stable_split(groups, labels)
         self.manifest = manifest
+        self.groups = groups.to_numpy()
         self.splits = splits
         self.given_splits = splits.copy()  # as the manifest or the hash gave them, before any `drop`
         self._identity: DataIdentity | None = None
@@ -174,6 +183,12 @@ class Dataset:
         values = {c: self.manifest.at[i, c] for c in m.columns}
         return labs_from_mapping(values, self.spec.lab_features(m.name), label=f"columns {list(m.columns)}",
                                  unknown="error")
+
+    def groups_across_splits(self) -> dict[str, list[str]]:
+        """Groups (patients) whose cases lie in more than one split, with those splits: a manifest's own split
+        column can put one patient in training and test, which inflates every test figure."""
+        seen = pd.DataFrame({"group": self.groups, "split": self.given_splits}).groupby("group")["split"].unique()
+        return {str(g): sorted(s) for g, s in seen.items() if len(s) > 1}
 
     def drop(self, rows: list[int]) -> None:
         """Take cases out of every split (those left with no readable modality)."""

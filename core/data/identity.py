@@ -1,6 +1,6 @@
 """Which data a model saw, by content: what the readers decode, never how a library encoded the files.
 
-A data set's identity is a digest of its spec, of each case's id, label and split, and of each present
+A data set's identity is a digest of its spec, of each case's id, label, split and patient, and of each present
 input as the model reads it: a scan's decoded pixels, a note's text, a lab panel's values in canonical
 units. Re-saving a PNG with other compression, a CSV with other number formatting or a note with CRLF
 line ends leaves it unchanged; a changed pixel, word or value does not. (The bytes of encoded files
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 VERSION = 1
 CASE_HEX = 8  # hex digits kept per case and modality: enough to locate a change, small in meta.json
-ROWS = "cases"  # the pseudo-modality of each case's id, label and split
+ROWS = "cases"  # the pseudo-modality of each case's id, label, split and group (patient)
 
 
 def content_bytes(value: Scan | str | LabPanel) -> bytes:
@@ -91,7 +91,7 @@ class DataIdentity:
                 continue
             first = next((i for i in range(len(self.case_ids))
                           if ours[i * CASE_HEX:(i + 1) * CASE_HEX] != other[i * CASE_HEX:(i + 1) * CASE_HEX]), 0)
-            what = "case id, label or split" if part == ROWS else f"modality '{part}'"
+            what = "case id, label, split or patient" if part == ROWS else f"modality '{part}'"
             return f"{what} differs first at case {self.case_ids[first]} (manifest row {first + 1})"
         return "the data differs (fingerprints differ)"
 
@@ -134,7 +134,8 @@ def read_identity(ds: "Dataset") -> DataIdentity:
     spec = hashlib.sha256(repr(ds.spec.to_dict()).encode()).hexdigest()[:16]
     rows, parts = [], {m.name: [] for m in ds.spec.modalities}
     for i in range(len(ds)):
-        rows.append(_digest("\x1f".join((ds.case_id(i), ds.classes[ds.labels[i]], str(ds.given_splits[i]))).encode()))
+        rows.append(_digest("\x1f".join((ds.case_id(i), ds.classes[ds.labels[i]], str(ds.given_splits[i]),
+                                          str(ds.groups[i]))).encode()))
         for m in ds.spec.modalities:
             if not ds.is_present(i, m.name):
                 parts[m.name].append("-" * CASE_HEX)

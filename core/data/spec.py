@@ -7,6 +7,8 @@ data writes its own (see README, "Your own data"). Example:
     label: diagnosis            # manifest column with the class label
     case_id: case_id            # manifest column with a (pseudonymous) case id
     split: split                # optional column with train/val/test
+    group: patient_id           # optional column with the patient (or any group of related cases): every
+                                # split keeps a group whole, so no patient is in both training and test
     classes: [normal, pneumonia]  # optional: order of the classes (else sorted labels)
     rare_classes: []            # optional: reported separately by the evaluation
     modalities:
@@ -117,6 +119,7 @@ class DatasetSpec:
     modalities: list[ModalitySpec]
     case_id: str = "case_id"
     split: str | None = None
+    group: str | None = None  # the patient: cases of one group never span two splits
     classes: list[str] = field(default_factory=list)
     rare_classes: list[str] = field(default_factory=list)
     labs: list[LabSpec] = field(default_factory=list)
@@ -180,7 +183,8 @@ class DatasetSpec:
         missing = [k for k in ("label", "modalities") if k not in d]
         if missing:
             raise SpecError("spec", f"missing required keys: {missing}")
-        known = {"name", "label", "modalities", "case_id", "split", "classes", "rare_classes", "labs", "image_size"}
+        known = {"name", "label", "modalities", "case_id", "split", "group", "classes", "rare_classes", "labs",
+                 "image_size"}
         extra = set(d) - known
         if extra:
             raise SpecError("spec", f"unknown keys {sorted(extra)}; known keys are {sorted(known)}")
@@ -193,7 +197,7 @@ class DatasetSpec:
         except (KeyError, TypeError, ValueError) as e:
             raise SpecError("spec", f"malformed modality or lab entry ({e})") from None
         return cls(name=d.get("name", "dataset"), label=d["label"], modalities=mods,
-                   case_id=d.get("case_id", "case_id"), split=d.get("split"),
+                   case_id=d.get("case_id", "case_id"), split=d.get("split"), group=d.get("group"),
                    classes=[str(c) for c in d.get("classes", [])],
                    rare_classes=[str(c) for c in d.get("rare_classes", [])], labs=labs,
                    image_size=int(d.get("image_size", 128)))

@@ -1,6 +1,7 @@
 """Check a data folder before training (`python -m core validate`): the spec, the manifest's columns and
-labels, every file (read through the same readers training uses), units, classes per split, missingness
-per modality and labs a tabular group never measures."""
+labels, every file (read through the same readers training uses), units, classes per split, patients
+(the spec's group key) that span splits, missingness per modality and labs a tabular group never
+measures."""
 
 from __future__ import annotations
 
@@ -46,17 +47,27 @@ def validate(data: str | Path, progress: bool = False) -> dict:
             problems.append(f"class '{c}' has no training case")
         elif counts.loc[c, "test"] == 0:
             notes.append(f"class '{c}' has no test case: its test metrics will be missing")
+    spanning = ds.groups_across_splits()
+    if spanning:
+        shown = ", ".join(f"{g} ({'/'.join(s)})" for g, s in list(spanning.items())[:5])
+        problems.append(f"{len(spanning)} group(s) of column '{ds.spec.group}' span more than one split, so the same "
+                        f"patient is trained on and tested on: {shown}; drop the split column to split by group, or "
+                        "fix it")
+    elif not ds.spec.group:
+        notes.append("the spec names no group key (`group:`, the patient): if a patient can have several cases, "
+                     "name it, or one patient's cases may land in both training and test")
     for n, hits in measured.items():
         never = [lab.name for lab, h in zip(ds.spec.lab_features(n), hits) if h == 0]
         if never:
             notes.append(f"tabular modality '{n}' never measures {never}: list the labs it does measure with "
                          f"`features:` on that modality in the spec")
-    return {"data": str(data), "cases": len(ds), "modalities": modalities, "classes": counts.to_dict(orient="index"),
+    return {"data": str(data), "cases": len(ds), "groups": len(set(ds.groups)), "groups_across_splits": len(spanning),
+            "modalities": modalities, "classes": counts.to_dict(orient="index"),
             "unreadable": len(q.problems), "problems": problems, "notes": notes, "ok": not problems}
 
 
 def markdown(report: dict) -> str:
-    lines = [f"{report['data']}: {report['cases']} cases", "",
+    lines = [f"{report['data']}: {report['cases']} cases of {report['groups']} groups (patients)", "",
              pd.DataFrame(report["modalities"]).to_markdown(index=False, floatfmt=".1%"), "",
              pd.DataFrame(report["classes"]).T.rename_axis("class").to_markdown(), ""]
     lines += [f"problem: {p}" for p in report["problems"]] + [f"note: {n}" for n in report["notes"]]

@@ -180,7 +180,7 @@ def _header_scopes(roles: list[str], low: list[str]) -> list[list[int]]:
             continue
         after = i + 1 + len(cue.split())
         if after == len(low) or roles[after] in ("end", "join", "punct"):
-            out.append(_scope(roles, low, i - 1, -1, set()))
+            out.append(_scope(roles, low, i - 1, -1, POST_JOINERS))
     return out
 
 

@@ -43,7 +43,7 @@ REDUNDANT = 0.8  # the redundancy of redundant_cohort(): modalities that share m
 
 def cohort_spec(image_size: int = DEFAULT_IMAGE_SIZE) -> DatasetSpec:
     return DatasetSpec(
-        name="acute-chest-cohort", label="diagnosis", case_id="case_id", split="split",
+        name="acute-chest-cohort", label="diagnosis", case_id="case_id", split="split", group="patient_id",
         classes=list(sc.CLASSES), rare_classes=list(sc.RARE_CLASSES),
         modalities=[ModalitySpec("image", "image", column="image_path",  # chest radiographs (core/guard/domain.py)
                                  expect={"modality": ("CR", "DX"), "body_part": ("CHEST",)}),
@@ -52,26 +52,37 @@ def cohort_spec(image_size: int = DEFAULT_IMAGE_SIZE) -> DatasetSpec:
         labs=list(sc.LAB_CATALOGUE), image_size=image_size)
 
 
-def assign_diagnoses(n: int, seed: int) -> tuple[list[str], list[str]]:
-    """Exact prevalences (largest remainder) in a seeded order, and a stratified 70/15/15 split."""
+REPEAT_VISITS = 0.15  # the share of cases that are another visit of an earlier case's patient
+
+
+def assign_diagnoses(n: int, seed: int) -> tuple[list[str], list[str], list[int]]:
+    """Exact prevalences (largest remainder) in a seeded order; for each case the index of its patient's first
+    visit (about REPEAT_VISITS of the cases are a later visit of an earlier patient); and a 70/15/15 split by
+    patient, stratified by the diagnosis of the patient's first visit, so that no patient spans two splits."""
     rng = np.random.default_rng([seed, 10**9])
     raw = np.array([sc.PREVALENCE[c] * n for c in sc.CLASSES])
     counts = np.floor(raw).astype(int)
     counts[np.argsort(-(raw - counts))[: n - counts.sum()]] += 1
     labels = np.repeat(np.array(sc.CLASSES, dtype=object), counts)
     rng.shuffle(labels)
-    splits = np.empty(n, dtype=object)
+    first = np.arange(n)
+    repeat = rng.random(n) < REPEAT_VISITS
+    for i in np.flatnonzero(repeat[1:]) + 1:
+        first[i] = first[int(rng.integers(0, i))]
+    patients = np.unique(first)
+    split_of: dict[int, str] = {}
     for c in sc.CLASSES:
-        idx = rng.permutation(np.flatnonzero(labels == c))
+        idx = rng.permutation(patients[labels[patients] == c])
         n_train, n_val = round(len(idx) * 0.7), round(len(idx) * 0.15)
-        splits[idx[:n_train]], splits[idx[n_train:n_train + n_val]], splits[idx[n_train + n_val:]] = "train", "val", "test"
-    return list(labels), list(splits)
+        for k, p in enumerate(idx):
+            split_of[int(p)] = "train" if k < n_train else "val" if k < n_train + n_val else "test"
+    return list(labels), [split_of[int(f)] for f in first], [int(f) for f in first]
 
 
 def _write_case(out: Path, case: SampledCase) -> dict[str, str]:
     cid = case.case_id
-    row = {"case_id": cid, "diagnosis": case.diagnosis, "image_path": "", "note_path": "", "labs_path": "",
-           "truth_path": f"truth/{cid}.json"}
+    row = {"case_id": cid, "patient_id": case.patient_id, "diagnosis": case.diagnosis, "image_path": "",
+           "note_path": "", "labs_path": "", "truth_path": f"truth/{cid}.json"}
     truth: dict = {"case_id": cid, "diagnosis": case.diagnosis, "severity": round(case.severity, 3),
                    "present": case.present, "comorbidities": case.comorbidities, "portable_film": case.portable}
     if case.image is not None:
@@ -110,9 +121,9 @@ def _write_case(out: Path, case: SampledCase) -> dict[str, str]:
     return row
 
 
-def _make(args: tuple[str, int, int, str, int, str, float]) -> dict[str, str]:
-    out, seed, index, dx, size, split, redundancy = args
-    row = _write_case(Path(out), sample_case(seed, index, dx, size, redundancy))
+def _make(args: tuple[str, int, int, str, int, str, float, int, str]) -> dict[str, str]:
+    out, seed, index, dx, size, split, redundancy, first, first_dx = args
+    row = _write_case(Path(out), sample_case(seed, index, dx, size, redundancy, first, first_dx))
     row["split"] = split
     return row
 
@@ -132,8 +143,9 @@ def generate_cohort(out: str | Path, n: int = DEFAULT_N, seed: int = DEFAULT_SEE
     for sub in ("images", "notes", "labs", "truth"):
         shutil.rmtree(out / sub, ignore_errors=True)
         (out / sub).mkdir(parents=True, exist_ok=True)
-    labels, splits = assign_diagnoses(n, seed)
-    jobs = [(str(out), seed, i, labels[i], image_size, splits[i], redundancy) for i in range(n)]
+    labels, splits, first = assign_diagnoses(n, seed)
+    jobs = [(str(out), seed, i, labels[i], image_size, splits[i], redundancy, first[i], labels[first[i]])
+            for i in range(n)]
     bar = tqdm(total=n, desc="cohort", unit="case", disable=not progress)
     rows: list[dict[str, str]] = []
     if workers > 1:
@@ -152,7 +164,7 @@ def generate_cohort(out: str | Path, n: int = DEFAULT_N, seed: int = DEFAULT_SEE
             if len(rows) % 50 == 0:
                 news(0.35 * len(rows) / n, f"generating the synthetic cases: {len(rows)} of {n}")
     bar.close()
-    cols = ["case_id", "split", "diagnosis", "image_path", "note_path", "labs_path", "truth_path"]
+    cols = ["case_id", "patient_id", "split", "diagnosis", "image_path", "note_path", "labs_path", "truth_path"]
     with open(out / "manifest.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=cols)
         w.writeheader()

@@ -3,6 +3,12 @@
 Notes read like emergency-department notes: abbreviations, pertinent negatives ("denies fever"),
 irrelevant history, copy-forward noise, the odd typo. Each mention of a finding is recorded with its
 character span and whether it is negated, so attributions over words can be scored against truth.
+
+So that a model has to learn what negation means (issue 24), some notes are atypical: they deny, in the
+very words a typical case would use, one of the diagnosis's own findings that this patient does not
+have ("No tearing chest pain radiating to the back.", "Calf tenderness: absent."), and some histories
+rule out another diagnosis by name ("PE was excluded last year."). Negations are written in the
+phrasings of real notes (pre- and post-triggers, header values), each recorded as a negated mention.
 """
 
 from __future__ import annotations
@@ -10,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from core.data.cohort.scenario import NOTE_EFFECTS
 
 PHRASES: dict[str, tuple[str, ...]] = {
     "fever": ("fever to 38.9", "fevers and rigors", "febrile at home", "subjective fevers", "T 39.1 at triage"),
@@ -66,6 +74,15 @@ PLAN = ("Plan: CXR, labs, reassess.", "Will obtain CXR and basic labs.", "Dispo 
 DDX_TEXT = {"pneumonia": "PNA", "heart_failure": "CHF exacerbation", "pulmonary_embolism": "PE",
             "pneumothorax": "PTX", "tuberculosis": "TB", "aortic_dissection": "dissection",
             "no_acute_disease": "MSK pain", "acs": "ACS"}
+# the rates of the atypical notes (see the module docstring)
+P_DENY_OWN = 0.3
+P_HISTORY_EXCLUDED = 0.12
+# how an absent finding is denied: {p} the phrase as a typical case writes it, {P} the same capitalized
+DENIALS = ("Denies {p}. ", "Pt denies {p}. ", "No {p}. ", "Negative for {p}. ", "Without {p}. ", "{P} not present. ",
+           "{P}: absent. ", "{P}: denies. ", "{P}: negative. ")
+HISTORY_EXCLUDED = ("{dx} was excluded {when}. ", "{dx} ruled out {when}. ", "Prior workup negative for {dx}. ",
+                    "No hx of {dx}. ", "{dx} has been excluded {when}. ")
+WHEN = ("last year", "in 2021", "on a prior admission", "by CT last spring")
 COPY_FORWARD = ("Prior discharge summary (2021): admitted for elective procedure, uncomplicated course, discharged "
                 "home on POD 2 with routine follow-up. Medication reconciliation completed. ")
 
@@ -109,6 +126,22 @@ class NoteBuilder:
         return "".join(self.parts)
 
 
+# the phrases a typical case writes for each finding that can be denied (hypertension history, build and a
+# heart rate are not findings a clinician denies)
+DENIABLE = {f: tuple(p for p in phrases if not p.startswith(("absent", "cannot", "hyperresonant")))
+            for f, phrases in PHRASES.items() if f not in ("hypertension_hx", "tall_thin", "tachycardia", "anxiety")}
+EXAM_FINDINGS = ("crackles", "jvd", "decreased_breath_sounds", "bp_differential")  # found absent, not denied
+
+
+def _write_form(b: NoteBuilder, form: str, phrase: str, finding: str) -> None:
+    """One negated mention written with `form` ({p}: the phrase; {P}: the phrase capitalized)."""
+    key = "{P}" if "{P}" in form else "{p}"
+    head, tail = form.split(key)
+    b.text(head, typos=False)  # keep the negation cue intact
+    b.finding(phrase[:1].upper() + phrase[1:] if key == "{P}" else phrase, finding, negated=True)
+    b.text(tail, typos=False)
+
+
 def write_note(rng: np.random.Generator, diagnosis: str, findings: dict[str, dict], age: int, male: bool,
                comorbidities: list[str], pick) -> tuple[str, list[Mention]]:
     """`findings`: note findings present → params (side). `pick(seq)` chooses one item with `rng`."""
@@ -146,6 +179,20 @@ def write_note(rng: np.random.Generator, diagnosis: str, findings: dict[str, dic
         b.text(pick(("Denies ", "Pt denies ", "No ")), typos=False)  # keep the negation cue intact
         b.join([(pick(NEGATED[f]), f) for f in negatives], last=" or ", negated=True)
         b.text(". ")
+    own = [f for f in NOTE_EFFECTS[diagnosis] if f not in findings and f in DENIABLE]
+    if own and rng.random() < P_DENY_OWN:
+        f = pick(own)
+        phrase = pick(DENIABLE[f]).format(side=pick(("left", "right")))
+        forms = [d for d in DENIALS if not (f in EXAM_FINDINGS and "enies" in d)]
+        if "," in phrase:  # a comma ends the scope of a negation written after the phrase ("JVP, not raised")
+            forms = [d for d in forms if not d.startswith(("{p}", "{P}"))]
+        form = pick(forms)
+        _write_form(b, form, phrase, f)
+    if rng.random() < P_HISTORY_EXCLUDED:
+        other = pick(tuple(d for d in DDX_TEXT if d not in (diagnosis, "no_acute_disease", "acs")))
+        form = pick(HISTORY_EXCLUDED).replace("{when}", pick(WHEN))
+        _write_form(b, form.replace("{dx}", "{P}" if form.startswith("{dx}") else "{p}"), DDX_TEXT[other],
+                    f"diagnosis:{other}")
     if rng.random() < 0.06:
         b.text("\n" + COPY_FORWARD * int(rng.integers(4, 12)))
     b.text(f"\nSocial: {' '.join(rng.choice(SOCIAL, size=2, replace=False))}")

@@ -24,6 +24,7 @@ _TIE_STREAM = 17
 @dataclass
 class SampledCase:
     case_id: str
+    patient_id: str
     diagnosis: str
     severity: float
     age: int
@@ -111,10 +112,23 @@ def _shared_silence(seed: int, index: int, silent: dict[str, bool], redundancy: 
     return dict.fromkeys(MODALITIES, shared)
 
 
-def sample_case(seed: int, index: int, dx: str, image_size: int, redundancy: float = 0.0) -> SampledCase:
-    """Everything about case `index`, deterministic in (seed, index, dx, redundancy). `redundancy` in [0, 1] makes
-    the modalities tell more of the same thing (issue 17, regime d): silences shared across modalities with that
-    probability, and every diagnostic finding up to 1.5x as likely. At 0 the draws are exactly the default cohort's."""
+def _patient(seed: int, first: int, first_dx: str) -> tuple[int, bool, list[str]]:
+    """Age, sex and comorbidities of the patient whose first visit is case `first` (the first draws of its case)."""
+    rng = np.random.default_rng([seed, first])
+    mean_age, sd_age, p_male = sc.DEMOGRAPHY[first_dx]
+    age = int(np.clip(rng.normal(mean_age, sd_age), 18, 97))
+    male = bool(rng.random() < p_male)
+    rng.beta(2, 5) if first_dx == "no_acute_disease" else rng.beta(2.2, 2.0)
+    return age, male, _comorbidities(rng, first_dx, age)
+
+
+def sample_case(seed: int, index: int, dx: str, image_size: int, redundancy: float = 0.0, first: int | None = None,
+                first_dx: str | None = None) -> SampledCase:
+    """Everything about case `index`, deterministic in (seed, index, dx, redundancy, first visit). `redundancy` in
+    [0, 1] makes the modalities tell more of the same thing (issue 17, regime d): silences shared across modalities
+    with that probability, and every diagnostic finding up to 1.5x as likely. At 0 the draws are the default
+    cohort's. `first`, `first_dx`: the case and diagnosis of this patient's first visit, when this is a later one:
+    the patient is then as old (a year or two older), of the same sex, and keeps the comorbidities."""
     if not 0.0 <= redundancy <= 1.0:
         raise ValueError(f"redundancy must lie in [0, 1], not {redundancy}")
     rng = np.random.default_rng([seed, index])
@@ -127,9 +141,15 @@ def sample_case(seed: int, index: int, dx: str, image_size: int, redundancy: flo
     male = bool(rng.random() < p_male)
     s = float(rng.beta(2, 5) if dx == "no_acute_disease" else rng.beta(2.2, 2.0))
     comorb = _comorbidities(rng, dx, age)
+    first = index if first is None else first
+    if first != index:
+        age0, male, comorb0 = _patient(seed, first, first_dx or dx)
+        age = min(97, age0 + int(rng.integers(0, 3)))
+        comorb = sorted(set(comorb0) | set(comorb), key=list(comorb0 + comorb).index)
     side = "right" if rng.random() < 0.55 else "left"
     silent = _shared_silence(seed, index, {m: bool(rng.random() < sc.SILENT[m]) for m in MODALITIES}, redundancy)
-    case = SampledCase(case_id=f"RMD-{index + 1:05d}", diagnosis=dx, severity=s, age=age, male=male,
+    case = SampledCase(case_id=f"RMD-{index + 1:05d}", patient_id=f"P-{first + 1:05d}", diagnosis=dx, severity=s,
+                       age=age, male=male,
                        comorbidities=comorb, present=_missing(rng, dx, s, age), silent=silent)
 
     # image
