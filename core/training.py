@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from core.calibration import calibrate
 from core.data.dataset import Dataset
+from core.data.leakage import note_alone_leak
 from core.evaluation.metrics import classification_metrics, macro_auroc
 from core.features import FeatureTable, dataset_features, modalities_of
 from core.device import pick_device
@@ -425,6 +426,10 @@ def train(data: str | Path, config: Config, out: str | Path, device: str | None 
                 "temperature": float(result.model.temperature.mean()),
                 "best_epoch": result.best_epoch, "val_score": result.val_score, "history": result.history,
                 "train_seconds": result.seconds, "device": str(dev), "processes": ctx.world, "command": command}
+        leak = note_alone_leak(metrics, result.model.info.modalities)
+        if leak:
+            log.warning("warning: %s", leak)
+            meta["warnings"] = [leak]
         guard = fit_guard(table, ds.labels, ds.indices("train"), ds.indices("val"),
                           {n: ds.spec.lab_features(n) for n, k in result.model.info.modalities if k == "tabular"})
         guard.test_flagged = guard.flag_rates(table, ds.indices("test"))

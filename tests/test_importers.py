@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from datetime import datetime, timedelta
@@ -319,24 +320,59 @@ def test_mimic_labs_window(mimic_import):
     assert _labs(out, 5) == {}  # everything 30 h before the study: no labs
     assert _labs(out, 7)["sodium"] == 131  # the chemistry analyser over the blood gas at the same time
     assert _labs(out, 8)["wbc"] == pytest.approx(7.2)  # the WBC in an unknown unit is left out
-    assert _labs(out, 13)["sodium"] == 131 and "consolidation" in _note(out, 13)  # a study at 00:45:20
+    assert _labs(out, 13)["sodium"] == 131 and "cough and fever" in _note(out, 13)  # a study at 00:45:20
     assert report["labs"]["rows_skipped"] == {"unknown unit 'bananas' for itemid 51301": 1}
     assert report["labs"]["d_labitems"]["51301"] == "White Blood Cells (Blood)"
 
 
 def test_mimic_reports(mimic_import):
     out, report = mimic_import
-    note = _note(out, 1)
-    assert "consolidation" in note and "INDICATION" in note and "FINDINGS" in note
-    for gone in ("IMPRESSION", "IMPRESSIONSENTINEL", "NOTIFYSENTINEL", "FINAL REPORT"):
+    note = _note(out, 1)  # what is known before the image is read: never the reading or the impression
+    assert "INDICATION" in note and "cough and fever" in note and "COMPARISON" in note
+    for gone in ("FINDINGS", WORDS_OF["pneumonia"], "IMPRESSION", "IMPRESSIONSENTINEL", "NOTIFYSENTINEL", "FINAL REPORT"):
         assert gone not in note
-    assert "pneumothorax" in _note(out, 6) and "WETSENTINEL" not in _note(out, 6)  # the report file, exactly linked
+    assert "INDICATION" in _note(out, 6) and "WETSENTINEL" not in _note(out, 6)  # the report file, exactly linked
     assert _note(out, 9) == ""  # charted 20 h after the study: not this study's report
-    assert "CTSENTINEL" not in _note(out, 10) and "atelectasis" in _note(out, 10)  # a CT is not a radiograph
+    assert "CTSENTINEL" not in _note(out, 10) and "INDICATION" in _note(out, 10)  # a CT is not a radiograph
     assert "ADDENDUMSENTINEL" not in _note(out, 11)
     assert report["reports"]["from_report_files"] == 1
     assert report["reports"]["matched_by_time"] == N - 1  # all but 6 (a report file) and 9 (charted too late)
     assert report["present"] == {"cxr": N, "report": N, "labs": N}  # each lacks one: 4 (lateral), 9, 5 (too early)
+
+
+def test_mimic_notes_never_name_their_label_and_validate_flags_a_leaky_import(mimic_source, mimic_import, tmp_path):
+    """Issue 24: with the default note no note names its own class; a deliberately leaky import (the whole report,
+    FINDINGS and IMPRESSION included) is flagged by `validate` class by class."""
+    from core.data.validate import validate
+
+    out, report = mimic_import
+    clean = validate(out)
+    naming = {r["class"]: r for r in clean["note_naming"]["report"]}
+    assert all(r["share_naming_it"] == 0 for r in naming.values()) and not any(r["flagged"] for r in naming.values())
+    assert report["reports"]["note_sections"] == "context" and "warning" not in report["reports"]
+    leaky = import_mimic(mimic_source["cxr"], tmp_path / "leaky", note=mimic_source["note"], note_sections="all")
+    assert "inflated" in leaky["reports"]["warning"]
+    flagged = validate(tmp_path / "leaky")
+    rows = {r["class"]: r for r in flagged["note_naming"]["report"]}
+    assert rows["pneumothorax"]["flagged"] and rows["edema"]["flagged"] and rows["pneumothorax"]["share_naming_it"] == 1
+    assert not flagged["ok"] and any("'pneumothorax' cases' report name the class" in p for p in flagged["problems"])
+
+
+def test_mimic_patients_never_span_splits(mimic_source, mimic_import, tmp_path):
+    """Two studies per subject: the group key keeps them together, with MIMIC's split file and without it (then
+    the split is by patient, not by study); the pseudonym is not the MIMIC subject id."""
+    out, _ = mimic_import
+    ds = Dataset.open(out)
+    assert ds.spec.group == "patient" and ds.groups_across_splits() == {}
+    assert len(set(ds.groups)) == N // 2 + 1 and all(g.startswith("patient-") for g in ds.groups)
+    no_split = tmp_path / "cxr-no-split"
+    shutil.copytree(mimic_source["cxr"], no_split)
+    (no_split / "mimic-cxr-2.0.0-split.csv.gz").unlink()
+    import_mimic(no_split, tmp_path / "by-patient")
+    ds = Dataset.open(tmp_path / "by-patient")
+    assert ds.spec.split is None and ds.groups_across_splits() == {} and set(ds.splits) == {"train", "val", "test"}
+    pairs = pd.Series(ds.splits).groupby(ds.groups).nunique()
+    assert (pairs == 1).all() and (pd.Series(ds.groups).value_counts() == 2).sum() >= N // 2 - 2
 
 
 def test_mimic_dataset_opens_and_every_case_loads(mimic_import):
@@ -352,7 +388,7 @@ def test_mimic_dataset_opens_and_every_case_loads(mimic_import):
 
 def test_mimic_options(mimic_source, tmp_path):
     kept = import_mimic(mimic_source["cxr"], tmp_path / "a", mimic_source["hosp"], mimic_source["note"],
-                        keep_impression=True, window_hours=48, uncertain="drop", views=("AP",), copy_images=True)
+                        note_sections="all", window_hours=48, uncertain="drop", views=("AP",), copy_images=True)
     m = _manifest(tmp_path / "a")
     assert "IMPRESSIONSENTINEL" in _note(tmp_path / "a", 1) and "NOTIFYSENTINEL" in _note(tmp_path / "a", 1)
     assert _labs(tmp_path / "a", 5) == {"wbc": pytest.approx(7.2), "sodium": 150}  # 32-40 h before: the latest
@@ -396,15 +432,20 @@ def test_chexpert_rules_and_study_times():
     assert pd.isna(t[2])
 
 
-def test_strip_report_keeps_the_description_only():
-    text = ("WET READ: ___ 3 AM  large pneumothorax\n\n FINAL REPORT\n INDICATION: dyspnea\n\n FINDINGS: Lungs are "
-            "clear.\n\n FINDINGS/IMPRESSION: answer one\n\n IMPRESSION: answer two\n RECOMMENDATION(S): answer three\n")
-    stripped = strip_report(text)
-    assert stripped == "INDICATION: dyspnea\n\n FINDINGS: Lungs are clear.\n"
-    kept = strip_report(text, keep_impression=True)
-    assert "answer two" in kept and "answer three" in kept and "large pneumothorax" not in kept
-    assert strip_report("FINDINGS: none.\nIMPRESSION: x\nCOMPARISON: prior study.") == \
-        "FINDINGS: none.\nCOMPARISON: prior study.\n"
+def test_strip_report_keeps_what_is_known_before_the_image_is_read():
+    text = ("WET READ: ___ 3 AM  large pneumothorax\n\n FINAL REPORT\n EXAMINATION: CHEST PA\n INDICATION: dyspnea\n\n"
+            " FINDINGS: Lungs are clear.\n\n FINDINGS/IMPRESSION: answer one\n\n IMPRESSION: answer two\n"
+            " RECOMMENDATION(S): answer three\n COMPARISON: prior study.\n")
+    assert strip_report(text) == "EXAMINATION: CHEST PA\n INDICATION: dyspnea\n\n COMPARISON: prior study.\n"
+    findings = strip_report(text, "findings")
+    assert "Lungs are clear" in findings and "answer" not in findings and "large pneumothorax" not in findings
+    everything = strip_report(text, "all")
+    assert "answer two" in everything and "answer three" in everything and "large pneumothorax" not in everything
+    # a report without sections cannot be cut safely: no note (the importer counts it)
+    assert strip_report("There is a moderate right pneumothorax.") == ""
+    assert strip_report("Chest radiograph. FINDINGS: new right lower lobe consolidation concerning for pneumonia.") == ""
+    with pytest.raises(ValueError):
+        strip_report(text, "impression")
 
 
 # ---- Derm7pt ---------------------------------------------------------------------------------------------------------

@@ -39,8 +39,11 @@ def _add_mimic(datasets: argparse._SubParsersAction) -> None:
                    help="labs charted at most this long before the study (default 24)")
     m.add_argument("--note-window-hours", type=float, default=12.0,
                    help="a note matched by time is charted at most this far from the study (default 12)")
-    m.add_argument("--keep-impression", action="store_true",
-                   help="keep the report's IMPRESSION (it states the answer: the labels were read from it)")
+    m.add_argument("--note-sections", choices=("context", "findings", "all"), default="context",
+                   help="what of each report the note keeps: context (default: examination, indication, history, "
+                        "technique, comparison: what is known before the image is read); findings (adds the "
+                        "radiologist's reading of the image) or all (adds the impression the labels were read from) "
+                        "leak the answer into the note and inflate every result: only to measure that leak")
     m.add_argument("--views", default="PA,AP", help="frontal views to use, preferred first (default PA,AP)")
     m.add_argument("--uncertain", choices=("negative", "positive", "drop"), default="negative",
                    help="how to read an uncertain (-1) CheXpert finding (default negative)")
@@ -75,7 +78,7 @@ def run_mimic(args: argparse.Namespace) -> int:
 
     t = time.perf_counter()
     report = import_mimic(args.cxr, args.out, args.hosp, args.note, window_hours=args.window_hours,
-                          note_window_hours=args.note_window_hours, keep_impression=args.keep_impression,
+                          note_window_hours=args.note_window_hours, note_sections=args.note_sections,
                           views=tuple(args.views.split(",")), uncertain=args.uncertain, copy_images=args.copy_images,
                           reports=args.reports, limit=args.limit, rare_below=args.rare_below)
     _summary(args.out, report, time.perf_counter() - t)

@@ -11,7 +11,7 @@ apply it as R K.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,7 @@ class KnowledgeGraph:
     texts: list[str]
     types: list[str]
     edges: list[tuple[int, int, float]]
+    names: dict[str, tuple[str, ...]] = field(default_factory=dict)  # how notes name a diagnosis (its `names`)
 
     @classmethod
     def load(cls, path: str | Path, classes: list[str]) -> "KnowledgeGraph":
@@ -49,7 +50,14 @@ class KnowledgeGraph:
         for a, b, w in d.get("edges", []):
             if a in index and b in index:
                 edges.append((index[a], index[b], float(w)))
-        return cls(ids, texts, types, edges)
+        names = {c["id"]: tuple(str(n) for n in c["names"]) for c in concepts if c.get("names")}
+        return cls(ids, texts, types, edges, names)
+
+    def class_names(self, c: str) -> tuple[str, ...]:
+        """How a note may name class `c`: the graph's `names` for it, its concept text, its own name in words."""
+        i = self.ids.index(c) if c in self.ids else None
+        own = (c.replace("_", " "), *([self.texts[i]] if i is not None else []))
+        return tuple(dict.fromkeys((*self.names.get(c, ()), *own)))
 
     def relevance(self, prevalence: dict[str, float], gamma: float) -> np.ndarray:
         """R = D^-1 (I + A) diag(w): neighbour smoothing, then prevalence weights on diagnosis concepts."""

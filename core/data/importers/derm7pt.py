@@ -119,8 +119,10 @@ def import_derm7pt(root: str | Path, out: str | Path, *, grouping: str = "five",
     manifest = pd.concat([meta[["case_id", "label", "split", "clinic_path", "derm_path"]], *tables], axis=1)
     classes = FIVE_CLASSES if grouping == "five" else ["melanoma", "not_melanoma"]
     classes = [c for c in classes if c in set(manifest["label"])]
-    spec = DatasetSpec(name="derm7pt", label="label", case_id="case_id", split="split", classes=classes,
-                       rare_classes=rare_classes(manifest["label"], classes, rare_below), modalities=modalities,
+    # Derm7pt publishes one lesion per case and no patient id: each case is its own group (a group key all the same,
+    # so that a later release with patient ids only has to fill it in)
+    spec = DatasetSpec(name="derm7pt", label="label", case_id="case_id", split="split", group="case_id",
+                       classes=classes, rare_classes=rare_classes(manifest["label"], classes, rare_below), modalities=modalities,
                        labs=specs)
     report["cases"] = len(manifest)
     report["labels"] = label_counts(manifest)

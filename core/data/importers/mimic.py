@@ -31,9 +31,14 @@ The rules, each a documented choice (README, "Importing public datasets"):
   (study time = StudyDate + StudyTime); values converted to the catalogue's unit; implausible ones left out.
 - Report: exact link first (MIMIC-CXR report file, or a `study_id` row in radiology_detail), else the
   subject's chest-radiograph note (radiology_detail exam_name) nearest the study time within
-  `note_window_hours`, each note used once. The IMPRESSION (and what follows it: notification,
-  recommendations) and any WET READ before FINAL REPORT are removed unless `keep_impression`, since the
-  CheXpert labels were read from the impression: left in, the note would state the answer.
+  `note_window_hours`, each note used once. The note keeps only what a clinician knows before the image is
+  read: the EXAMINATION, INDICATION, HISTORY, TECHNIQUE and COMPARISON sections (`note_sections="context"`,
+  core/data/importers/mimic_notes.py); reports without section headers are left out and counted. The
+  FINDINGS are the reading of the very image classified and the IMPRESSION is what the labels were read
+  from: `note_sections="findings"` or `"all"` keep them, with a warning, only to measure the leak.
+- Patient: `subject_id` becomes the spec's group key as a pseudonym (patient-00001, … in order of first
+  study), so that no patient spans two splits (MIMIC's split file is by patient too) and no MIMIC id is
+  written.
 """
 
 from __future__ import annotations
@@ -60,7 +65,7 @@ from core.data.importers import (
     require_table,
     write_dataset,
 )
-from core.data.importers.mimic_notes import study_dir, study_reports, write_notes
+from core.data.importers.mimic_notes import NOTE_SECTIONS, study_dir, study_reports, write_notes
 from core.data.readers.labs import parse_number
 from core.data.spec import DatasetSpec, LabSpec, ModalitySpec
 
@@ -146,10 +151,12 @@ ITEMIDS: dict[int, tuple[MimicLab, int]] = {i: (lab, rank) for lab in LAB_CATALO
 
 
 def import_mimic(cxr: str | Path, out: str | Path, hosp: str | Path | None = None, note: str | Path | None = None, *,
-                 window_hours: float = 24.0, note_window_hours: float = 12.0, keep_impression: bool = False,
+                 window_hours: float = 24.0, note_window_hours: float = 12.0, note_sections: str = "context",
                  views: tuple[str, ...] = ("PA", "AP"), uncertain: str = "negative", copy_images: bool = False,
                  reports: str | Path | None = None, limit: int | None = None, rare_below: float = 0.05) -> dict[str, Any]:
     """Build the data folder `out` from the user's copies; returns the import report (also import_report.json)."""
+    if note_sections not in NOTE_SECTIONS:
+        raise DatasetImportError("--note-sections", f"'{note_sections}' is not one of {NOTE_SECTIONS}")
     if uncertain not in UNCERTAIN_POLICIES:
         raise DatasetImportError("--uncertain", f"'{uncertain}' is not one of {UNCERTAIN_POLICIES}")
     views = tuple(v.strip().upper() for v in views if v.strip())
@@ -160,7 +167,7 @@ def import_mimic(cxr: str | Path, out: str | Path, hosp: str | Path | None = Non
     if not cxr.is_dir():
         raise DatasetImportError(str(cxr), "is not a folder (the MIMIC-CXR-JPG root)")
     report: dict[str, Any] = {"dataset": "mimic", "options": {
-        "window_hours": window_hours, "note_window_hours": note_window_hours, "keep_impression": keep_impression,
+        "window_hours": window_hours, "note_window_hours": note_window_hours, "note_sections": note_sections,
         "views": list(views), "uncertain": uncertain, "copy_images": copy_images, "limit": limit}}
 
     log.info("reading the MIMIC-CXR-JPG tables under %s", cxr)
@@ -195,13 +202,16 @@ def import_mimic(cxr: str | Path, out: str | Path, hosp: str | Path | None = Non
     texts = study_reports(studies, Path(reports) if reports else cxr, Path(note) if note else None,
                            note_window_hours, report)
     if texts or note is not None:
-        studies["note_path"] = write_notes(out, studies["case_id"], texts, keep_impression, report)
+        studies["note_path"] = write_notes(out, studies["case_id"], texts, note_sections, report)
         modalities.insert(1, ModalitySpec("report", "text", column="note_path"))
 
-    columns = ["case_id", "label"] + (["split"] if "split" in studies else []) + ["view"]
+    first_study = studies.groupby("subject_id")["study_id"].transform("min")
+    order = {s: k for k, s in enumerate(sorted(set(zip(first_study, studies["subject_id"]))), 1)}
+    studies["patient"] = [f"patient-{order[(f, s)]:05d}" for f, s in zip(first_study, studies["subject_id"])]
+    columns = ["case_id", "patient", "label"] + (["split"] if "split" in studies else []) + ["view"]
     manifest = studies[columns + [m.column for m in modalities]]
     classes = [c for c in CLASSES if c in set(manifest["label"])]
-    spec = DatasetSpec(name="mimic-cxr", label="label", case_id="case_id",
+    spec = DatasetSpec(name="mimic-cxr", label="label", case_id="case_id", group="patient",
                        split="split" if "split" in manifest else None, classes=classes,
                        rare_classes=rare_classes(manifest["label"], classes, rare_below), modalities=modalities,
                        labs=[lab.spec for lab in LAB_CATALOGUE] if measured else [])

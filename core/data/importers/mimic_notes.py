@@ -1,6 +1,14 @@
 """MIMIC reports for the MIMIC importer (core/data/importers/mimic.py): link each study to its report (the
 MIMIC-CXR report file, a study_id in radiology_detail, else the subject's chest-radiograph note nearest in
-time) and strip the sections that state the answer (the impression and what follows it)."""
+time) and keep of it only what a clinician knows before the image is read.
+
+The labels were read from the report (CheXpert labeller over the impression, falling back to the
+findings), and the FINDINGS are the radiologist's reading of the very image being classified: either
+left in, the "note" states the answer and every figure is inflated. The default note (`context`) is
+therefore the report's EXAMINATION, INDICATION, HISTORY, REASON FOR EXAM, TECHNIQUE and COMPARISON
+sections; a report with no section header cannot be cut safely and is left out (counted). `findings`
+adds the FINDINGS, `all` keeps everything after FINAL REPORT (impression included): both only to
+measure how much the leak inflates results."""
 
 from __future__ import annotations
 
@@ -16,10 +24,14 @@ from core.data.importers import find_table, has_words, read_table_chunks, requir
 
 log = logging.getLogger(__name__)
 
-# Report sections: the impression (and what follows it) states the answer; these descriptive ones end the cut.
+# Report sections: what a clinician knows before the image is read (the default note), then the reading itself.
 _HEADER = re.compile(r"^[ \t]*([A-Z][A-Z /&()'-]*[A-Z)])[ \t]*:", re.MULTILINE)
-_DESCRIPTIVE = {"EXAMINATION", "EXAM", "INDICATION", "INDICATIONS", "HISTORY", "CLINICAL HISTORY", "REASON FOR EXAM",
-                "REASON FOR EXAMINATION", "TECHNIQUE", "COMPARISON", "COMPARISONS", "FINDINGS", "FINDING"}
+CONTEXT_SECTIONS = {"EXAMINATION", "EXAM", "INDICATION", "INDICATIONS", "HISTORY", "CLINICAL HISTORY",
+                    "REASON FOR EXAM", "REASON FOR EXAMINATION", "TECHNIQUE", "COMPARISON", "COMPARISONS"}
+FINDINGS_SECTIONS = {"FINDINGS", "FINDING"}
+NOTE_SECTIONS = ("context", "findings", "all")
+LEAK_WARNING = ("the note then carries the radiologist's reading of the very image being classified (and with 'all' "
+                "the impression the labels were read from): results on it are inflated, use it only to measure that")
 _FINAL_REPORT = re.compile(r"^[ \t]*FINAL REPORT[ \t]*$", re.MULTILINE)
 # radiology_detail exam names of chest radiographs (not CT, MR, ultrasound, nuclear medicine or angiography)
 _CROSS_SECTIONAL = re.compile(r"\b(?:CT|CTA|MR|MRI|MRA|US|ULTRASOUND|NM|PET|ANGIO\w*|FLUORO\w*)\b")
@@ -115,43 +127,45 @@ def nearest_notes(studies: pd.DataFrame, notes: pd.DataFrame, window_hours: floa
     return dict(zip(pairs["case_id"], pairs["note_id"]))
 
 
-def strip_report(text: str, keep_impression: bool = False) -> str:
-    """The report as the model may read it: without a WET READ before FINAL REPORT, the 'FINAL REPORT' line,
-    and (unless `keep_impression`) the IMPRESSION/CONCLUSION section and the sections after it up to the next
-    descriptive one (EXAMINATION, INDICATION, HISTORY, TECHNIQUE, COMPARISON, FINDINGS)."""
+def strip_report(text: str, sections: str = "context") -> str:
+    """The report as the model may read it: nothing before FINAL REPORT (a WET READ), then per `sections`
+    ("context": the sections of CONTEXT_SECTIONS; "findings": those and FINDINGS; "all": everything). Returns ""
+    for a report without a section header when sections are chosen (it cannot be cut safely)."""
+    if sections not in NOTE_SECTIONS:
+        raise ValueError(f"sections must be one of {NOTE_SECTIONS}, not {sections!r}")
     final = _FINAL_REPORT.search(text)
     if final:
         text = text[final.end():]
-    if not keep_impression:
-        kept, cutting, last = [], False, 0
-        for m in _HEADER.finditer(text):
-            if not cutting:
-                kept.append(text[last:m.start()])
-            last = m.start()
-            name = re.sub(r"\s+", " ", m.group(1)).strip()
-            if "IMPRESSION" in name or "CONCLUSION" in name:  # also "FINDINGS/IMPRESSION": it states the answer
-                cutting = True
-            elif name in _DESCRIPTIVE:
-                cutting = False
-        if not cutting:
-            kept.append(text[last:])
-        text = "".join(kept)
+    if sections != "all":
+        allowed = CONTEXT_SECTIONS | (FINDINGS_SECTIONS if sections == "findings" else set())
+        headers = list(_HEADER.finditer(text))
+        ends = [h.start() for h in headers[1:]] + [len(text)]
+        text = "".join(text[h.start():end] for h, end in zip(headers, ends)
+                       if re.sub(r"\s+", " ", h.group(1)).strip() in allowed)
     lines = [line.rstrip() for line in text.replace("\r\n", "\n").split("\n")]
-    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip() + "\n"
+    text = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+    return text + "\n" if text else ""
 
 
-def write_notes(out: Path, case_ids: pd.Series, texts: dict[str, str], keep_impression: bool,
-                 report: dict[str, Any]) -> list[str]:
+def write_notes(out: Path, case_ids: pd.Series, texts: dict[str, str], sections: str,
+                report: dict[str, Any]) -> list[str]:
+    """Each study's note (see `strip_report`); counts what was left out and why."""
     (out / "notes").mkdir(exist_ok=True)
-    paths, empty = [], 0
+    paths, empty, unsectioned = [], 0, 0
     for case_id in case_ids:
         raw = texts.get(case_id)
-        text = strip_report(raw, keep_impression) if raw is not None else ""
-        if not has_words(text):  # e.g. a report that was all impression: no report rather than an empty one
-            empty += raw is not None
+        text = strip_report(raw, sections) if raw is not None else ""
+        if not has_words(text):  # no context section, or no section at all: no note rather than a leaky one
+            if raw is not None:
+                unsectioned += sections != "all" and not _HEADER.search(raw)
+                empty += 1
             paths.append("")
             continue
         (out / "notes" / f"{case_id}.txt").write_text(text, encoding="utf-8")
         paths.append(f"notes/{case_id}.txt")
-    report.setdefault("reports", {})["empty_after_stripping"] = empty
+    stats = report.setdefault("reports", {})
+    stats.update({"note_sections": sections, "left_out": empty, "left_out_without_sections": unsectioned})
+    if sections != "context":
+        stats["warning"] = LEAK_WARNING
+        log.warning("note sections '%s': %s", sections, LEAK_WARNING)
     return paths
