@@ -39,8 +39,8 @@ def _case_digests(ds: Dataset, rows: range) -> dict[str, list[str]]:
 PINNED = {
     ROWS: ["bd3f79e7", "a0bafb6f", "2ac4430c", "67baf761", "dde99615", "a4c80a24"],
     "image": ["0a4ba1ac", "eeda5343", "511e6a17", "09b28ea3", "--------", "d9f5722c"],
-    "note": ["cf560fc2", "--------", "fec6ecaf", "--------", "be54de77", "7eb05d67"],
-    "labs": ["9b497dcd", "b420f6e3", "--------", "cec1beda", "c84dd037", "d7af7cbb"],
+    "note": ["288b4c0b", "--------", "fd19f568", "--------", "7830abea", "a58d5640"],
+    "labs": ["c028b1ac", "1e163d0e", "--------", "214c1fe1", "32ef3d94", "4df43be4"],
 }
 
 

@@ -76,8 +76,9 @@ def test_wilcoxon_detects_a_consistent_gap():
     assert sig["same"]["p_value"] == 1.0
 
 
-def test_quick_evaluation_end_to_end(tmp_path):
-    evaluate(methods="early_zero,late_fusion", quick=True, out=tmp_path, progress=False)
+def test_quick_evaluation_end_to_end(small_cohort, tmp_path):
+    """The quick schedule on the small cohort (the 600-case quick cohort changes nothing that is tested here)."""
+    evaluate(data=small_cohort, methods="early_zero,late_fusion", quick=True, out=tmp_path, progress=False)
     for f in ("results.json", "results.csv", "table.md", "auroc_by_pattern.html", "retention.html", "reliability.html"):
         assert (tmp_path / f).exists(), f
     df = pd.read_csv(tmp_path / "results.csv")
@@ -112,7 +113,8 @@ def test_quick_evaluation_end_to_end(tmp_path):
     kept = (parts / "robustmdiff-seed0.json").stat().st_mtime_ns
     (parts / "late_fusion-seed0.json").unlink()
     (parts / "early_zero-seed0.json").write_text('{"stamp": {"da')  # cut short, as by an interrupt: trained again
-    again = evaluate(methods="early_zero,late_fusion", quick=True, out=tmp_path, progress=False, jobs=2)
+    again = evaluate(data=small_cohort, methods="early_zero,late_fusion", quick=True, out=tmp_path, progress=False,
+                     jobs=2)
     assert (parts / "robustmdiff-seed0.json").stat().st_mtime_ns == kept
     assert (parts / "late_fusion-seed0.json").exists() and (parts / "early_zero-seed0.json").exists()
     pd.testing.assert_frame_equal(pd.DataFrame(again["rows"]), pd.DataFrame(saved["rows"]), atol=1e-6)

@@ -203,12 +203,21 @@ def test_text_head_reads_the_flag_only_when_trained_with_negation():
     unflagged = x.clone()
     unflagged[..., TEXT_DIM] = 0
     valid = torch.ones(2, 3, dtype=torch.bool)
-    old, new = TextHead(16, 0.0).eval(), TextHead(16, 0.0, negation=True).eval()
-    assert "negated" not in dict(old.named_parameters()) and "negated" in dict(new.named_parameters())
+    old = TextHead(16, 0.0).eval()
+    shift, separate = (TextHead(16, 0.0, negation=True, negation_head=h).eval() for h in ("shift", "separate"))
+    assert "negated" not in dict(old.named_parameters()) and "negated" in dict(shift.named_parameters())
+    assert any(n.startswith("proj_negated") for n, _ in separate.named_parameters())
     with torch.no_grad():
         torch.testing.assert_close(old(x, valid), old(unflagged, valid))
         torch.testing.assert_close(old(x, valid), old(x[..., :TEXT_DIM], valid))
-        assert not torch.allclose(new(x, valid), new(unflagged, valid))
+        for new in (shift, separate):
+            assert not torch.allclose(new(x, valid), new(unflagged, valid))
+        # the separate head reads an unflagged note exactly as its affirmed projection does
+        separate.proj_negated = None
+        plain = separate(unflagged, valid)
+    with pytest.raises(ValueError):
+        TextHead(16, 0.0, negation=True, negation_head="both")
+    assert plain.shape == (2, 16)
 
 
 def test_cache_key_follows_the_negation_setting():
@@ -220,20 +229,25 @@ def test_cache_key_follows_the_negation_setting():
 
 
 def test_checkpoints_saved_before_the_setting_load_with_it_off(predictor, tmp_path):
-    """A meta.json written before `note_negation` (and the stride-16 image features) existed reads with both
-    off, so such a checkpoint chunks notes and reads images as it was trained to; the shipped checkpoint
-    was trained with both."""
+    """A meta.json written before `note_negation` (the stride-16 image features, the separate negation head)
+    existed reads with them off, so such a checkpoint chunks notes and reads images as it was trained to; the
+    shipped checkpoint was trained with the defaults."""
     from core.checkpoint import read_meta, write_meta
     from core.paths import DEFAULT_CHECKPOINT
 
+    from core.model.config import ModelConfig
+
     meta = read_meta(DEFAULT_CHECKPOINT)
-    assert meta["config"]["model"]["note_negation"] is True and meta["config"]["model"]["image_features"] == "stride16"
-    assert predictor.model.encoders["note"].negated is not None
-    for key in ("note_negation", "image_features"):
+    model = meta["config"]["model"]
+    assert model["note_negation"] is True and model["image_features"] == "stride16"
+    assert model["negation_head"] == ModelConfig().negation_head
+    head = predictor.model.encoders["note"]
+    assert (head.proj_negated is not None) == (model["negation_head"] == "separate")
+    for key in ("note_negation", "image_features", "negation_head"):
         del meta["config"]["model"][key]
     write_meta(tmp_path, meta)
     old = read_meta(tmp_path)["config"]["model"]
-    assert old["note_negation"] is False and old["image_features"] == "final"
+    assert old["note_negation"] is False and old["image_features"] == "final" and old["negation_head"] == "shift"
 
 
 def test_a_negation_model_sees_negation_in_prediction_and_attribution(quick_checkpoint):

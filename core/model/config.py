@@ -30,6 +30,9 @@ class ModelConfig:
     head_hidden: int = 128
     dropout: float = 0.1
     note_negation: bool = True  # negated words of a note in chunks of their own, flagged (core/model/negation.py)
+    # how the text head reads a chunk of negated words: "separate" (a projection of its own, so a negated finding
+    # can mean the opposite of the finding) or "shift" (the affirmed projection plus a learned vector)
+    negation_head: str = "separate"
 
 
 @dataclass(frozen=True)

@@ -71,27 +71,35 @@ class ViTEncoder(nn.Module):
 
 class TextHead(nn.Module):
     """Chunk rows (B, n, CHUNK_DIM) — a 384-d embedding, then a negation flag — with a validity mask (B, n)
-    → H_text (B, d_h). With `negation`, a learned vector is added to the projection of each chunk of negated
-    words (before the non-linearity, so what a negated finding means can differ from the finding, not only
-    how much it is attended to), then chunks are attention-pooled; without it (checkpoints trained before
-    negation) the flag column is ignored."""
+    → H_text (B, d_h). With `negation`, chunks of negated words are read differently from the others:
+    `negation_head="separate"` projects them with weights of their own, so that "no tearing chest pain" can
+    count against what "tearing chest pain" counts for (on the embedded cohort the shared projection plus a
+    learned vector, "shift", left negating a decisive finding lowering the prediction in only 70 % of cases);
+    then chunks are attention-pooled. Without `negation` (checkpoints trained before it) the flag is ignored."""
 
-    def __init__(self, d_h: int, dropout: float, negation: bool = False):
+    def __init__(self, d_h: int, dropout: float, negation: bool = False, negation_head: str = "shift"):
         super().__init__()
+        if negation_head not in ("separate", "shift"):
+            raise ValueError(f"negation_head must be 'separate' or 'shift', not {negation_head!r}")
         self.proj = nn.Sequential(nn.Dropout(dropout), nn.Linear(TEXT_DIM, d_h), nn.GELU(), nn.Linear(d_h, d_h))
-        self.negated = nn.Parameter(torch.randn(d_h) * 0.02) if negation else None
+        separate = negation and negation_head == "separate"
+        self.negated = nn.Parameter(torch.randn(d_h) * 0.02) if negation and not separate else None
+        self.proj_negated = nn.Sequential(nn.Dropout(dropout), nn.Linear(TEXT_DIM, d_h), nn.GELU(),
+                                          nn.Linear(d_h, d_h)) if separate else None
         self.pool = AttentionPool(d_h)
         self.norm = nn.LayerNorm(d_h)
 
     def forward(self, chunks: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         pad = ~valid
         pad[pad.all(1), 0] = False  # an absent note still needs one key; its latent is masked out later
-        if self.negated is None or chunks.shape[-1] == TEXT_DIM:
-            tokens = self.proj(chunks[..., :TEXT_DIM])
+        x, flag = chunks[..., :TEXT_DIM], chunks[..., TEXT_DIM:TEXT_DIM + 1]
+        if flag.shape[-1] == 0 or (self.negated is None and self.proj_negated is None):
+            tokens = self.proj(x)
+        elif self.proj_negated is not None:
+            tokens = torch.where(flag > 0.5, self.proj_negated(x), self.proj(x))
         else:
             drop, first, act, second = self.proj
-            h = first(drop(chunks[..., :TEXT_DIM])) + chunks[..., TEXT_DIM:TEXT_DIM + 1] * self.negated
-            tokens = second(act(h))
+            tokens = second(act(first(drop(x)) + flag * self.negated))
         return self.norm(self.pool(tokens, pad))
 
 

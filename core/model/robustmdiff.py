@@ -148,7 +148,7 @@ class RobustMDiff(nn.Module):
                 encoders[name] = (ViTEncoder(mc.d_h, mc.image_size, mc.vit_patch, mc.vit_depth, mc.dropout)
                                   if mc.image_encoder == "vit" else _image_head(mc))
             elif kind == "text":
-                encoders[name] = TextHead(mc.d_h, mc.dropout, mc.note_negation)
+                encoders[name] = TextHead(mc.d_h, mc.dropout, mc.note_negation, mc.negation_head)
             else:
                 encoders[name] = LabEncoder(len(info.labs[name]), info.lab_log[name], mc.d_h, mc.lab_hidden, mc.dropout)
         self.encoders = nn.ModuleDict(encoders)

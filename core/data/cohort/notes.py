@@ -4,11 +4,14 @@ Notes read like emergency-department notes: abbreviations, pertinent negatives (
 irrelevant history, copy-forward noise, the odd typo. Each mention of a finding is recorded with its
 character span and whether it is negated, so attributions over words can be scored against truth.
 
-So that a model has to learn what negation means (issue 24), some notes are atypical: they deny, in the
-very words a typical case would use, one of the diagnosis's own findings that this patient does not
-have ("No tearing chest pain radiating to the back.", "Calf tenderness: absent."), and some histories
-rule out another diagnosis by name ("PE was excluded last year."). Negations are written in the
-phrasings of real notes (pre- and post-triggers, header values), each recorded as a negated mention.
+So that a model has to learn what negation means (issue 24), notes deny findings in the very words a
+typical case would use, in the phrasings of real notes (pre- and post-triggers, header values), each
+recorded as a negated mention: pertinent negatives of another diagnosis on the differential ("No tearing
+chest pain radiating to the back." in a pneumonia), which is where clinicians write them; some atypical
+notes deny one of their own diagnosis's findings that this patient does not have ("Calf tenderness:
+absent." in a pulmonary embolism); and some histories rule out another diagnosis by name ("PE was
+excluded last year."). A finding's words then mean one thing affirmed and the opposite negated, and the
+atypical cases keep "negated" from being a shortcut either way.
 """
 
 from __future__ import annotations
@@ -74,8 +77,9 @@ PLAN = ("Plan: CXR, labs, reassess.", "Will obtain CXR and basic labs.", "Dispo 
 DDX_TEXT = {"pneumonia": "PNA", "heart_failure": "CHF exacerbation", "pulmonary_embolism": "PE",
             "pneumothorax": "PTX", "tuberculosis": "TB", "aortic_dissection": "dissection",
             "no_acute_disease": "MSK pain", "acs": "ACS"}
-# the rates of the atypical notes (see the module docstring)
-P_DENY_OWN = 0.3
+# how often a note carries each kind of negation (see the module docstring)
+P_PERTINENT = 0.5
+P_DENY_OWN = 0.1
 P_HISTORY_EXCLUDED = 0.12
 # how an absent finding is denied: {p} the phrase as a typical case writes it, {P} the same capitalized
 DENIALS = ("Denies {p}. ", "Pt denies {p}. ", "No {p}. ", "Negative for {p}. ", "Without {p}. ", "{P} not present. ",
@@ -142,6 +146,19 @@ def _write_form(b: NoteBuilder, form: str, phrase: str, finding: str) -> None:
     b.text(tail, typos=False)
 
 
+def _deny_one(b: NoteBuilder, candidates: list[str], pick) -> None:
+    """Deny one of `candidates` (findings) in a typical case's words, in one of the DENIALS forms."""
+    candidates = [f for f in candidates if DENIABLE.get(f)]
+    if not candidates:
+        return
+    f = pick(candidates)
+    phrase = pick(DENIABLE[f]).format(side=pick(("left", "right")))
+    forms = [d for d in DENIALS if not (f in EXAM_FINDINGS and "enies" in d)]
+    if "," in phrase:  # a comma ends the scope of a negation written after the phrase ("JVP, not raised")
+        forms = [d for d in forms if not d.startswith(("{p}", "{P}"))]
+    _write_form(b, pick(forms), phrase, f)
+
+
 def write_note(rng: np.random.Generator, diagnosis: str, findings: dict[str, dict], age: int, male: bool,
                comorbidities: list[str], pick) -> tuple[str, list[Mention]]:
     """`findings`: note findings present → params (side). `pick(seq)` chooses one item with `rng`."""
@@ -179,15 +196,11 @@ def write_note(rng: np.random.Generator, diagnosis: str, findings: dict[str, dic
         b.text(pick(("Denies ", "Pt denies ", "No ")), typos=False)  # keep the negation cue intact
         b.join([(pick(NEGATED[f]), f) for f in negatives], last=" or ", negated=True)
         b.text(". ")
-    own = [f for f in NOTE_EFFECTS[diagnosis] if f not in findings and f in DENIABLE]
-    if own and rng.random() < P_DENY_OWN:
-        f = pick(own)
-        phrase = pick(DENIABLE[f]).format(side=pick(("left", "right")))
-        forms = [d for d in DENIALS if not (f in EXAM_FINDINGS and "enies" in d)]
-        if "," in phrase:  # a comma ends the scope of a negation written after the phrase ("JVP, not raised")
-            forms = [d for d in forms if not d.startswith(("{p}", "{P}"))]
-        form = pick(forms)
-        _write_form(b, form, phrase, f)
+    if rng.random() < P_PERTINENT:
+        other = pick(tuple(d for d in NOTE_EFFECTS if d != diagnosis))
+        _deny_one(b, [f for f in NOTE_EFFECTS[other] if f not in findings and f not in NOTE_EFFECTS[diagnosis]], pick)
+    if rng.random() < P_DENY_OWN:
+        _deny_one(b, [f for f in NOTE_EFFECTS[diagnosis] if f not in findings], pick)
     if rng.random() < P_HISTORY_EXCLUDED:
         other = pick(tuple(d for d in DDX_TEXT if d not in (diagnosis, "no_acute_disease", "acs")))
         form = pick(HISTORY_EXCLUDED).replace("{when}", pick(WHEN))
