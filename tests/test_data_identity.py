@@ -39,8 +39,8 @@ def _case_digests(ds: Dataset, rows: range) -> dict[str, list[str]]:
 PINNED = {
     ROWS: ["bd3f79e7", "a0bafb6f", "2ac4430c", "67baf761", "dde99615", "a4c80a24"],
     "image": ["0a4ba1ac", "eeda5343", "511e6a17", "09b28ea3", "--------", "d9f5722c"],
-    "note": ["288b4c0b", "--------", "fd19f568", "--------", "7830abea", "a58d5640"],
-    "labs": ["c028b1ac", "1e163d0e", "--------", "214c1fe1", "32ef3d94", "4df43be4"],
+    "note": ["4fd943b4", "--------", "4d07adba", "--------", "2e576a5d", "3f0fa893"],
+    "labs": ["e1875339", "69137bcd", "--------", "214c1fe1", "65f50a71", "4df43be4"],
 }
 
 

@@ -7,7 +7,8 @@ character span and whether it is negated, so attributions over words can be scor
 So that a model has to learn what negation means (issue 24), notes deny findings in the very words a
 typical case would use, in the phrasings of real notes (pre- and post-triggers, header values), each
 recorded as a negated mention: pertinent negatives of another diagnosis on the differential ("No tearing
-chest pain radiating to the back." in a pneumonia), which is where clinicians write them; some atypical
+chest pain radiating to the back." in a pneumonia, or joined to the presenting symptoms: "… presents with
+fever and cough but no calf tenderness"), which is where clinicians write them; some atypical
 notes deny one of their own diagnosis's findings that this patient does not have ("Calf tenderness:
 absent." in a pulmonary embolism); and some histories rule out another diagnosis by name ("PE was
 excluded last year."). A finding's words then mean one thing affirmed and the opposite negated, and the
@@ -22,6 +23,7 @@ import numpy as np
 
 from core.data.cohort.scenario import NOTE_EFFECTS
 
+# No phrase holds a comma: inside a negated list, a comma starts the next item.
 PHRASES: dict[str, tuple[str, ...]] = {
     "fever": ("fever to 38.9", "fevers and rigors", "febrile at home", "subjective fevers", "T 39.1 at triage"),
     "productive_cough": ("productive cough", "cough with yellow-green sputum", "cough productive of purulent sputum"),
@@ -37,13 +39,13 @@ PHRASES: dict[str, tuple[str, ...]] = {
                        "immobilized after ankle fracture"),
     "hemoptysis": ("hemoptysis", "coughing up blood", "blood-streaked sputum"),
     "night_sweats": ("night sweats", "drenching sweats at night"),
-    "weight_loss": ("weight loss of 6 kg", "unintentional wt loss", "clothes getting loose, ~8 kg wt loss"),
+    "weight_loss": ("weight loss of 6 kg", "unintentional wt loss", "~8 kg wt loss"),
     "tb_exposure": ("recently arrived from an endemic region", "household contact with active TB", "recent incarceration"),
     "tearing_pain": ("tearing chest pain radiating to the back", "ripping interscapular pain", "severe CP radiating to back"),
-    "bp_differential": ("BP differential of 30 mmHg between arms", "unequal radial pulses", "R arm BP 170/90, L arm 135/80"),
+    "bp_differential": ("BP differential of 30 mmHg between arms", "unequal radial pulses", "R arm BP 170/90 vs L arm 135/80"),
     "decreased_breath_sounds": ("decreased breath sounds on the {side}", "absent breath sounds {side} apex",
                                 "hyperresonant to percussion on the {side}"),
-    "tall_thin": ("tall thin male", "tall, slender build"),
+    "tall_thin": ("tall thin male", "tall slender build"),
     "tachycardia": ("tachycardic to 118", "HR 124", "sinus tachycardia"),
     "hypertension_hx": ("long-standing poorly controlled HTN", "hx of uncontrolled hypertension"),
     "chest_wall_pain": ("pain reproducible on palpation", "chest wall tenderness", "pain worse with movement of the arm"),
@@ -78,7 +80,8 @@ DDX_TEXT = {"pneumonia": "PNA", "heart_failure": "CHF exacerbation", "pulmonary_
             "pneumothorax": "PTX", "tuberculosis": "TB", "aortic_dissection": "dissection",
             "no_acute_disease": "MSK pain", "acs": "ACS"}
 # how often a note carries each kind of negation (see the module docstring)
-P_PERTINENT = 0.5
+P_PERTINENT = 0.7
+P_INLINE = 0.3  # a pertinent negative joined to the presenting symptoms ("… and no tearing chest pain")
 P_DENY_OWN = 0.1
 P_HISTORY_EXCLUDED = 0.12
 # how an absent finding is denied: {p} the phrase as a typical case writes it, {P} the same capitalized
@@ -130,10 +133,10 @@ class NoteBuilder:
         return "".join(self.parts)
 
 
-# the phrases a typical case writes for each finding that can be denied (hypertension history, build and a
-# heart rate are not findings a clinician denies)
-DENIABLE = {f: tuple(p for p in phrases if not p.startswith(("absent", "cannot", "hyperresonant")))
-            for f, phrases in PHRASES.items() if f not in ("hypertension_hx", "tall_thin", "tachycardia", "anxiety")}
+# the phrases a typical case writes for each finding, as they can be denied (a phrase that negates by itself,
+# "absent breath sounds", or whose first words are a trigger once denied, "no hx of", cannot)
+DENIABLE = {f: tuple(p for p in phrases if not p.startswith(("absent", "cannot", "hyperresonant", "hx of")))
+            for f, phrases in PHRASES.items()}
 EXAM_FINDINGS = ("crackles", "jvd", "decreased_breath_sounds", "bp_differential")  # found absent, not denied
 
 
@@ -153,10 +156,7 @@ def _deny_one(b: NoteBuilder, candidates: list[str], pick) -> None:
         return
     f = pick(candidates)
     phrase = pick(DENIABLE[f]).format(side=pick(("left", "right")))
-    forms = [d for d in DENIALS if not (f in EXAM_FINDINGS and "enies" in d)]
-    if "," in phrase:  # a comma ends the scope of a negation written after the phrase ("JVP, not raised")
-        forms = [d for d in forms if not d.startswith(("{p}", "{P}"))]
-    _write_form(b, pick(forms), phrase, f)
+    _write_form(b, pick([d for d in DENIALS if not (f in EXAM_FINDINGS and "enies" in d)]), phrase, f)
 
 
 def write_note(rng: np.random.Generator, diagnosis: str, findings: dict[str, dict], age: int, male: bool,
@@ -180,6 +180,12 @@ def write_note(rng: np.random.Generator, diagnosis: str, findings: dict[str, dic
     if not symptoms:
         b.text(pick(("chest discomfort", "vague malaise", "feeling unwell")))
     b.join([(pick(PHRASES[f]), f) for f in symptoms])
+    inline = [f for d in NOTE_EFFECTS if d != diagnosis for f in NOTE_EFFECTS[d]
+              if f not in findings and f not in NOTE_EFFECTS[diagnosis] and DENIABLE.get(f)]
+    if inline and rng.random() < P_INLINE:
+        f = pick(sorted(set(inline)))
+        b.text(pick((" but no ", " and no ", ", no ")), typos=False)
+        b.finding(pick(DENIABLE[f]).format(side=pick(("left", "right"))), f, negated=True)
     b.text(f" x{int(rng.integers(1, 10))} days" if rng.random() < 0.6 else "")
     b.text(". ")
     if "sudden_onset" in findings:
