@@ -27,10 +27,13 @@ from core.model.robustmdiff import RobustMDiff
 
 @torch.no_grad()
 def fit_latent_scale(model: RobustMDiff, table: FeatureTable, idx: np.ndarray, device=None) -> None:
-    """The population spread of each modality's latent (mean over dimensions of its std across cases)."""
+    """The population spread of each modality's latent (mean over dimensions of its std across cases). A
+    modality whose inputs are all alike (every note the same template) has none: its scale stays 1, so that
+    the spread of its samples is not divided by zero."""
     h, present = real_latents(model, table, idx, device)
     scale = [float(h[present[:, i], i].std(0).mean()) if int(present[:, i].sum()) > 1 else 1.0
              for i in range(h.shape[1])]
+    scale = [s if s > 1e-6 else 1.0 for s in scale]
     model.latent_scale.copy_(torch.tensor(scale))
 
 

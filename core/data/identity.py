@@ -98,7 +98,7 @@ class DataIdentity:
 
 def data_identity(ds: "Dataset") -> DataIdentity:
     """The identity of `ds`: from the cache when no file changed since it was computed, else read anew."""
-    path = cache_dir() / f"identity-{_signature(ds)}.json"
+    path = cache_dir() / "identity" / f"{_signature(ds)}.json"
     try:
         kept = json.loads(path.read_text())
         return DataIdentity(kept["spec"], tuple(kept["case_ids"]), kept["cases"])
