@@ -68,7 +68,8 @@ class Dataset:
     def __init__(self, spec: DatasetSpec, manifest: pd.DataFrame, root: Path):
         self.spec, self.root = spec, root
         label = manifest.attrs.get("name", "manifest")
-        needed = [spec.label, spec.case_id] + ([spec.group] if spec.group else []) + [c for m in spec.modalities for c in ([m.column] if m.column else list(m.columns))]
+        needed = [spec.label, spec.case_id] + ([spec.group] if spec.group else []) + [
+            c for m in spec.modalities for c in ([m.column] if m.column else list(m.columns))]
         missing = [c for c in needed if c not in manifest.columns]
         if missing:
             raise ManifestError(label, f"is missing column(s) {missing}; it has {list(manifest.columns)}")

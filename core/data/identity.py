@@ -3,8 +3,8 @@
 A data set's identity is a digest of its spec, of each case's id, label, split and patient, and of each present
 input as the model reads it: a scan's decoded pixels, a note's text, a lab panel's values in canonical
 units. Re-saving a PNG with other compression, a CSV with other number formatting or a note with CRLF
-line ends leaves it unchanged; a changed pixel, word or value does not. (The bytes of encoded files
-differ between machines: Pillow's bundled zlib-ng picks CPU-specific code, issue 23.)
+line ends leaves it unchanged; a changed pixel, word or value does not. (An encoder's bytes are no
+identity: zlib builds and settings differ between machines and libraries, issue 23.)
 
 Per modality, every case's digest is kept (8 hex digits each, in manifest order), so that a checkpoint
 trained on other data can say which modality and which case differ first.
