@@ -30,7 +30,14 @@ class NoteError(InputError):
 
 
 class LabError(InputError):
+    """`refused`: lab name → why its value was refused, when the table gave values none of which could be used
+    (so a page can show those labs as refused rather than as assumed)."""
+
     kind = "labs"
+
+    def __init__(self, source: str, problem: str, refused: dict[str, str] | None = None):
+        super().__init__(source, problem)
+        self.refused = dict(refused or {})
 
 
 class SpecError(InputError):

@@ -39,8 +39,8 @@ def test_long_note_is_kept_whole():
 
 def test_long_and_wide_labs_with_units_and_aliases():
     long = b"name,value,unit\nHgb,135,g/L\nglucose,7.0,mmol/L\nCRP,12.5,mg/dL\nD-dimer,<0.27,mg/L FEU\nwbc,12 500,/uL\n"
-    with pytest.raises(LabError, match="wbc|White"):
-        read_labs(long, CAT, name="l.csv")  # '12 500' is not a number
+    panel = read_labs(long, CAT, name="l.csv")  # '12 500' is not a number: that value alone is refused
+    assert set(panel.refused) == {"wbc"} and "not a number" in panel.refused["wbc"] and len(panel) == 4
     long = long.replace(b"12 500", b"12500")
     panel = read_labs(long, CAT, name="l.csv")
     assert panel.values["hemoglobin"].value == pytest.approx(13.5)
@@ -65,6 +65,7 @@ def test_long_and_wide_labs_with_units_and_aliases():
     (b"name,value,unit\nglucose,5.5,furlongs\n", "unit 'furlongs' is not known"),
     (b"name,value,unit\ncrp,high,mg/L\n", "not a number"),
     (b"name,value,unit\nglucose,100,mg/dL\nglucose,9.9,mmol/L\n", "given twice"),
+    (b"name,value,unit\ncrp,high,mg/L\nsodium,1400,mmol/L\n", "none of its values can be used \\(2 refused\\)"),
     (b"sodium,potassium\n140,4\n139,4.1\n", "one case per file"),
     (b"name,value,unit\n", "no lab values"),
 ])
@@ -72,6 +73,23 @@ def test_bad_lab_tables(csv, message):
     with pytest.raises(LabError, match=message) as e:
         read_labs(csv, CAT, name="labs.csv")
     assert "labs.csv" in str(e.value)
+
+
+def test_each_bad_value_is_refused_alone_and_all_are_named_at_once():
+    """A troponin in mg/dL and a D-dimer without its unit basis: those two refused, the ten others used."""
+    rows = ["name,value,unit", "sodium,131,mmol/L", "potassium,4.1,mmol/L", "glucose,7.0,mmol/L", "wbc,12.5,10^9/L",
+            "crp,8.5,mg/dL", "hemoglobin,13.5,g/dL", "creatinine,1.1,mg/dL", "lactate,1.9,mmol/L",
+            "procalcitonin,0.3,ng/mL", "bnp,80,pg/mL", "troponin,0.5,mg/dL", "d_dimer,800,ng/mL"]
+    panel = read_labs("\n".join(rows).encode(), CAT, name="labs.csv")
+    assert set(panel.refused) == {"troponin", "d_dimer"} and len(panel) == 10
+    assert panel.values["crp"].value == pytest.approx(85.0)  # the user's own value, converted, is kept
+    refusal = [w for w in panel.warnings if "refused" in w]
+    assert len(refusal) == 1 and "troponin" in refusal[0] and "D-dimer" in refusal[0] and "other 10 labs" in refusal[0]
+    table = panel.table(CAT)
+    assert "refused" in table.loc["troponin", "Value"] and table.loc["crp", "Value"] == "85"
+    with pytest.raises(LabError, match="2 values cannot be used") as e:  # training data: one error naming both
+        read_labs("\n".join(rows).encode(), CAT, name="labs.csv", unknown="error")
+    assert set(e.value.refused) == {"troponin", "d_dimer"}
 
 
 def test_mixed_units_that_agree_are_accepted():

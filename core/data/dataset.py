@@ -7,7 +7,7 @@ as a user's own data is.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,9 @@ class CaseInputs:
     case_id: str
     inputs: dict[str, Modal | None]
     label: str | None = None
+    # values the user gave that could not be used, by modality (lab → reason): a modality none of whose values
+    # could be used is absent (None) and synthesized, and these labs are then shown as refused, never as assumed
+    refused: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
     def present(self) -> list[str]:

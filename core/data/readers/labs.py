@@ -50,6 +50,7 @@ class LabPanel:
 
     values: dict[str, LabValue] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    refused: dict[str, str] = field(default_factory=dict)  # lab name → why the value given was not used
 
     def __len__(self) -> int:
         return len(self.values)
@@ -63,7 +64,8 @@ class LabPanel:
         """The labs as read, ready to show (e.g. right after an upload): one row per catalogue lab, indexed by
         its internal name, with display columns Lab (the friendly label), Value (in the model's unit), Unit,
         Reference, Flag ('high', 'low' or '') and As given (the value and unit as written, when it was
-        converted or qualified, e.g. '7.0 mmol/L' for a glucose the model takes in mg/dL).
+        converted or qualified, e.g. '7.0 mmol/L' for a glucose the model takes in mg/dL). A refused value
+        reads 'refused' with the reason in As given.
 
         Every cell is text, so a table never shows None or NaN: an unmeasured lab reads 'not measured', or
         with `measured_only` is left out and counted in `table.attrs["not_measured"]`.
@@ -71,6 +73,11 @@ class LabPanel:
         rows, index, missing = [], [], 0
         for lab in catalogue:
             v = self.values.get(lab.name)
+            if lab.name in self.refused:  # given but not used: shown as such, never as not measured
+                rows.append({"Lab": lab.label, "Value": "refused", "Unit": lab.unit, "Reference": lab.ref_text(),
+                             "Flag": "", "As given": self.refused[lab.name]})
+                index.append(lab.name)
+                continue
             if v is None and measured_only:
                 missing += 1
                 continue
@@ -149,7 +156,7 @@ def convert(lab: LabSpec, raw: object, unit: str | None, label: str) -> tuple[fl
     unit = _written_unit(unit)
     conv = lab.conversion(unit)
     if conv is None:
-        raise LabError(label, f"{lab.label}: unit '{unit}' is not known; use one of {lab.accepted_units()}")
+        raise LabError(label, f"{lab.label}: unit '{unit}' is not known; use one of {', '.join(lab.accepted_units())}")
     canonical = value * conv[0] + conv[1]
     lo, hi = lab.plausible
     if canonical < 0 <= lo:
@@ -170,12 +177,16 @@ def labs_from_items(items: Iterable[tuple[str, object, str | None]], catalogue: 
                     label: str = "labs", unknown: Unknown = "warn") -> LabPanel:
     """(name, value, unit) triples → LabPanel. The one place where names, units and ranges are checked.
 
-    Names outside the catalogue are ignored with a warning in `LabPanel.warnings` (`unknown="error"`
-    refuses them instead, as training data should); a table with no known name at all is refused.
+    Every value is checked on its own. A value that cannot be used (not a number, an unknown unit, outside
+    the plausible range, given twice differently) is refused with its reason in `LabPanel.refused` and the
+    other values are kept; all refusals are listed in one warning. With `unknown="error"` (training data,
+    where a bad value means a wrong spec or file) any refusal or unknown name raises one LabError listing
+    them all. A table none of whose values can be used raises LabError with `refused` filled in.
     """
     matcher = LabMatcher(catalogue)
     panel = LabPanel()
     unknown_names: list[str] = []
+    refused: dict[str, str] = {}
     matched = False  # a known name, even with its value missing
     for name, raw, unit in items:
         lab = matcher.match(str(name))
@@ -184,21 +195,44 @@ def labs_from_items(items: Iterable[tuple[str, object, str | None]], catalogue: 
                 unknown_names.append(str(name))
             continue
         matched = True
-        result = convert(lab, raw, unit, label)
+        try:
+            result = convert(lab, raw, unit, label)
+        except LabError as e:
+            refused[lab.name] = e.problem
+            continue
         if result is None:
             continue
         value, given = result
         previous = panel.values.get(lab.name)
         if previous is not None and not math.isclose(previous.value, value, rel_tol=0.02, abs_tol=1e-9):
-            raise LabError(label, f"{lab.label} is given twice with different values "
-                                  f"({previous.given} and {given})")
+            refused[lab.name] = f"{lab.label} is given twice with different values ({previous.given} and {given})"
+            continue
         panel.values[lab.name] = LabValue(lab.name, value, lab.unit, lab.flag(value), given,
                                           _written_unit(unit) or "")
         if "detection limit" in given:
             panel.warnings.append(f"{lab.label}: {given.split(' (')[0]} taken at the detection limit")
+    for name in refused:  # a lab refused once is refused, even if another row gave it acceptably
+        panel.values.pop(name, None)
+    if refused:
+        _refuse(panel, refused, label, unknown)
     if unknown_names:
         _unknown_labs(panel, unknown_names, matched, matcher.catalogue, label, unknown)
     return panel
+
+
+def _refuse(panel: LabPanel, refused: dict[str, str], label: str, unknown: Unknown) -> None:
+    """Values that cannot be used, all named at once: an error for training data or when nothing is left,
+    else kept aside in `panel.refused` (the other values are used)."""
+    listed = "; ".join(refused.values())
+    n = len(refused)
+    if unknown == "error":
+        raise LabError(label, f"{n} value{'s' if n > 1 else ''} cannot be used: {listed}", refused)
+    if not panel.values:
+        raise LabError(label, f"none of its values can be used ({n} refused): {listed}", refused)
+    panel.refused = refused
+    kept = len(panel.values)
+    panel.warnings.append(f"{n} value{'s' if n > 1 else ''} refused and not used ({listed}); the other {kept} "
+                          f"lab{'s are' if kept > 1 else ' is'} used")
 
 
 def _unknown_labs(panel: LabPanel, names: list[str], matched: bool, catalogue: list[LabSpec], label: str,
