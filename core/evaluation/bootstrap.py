@@ -7,6 +7,10 @@ stacked condition (availability patterns, seeds) at once, and the difference is 
 The interval is scipy's percentile bootstrap; the p-value is the two-sided bootstrap one (twice the share
 of resampled differences on the far side of zero); Holm's correction runs across the compared methods,
 and each comparison states its direction.
+
+One verdict rule: a comparison reads 'better' or 'worse' only where its Holm-adjusted p < alpha, and the
+interval shown with it is adjusted the same way (`adjusted_interval`), so that it excludes zero exactly
+where the adjusted p is below alpha; the unadjusted 95 % interval is kept in the row as well.
 """
 
 from __future__ import annotations
@@ -55,7 +59,24 @@ def paired_difference(y: np.ndarray, ours: np.ndarray, theirs: np.ndarray, n_res
     p = min(1.0, 2 * min(float((dist <= 0).mean()), float((dist >= 0).mean())))
     return {"difference": difference(np.arange(len(y))), "low": float(res.confidence_interval.low),
             "high": float(res.confidence_interval.high), "p": p, "n_cases": len(y), "n_conditions": ours.shape[0],
-            "n_resamples": n_resamples}
+            "n_resamples": n_resamples, "distribution": dist}
+
+
+def adjusted_level(p: float, p_holm: float, step: int, alpha: float = 0.05) -> float:
+    """The two-sided error level at which this comparison's own interval matches its Holm verdict.
+
+    Holm multiplies each p by a factor c = p_holm / p (its step's m - i + 1 = `step`, raised where the
+    step-down keeps the adjusted p monotone). The percentile interval at error level a excludes zero when
+    p < a, so at a = alpha / c it excludes zero exactly when p_holm < alpha. Where p is 0 (no resample
+    crossed zero) the step's own factor is used."""
+    factor = p_holm / p if p > 0 and p_holm > 0 else step
+    return float(alpha / max(factor, 1.0))
+
+
+def adjusted_interval(dist: np.ndarray, level: float) -> tuple[float, float]:
+    """The percentile interval of a bootstrap distribution at two-sided error `level`."""
+    lo, hi = np.quantile(dist, [level / 2, 1 - level / 2], method="inverted_cdf")
+    return float(lo), float(hi)
 
 
 def compare(y: np.ndarray, probs: Mapping[str, np.ndarray], reference: str, alpha: float = 0.05,
@@ -65,8 +86,12 @@ def compare(y: np.ndarray, probs: Mapping[str, np.ndarray], reference: str, alph
     'better' or 'worse' (the reference, where the corrected p < alpha) or 'no clear difference'."""
     rows = [{"method": m, **paired_difference(y, probs[reference], p, n_resamples, seed=seed)}
             for m, p in probs.items() if m != reference]
-    for row, adjusted in zip(rows, holm([r["p"] for r in rows])):
+    steps = {i: len(rows) - k for k, i in enumerate(np.argsort([r["p"] for r in rows], kind="stable"))}
+    for i, (row, adjusted) in enumerate(zip(rows, holm([r["p"] for r in rows]))):
         row["p_holm"] = adjusted
         row["direction"] = ("no clear difference" if not adjusted < alpha
                             else "better" if row["difference"] > 0 else "worse")
+        level = adjusted_level(row["p"], adjusted, steps[i], alpha)
+        row["low_holm"], row["high_holm"] = adjusted_interval(row.pop("distribution"), level)
+        row["confidence_holm"] = 1 - level
     return rows

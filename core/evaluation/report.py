@@ -41,7 +41,11 @@ def averages(rows: list[dict], names: list[str], metric: str = "auroc", group: s
 
 
 def significance(rows: list[dict], names: list[str], metric: str = "auroc") -> dict[str, dict]:
-    """Wilcoxon signed-rank test of RobustMDiff against each method, paired over patterns × seeds."""
+    """Wilcoxon signed-rank test of RobustMDiff against each method, paired over patterns × seeds; `p_holm`:
+    its p adjusted across the methods (Holm), which every table's star and verdict use (the same rule as the
+    bootstrap tables, so one method is not significant in one table and 'no clear difference' in the next)."""
+    from core.review.stats import holm
+
     df = pd.DataFrame(rows)
     df = df[(df.group == "all") & df.condition.isin(pattern_columns(names))]
     ref = df[df.method == REFERENCE].set_index(["condition", "seed"])[metric]
@@ -55,7 +59,14 @@ def significance(rows: list[dict], names: list[str], metric: str = "auroc") -> d
         p = float(wilcoxon(a, b).pvalue) if len(a) >= 2 and np.any(diff != 0) else 1.0
         out[method] = {"n_pairs": int(len(a)), "mean_difference": float(diff.mean()) if len(diff) else 0.0,
                        "wins": int((diff > 0).sum()), "p_value": p}
+    for v, adjusted in zip(out.values(), holm([v["p_value"] for v in out.values()])):
+        v["p_holm"] = float(adjusted)
     return out
+
+
+def significant(test: dict, alpha: float = 0.05) -> bool:
+    """The one rule: the Holm-adjusted p below alpha."""
+    return test["p_holm"] < alpha
 
 
 def _cell(mean: float, std: float) -> str:
@@ -64,8 +75,8 @@ def _cell(mean: float, std: float) -> str:
 
 def main_table(rows: list[dict], names: list[str], metric: str = "auroc") -> str:
     """Methods as rows, availability patterns as columns (ACC and the metric), AVG last (CMML Table 2).
-    The best mean of each column is in bold; a * after the method marks a significant difference from
-    RobustMDiff (Wilcoxon, p < 0.05)."""
+    The best mean of each column is in bold; p is the Wilcoxon test's, Holm-adjusted across the methods, and a
+    * after the method marks a significant difference from RobustMDiff (that adjusted p < 0.05)."""
     s = summary(rows)
     s = s[s.group == "all"]
     cols = pattern_columns(names)
@@ -82,13 +93,13 @@ def main_table(rows: list[dict], names: list[str], metric: str = "auroc") -> str
     lines = [head, "|" + "---|" * (2 * len(cols) + 4)]
     for method in s.method.unique():
         sub = s[s.method == method].set_index("condition")
-        star = "*" if method in sig and sig[method]["p_value"] < 0.05 else ""
+        star = "*" if method in sig and significant(sig[method]) else ""
         cells = []
         for c in cols:
             r = sub.loc[c]
             cells += [cell(r["accuracy"], r["accuracy_std"], best.at[c, "accuracy"]),
                       cell(r[metric], r[f"{metric}_std"], best.at[c, metric])]
-        p = f"{sig[method]['p_value']:.3g}" if method in sig else "ref."
+        p = f"{sig[method]['p_holm']:.3g}" if method in sig else "ref."
         lines.append(f"| {display_name(method)}{star} | " + " | ".join(cells)
                      + f" | {cell(avg_a.loc[method, 'mean'], avg_a.loc[method, 'std'], avg_a['mean'].max())}"
                      + f" | {cell(avg_m.loc[method, 'mean'], avg_m.loc[method, 'std'], avg_m['mean'].max())} | {p} |")
@@ -150,16 +161,18 @@ def comparison(rows: list[dict], names: list[str], metric: str = "auroc") -> tup
     out = []
     for method in s.method.unique():
         sub = s[s.method == method].set_index("condition")
-        p = sig[method]["p_value"] if method in sig else None
+        p = sig[method]["p_holm"] if method in sig else None
         out.append({"Method": display_name(method), **{heads[c]: 100 * sub.at[c, metric] for c in cols},
-                    "Average": 100 * avg[method], "p": "ref." if p is None else _p_text(p)})
+                    "Average": 100 * avg[method], "p (Holm)": "ref." if p is None else _p_text(p)})
     what = METRIC_HELP[metric]
     helps = {heads[c]: f"{what} Only {pattern_label(c)} given: the complete test cases with the other modalities "
                        "switched off; mean over the training seeds (± std: in the downloadable table)." for c in cols}
     helps.update({"Method": "How missing modalities are handled (core/evaluation/methods.py).",
                   "Average": f"{what} Mean over the {len(cols)} combinations of modalities (AVG in the papers).",
-                  "p": "Could the difference between RobustMDiff (ref.) and this method be chance? The p-value of a "
-                       "two-sided Wilcoxon signed-rank test, paired over combinations × seeds; * marks p < 0.05."})
+                  "p (Holm)": "Could the difference between RobustMDiff (ref.) and this method be chance? The p-value "
+                              "of a two-sided Wilcoxon signed-rank test, paired over combinations × seeds, adjusted "
+                              "for comparing several methods (Holm); * marks an adjusted p < 0.05, the rule of every "
+                              "table of the lab."})
     return pd.DataFrame(out), helps
 
 
@@ -200,13 +213,12 @@ def targets(rows: list[dict], names: list[str]) -> list[dict]:
     if len(avg) < 2:  # one method: nothing to compare against, so no comparative target applies
         out: list[dict] = []
     else:
+        better = [v for v in sig.values() if significant(v) and v["mean_difference"] > 0]
         out = [{"target": "best AVG AUROC of all methods",
                 "measured": f"{display_name(avg.idxmax())} ({avg.max():.4f}); RobustMDiff {avg.get(REFERENCE, np.nan):.4f}",
                 "met": bool(avg.get(REFERENCE, -np.inf) >= avg.max())},  # a tie for first counts
-               {"target": "p < 0.05 against every other method (Wilcoxon)",
-                "measured": f"{sum(v['p_value'] < 0.05 and v['mean_difference'] > 0 for v in sig.values())} of "
-                            f"{len(sig)} significantly better",
-                "met": all(v["p_value"] < 0.05 and v["mean_difference"] > 0 for v in sig.values())}]
+               {"target": "p < 0.05 against every other method (Wilcoxon, Holm-adjusted)",
+                "measured": f"{len(better)} of {len(sig)} significantly better", "met": len(better) == len(sig)}]
     if REFERENCE in ret.index:
         r = ret.loc[REFERENCE]
         if "1_missing_worst" in r:
@@ -224,10 +236,24 @@ def targets(rows: list[dict], names: list[str]) -> list[dict]:
                     "met": bool(kept >= 0.85)})
     out += _rare_against_comparisons(s)
     if REFERENCE in nat.index and "no_rare_sampling" in nat.index:
-        gain = nat[REFERENCE] / max(nat["no_rare_sampling"], 1e-9) - 1
+        ours, theirs = float(nat[REFERENCE]), float(nat["no_rare_sampling"])
         out.append({"target": "rare-class recall >= 15 % higher than without rare-disease sampling",
-                    "measured": f"{nat[REFERENCE]:.3f} vs {nat['no_rare_sampling']:.3f} ({gain:+.1%})", "met": bool(gain >= 0.15)})
+                    "measured": f"{ours:.3f} vs {theirs:.3f} ({relative_change(ours, theirs)})",
+                    "met": gain_met(ours, theirs, 0.15)})
     return out
+
+
+def relative_change(ours: float, theirs: float) -> str:
+    """`ours` against `theirs` in words: a percentage of `theirs`, or, where `theirs` is 0 (a quick run whose
+    models never name a rare class), the absolute difference, since a percentage of zero means nothing."""
+    if theirs > 0:
+        return f"{ours / theirs - 1:+.1%}"
+    return f"{ours - theirs:+.3f} absolute; no % change from zero"
+
+
+def gain_met(ours: float, theirs: float, share: float) -> bool:
+    """Whether `ours` is at least `share` above `theirs` (from zero: any gain counts, none does not)."""
+    return bool(ours / theirs - 1 >= share) if theirs > 0 else bool(ours > 0)
 
 
 def _rare_against_comparisons(s: pd.DataFrame) -> list[dict]:
@@ -245,10 +271,9 @@ def _rare_against_comparisons(s: pd.DataFrame) -> list[dict]:
     for measure in ("accuracy", "recall"):
         best = compared[measure].idxmax()
         ours, theirs = float(rare.loc[REFERENCE, measure]), float(compared.loc[best, measure])
-        gain = ours / max(theirs, 1e-9) - 1
         out.append({"target": f"design: rare-disease {measure} >= 15–20 % above the best comparison method",
-                    "measured": f"{ours:.3f} vs {theirs:.3f} ({display_name(best)}), {gain:+.1%}",
-                    "met": bool(gain >= 0.15)})
+                    "measured": f"{ours:.3f} vs {theirs:.3f} ({display_name(best)}), {relative_change(ours, theirs)}",
+                    "met": gain_met(ours, theirs, 0.15)})
     return out
 
 
@@ -291,6 +316,11 @@ def bootstraps(probs: dict[tuple[str, int], dict[str, np.ndarray]], where: dict[
 
 
 READING = {"better": "RobustMDiff better", "worse": "RobustMDiff worse", "no clear difference": "no clear difference"}
+# the one verdict rule of every bootstrap table, in words (the page's help and the markdown say it beside the table)
+BOOTSTRAP_RULE = ("'Better' or 'worse' only where the Holm-adjusted p (across the compared methods) is below 0.05; the "
+                  "interval beside it is adjusted the same way, so it excludes zero exactly where the reading says "
+                  "better or worse (≈: approximated from a 95 % interval, for result files made before the adjusted "
+                  "interval was stored).")
 
 
 def p_value(p: float) -> str:
@@ -298,12 +328,41 @@ def p_value(p: float) -> str:
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
+def holm_interval(row: dict, step: int, alpha: float = 0.05) -> tuple[float, float, bool]:
+    """The comparison's interval at the level of its Holm-adjusted test: stored by `bootstrap.compare`, or, for
+    rows saved before it stored one, a normal approximation from the 95 % percentile interval (third value
+    True). `step`: the row's Holm factor m - i + 1 (used where p is 0)."""
+    from scipy.stats import norm
+
+    from core.evaluation.bootstrap import adjusted_level
+
+    if "low_holm" in row:
+        return row["low_holm"], row["high_holm"], False
+    se = (row["high"] - row["low"]) / (2 * norm.ppf(0.975))
+    half = norm.ppf(1 - adjusted_level(row["p"], row["p_holm"], step, alpha) / 2) * se
+    return row["difference"] - half, row["difference"] + half, True
+
+
+def holm_steps(ps: list[float]) -> list[int]:
+    """Each p's Holm factor m - i + 1 (i: its rank, smallest first)."""
+    order = np.argsort(ps, kind="stable")
+    steps = [0] * len(ps)
+    for k, i in enumerate(order):
+        steps[i] = len(ps) - k
+    return steps
+
+
 def bootstrap_frame(rows: list[dict]) -> pd.DataFrame:
-    """The comparisons as read: the difference and its interval in AUROC points, better and worse marked."""
-    return pd.DataFrame([{"method": display_name(r["method"]), "difference (AUROC points)": f"{100 * r['difference']:+.2f}",
-                          "95 % interval": f"[{100 * r['low']:+.2f}, {100 * r['high']:+.2f}]", "p": p_value(r["p"]),
-                          "p (Holm)": p_value(r["p_holm"]), "reading": READING[r["direction"]]}
-                         for r in sorted(rows, key=lambda r: -r["difference"])])
+    """The comparisons as read, one verdict rule (BOOTSTRAP_RULE): the difference in AUROC points, its interval
+    adjusted for the number of methods (Holm) and the Holm-adjusted p beside the reading."""
+    steps = holm_steps([r["p"] for r in rows])
+    out = []
+    for r, step in sorted(zip(rows, steps), key=lambda rs: -rs[0]["difference"]):
+        low, high, approximate = holm_interval(r, step)
+        out.append({"method": display_name(r["method"]), "difference (AUROC points)": f"{100 * r['difference']:+.2f}",
+                    "interval (Holm)": ("≈" if approximate else "") + f"[{100 * low:+.2f}, {100 * high:+.2f}]",
+                    "p (Holm)": p_value(r["p_holm"]), "reading": READING[r["direction"]]})
+    return pd.DataFrame(out)
 
 
 def targets_frame(targets: list[dict]) -> pd.DataFrame:
@@ -312,3 +371,52 @@ def targets_frame(targets: list[dict]) -> pd.DataFrame:
     df["target"] = df["target"].str.replace(">=", "≥").str.replace("<=", "≤")  # a leading ">" reads as a quote
     df["met"] = df["met"].map(lambda m: "met" if m else "not met")
     return df
+
+
+def sampler(config: dict) -> str:
+    """The diffusion sampler of a configuration in words (what the README and the Model card quote)."""
+    d = config.get("diffusion", {})
+    if not d.get("enabled", True):
+        return "no diffusion"
+    return f"{d.get('sample_steps')} DDIM steps × {d.get('samples')} samples"
+
+
+def provenance(result: dict, meta: dict | None) -> tuple[str, bool]:
+    """Which models and date an evaluation's tables belong to, in words, and whether they are the shipped
+    checkpoint's (its seed 0 of RobustMDiff is the shipped model only when data and configuration match).
+    The date is the run's `created` (recorded since it was added; older files say so)."""
+    when = f"made {result['created']}" if result.get("created") else "date not recorded in the result file"
+    fingerprint = str(result.get("data_fingerprint", ""))[:8] or "?"
+    if result.get("quick"):
+        return (f"Models trained by this quick evaluation ({when}) on the 600-case quick cohort with the short "
+                f"schedule, sampler {sampler(result.get('config', {}))}: a demonstration, not the shipped checkpoint.",
+                False)
+    if meta is None:
+        return f"Evaluation {when}, data {fingerprint}…, sampler {sampler(result.get('config', {}))}.", False
+    same = (result.get("data_fingerprint") == meta.get("data_fingerprint")
+            and sampler(result.get("config", {})) == sampler(meta.get("config", {})))
+    if same:
+        return (f"Evaluation of the shipped checkpoint's data and configuration ({when}; data {fingerprint}…, "
+                f"sampler {sampler(meta['config'])}).", True)
+    return (f"An earlier model, not the shipped checkpoint: evaluated {when.removeprefix('made ')} on data "
+            f"{fingerprint}… with sampler {sampler(result.get('config', {}))}; the shipped checkpoint was trained on "
+            f"data {str(meta.get('data_fingerprint', ''))[:8]}… with sampler {sampler(meta.get('config', {}))}, and "
+            "its own figures are on the Model card.", False)
+
+
+def encoders(config: dict, kinds: list[str]) -> str:
+    """The modality encoders of a checkpoint's configuration in words, for the modality types it reads
+    (`kinds`: image, text, tabular), so a ViT model is not described as EfficientNet."""
+    m = config.get("model", {})
+    parts = []
+    if "image" in kinds:
+        parts.append(f"a small ViT trained from scratch ({m.get('vit_depth')} layers, {m.get('vit_patch')} px patches)"
+                     if m.get("image_encoder") == "vit" else
+                     f"frozen EfficientNet-Lite0 ({m.get('image_features', 'final')} features) for images")
+        if m.get("image_encoder") == "vit":
+            parts[-1] += " for images"
+    if "text" in kinds:
+        parts.append("frozen all-MiniLM-L6-v2 for notes" + (", negation-aware" if m.get("note_negation") else ""))
+    if "tabular" in kinds:
+        parts.append("an MLP for tabular values")
+    return "; ".join(parts)
