@@ -16,19 +16,36 @@ from core.paths import ASSETS, DEFAULT_CHECKPOINT
 from pages.common import NOTICE, get_predictor
 
 # the test metrics in words (column headers), with their definitions (tooltips)
+# (short headers: nine columns fit a 1440 px screen; the words are in each tooltip)
 METRICS = {
-    "auroc": ("Telling apart (AUROC)", report.METRIC_HELP["auroc"].replace(" In %.", "")),
-    "auprc": ("Precision-recall area (AUPRC)", "Area under the precision-recall curve per diagnosis, averaged: like "
+    "auroc": ("AUROC", "Telling the diagnoses apart. " + report.METRIC_HELP["auroc"].replace(" In %.", "")),
+    "auprc": ("AUPRC", "Precision-recall area: area under the precision-recall curve per diagnosis, averaged: like "
               "AUROC, but it weighs how many of the cases flagged with a diagnosis really have it."),
     "accuracy": ("Accuracy", "Share of cases whose most probable diagnosis is the true one."),
     "f1": ("F1", "Harmonic mean of precision and recall per diagnosis, averaged over the diagnoses."),
-    "sensitivity": ("Found (sensitivity)", "Share of the cases with a diagnosis that get it as the top answer, "
+    "sensitivity": ("Sensitivity", "Found: share of the cases with a diagnosis that get it as the top answer, "
                     "averaged over the diagnoses (recall)."),
-    "specificity": ("Correctly ruled out (specificity)", "Share of the cases without a diagnosis that do not get it "
+    "specificity": ("Specificity", "Correctly ruled out: share of the cases without a diagnosis that do not get it "
                     "as the top answer, averaged over the diagnoses."),
-    "ece": ("Calibration error (ECE)", "Expected calibration error: the gap between the stated confidence in the top "
+    "ece": ("ECE", "Calibration error (expected calibration error: the gap between the stated confidence in the top "
             "diagnosis and how often it is right, averaged over 10 confidence bins weighted by their cases (0 = "
             "perfect)."),
+}
+# the synthesis-confidence table: short headers, the words in the tooltips
+CONFIDENCE_COLUMNS = {
+    "Hidden": "The modality switched off and synthesized.",
+    "Views": "Test cases predicted without this modality (from each subset of the others).",
+    "Cal. error": "ECE of the synthesis confidence: the gap between the stated confidence and how often the answer "
+                  "really stayed the same, averaged over bins (0 = perfect).",
+    "By chance": "The mean ECE a perfectly calibrated confidence would show on this many views (the noise floor).",
+    "AUROC": "How well the confidence tells kept from changed answers: the chance that a view whose answer stays gets "
+             "a higher confidence than one whose answer changes.",
+    "Brier": "Brier score: mean squared gap between the confidence and what happened (1 = stayed, 0 = changed); "
+             "lower is better.",
+    "Mean conf.": "Average synthesis confidence over the views.",
+    "Unchanged": "Share of views whose answer stayed the same once the real modality was added.",
+    "Seed change": "How much the confidence moves when the diffusion samples are drawn with other seeds (mean "
+                   "absolute change).",
 }
 
 st.title("Model card")
@@ -36,23 +53,28 @@ predictor = get_predictor()
 meta = predictor.meta
 spec = meta["spec"]
 
+kinds = [m["type"] for m in spec["modalities"]]
+shipped = f"weights `{meta['weights_sha256'][:8]}…`, data `{meta['data_fingerprint'][:8]}…`"
 st.markdown(f"""
-**Model.** RobustMDiff: frozen EfficientNet-Lite0 (images) and all-MiniLM-L6-v2 (notes) with trained heads, a lab
-MLP, knowledge-enhanced fusion over {meta['n_concepts']} medical concepts, a conditional latent diffusion model that
-restores missing modalities ({predictor.model.config.diffusion.sample_steps} DDIM steps × {predictor.model.config.diffusion.samples}
-samples), and a calibrated classifier (see Calibration).
+**Model.** RobustMDiff: {report.encoders(meta['config'], kinds)}, each with a trained head; knowledge-enhanced
+fusion over {meta['n_concepts']} medical concepts, a conditional latent diffusion model that restores missing
+modalities ({report.sampler(meta['config'])}), and a calibrated classifier (see Calibration). This checkpoint:
+{shipped}.
 
 **Training data.** `{spec['name']}`: {meta['data_size']} cases, diagnoses {', '.join(display_names(predictor.classes))}
 (rare: {', '.join(display_names(spec.get('rare_classes', []))) or 'none'}). Data fingerprint `{meta['data_fingerprint'][:16]}…`.
 Trained in {meta['train_seconds'] / 60:.1f} min on {meta['device']} with `{meta['command'] or 'python -m core train'}`.
 """)
 st.subheader("Test metrics for each combination of modalities")
-st.caption("Complete test cases with the other modalities switched off, and the test split with modalities missing "
-           "as they come. Hover a column title for its definition.")
+st.caption(f"This checkpoint ({shipped}) on its own test split: complete test cases with the other modalities "
+           "switched off, and the test split with modalities missing as they come. Hover a column title for its "
+           "definition.")
 rows = [{"Modalities": condition_label(k), **{METRICS[m][0]: v[m] for m in METRICS}, "Cases": v.get("n")}
         for k, v in meta["test_metrics"].items()]
 st.dataframe(pd.DataFrame(rows).round(3), hide_index=True, width="stretch",
-             column_config={head: st.column_config.NumberColumn(help=text) for head, text in METRICS.values()})
+             column_config={"Modalities": st.column_config.TextColumn(width="medium"),
+                            **{head: st.column_config.NumberColumn(help=text, width="small")
+                               for head, text in METRICS.values()}})
 st.subheader("Calibration")
 temps = list(meta.get("calibration_fit", {}).get("temperature", {}).get("temperature", {}).values()) or [meta["temperature"]]
 st.markdown(f"""
@@ -71,28 +93,12 @@ Measured on the test split (`python -m core calibration`):
 """)
 cal = meta.get("calibration")
 if cal:
-    helps = {
-        "Views": "Test cases predicted without this modality (from each subset of the others).",
-        "Calibration error": "ECE of the synthesis confidence: the gap between the stated confidence and how often "
-                             "the answer really stayed the same, averaged over bins (0 = perfect).",
-        "Error by chance alone": "The mean ECE a perfectly calibrated confidence would show on this many views "
-                                 "(the noise floor).",
-        "Tells kept from changed (AUROC)": "AUROC of the confidence for 'the answer stays the same': the chance that a "
-                                           "view whose answer stays gets a higher confidence than one whose answer changes.",
-        "Squared error (Brier)": "Brier score: mean squared gap between the confidence and what happened (1 = stayed, "
-                                 "0 = changed); lower is better.",
-        "Mean confidence": "Average synthesis confidence over the views.",
-        "Answer unchanged": "Share of views whose answer stayed the same once the real modality was added.",
-        "Change with the seed": "How much the confidence moves when the diffusion samples are drawn with other seeds "
-                                "(mean absolute change).",
-    }
-    st.dataframe(pd.DataFrame([{"Modality hidden": display_name(m), "Views": c["n"], "Calibration error": c["ece"],
-                                "Error by chance alone": c["ece_noise_floor"][0],
-                                "Tells kept from changed (AUROC)": c["auroc"], "Squared error (Brier)": c["brier"],
-                                "Mean confidence": c["mean_confidence"], "Answer unchanged": c["unchanged_rate"],
-                                "Change with the seed": cal["seed_sensitivity"][m]}
+    st.dataframe(pd.DataFrame([{"Hidden": display_name(m), "Views": c["n"], "Cal. error": c["ece"],
+                                "By chance": c["ece_noise_floor"][0], "AUROC": c["auroc"], "Brier": c["brier"],
+                                "Mean conf.": c["mean_confidence"], "Unchanged": c["unchanged_rate"],
+                                "Seed change": cal["seed_sensitivity"][m]}
                                for m, c in cal["confidence"].items()]).round(3), hide_index=True, width="stretch",
-                 column_config={k: st.column_config.Column(help=v) for k, v in helps.items()})
+                 column_config={k: st.column_config.Column(help=v) for k, v in CONFIDENCE_COLUMNS.items()})
     fig = go.Figure(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dash", color="#aaa"), name="ideal"))
     for m, c in cal["confidence"].items():
         fig.add_scatter(x=[b["mean_predicted"] for b in c["bins"]], y=[b["observed"] for b in c["bins"]],
@@ -138,8 +144,12 @@ else:
     st.warning("This checkpoint carries no out-of-distribution statistics: run `python -m core guard --fit`.")
 evaluation = ASSETS / "evaluation" / "results.json"
 if evaluation.exists():
-    with st.expander("Comparison with baselines and ablations (python -m core evaluate)"):
-        result = json.loads(evaluation.read_text(encoding="utf-8"))
+    result = json.loads(evaluation.read_text(encoding="utf-8"))
+    which, same = report.provenance(result, meta)
+    title = "Comparison with baselines and ablations (python -m core evaluate)"
+    with st.expander(title if same else title + ": an earlier model"):
+        if not same:  # its figures differ from the table above: say why before anyone compares them
+            st.info(which, icon=":material/history:")
         table, helps = report.comparison(result["rows"], result["modalities"])
         st.dataframe(table.round(1), hide_index=True, width="stretch", height=35 * (len(table) + 1) + 3,
                      column_config={c: st.column_config.Column(help=h) for c, h in helps.items()})

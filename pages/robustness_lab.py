@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
-from dataclasses import dataclass, field
 
 import pandas as pd
 import plotly.express as px
 import streamlit as st
 
 from core.evaluation import figures, report
+from core.evaluation.evaluate import QuickJob, start_quick
 from core.evaluation.harness import pattern_label
 from core.evaluation.methods import methods_for
 from core.evaluation.patterns import availability_patterns, pattern_name
@@ -78,15 +77,19 @@ def targets_table(targets: list[dict], key: str) -> None:
     st.table(report.targets_frame(targets), hide_index=True)
 
 
-BOOTSTRAP_HELP = ("Difference in macro AUROC, in points (+: RobustMDiff higher), with its 95 % interval from a paired "
-                  "bootstrap: 2000 resamples of the test cases, both methods scored on the same resampled cases (the "
-                  "pattern average stacks every availability pattern; every set stacks the training seeds whose "
-                  "per-case results were kept). 'Better' or 'worse' only where the Holm-corrected p (across the "
-                  "methods) is below 0.05.")
+BOOTSTRAP_HELP = ("Difference in macro AUROC, in points (+: RobustMDiff higher), from a paired bootstrap: 2000 "
+                  "resamples of the test cases, both methods scored on the same resampled cases (the pattern average "
+                  "stacks every availability pattern; every set stacks the training seeds whose per-case results were "
+                  "kept). " + report.BOOTSTRAP_RULE)
 
 
 def show_results(result: dict, key: str) -> None:
     rows, modalities = result["rows"], result["modalities"]
+    which, shipped_model = report.provenance(result, predictor.meta)
+    if shipped_model:
+        st.caption(which)
+    else:  # a table of another model must say so before anyone compares it with the Model card's figures
+        st.info(which, icon=":material/history:")
     st.caption(f"{result['n_test_complete']} complete test cases; seeds {result['seeds']}; "
                f"{result['seconds'] / 60:.0f} min on {result['machine']['cpus']} CPUs ({result['device']}).")
     st.plotly_chart(figures.auroc_by_pattern(rows, modalities), width="stretch", key=f"{key}_heat")
@@ -100,62 +103,34 @@ def show_results(result: dict, key: str) -> None:
     boots = result.get("bootstraps") or ({"natural": result["bootstrap_natural"]} if result.get("bootstrap_natural") else {})
     if boots:
         st.markdown("**RobustMDiff against each method, with intervals**", help=BOOTSTRAP_HELP)
-        which = st.segmented_control("Missing data", list(boots), format_func=report.BOOTSTRAP_SETS.get,
+        chosen_set = st.segmented_control("Missing data", list(boots), format_func=report.BOOTSTRAP_SETS.get,
                                      default="natural" if "natural" in boots else next(iter(boots)), key=f"{key}_boot")
-        st.table(report.bootstrap_frame(boots[which or next(iter(boots))]), hide_index=True)
+        st.table(report.bootstrap_frame(boots[chosen_set or next(iter(boots))]), hide_index=True)
+        st.caption(report.BOOTSTRAP_RULE)
     with st.expander("Comparison table (every method under every combination of modalities)"):
         comparison_tables(result, key)
 
 
-# ---- quick evaluation: runs in a thread, so that the page can show its progress and the time as it goes ----
-@dataclass
-class QuickRun:
-    methods: list[str]
-    started: float = field(default_factory=time.monotonic)
-    fraction: float = 0.0
-    text: str = "starting"
-    updated: float = field(default_factory=time.monotonic)
-    result: dict | None = None
-    error: Exception | None = None
-    thread: threading.Thread | None = None
-
-    def news(self, fraction: float, text: str) -> None:  # from the evaluation thread: plain attributes only
-        self.fraction, self.text, self.updated = max(self.fraction, fraction), text, time.monotonic()
-
-    def work(self) -> None:
-        from core.evaluation.evaluate import evaluate
-
-        try:
-            self.result = evaluate(methods=",".join(self.methods) or "robustmdiff", quick=True, progress=False,
-                                   on_progress=self.news)
-        except Exception as e:  # noqa: BLE001 - shown on the page by the script thread
-            self.error = e
-
-    def start(self) -> QuickRun:
-        self.thread = threading.Thread(target=self.work, name="quick-evaluation", daemon=True)
-        self.thread.start()
-        return self
-
-    @property
-    def running(self) -> bool:
-        return self.thread is not None and self.thread.is_alive()
-
-
+# ---- quick evaluation: its own process (core.evaluation.evaluate.start_quick), polled here ----
 def minutes(seconds: float) -> str:
     return f"{int(seconds // 60)}:{int(seconds % 60):02d}"
 
 
-def follow(job: QuickRun) -> None:
-    """Redraw the job's progress every half second until it ends (the run goes on if the page is left)."""
+def follow(job: QuickJob) -> None:
+    """Redraw the job's progress every half second from its folder until it ends (the run goes on if the page
+    is left; it runs at low priority on one thread, so the other pages stay quick meanwhile)."""
     bar, clock = st.progress(0.0, text="starting…"), st.empty()
     while job.running:
-        bar.progress(min(job.fraction, 1.0), text=f"{job.text} · {job.fraction:.0%}")
-        clock.caption(f"{minutes(time.monotonic() - job.started)} elapsed; last news "
-                      f"{time.monotonic() - job.updated:.0f} s ago. You can leave this page: the run goes on, and "
-                      "its results appear here when you come back.")
+        news = job.news()
+        fraction = min(float(news.get("fraction", 0.0)), 1.0)
+        bar.progress(fraction, text=f"{news.get('text', 'starting the evaluation process')} · {fraction:.0%}")
+        last = time.time() - news.get("time", job.started)
+        clock.caption(f"{minutes(time.time() - job.started)} elapsed; last news {last:.0f} s ago. It runs in a "
+                      "process of its own at low priority: you can leave this page, the run goes on, and its results "
+                      "appear here when you come back.")
         time.sleep(0.5)
-    bar.progress(1.0, text=job.text if job.error is None else "stopped")
-    clock.caption(f"{minutes(time.monotonic() - job.started)} in all.")
+    bar.progress(1.0, text=job.news().get("text", "ended") if job.error() is None else "stopped")
+    clock.caption(f"{minutes(time.time() - job.started)} in all.")
 
 
 def show_regimes(study: dict) -> None:
@@ -195,20 +170,28 @@ with regimes:
 
 with quick:
     st.markdown("Trains the chosen methods on a 600-case cohort for a few epochs and scores them: a demonstration "
-                "of the harness in a few minutes, not a benchmark.")
+                "of the harness in a few minutes, not a benchmark. It runs as a separate process at low priority, one "
+                "at a time per server.")
     options = [m.name for m in methods_for(names) if m.name != "robustmdiff"]
     chosen = st.multiselect("Methods compared with RobustMDiff", options, format_func=display_name,
                             default=["early_zero", "dropout_0.5", "masked_attention"], key="quick_methods")
-    job: QuickRun | None = st.session_state.get("quick_job")
-    if st.button("Run quick evaluation", type="primary", key="run_quick", disabled=bool(job and job.running)):
-        job = st.session_state["quick_job"] = QuickRun(list(chosen)).start()
+    job: QuickJob | None = st.session_state.get("quick_job")
+    if st.button("Run quick evaluation", type="primary", key="run_quick"):
+        job, fresh = start_quick(list(chosen))
+        st.session_state["quick_job"] = job
+        if not fresh:
+            st.info(f"A quick evaluation is already running on this server (started {minutes(time.time() - job.started)}"
+                    f" ago; RobustMDiff against {', '.join(map(display_name, job.methods)) or 'itself'}). One runs at a "
+                    "time: its progress is below, and its results will show here.")
+    if job is not None and job.running and st.button("Stop the quick evaluation", key="stop_quick"):
+        job.stop()
     if job is not None:
         if job.running:
             follow(job)
-        if job.error is not None:
-            fail(job.error)
-        elif job.result is not None:
-            st.session_state["quick_result"] = job.result
+        if job.error() is not None:
+            st.error(job.error())
+        elif job.result() is not None:
+            st.session_state["quick_result"] = job.result()
         if not job.running:
             del st.session_state["quick_job"]
     if "quick_result" in st.session_state:
@@ -231,6 +214,11 @@ def live_rows(row: int, model: str | None) -> list[dict]:
     return out
 
 
+def confidence_text(value: float | None) -> str:
+    """A synthesis confidence as read: a percentage, or — where the modality was given (no synthesis)."""
+    return "—" if value is None else f"{value:.0%}"
+
+
 with live:
     demos = get_demo_cases()
     choice = st.selectbox("Case", [d.label for d in demos], key="live_case")
@@ -241,18 +229,24 @@ with live:
     except Exception as e:  # noqa: BLE001
         fail(e)
         st.stop()
-    chance = "Probability of the true diagnosis"
+    chance = "P(true diagnosis)"
+    confidence = {m: f"{display_name(m)} conf." for m in names}
     df = pd.DataFrame([{"Modalities given": pattern_label(r["pattern"]), "Missing": r["missing"],
                         "Prediction": display_name(r["prediction"]), chance: r["probabilities"][demo.diagnosis],
-                        **{f"Confidence: {display_name(m)}": c for m, c in r["confidence"].items()}}
+                        **{confidence[m]: confidence_text(r["confidence"].get(m)) for m in names}}
                        for r in results])
     st.markdown(f"True diagnosis: **{truth}**. Modalities are removed one combination at a time.")
     fig = px.bar(df, x="Modalities given", y=chance, color="Prediction", range_y=[0, 1],
                  title=f"Probability of the true diagnosis ({truth}) as modalities go missing")
     st.plotly_chart(fig, width="stretch", key="live_chart")
-    confidence_help = ("Synthesis confidence of a missing modality: how likely the answer stays the same once the "
-                       "real one is added (learned on validation cases).")
+    confidence_help = ("Synthesis confidence of the missing {m}: how likely the answer stays the same once the real "
+                       "one is added (learned on validation cases). —: the {m} was given, so nothing was synthesized.")
     st.dataframe(df, hide_index=True, width="stretch", column_config={
+        "Modalities given": st.column_config.TextColumn(width="medium"),
+        "Missing": st.column_config.NumberColumn(width="small", help="How many modalities are switched off."),
+        "Prediction": st.column_config.TextColumn(width="medium"),
         chance: st.column_config.NumberColumn(format="percent", help=f"The model's probability of {truth}."),
-        **{c: st.column_config.NumberColumn(format="percent", help=confidence_help)
-           for c in df.columns if c.startswith("Confidence")}})
+        **{c: st.column_config.TextColumn(help=confidence_help.format(m=display_name(m)))
+           for m, c in confidence.items()}})
+    st.caption("Confidence columns: for each modality that is missing in that row, how likely the answer stays the "
+               "same once the real one is added; — where the modality was given (nothing was synthesized).")

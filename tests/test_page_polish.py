@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -15,7 +16,7 @@ from streamlit.testing.v1 import AppTest
 
 from core.evaluation import evaluate as evaluate_module
 from core.evaluation import figures, methods, report
-from core.evaluation.evaluate import evaluate, markdown
+from core.evaluation.evaluate import markdown
 from core.evaluation.harness import RANDOM_RATES, condition_label, pattern_label
 from core.evaluation.methods import methods_for
 from core.evaluation.report import pattern_columns
@@ -72,9 +73,9 @@ def test_comparison_table_is_compact_and_in_words():
     table, helps = report.comparison(rows, NAMES)
     # one measure, 7 patterns + average + p: 10 columns instead of the markdown table's 18
     assert list(table.columns) == ["Method", "Scan", "Clinical note", "Labs", "Scan+Clinical note", "Scan+Labs",
-                                   "Clinical note+Labs", "All modalities", "Average", "p"]
+                                   "Clinical note+Labs", "All modalities", "Average", "p (Holm)"]
     assert list(table.Method) == [display_name(m) for m in ALL]
-    assert table.set_index("Method").at["RobustMDiff", "p"] == "ref."
+    assert table.set_index("Method").at["RobustMDiff", "p (Holm)"] == "ref."
     assert set(helps) == set(table.columns) and all(helps.values())
     assert not _raw_in(table.to_string()) and not _raw_in(" ".join(table.columns))
     assert table["Average"].between(0, 100).all()  # in %
@@ -126,6 +127,22 @@ def app(monkeypatch, default_cohort):
     return AppTest.from_file(str(ROOT / "app.py"), default_timeout=600)
 
 
+MAIN_PX = 1040  # the main column of the wide layout at 1440 px, beside the sidebar
+
+
+def _headers(table) -> list[str]:
+    """A dataframe's column titles as drawn: the column_config label where one is set, else the column name."""
+    config = json.loads(table.proto.columns or "{}")
+    return [next((v.get("label") for k, v in config.items() if k in (str(c), f"name:{c}", f"col:{c}")
+                  and v.get("label")), None) or str(c) for c in table.value.columns]
+
+
+def _titles_fit(table) -> bool:
+    """Every column title whole on screen (issue 29: "Answer unchang…"): about 7.5 px a character at the grid's
+    header font plus 24 px of padding each, within the main column."""
+    return sum(7.5 * len(h) + 24 for h in _headers(table)) <= MAIN_PX
+
+
 def _page_text(at: AppTest) -> str:
     parts = [e.value for kind in ("markdown", "caption", "title", "subheader", "info") for e in at.get(kind)]
     for df in at.dataframe:
@@ -163,6 +180,12 @@ def test_robustness_lab_in_words_targets_as_text_and_live_demo_cached(app, monke
         assert set(regimes.reading) <= {"RobustMDiff better", "RobustMDiff worse", "no clear difference"}
     # the live demo: every combination of modalities of the same case, the complete one kept from the explorer
     assert len(calls) == 1 + 6
+    demo = next(d for d in at.dataframe if "Modalities given" in d.value.columns)
+    conf = demo.value[[c for c in demo.value.columns if c.endswith("conf.")]]
+    assert conf.shape[1] == 3 and conf.notna().all().all()  # never "None" in a cell
+    assert (conf == "—").sum().sum() == 3 * 4 and conf.map(lambda v: v == "—" or v.endswith("%")).all().all()
+    assert any("— where the modality was given" in c.value for c in at.caption)
+    assert all(_titles_fit(d) for d in at.dataframe), [_headers(d) for d in at.dataframe if not _titles_fit(d)]
     at.run()  # any rerun (a widget moved elsewhere on the page) reuses them
     assert not at.exception and len(calls) == 1 + 6
 
@@ -179,6 +202,15 @@ def test_model_card_in_words_with_a_comparison_that_fits(app):
         assert len(table.columns) == 10 and "RobustMDiff" in set(table.Method)
     targets = [t.value for t in at.table if "met" in t.value.columns]
     assert targets and all(set(t.met) <= {"met", "not met"} for t in targets)
+    # issue 29: titles that fit, encoders and sampler from the checkpoint's config, each table's model named
+    assert all(_titles_fit(d) for d in at.dataframe), [_headers(d) for d in at.dataframe if not _titles_fit(d)]
+    meta = json.loads((ROOT / "checkpoints" / "default" / "meta.json").read_text())
+    assert report.sampler(meta["config"]) in text and report.encoders(meta["config"], ["image", "text"]) in text
+    assert f"weights `{meta['weights_sha256'][:8]}…`" in text  # the top table: this checkpoint
+    if (ASSETS / "evaluation" / "results.json").exists():
+        result = json.loads((ASSETS / "evaluation" / "results.json").read_text())
+        which, same = report.provenance(result, meta)
+        assert same or any(which == i.value for i in at.info)  # an earlier model's table says so
 
 
 # ---- quick evaluation progress -------------------------------------------------------------------------------
@@ -189,28 +221,74 @@ def tiny_cohort(tmp_path_factory):
     return generate_cohort(tmp_path_factory.mktemp("tiny") / "c", n=80, seed=5, workers=1, progress=False, card=False)
 
 
-def test_evaluation_reports_progress_in_small_steps(tiny_cohort, tmp_path, monkeypatch):
-    """A whole evaluation (cases encoded, a baseline and RobustMDiff trained, calibrated and scored, figures)
-    on 80 cases: progress starts at 0, never goes back, ends at 1, and says what is going on at each step."""
-    monkeypatch.setenv("RMD_DATA_DIR", str(tmp_path / "data"))  # a fresh feature cache: the encoding reports too
+def _plotly(at: AppTest, key: str) -> dict:
+    return next(json.loads(c.proto.spec) for c in at.get("plotly_chart") if c.proto.id.endswith(key) or
+                key in c.proto.id)
 
-    def write_figures(figs, out, on_figure=None):  # no headless browser for PNGs here: only the news
-        for i, name in enumerate(figs):
-            on_figure(i / len(figs), f"drawing {name}")
-        return []
 
-    monkeypatch.setattr(evaluate_module.figures, "write_figures", write_figures)
-    news: list[tuple[float, str]] = []
-    result = evaluate(data=tiny_cohort, methods="early_zero", quick=True, out=tmp_path / "out", progress=False,
-                      on_progress=lambda f, text: news.append((f, text)))
-    fractions = [f for f, _ in news]
+def test_quick_evaluation_runs_in_its_own_process_one_at_a_time_and_shows_on_the_page(app, tiny_cohort, tmp_path):
+    """Issue 29 item 10: the quick evaluation is `python -m core evaluate --quick` in a process of its own (nice,
+    one torch thread, its own folder); a second press while it runs says so and follows the same run; the page
+    polls its progress from the folder and shows its results. Its progress (a baseline and RobustMDiff trained,
+    calibrated and scored on 80 cases) starts at 0, never goes back, ends at 1 and says what goes on at each step.
+    Also item 6 and 9 on its results: no percentage change from zero, colour-bar ticks that cannot overlap."""
+    job, fresh = evaluate_module.start_quick(["early_zero"], data=tiny_cohort,
+                                             env={"RMD_DATA_DIR": str(tmp_path / "data")})  # fresh cache: encoding news
+    assert fresh and job.running and job.out.name.startswith("rmd-quick-evaluation-")
+    again, fresh_again = evaluate_module.start_quick(["late_fusion"])
+    assert again is job and not fresh_again  # one at a time per server
+    at = app.run()
+    at.switch_page("pages/robustness_lab.py").run()
+    at.button(key="run_quick").click().run()  # follows the run until it ends, then shows its results
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("already running" in i.value for i in at.info)
+    assert job.process.returncode == 0, job.error()
+    assert any("Models trained by this quick evaluation" in i.value for i in at.info)  # which model, which date
+    text = _page_text(at) + "\n".join(str(t.value) for t in at.table)
+    assert "-100.0%" not in text and "−100.0 %" not in text
+    heat = _plotly(at, "quick_heat")
+    ticks = heat["layout"]["coloraxis"]["colorbar"]["tickvals"]
+    plot_px = heat["layout"]["height"] - 130
+    assert len(ticks) >= 2 and plot_px / len(ticks) >= 20, (ticks, plot_px)
+
+    news = [json.loads(line) for line in (job.out / evaluate_module.PROGRESS_LOG).read_text().splitlines()]
+    assert news[0]["threads"] == 1 and news[0]["pid"] == job.process.pid
+    assert news[0]["nice"] >= (10 if shutil.which("nice") else 0)
+    fractions = [n["fraction"] for n in news]
     assert fractions[0] == 0.0 and fractions[-1] == 1.0
     assert all(a <= b for a, b in zip(fractions, fractions[1:])), fractions
-    texts = "\n".join(t for _, t in news)
+    texts = "\n".join(n["text"] for n in news)
     for expected in ("encoding cases", "Early fusion, zero imputation (seed 0): training, phase 1 of 1",
                      "RobustMDiff (seed 0): training, phase 2 of 3", "phase 3 of 3", "calibrating",
                      "calibration: calibrating the probabilities (", "calibration: learning the synthesis confidence (",
                      "scoring: Scan + Clinical note + Labs", "drawing", "done"):
         assert expected in texts, expected
-    assert sum("encoding cases" in t for _, t in news) >= 3  # 80 cases: several chunks, not one
-    assert len(news) >= 40 and set(json.loads(json.dumps(result["methods"]))) == {"early_zero", "robustmdiff"}
+    assert sum("encoding cases" in n["text"] for n in news) >= 3  # 80 cases: several chunks, not one
+    assert len(news) >= 40 and set(job.result()["methods"]) == {"early_zero", "robustmdiff"}
+    assert not list(job.out.glob("*.png"))  # no headless browser beside the server: the page draws the figures
+
+    # the next run gets a folder of its own; bad input ends with a clear message, not a traceback
+    bad, fresh = evaluate_module.start_quick(["no_such_method"], data=tiny_cohort,
+                                             env={"RMD_DATA_DIR": str(tmp_path / "data")})  # features cached
+    assert fresh and bad.out != job.out
+    bad.process.wait(120)
+    assert "unknown methods" in bad.error() and "Traceback" not in bad.error()
+
+
+def test_encoders_are_named_from_the_checkpoint_config():
+    """The Model card hard-coded EfficientNet-Lite0 / MiniLM, wrong for a ViT checkpoint or one without notes."""
+    vit = report.encoders({"model": {"image_encoder": "vit", "vit_depth": 4, "vit_patch": 16}}, ["image", "tabular"])
+    assert "ViT" in vit and "EfficientNet" not in vit and "MiniLM" not in vit
+    effnet = report.encoders({"model": {"image_encoder": "efficientnet", "image_features": "stride16",
+                                        "note_negation": True}}, ["image", "text", "tabular"])
+    assert "EfficientNet-Lite0" in effnet and "MiniLM" in effnet and "negation-aware" in effnet
+
+
+def test_heatmap_colour_bar_ticks_cannot_overlap():
+    """Issue 29: a quick evaluation's short heatmap had colour-bar labels running into each other."""
+    for methods_ in (["robustmdiff", "early_zero"], ALL):
+        fig = figures.auroc_by_pattern(_rows(methods_), NAMES)
+        bar = fig.layout.coloraxis.colorbar
+        plot_px = fig.layout.height - 130
+        assert 2 <= len(bar.tickvals) <= 8 and plot_px / len(bar.tickvals) >= 20
+        assert list(bar.ticktext) == [f"{t:g}" for t in bar.tickvals]

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import atexit
+import json
 import os
 import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -58,7 +66,9 @@ def evaluate(checkpoint: str | Path | None = None, data: str | Path | None = Non
     `on_step(i, n, method)` hears when each model starts; `on_progress(fraction, text)` much more often
     (every chunk of encoded cases, epoch and scored condition: a few seconds apart on a 2-core CPU)."""
     t0 = time.perf_counter()
-    news = on_progress or (lambda f, text: None)
+    out = Path(out) if out else ROOT / "runs" / f"eval-{time.strftime('%Y%m%d-%H%M%S')}"
+    out.mkdir(parents=True, exist_ok=True)
+    news = logged(out, on_progress or (lambda f, text: None))
     dev = pick_device(device)
     chosen_regime = regime(regime_name)
     if chosen_regime.name != "natural" and methods in ("", "all"):
@@ -95,8 +105,6 @@ def evaluate(checkpoint: str | Path | None = None, data: str | Path | None = Non
             on_step(step[0], total, name)
         step[0] += 1
 
-    out = Path(out) if out else ROOT / "runs" / f"eval-{time.strftime('%Y%m%d-%H%M%S')}"
-    out.mkdir(parents=True, exist_ok=True)
     rows, reliability, probs = run(setup, chosen, seed_list, on, parts=out / "parts",
                                    jobs=jobs if dev.type == "cpu" else 1,
                                    worker_args=(checkpoint and str(checkpoint), str(data), quick or short, str(dev), False, None,
@@ -111,6 +119,7 @@ def evaluate(checkpoint: str | Path | None = None, data: str | Path | None = Non
     bootstraps = report.bootstraps(probs, where, ds.labels, seed_list, names)
     result = {
         "regime": chosen_regime.name, "regime_title": chosen_regime.title,
+        "created": time.strftime("%Y-%m-%d %H:%M %Z"),  # which model and date a table belongs to (the pages say)
         "n_train_complete": int(setup.table.present[ds.indices("train")].all(1).sum()),
         "n_train_labelled": int(len(setup.labelled) if setup.labelled is not None else len(ds.indices("train"))),
         "data": str(data), "data_fingerprint": ds.fingerprint(), "n_test": int(len(ds.indices("test"))),
@@ -132,6 +141,135 @@ def evaluate(checkpoint: str | Path | None = None, data: str | Path | None = Non
     news(1.0, f"done in {time.perf_counter() - t0:.0f} s")
     result["out"] = str(out)
     return result
+
+
+PROGRESS_LOG = "progress.jsonl"  # in an evaluation's output folder: every piece of news, one JSON object a line
+PARENT_ENV = "RMD_STOP_WITH_PARENT"  # a process id: the evaluation stops when that process is gone
+
+
+def logged(out: Path, news: Progress) -> Progress:
+    """`news`, also appended to out/progress.jsonl (fraction, text, time; the first line adds the process's
+    torch threads and niceness), which a page polls when the evaluation runs in a process of its own. With
+    RMD_STOP_WITH_PARENT set, the evaluation ends at its next news once the process that started it is gone
+    (a server killed without running its exit handlers leaves no orphan for more than a few seconds)."""
+    log, parent, first = out / PROGRESS_LOG, os.environ.get(PARENT_ENV), [True]
+
+    def on(fraction: float, text: str) -> None:
+        if parent and os.getppid() != int(parent):
+            raise SystemExit(f"the process that started this evaluation ({parent}) is gone: stopping")
+        line = {"fraction": round(float(fraction), 4), "text": text, "time": time.time()}
+        if first[0]:
+            line |= {"pid": os.getpid(), "threads": torch.get_num_threads(), "nice": os.nice(0)}
+            first[0] = False
+        with log.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(line) + "\n")
+        news(fraction, text)
+
+    return on
+
+
+def last_news(out: Path) -> dict:
+    """The latest line of an evaluation's progress log ({} before the first one; a line still being written
+    is skipped)."""
+    try:
+        lines = (Path(out) / PROGRESS_LOG).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return {}
+    for line in reversed(lines):
+        try:
+            return json.loads(line)
+        except json.JSONDecodeError:
+            continue
+    return {}
+
+
+@dataclass
+class QuickJob:
+    """A quick evaluation running as `python -m core evaluate --quick` in a process of its own: at low priority
+    (nice 10) and on one torch thread, so that a server keeps answering its users while it trains; its own
+    folder (`out`) holds the progress log, the log of its output and, at the end, results.json."""
+
+    out: Path
+    methods: list[str]
+    process: subprocess.Popen
+    started: float = field(default_factory=time.time)
+
+    @property
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def news(self) -> dict:
+        return last_news(self.out)
+
+    def result(self) -> dict | None:
+        """results.json once the run has ended well."""
+        path = self.out / "results.json"
+        return json.loads(path.read_text(encoding="utf-8")) if self.process.poll() == 0 and path.exists() else None
+
+    def error(self) -> str | None:
+        """What went wrong, in its last lines of output, once the run has ended badly (None while it runs)."""
+        code = self.process.poll()
+        if code is None or code == 0:
+            return None
+        try:
+            tail = (self.out / "output.log").read_text(encoding="utf-8", errors="replace").strip().splitlines()[-6:]
+        except FileNotFoundError:
+            tail = []
+        reason = "it was stopped" if code < 0 else f"it ended with status {code}"
+        return f"The quick evaluation did not finish ({reason}). " + (" / ".join(tail) if tail else "")
+
+    def stop(self, wait: float = 5.0) -> None:
+        if self.running:
+            self.process.terminate()
+            try:
+                self.process.wait(wait)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+_JOB: QuickJob | None = None  # the server's quick evaluation: one at a time per server process
+_JOB_LOCK = threading.Lock()
+
+
+def quick_command(methods: list[str], out: Path, data: str | Path | None = None) -> list[str]:
+    """The command line of a quick evaluation, under `nice` where the system has it."""
+    cmd = [sys.executable, "-m", "core", "evaluate", "--quick", "--methods", ",".join(["robustmdiff", *methods]),
+           "--out", str(out)]
+    if data:
+        cmd += ["--data", str(data)]
+    nice = shutil.which("nice")
+    return [nice, "-n", "10", *cmd] if nice else cmd
+
+
+def start_quick(methods: list[str], data: str | Path | None = None,
+                env: dict[str, str] | None = None) -> tuple[QuickJob, bool]:
+    """Start a quick evaluation of RobustMDiff against `methods` in its own process and folder, unless one is
+    running in this server already: (the job, whether it was started now). `data`: a data folder instead of
+    the 600-case quick cohort; `env`: more environment for the process (e.g. its own RMD_DATA_DIR)."""
+    global _JOB
+    with _JOB_LOCK:
+        if _JOB is not None and _JOB.running:
+            return _JOB, False
+        out = Path(tempfile.mkdtemp(prefix="rmd-quick-evaluation-"))  # unique, even for two runs in one second
+        env = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+                            "RMD_FIGURE_PNG": "0", PARENT_ENV: str(os.getpid())} | (env or {})  # page draws figures
+        with (out / "output.log").open("wb") as log:
+            process = subprocess.Popen(quick_command(methods, out, data), cwd=ROOT, env=env, stdout=log,
+                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        _JOB = QuickJob(out, list(methods), process)
+        return _JOB, True
+
+
+def current_quick() -> QuickJob | None:
+    """The server's latest quick evaluation, running or ended."""
+    return _JOB
+
+
+@atexit.register
+def _stop_quick() -> None:  # a server that exits takes its quick evaluation with it
+    if _JOB is not None:
+        _JOB.stop(wait=2.0)
 
 
 def make_setup(checkpoint: str | None, data: Path, quick: bool, device: str, progress: bool = False,  # quick: schedule
@@ -178,7 +316,8 @@ def markdown(result: dict) -> str:
     lines = ["## Macro AUROC and accuracy (%) under every availability pattern",
              "", f"Test split: {result['n_test_complete']} cases with all modalities, the others switched off per "
              f"pattern; mean ± std over seeds {result['seeds']}. AVG: mean over the patterns. p: Wilcoxon "
-             "signed-rank test of RobustMDiff against the method, paired over patterns × seeds (* p < 0.05).", "",
+             "signed-rank test of RobustMDiff against the method, paired over patterns × seeds, Holm-adjusted "
+             "across the methods (* adjusted p < 0.05).", "",
              report.main_table(rows, names), "",
              "## Retention (share of the all-modalities AUROC kept; first column: that AUROC)", "",
              ret.to_markdown(index=False, floatfmt=".3f"), "", "## Rare vs common classes (natural missingness)", "",
@@ -187,8 +326,8 @@ def markdown(result: dict) -> str:
     boots = result.get("bootstraps") or ({"natural": result["bootstrap_natural"]} if result.get("bootstrap_natural") else {})
     for key, rows in boots.items():
         lines += ["", f"## RobustMDiff against each method, paired bootstrap over test cases: {report.BOOTSTRAP_SETS[key]}", "",
-                  "Difference in macro AUROC (points; + means RobustMDiff is higher) with its 95 % percentile interval "
-                  "over 2000 resamples of the test cases, both methods on the same resampled cases, every condition "
-                  "and seed stacked; p two-sided, Holm across the methods.", "",
+                  "Difference in macro AUROC (points; + means RobustMDiff is higher), paired bootstrap over 2000 "
+                  "resamples of the test cases, both methods on the same resampled cases, every condition and seed "
+                  "stacked; p two-sided. " + report.BOOTSTRAP_RULE, "",
                   report.bootstrap_frame(rows).to_markdown(index=False, disable_numparse=True)]
     return "\n".join(lines) + "\n"

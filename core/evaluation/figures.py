@@ -6,6 +6,7 @@ Each figure is written as interactive HTML and, when a Chromium is available to 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -39,10 +40,28 @@ def auroc_by_pattern(rows: list[dict], names: list[str]) -> go.Figure:
     pivot.columns = [pattern_label(c) for c in cols]
     fig = px.imshow(100 * pivot, text_auto=".1f", color_continuous_scale="Viridis", aspect="auto",
                     labels={"color": "AUROC %", "x": "modalities given", "y": ""})
+    height = 140 + 28 * len(pivot)
     fig.update_layout(title="How well each method tells the diagnoses apart (AUROC %) with each combination of "
                             "modalities<br><sup>test split, mean over seeds; 50 = guessing, 100 = perfect</sup>",
-                      height=140 + 28 * len(pivot), margin=dict(l=10, r=10, t=70, b=10))
+                      height=height, margin=dict(l=10, r=10, t=70, b=10))
+    fig.update_coloraxes(colorbar=colour_bar(100 * pivot.to_numpy(dtype=float), height - 130))  # less title, axis
     return fig
+
+
+def colour_bar(values: np.ndarray, plot_height: float, row: float = 20.0) -> dict:
+    """Colour-bar ticks that never overlap: plotly picks about as many ticks as the scale has round steps, so
+    on a short figure (a quick evaluation's 4 methods: a 250 px plot) their labels ran into each other. At
+    most one tick per `row` px, on round values within the data's range."""
+    finite = values[np.isfinite(values)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 100.0)
+    most = max(2, min(8, int(plot_height // row)))
+    step = next(s for s in (0.5, 1, 2, 5, 10, 20, 25, 50) if (hi - lo) / s < most)
+    first = np.ceil(lo / step) * step
+    ticks = [float(t) for t in np.arange(first, hi + 1e-9, step)]
+    if len(ticks) < 2:  # a narrow range: its two ends
+        ticks = sorted({round(lo, 1), round(hi, 1)})
+    return dict(title=dict(text="AUROC %", side="right"), tickvals=ticks, ticktext=[f"{t:g}" for t in ticks],
+                thickness=14, len=1.0)
 
 
 def retention_curve(rows: list[dict], names: list[str]) -> go.Figure:
@@ -91,9 +110,12 @@ def reliability_diagram(reliability: dict[str, dict], bins: int = 10, methods: l
 
 def write_figures(figs: dict[str, go.Figure], out: Path,
                   on_figure: Callable[[float, str], None] | None = None) -> list[Path]:
-    """HTML always; PNG through Kaleido when it can find a Chromium (skipped with a warning otherwise).
-    `on_figure(fraction, text)` hears before each figure (a PNG takes a few seconds: a headless browser)."""
+    """HTML always; PNG through Kaleido when it can find a Chromium (skipped with a warning otherwise) and
+    RMD_FIGURE_PNG is not 0 (the Robustness lab's quick evaluation draws its figures on the page: no headless
+    browser beside the server). `on_figure(fraction, text)` hears before each figure (a PNG takes a few
+    seconds)."""
     written = []
+    png = os.environ.get("RMD_FIGURE_PNG", "1") != "0"
     for noisy in ("kaleido", "choreographer", "logistro"):  # the headless browser's start-up chatter
         logging.getLogger(noisy).setLevel(logging.ERROR)
     for i, (name, fig) in enumerate(figs.items()):
@@ -101,6 +123,8 @@ def write_figures(figs: dict[str, go.Figure], out: Path,
             on_figure(i / len(figs), f"drawing the figures: {name.replace('_', ' ')} ({i + 1} of {len(figs)})")
         fig.write_html(out / f"{name}.html", include_plotlyjs="cdn")
         written.append(out / f"{name}.html")
+        if not png:
+            continue
         try:
             pio.write_image(fig, out / f"{name}.png", width=1200, height=max(500, int(fig.layout.height or 500)), scale=1)
             written.append(out / f"{name}.png")
