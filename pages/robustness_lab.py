@@ -144,6 +144,10 @@ def show_regimes(study: dict) -> None:
                 "modalities: its row is what the diffusion itself adds.")
     st.plotly_chart(figure(study["summary"]), width="stretch", key="regimes_figure")
     st.table(frame(study["summary"]), hide_index=True)
+    st.caption("Reading: 'better' or 'worse' only where the Holm-adjusted p (across the methods of a regime) is below "
+               "0.05. The 95 % interval beside it is not adjusted, so it can exclude zero where the adjusted p does "
+               "not reach 0.05. Every model here is trained by the study itself: none is the shipped checkpoint"
+               + (f"; made {study['created']}." if study.get("created") else "."))
     scale = ("Quick variant (600-case cohorts, short training, one seed): a demonstration, with wide intervals. "
              if study.get("quick") else "Short training schedule on the full 3,000-case cohorts, one seed: every "
              "method a few points below its fully trained AUROC. " if study.get("short") else "")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -225,3 +226,26 @@ def test_no_percentage_change_from_zero():
     measured = " ".join(t["measured"] for t in report._rare_against_comparisons(report.summary(rows)))
     measured += " ".join(t["measured"] for t in report.targets(rows, ["image"]) if "rare" in t["target"])
     assert "%" not in measured.replace("no % change", "") and "-100.0" not in measured
+
+
+def test_a_quick_evaluation_process_does_not_outlive_its_server(tmp_path, monkeypatch):
+    """Issue 29 item 10: the server's exit handler stops a running quick evaluation, and an evaluation whose
+    starting process is gone (killed without exit handlers) stops at its next progress news."""
+    import subprocess
+    import sys
+
+    from core.evaluation import evaluate as module
+
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    monkeypatch.setattr(module, "_JOB", module.QuickJob(tmp_path, ["early_zero"], sleeper))
+    module._stop_quick()  # what atexit runs when the server exits
+    assert sleeper.poll() is not None and module.current_quick().error().startswith("The quick evaluation did not")
+
+    monkeypatch.setenv(module.PARENT_ENV, str(os.getppid()))
+    heard = []
+    news = module.logged(tmp_path, lambda f, text: heard.append(text))
+    news(0.0, "starting")  # the parent is there: the news is logged and passed on
+    assert heard == ["starting"] and module.last_news(tmp_path)["text"] == "starting"
+    monkeypatch.setenv(module.PARENT_ENV, str(os.getppid() + 100000))  # a parent that is gone
+    with pytest.raises(SystemExit, match="is gone"):
+        module.logged(tmp_path, lambda f, text: None)(0.5, "training")
