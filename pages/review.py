@@ -17,6 +17,7 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
+from core.demo import DemoCase, study_cases
 from core.errors import RobustMDiffError
 from core.names import display_name
 from core.explain.explanation import METHODS, Explanation
@@ -24,12 +25,14 @@ from core.explain.render import legend_html, note_html, overlay
 from core.review import auth
 from core.paths import DEFAULT_CHECKPOINT, ROOT
 from core.review.export import ratings_csv, results_csv
-from core.review.models import Lineup, review_models, train_command
-from core.review.prepared import AHEAD, BACKGROUND, URGENT, PreparedExplanations, study_explanations, warm_enabled
-from core.review.stats import agreement, paired_tests, per_method, per_model, per_model_method
+from core.review.models import Lineup, cohort_spec, review_models, train_command
+from core.review.prepared import (AHEAD, BACKGROUND, URGENT, PreparedExplanations, study_explanations, warm_all,
+                                  warm_enabled)
+from core.review.stats import (ALPHA, MIN_RATINGS, agreement, paired_tests, per_method, per_model,
+                               per_model_method)
 from core.review.store import DEMO_CODE, REFERENCE_MODEL, SCALES, Item, ReviewStore, reviewer_code
 from core.serve import AHEAD as AHEAD_WORK, BACKGROUND as BACKGROUND_WORK, INTERACTIVE
-from pages.common import fail, get_cohort, get_demo_cases, get_predictor, get_service, load_demo_case, notice
+from pages.common import fail, get_cohort, get_predictor, get_service, load_demo_case, notice
 
 LIKERT = {1: "1 · not at all", 2: "2", 3: "3", 4: "4", 5: "5 · completely"}
 QUESTIONS = {"relevance": "The highlighted evidence is clinically relevant to the prediction.",
@@ -48,10 +51,22 @@ def store() -> ReviewStore:
     return ReviewStore()
 
 
+@st.cache_resource(show_spinner=False)
+def get_study_cases() -> list[DemoCase]:
+    """The study's cases: never one of the Case explorer's demo cases (core/demo.py: why)."""
+    return study_cases(get_cohort())
+
+
+@st.cache_resource(show_spinner=False)
+def _study_spec() -> dict:
+    return cohort_spec(get_cohort())
+
+
 def lineup() -> Lineup:
     """The models of the study, read afresh on each run (a few small JSON files), so that a comparison
-    checkpoint trained while the app runs joins the queue at the next page load."""
-    found = review_models()
+    checkpoint trained while the app runs joins the queue at the next page load. A model that does not
+    read the study cohort's classes, modalities and labs is left out (the admin sees why)."""
+    found = review_models(_study_spec())
     _report_missing(tuple(found.missing), tuple(found.skipped))
     return found
 
@@ -66,17 +81,18 @@ def _report_missing(missing: tuple[str, ...], skipped: tuple[tuple[str, str], ..
 
 
 @st.cache_resource(show_spinner=False)
-def _prepared(_lineup: Lineup, key: tuple) -> PreparedExplanations:
+def _prepared(_lineup: Lineup, key: tuple, case_ids: tuple[str, ...]) -> PreparedExplanations:
     shipped = {m.name: get_predictor() for m in _lineup.models if m.path.resolve() == DEFAULT_CHECKPOINT.resolve()}
     service = get_service()  # review work queues in the app's one pool, behind what people wait for
     priority = {URGENT: INTERACTIVE, AHEAD: AHEAD_WORK, BACKGROUND: BACKGROUND_WORK}  # a reviewer waits / soon / some day
-    return study_explanations(_lineup, get_cohort(), shipped,
+    return study_explanations(_lineup, get_cohort(), shipped, case_ids=case_ids,
                               run=lambda work, urgency: service.call(work, priority=priority[urgency]))
 
 
 def prepared(found: Lineup | None = None) -> PreparedExplanations:
+    """Keyed on the line-up and the case set: another set of cases never reuses prepared items."""
     found = found or lineup()
-    return _prepared(found, found.key())
+    return _prepared(found, found.key(), tuple(c.case_id for c in get_study_cases()))
 
 
 @st.cache_resource(show_spinner=False, max_entries=64)
@@ -149,7 +165,7 @@ def sign_in_form() -> None:
         st.error(st.session_state["review_error"])
     found = lineup()
     if warm_enabled() and found.models:  # while the reviewer types, the first explanation warms the model up
-        first = get_demo_cases()[0]
+        first = get_study_cases()[0]
         prepared(found).prefetch([(first.row, first.case_id, found.names[0], METHODS[0])], BACKGROUND)
 
 
@@ -165,10 +181,12 @@ def _on_save(reviewer: str, item: Item, pos: int) -> None:
 
 
 def show_item(item: Item, row: int, exp: Explanation, pos: int) -> None:
-    """One item, blinded: nothing drawn (text, captions, element keys) names its model or method."""
+    """One item, blinded: nothing drawn (text, captions, element keys) names its model or method, and no
+    model output but the predicted class is shown as a number or in words (a probability differs between
+    models on the same case, so it would tell a reviewer which model this is)."""
     case = load_demo_case(row)
-    st.markdown(f"**Case {item.case_id}** · model prediction: **{display_name(exp.target)}** "
-                f"({exp.prediction.probabilities[exp.target]:.0%}). Model and explanation method: hidden.")
+    st.markdown(f"**Case {item.case_id}** · model prediction: **{display_name(exp.target)}**. "
+                "Model and explanation method: hidden.")
     c1, c2 = st.columns([1, 1])
     image = heat_image(item.case_id, item.model, item.method, row)
     if image is not None:
@@ -204,7 +222,7 @@ def rate_view(reviewer: str) -> None:
     if not found.models:
         st.error("The study has no model to explain: the shipped checkpoint is missing. Ask the study admin.")
         return
-    demos = {d.case_id: d for d in get_demo_cases()}
+    demos = {d.case_id: d for d in get_study_cases()}
     queue = ReviewStore.queue(reviewer, list(demos), list(METHODS), found.names)
     keys = [(demos[i.case_id].row, i.case_id, i.model, i.method) for i in queue]
     rated = store().rated(reviewer) & set(queue)  # (not items of a model no longer in the study)
@@ -225,9 +243,10 @@ def rate_view(reviewer: str) -> None:
         return
     show_item(queue[pos], keys[pos][0], exp, pos)
     questions(reviewer, queue[pos], pos)
-    if warm_enabled():  # what this reviewer needs next, then (once per process) every other item
+    if warm_enabled():  # what this reviewer needs next; every other item only on a server set up for it
         prepared(found).prefetch([keys[i] for i in pending if i > pos][:LOOK_AHEAD])
-        prepared(found).warm(keys)
+        if warm_all():
+            prepared(found).warm(keys)
 
 
 # ---- results (study admin only) ----------------------------------------------------------------------------
@@ -259,13 +278,14 @@ def results_view() -> None:
     tables = {"per_model": per_model(ratings), "per_method": per_method(ratings),
               "per_model_method": per_model_method(ratings), "paired_test": paired_tests(ratings)}
     st.plotly_chart(ratings_chart(tables["per_model_method"]), width="stretch", key="ratings_chart")
-    st.caption("Mean rating (1–5) with the range that holds the true mean with 95 % probability.",
-               help="95 % t-interval over the ratings, each rating one observation; it does not account for "
-                    "ratings sharing a reviewer or a case.")
+    st.caption(f"Mean rating (1–5) with its 95 % range; a group with fewer than {MIN_RATINGS} ratings, or "
+               "ratings of a single case, gets no range (too few ratings).",
+               help="95 % bootstrap percentile interval that resamples cases (ratings of one case are not "
+                    "independent); it stays within the 1–5 scale.")
     for name, title in (("per_model", "Per model"), ("per_method", "Per explanation method"),
                         ("per_model_method", "Per model and method")):
         st.markdown(f"**{title}**")
-        readable_table(tables[name].round(2), f"table_{name}")
+        readable_table(tables[name].round(2), f"table_{name}", hide=("ci_low", "ci_high"))
     paired_view(tables["paired_test"])
     alpha = agreement(ratings)
     st.markdown("Agreement between reviewers (1 = full, 0 = as by chance): " +
@@ -282,10 +302,10 @@ def results_view() -> None:
 # the admin's tables keep the internal names (the exported CSV and `python -m core train --method` use them);
 # people read the same rows in words: these columns are drawn as the words in a column of their own
 WORDS = {"model": "Model", "method": "Explanation method", "reference": "Reference", "comparison": "Compared with",
-         "direction": "Rated higher"}
-HEADERS = {"scale": "Question", "mean": "Mean", "ci_low": "95 % range from", "ci_high": "to", "n": "Ratings",
+         "verdict": "Verdict"}
+HEADERS = {"scale": "Question", "mean": "Mean", "range": "95 % range", "n": "Ratings", "n_cases": "Cases",
            "n_pairs": "Pairs", "n_nonzero": "Pairs that differ", "mean_diff": "Mean difference",
-           "median_diff": "Median difference", "statistic": "Test statistic", "p": "p", "p_holm": "p (corrected)"}
+           "median_diff": "Median difference", "p": "p", "p_corrected": "p (corrected)"}
 
 
 def _words(value: object) -> str:
@@ -294,16 +314,19 @@ def _words(value: object) -> str:
     return display_name(name) + (f" {rest}" if rest else "")
 
 
-def readable_table(df: pd.DataFrame, key: str, helps: dict[str, str] | None = None) -> None:
-    """Draw a results table with names and headers in words; the frame keeps its internal names too."""
+def readable_table(df: pd.DataFrame, key: str, helps: dict[str, str] | None = None, hide: tuple[str, ...] = (),
+                   headers: dict[str, str] | None = None) -> None:
+    """Draw a results table with names and headers in words; the frame keeps its internal names too.
+    `hide`: columns kept in the frame (and the export) but not drawn, e.g. an interval's ends beside its text."""
     shown = df.copy()
     for col, head in WORDS.items():
         if col in shown:
             shown[head] = shown[col].map(_words)
-    order = [WORDS[c] for c in df.columns if c in WORDS] + [c for c in df.columns if c not in WORDS]
+    order = [WORDS[c] for c in df.columns if c in WORDS] + [c for c in df.columns if c not in WORDS and c not in hide]
+    headers = {**HEADERS, **(headers or {})}
     # placeholder: an interval of a single rating does not exist, shown as a dash rather than "None"
     st.dataframe(shown, hide_index=True, key=key, column_order=order, placeholder="–", column_config={
-        c: st.column_config.Column(HEADERS.get(c, c), help=(helps or {}).get(c)) for c in df.columns if c not in WORDS})
+        c: st.column_config.Column(headers.get(c, c), help=(helps or {}).get(c)) for c in df.columns if c not in WORDS})
 
 
 def _shown_path(path: Path) -> str:
@@ -326,8 +349,8 @@ def models_view(found: Lineup) -> None:
                    "runs with the models above; train the missing ones (the queue takes them up at the next page "
                    "load):")
         st.code(commands, language="bash")
-    for path, why in found.skipped:
-        st.caption(f"Not used: {path} ({why}).")
+    for path, why in found.skipped:  # e.g. a model of other classes: reviewers would see its answers as numbers
+        st.warning(f"Not used: {_shown_path(Path(path))}: {why}.")
 
 
 def ratings_chart(table: pd.DataFrame) -> go.Figure:
@@ -348,20 +371,24 @@ def ratings_chart(table: pd.DataFrame) -> go.Figure:
 
 
 def paired_view(paired: pd.DataFrame) -> None:
-    st.markdown(f"**Paired test: {display_name(REFERENCE_MODEL)} against each comparison model**")
+    st.markdown(f"**Paired comparison: {display_name(REFERENCE_MODEL)} against each comparison model**")
     if paired.empty:
         st.caption("Needs ratings of RobustMDiff and of a comparison model by the same reviewer on the same case "
                    "and method.")
         return
-    readable_table(paired.round(4), "table_paired", helps={
-        "p": "Chance of a difference at least this large if the models were rated alike: two-sided Wilcoxon "
-             "signed-rank test, zero differences dropped.",
-        "p_holm": "The p-value corrected for testing several comparison models (Holm), per question.",
-        "statistic": "The Wilcoxon signed-rank statistic."})
+    level = f"{100 * paired.confidence.iloc[0]:.3g} %"  # 95 % with one comparison model, 97.5 % with two
+    readable_table(paired.round(4), "table_paired", hide=("ci_low", "ci_high", "confidence", "reference"),
+                   headers={"range": f"{level} range (corrected)"}, helps={
+        "range": "Range of the mean difference, widened for the number of comparison models (Bonferroni): "
+                 "it excludes zero exactly when the corrected p is below 0.05, and then the verdict names the "
+                 "model rated higher.",
+        "p": "Two-sided bootstrap p of the mean difference (cases resampled), before the correction.",
+        "p_corrected": f"p × the number of comparison models (Bonferroni), per question: the verdict's p "
+                       f"(a difference when below {ALPHA})."})
     st.caption("Pairs: one reviewer's ratings of the same case and explanation method under RobustMDiff and under "
                "the comparison model. Difference = RobustMDiff − comparison (positive: RobustMDiff rated higher). "
-               "A small p means the difference is unlikely to be chance; pairs from one reviewer or one case are "
-               "not fully independent, which the test assumes, so read p as a guide.")
+               "One rule per row: the verdict, the corrected range and the corrected p agree; cases are "
+               "resampled, so pairs that share a case are not counted as independent.")
 
 
 def _on_reset_pin() -> None:

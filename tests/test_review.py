@@ -263,6 +263,45 @@ def test_prepared_work_runs_where_it_is_told_background_behind_pages(tmp_path):
     assert ran == [(0, URGENT), (1, AHEAD)]
 
 
+def test_the_preparing_thread_ends_when_nothing_is_left_and_close_drops_the_queue(tmp_path):
+    """Issue 29: the idle server stayed busy after the review page was opened, and stopping it waited 30 s.
+    The thread lives only while its queue has work; close() drops what is queued and does not wait for it."""
+    started, release = threading.Event(), threading.Event()
+    computed: list[int] = []
+
+    def compute(row: int, model: str, method: str) -> int:
+        started.set()
+        release.wait(30)
+        computed.append(row)
+        return row
+
+    prep = PreparedExplanations({"robustmdiff": tmp_path / "prep"}, compute, run=lambda work, priority: work())
+    keys = [(r, f"c{r}", "robustmdiff", "shap") for r in range(50)]
+    prep.prefetch(keys[:1])
+    assert started.wait(30) and prep.busy()
+    release.set()
+    assert prep.get(keys[0]) == 0
+    prep._worker and prep._worker.join(30)  # the queue is empty: the thread ends by itself
+    assert not prep.busy() and not any(t.name == "review-prepare" for t in threading.enumerate())
+    prep.prefetch(keys[:1])  # already prepared: no thread is started for nothing
+    assert not prep.busy()
+    # a long queue, one item in hand: close returns without working through the rest
+    started.clear()
+    release.clear()
+    prep.prefetch(keys[1:])
+    assert started.wait(30)
+    t0 = time.perf_counter()
+    prep.close()
+    assert time.perf_counter() - t0 < 5  # the item in hand runs elsewhere (the pool): not waited for long
+    release.set()
+    deadline = time.time() + 30
+    while prep.busy() and time.time() < deadline:
+        time.sleep(0.01)
+    assert not prep.busy() and computed == [0, 1]  # the item in hand finished, nothing after it started
+    prep.prefetch(keys[2:3])  # closed: nothing new starts
+    assert not prep.busy() and computed == [0, 1]
+
+
 def test_a_failed_preparation_is_retried(tmp_path):
     attempts = []
 

@@ -3,11 +3,15 @@
 The design's human evaluation rates explanations of RobustMDiff beside those of comparison models trained
 by the same harness (`python -m core train --method NAME`, core/evaluation/methods.py). The study uses
   - RobustMDiff: the shipped checkpoint, checkpoints/default;
-  - every folder of checkpoints/comparison/ that holds a valid checkpoint of the same classes and
-    modalities (its meta.json names the method; the folder name is the fallback),
+  - every folder of checkpoints/comparison/ that holds a valid checkpoint,
 or, when RMD_REVIEW_MODELS is set, exactly the checkpoint folders it lists (comma-separated; relative paths
-are taken from the repository root). The comparison models the design names and that are not there are
-reported with the command that trains them; the study then runs with the models it has.
+are taken from the repository root). Every model must read the study's data spec: the same classes, the
+same modalities and the same lab fields as the cohort whose cases reviewers rate (by default, those the
+shipped checkpoint was trained on); one that does not is skipped with the reason, which the study admin
+sees (issue 29: a model of other classes was shown to reviewers as "model prediction: 0 (80 %)"). Each
+model is named by its own meta.json (its method; the folder name if it has none), never by a default.
+The comparison models the design names and that are not there are reported with the command that trains
+them; the study then runs with the models it has.
 """
 
 from __future__ import annotations
@@ -65,15 +69,54 @@ def _candidates() -> list[Path]:
     return [DEFAULT_CHECKPOINT, *comparison]
 
 
-def _same_data(meta: dict, ref: dict) -> bool:
-    a, b = meta.get("data_info", {}), ref.get("data_info", {})
-    return a.get("classes") == b.get("classes") and a.get("modalities") == b.get("modalities")
+def spec_of(meta: dict) -> dict:
+    """What a checkpoint reads: its classes, modalities (name, type) and lab fields per tabular modality."""
+    info = meta.get("data_info") or {}
+    return {"classes": list(info.get("classes") or []),
+            "modalities": [list(m) for m in info.get("modalities") or []],
+            "labs": {k: list(v) for k, v in (info.get("labs") or {}).items()}}
 
 
-def review_models() -> Lineup:
-    """The models of the study, RobustMDiff first, and what is missing or unusable (with the reason)."""
+def cohort_spec(ds) -> dict:
+    """The same for a Dataset: what a model must read to explain its cases."""
+    from core.features import modalities_of
+
+    mods, labs = modalities_of(ds.spec)
+    return {"classes": list(ds.classes), "modalities": [list(m) for m in mods],
+            "labs": {k: list(v) for k, v in labs.items()}}
+
+
+def _short(values: list) -> str:
+    shown = ", ".join("/".join(map(str, v)) if isinstance(v, list) else str(v) for v in values[:4])
+    return shown + (f", … ({len(values)} in all)" if len(values) > 4 else "")
+
+
+def spec_mismatch(spec: dict, reference: dict) -> str | None:
+    """Why a model of `spec` cannot explain cases read with `reference` (None: it can)."""
+    for part, what in (("classes", "classes"), ("modalities", "modalities")):
+        if spec[part] != reference[part]:
+            return f"its {what} ({_short(spec[part]) or 'none'}) are not the study's ({_short(reference[part])})"
+    if spec["labs"] != reference["labs"]:
+        return "its lab fields are not the study's"
+    return None
+
+
+def _reference_spec() -> dict | None:
+    """By default the study's cases are those the shipped checkpoint was trained on."""
+    from core.checkpoint import read_meta
+
+    try:
+        return spec_of(read_meta(DEFAULT_CHECKPOINT))
+    except (RobustMDiffError, OSError):
+        return None
+
+
+def review_models(reference: dict | None = None) -> Lineup:
+    """The models of the study, RobustMDiff first, and what is missing or unusable (with the reason).
+    `reference`: the spec of the study's cases (`cohort_spec`); by default the shipped checkpoint's."""
     from core.checkpoint import WEIGHTS, read_meta
 
+    reference = reference or _reference_spec()
     found: list[ReviewModel] = []
     skipped: list[tuple[str, str]] = []
     for path in _candidates():
@@ -85,17 +128,21 @@ def review_models() -> Lineup:
         if not (path / WEIGHTS).is_file():
             skipped.append((str(path), f"no {WEIGHTS}"))
             continue
-        default = path.resolve() == DEFAULT_CHECKPOINT.resolve()
-        name = str(meta.get("method") or (REFERENCE_MODEL if default else path.name))
+        why = spec_mismatch(spec_of(meta), reference) if reference is not None else None
+        if why:
+            skipped.append((str(path), f"{why}: it cannot explain the study's cases"))
+            continue
+        name = str(meta.get("method") or path.name)  # its own name, never a default one
         if any(m.name == name for m in found):
             skipped.append((str(path), f"a second checkpoint of {name}"))
             continue
         found.append(ReviewModel(name, display_name(name), path, meta))
     found.sort(key=lambda m: (m.name != REFERENCE_MODEL, m.name))
     models: list[ReviewModel] = []
-    for m in found:  # every model must explain the same demo cases as the first (RobustMDiff when present)
-        if models and not _same_data(m.meta, models[0].meta):
-            skipped.append((str(m.path), f"trained on other classes or modalities than {models[0].name}"))
+    for m in found:  # without a reference spec: every model must read the same spec as the first
+        why = spec_mismatch(spec_of(m.meta), spec_of(models[0].meta)) if models and reference is None else None
+        if why:
+            skipped.append((str(m.path), f"{why} (the study's spec taken from {models[0].name})"))
             continue
         models.append(m)
     names = {m.name for m in models}

@@ -3,10 +3,15 @@ for the model.
 
 Each (case, model, method) explanation is computed at most once per model checkpoint and code version and
 kept in memory and on disk (the data folder's cache, one folder per model, named by that model's
-fingerprint). Every reviewer therefore rates the very same artefact, which
-inter-rater agreement needs (SHAP samples at random). A single background thread prepares what reviewers
-will need next (`prefetch`, urgent first) and then, if asked, everything else (`warm`); a page that needs
-an item at once computes it in its own thread unless the worker already has it in hand.
+fingerprint and the study's case set). Every reviewer therefore rates the very same artefact, which
+inter-rater agreement needs (SHAP samples at random). A background thread prepares what reviewers will
+need next (`prefetch`, urgent first) and, only if asked (RMD_REVIEW_WARM=all), everything else (`warm`);
+a page that needs an item at once computes it in its own thread unless the worker already has it in hand.
+
+The thread lives only while there is something to prepare: it ends when its queue is empty (a later
+prefetch starts a new one), so an idle server does no review work, and `close` drops what is queued
+instead of working through it (issue 29: the whole study was prepared in the background whenever the page
+was opened, ~35 % of the CPU for as long as that took, and stopping the server waited 30 s for it).
 
 The files are pickles written by this process into the data folder (never uploaded files).
 """
@@ -32,17 +37,19 @@ log = logging.getLogger(__name__)
 Key = tuple[int, str, str, str]  # (cohort row, case id, model, method)
 Compute = Callable[[int, str, str], object]  # (row, model, method) -> Explanation
 Run = Callable[[Callable[[], object], int], object]  # (work, URGENT / AHEAD / BACKGROUND) -> its result
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"  # 2: the case set is part of the fingerprint
 URGENT, AHEAD, BACKGROUND = 0, 1, 2
 _SOURCES = ("core/explain", "core/inference.py", "core/model")
 
 
-def fingerprint(checkpoint_meta: dict, manifest_csv: str) -> str:
-    """Changes whenever the model, the cohort or the code that explains could change an explanation."""
+def fingerprint(checkpoint_meta: dict, manifest_csv: str, case_ids: Iterable[str] = ()) -> str:
+    """Changes whenever the model, the cohort, the study's cases or the code that explains could change
+    what reviewers are shown (a new case set starts a new folder: nothing prepared for another is reused)."""
     h = hashlib.sha256(CACHE_VERSION.encode())
     for k in ("weights_sha256", "meta_sha256"):
         h.update(str(checkpoint_meta.get(k)).encode())
     h.update(manifest_csv.encode())
+    h.update("\0".join(case_ids).encode())
     for src in _SOURCES:
         path = ROOT / src
         for f in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
@@ -50,9 +57,21 @@ def fingerprint(checkpoint_meta: dict, manifest_csv: str) -> str:
     return h.hexdigest()[:20]
 
 
+def warm_mode() -> str:
+    """RMD_REVIEW_WARM: "0" only on demand; "1" (default) also each reviewer's next items, in the background;
+    "all" also every item of the study once (hours of CPU for SHAP on a large study: a server set up for it)."""
+    value = os.environ.get("RMD_REVIEW_WARM", "1").strip().lower()
+    return value if value in ("0", "all") else "1"
+
+
 def warm_enabled() -> bool:
-    """Prepare a reviewer's next items, then every item, in the background (RMD_REVIEW_WARM=0: only on demand)."""
-    return os.environ.get("RMD_REVIEW_WARM", "1") != "0"
+    """Prepare a reviewer's next items in the background (RMD_REVIEW_WARM=0: only on demand)."""
+    return warm_mode() != "0"
+
+
+def warm_all() -> bool:
+    """Also prepare every item of the study in the background (RMD_REVIEW_WARM=all)."""
+    return warm_mode() == "all"
 
 
 def default_folder(key: str) -> Path:
@@ -84,6 +103,7 @@ class PreparedExplanations:
         self._worker: threading.Thread | None = None
         self._stopping = False
         self._warmed = False
+        self._at_exit = False
 
     # ---- reading -------------------------------------------------------------------------------------
     def get(self, key: Key):
@@ -100,11 +120,19 @@ class PreparedExplanations:
 
     # ---- preparing ahead -----------------------------------------------------------------------------
     def prefetch(self, keys: Iterable[Key], priority: int = AHEAD) -> None:
-        """Queue these for the background thread (lower priority values first)."""
+        """Queue these for the background thread (lower priority values first); items already prepared or
+        being prepared are not queued, and nothing starts when nothing is left to prepare."""
+        if self._stopping:
+            return
+        queued = 0
         for key in keys:
-            if not self.ready(key):
+            with self._lock:
+                claimed = key in self._futures
+            if not claimed and not self.ready(key):
                 self._queue.put((priority, next(self._order), key))
-        self._start()
+                queued += 1
+        if queued:
+            self._start()
 
     def warm(self, keys: Iterable[Key]) -> None:
         """Queue everything once, behind what reviewers are waiting for."""
@@ -112,12 +140,21 @@ class PreparedExplanations:
             self._warmed = True
             self.prefetch(keys, BACKGROUND)
 
-    def close(self, timeout: float = 30.0) -> None:
-        """Let the worker finish its current item and stop (at exit: no model work mid-shutdown)."""
+    def busy(self) -> bool:
+        """Whether the background thread is alive (it ends once its queue is empty)."""
+        with self._lock:
+            return self._worker is not None and self._worker.is_alive()
+
+    def close(self, timeout: float | None = None) -> None:
+        """Drop what is queued and stop. The item in hand, if any, is waited for only briefly when it runs
+        elsewhere (`run`: the app's pool, which finishes or cancels it at its own exit); computed in this
+        thread it is waited for (torch must not be left mid-work at interpreter exit)."""
         self._stopping = True
-        self._queue.put((-1, -1, None))
-        if self._worker is not None:
-            self._worker.join(timeout)
+        self._drain()
+        with self._lock:
+            worker = self._worker
+        if worker is not None:
+            worker.join((1.0 if self._run is not None else 120.0) if timeout is None else timeout)
 
     # ---- internals -----------------------------------------------------------------------------------
     def _path(self, key: Key) -> Path:
@@ -170,19 +207,42 @@ class PreparedExplanations:
         os.replace(tmp, path)  # atomic: readers in other processes never see half a file
         return value
 
+    def _drain(self) -> None:
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                return
+
     def _start(self) -> None:
+        """A worker for the queue, unless one is running (it ends when the queue is empty)."""
         with self._lock:
-            if self._worker is None:
-                self._worker = threading.Thread(target=self._work, name="review-prepare", daemon=True)
-                self._worker.start()
+            if self._stopping or (self._worker is not None and self._worker.is_alive()):
+                return
+            self._worker = threading.Thread(target=self._work, name="review-prepare", daemon=True)
+            self._worker.start()
+            if not self._at_exit:
+                self._at_exit = True
                 atexit.register(self.close)
+
+    def _next(self) -> tuple[int, Key] | None:
+        """The next queued item, or None when the queue is empty (the worker then ends). Emptiness is
+        decided under the lock that `_start` takes, so an item queued meanwhile starts a new worker."""
+        with self._lock:
+            try:
+                priority, _, key = self._queue.get_nowait()
+            except queue.Empty:
+                self._worker = None
+                return None
+            return priority, key
 
     def _work(self) -> None:
         _background_policy()
-        while True:
-            priority, _, key = self._queue.get()
-            if key is None or self._stopping:
+        while not self._stopping:
+            item = self._next()
+            if item is None:
                 return
+            priority, key = item
             future, mine = self._claim(key)
             if mine:
                 self._produce(key, future, priority)
@@ -190,15 +250,22 @@ class PreparedExplanations:
                     log.warning("could not prepare review item %s/%s/%s: %s", key[1], key[2], key[3], future.exception())
 
 
-def study_explanations(lineup, cohort, loaded: dict | None = None, run: Run | None = None) -> PreparedExplanations:
+def study_explanations(lineup, cohort, loaded: dict | None = None, run: Run | None = None,
+                       case_ids: Iterable[str] | None = None) -> PreparedExplanations:
     """The review study's explanations: every model of `lineup` (core/review/models.py) explaining cases
-    of `cohort` (a Dataset), kept per model fingerprint. `loaded`: predictors already in memory by model
-    name (the others load on first use); `run`: where the model work runs (see PreparedExplanations)."""
+    of `cohort` (a Dataset), kept per model and case-set fingerprint. `loaded`: predictors already in
+    memory by model name (the others load on first use); `run`: where the model work runs (see
+    PreparedExplanations); `case_ids`: the study's cases (by default core.demo.study_cases)."""
     from core.explain.explanation import explain_case
     from core.review.models import Predictors
 
+    if case_ids is None:
+        from core.demo import study_cases
+
+        case_ids = [c.case_id for c in study_cases(cohort)]
+    case_ids = list(case_ids)
     manifest = cohort.manifest.to_csv(index=False)
-    folders = {m.name: default_folder(fingerprint(m.meta, manifest)) for m in lineup.models}
+    folders = {m.name: default_folder(fingerprint(m.meta, manifest, case_ids)) for m in lineup.models}
     predictors = Predictors(lineup.models, loaded)
     # runs in the background thread too: only plain core calls, no Streamlit
     return PreparedExplanations(folders, lambda row, model, method: explain_case(predictors.get(model), cohort.load(row),

@@ -1,13 +1,20 @@
 """Summaries of the review study.
 
-- Mean rating of each scale per model, per explanation method and per (model, method), with a 95 %
-  t-interval over the ratings (each rating counted as one observation: the interval does not widen for
-  ratings that share a reviewer or a case, so read it as descriptive).
+Ratings are on a bounded 1–5 scale and few per group, so every interval is a bootstrap percentile interval
+that resamples cases (the study's unit: ratings of one case, by several reviewers or methods, are not
+independent), which keeps it inside the scale and honest about shared cases; a t-interval on two ratings
+read "from −15.56 to 22.56" (issue 29). Below MIN_RATINGS ratings or from a single case no interval is
+given: the table says "too few ratings".
+
+- Mean rating of each scale per model, per explanation method and per (model, method), with that interval.
 - The paired comparison of RobustMDiff with each comparison model: the ratings one reviewer gave the same
-  case and explanation method under RobustMDiff and under the comparison model form a pair; a Wilcoxon
-  signed-rank test (two-sided; zero differences dropped, Wilcoxon's original treatment) per scale, its p
-  Holm-corrected across the comparison models of that scale. Differences are RobustMDiff minus the
-  comparison model, so a positive mean difference means RobustMDiff was rated higher.
+  case and explanation method under RobustMDiff and under the comparison model form a pair; per scale,
+  the mean difference (RobustMDiff minus the comparison model: positive means RobustMDiff was rated
+  higher) with its case-bootstrap interval and two-sided bootstrap p-value. One verdict rule per table:
+  Bonferroni across the comparison models of a scale, so the interval is the simultaneous one (level
+  1 − ALPHA/m), the p shown beside it is the corrected one (m × p), and "interval excludes zero" and
+  "corrected p < ALPHA" are the same statement (the interval's ends are the bootstrap order statistics
+  that the p-value counts), never a contradiction on one row.
 - Inter-rater agreement (Krippendorff's alpha, ordinal) per scale, over the items (case, model, method)
   rated by at least two reviewers.
 """
@@ -17,13 +24,19 @@ from __future__ import annotations
 import krippendorff
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from core.review.store import REFERENCE_MODEL, SCALES
 
-SUMMARY = ["scale", "mean", "ci_low", "ci_high", "n"]
-PAIRED = ["scale", "reference", "comparison", "n_pairs", "n_nonzero", "mean_diff", "median_diff", "direction",
-          "statistic", "p", "p_holm"]
+LOW, HIGH = 1, 5  # the Likert scale
+MIN_RATINGS = 5  # fewer ratings (or pairs), or a single case: no interval
+ALPHA = 0.05
+RESAMPLES = 4000
+SEED = 0  # the same ratings always give the same interval
+SUMMARY = ["scale", "mean", "ci_low", "ci_high", "n", "n_cases", "range"]
+PAIRED = ["scale", "reference", "comparison", "n_pairs", "n_cases", "n_nonzero", "mean_diff", "median_diff",
+          "ci_low", "ci_high", "range", "confidence", "p", "p_corrected", "verdict"]
+TOO_FEW = f"too few ratings (needs {MIN_RATINGS}, from 2 or more cases)"
+TOO_FEW_PAIRS = f"too few pairs (needs {MIN_RATINGS}, from 2 or more cases)"
 
 
 def frame(ratings: list[dict]) -> pd.DataFrame:
@@ -35,30 +48,70 @@ def frame(ratings: list[dict]) -> pd.DataFrame:
     return df
 
 
+def enough(n: int, n_cases: int) -> bool:
+    """Whether an interval is worth giving: MIN_RATINGS observations from at least two cases."""
+    return n >= MIN_RATINGS and n_cases >= 2
+
+
+def case_bootstrap(values: np.ndarray, cases: np.ndarray, resamples: int = RESAMPLES, seed: int = SEED) -> np.ndarray:
+    """Means of `values` over `resamples` resamples of the cases (with replacement; each drawn case brings
+    all its values)."""
+    _, code = np.unique(cases, return_inverse=True)
+    sums, counts = np.bincount(code, values), np.bincount(code).astype(float)
+    draw = np.random.default_rng(seed).integers(0, len(sums), (resamples, len(sums)))
+    return sums[draw].sum(1) / counts[draw].sum(1)
+
+
+def interval(dist: np.ndarray, tail: float) -> tuple[float, float]:
+    """The percentile interval leaving `tail` on each side, as order statistics of `dist` chosen so that
+    it excludes zero exactly when fewer than tail × len(dist) resamples lie on zero's side of it (the
+    two-sided bootstrap p of `bootstrap_p` is then below 2 × tail)."""
+    return (float(np.quantile(dist, tail, method="inverted_cdf")),
+            float(-np.quantile(-dist, tail, method="inverted_cdf")))
+
+
+def bootstrap_p(dist: np.ndarray) -> float:
+    """Two-sided: twice the share of resampled differences on the far side of zero (at most 1). None of
+    them there reads as 1 / len(dist), the resolution of the bootstrap, never as p = 0 (still below any
+    corrected threshold of fewer than ALPHA × RESAMPLES comparisons, so the duality with `interval` holds)."""
+    share = min(float((dist <= 0).mean()), float((dist >= 0).mean()))
+    return min(1.0, max(2 * share, 1 / len(dist)))
+
+
+def range_text(low: float, high: float, signed: bool = False, too_few: str = TOO_FEW) -> str:
+    """The interval as the admin reads it (`signed`: a difference, with its signs), or why there is none."""
+    if low != low or high != high:
+        return too_few
+    return f"{low:+.2f} to {high:+.2f}" if signed else f"{low:.2f} to {high:.2f}"
+
+
 def summary(ratings: list[dict], by: tuple[str, ...] = ("method",)) -> pd.DataFrame:
-    """Mean, 95 % t-interval and count of each scale per group of `by` (columns of the ratings)."""
+    """Mean, 95 % case-bootstrap interval (inside 1–5) and counts of each scale per group of `by`."""
     if not ratings:
         return pd.DataFrame(columns=[*by, *SUMMARY])
     df = frame(ratings)
     rows = []
     for group, sub in df.groupby(list(by), sort=True):
         keys = dict(zip(by, group if isinstance(group, tuple) else (group,)))
+        cases = sub["case_id"].astype(str).to_numpy()
+        n, n_cases = len(sub), len(set(cases))
         for scale in SCALES:
             x = sub[scale].to_numpy(float)
-            n = len(x)
-            half = stats.t.ppf(0.975, n - 1) * x.std(ddof=1) / np.sqrt(n) if n > 1 else np.nan
-            rows.append({**keys, "scale": scale, "mean": x.mean(), "ci_low": x.mean() - half,
-                         "ci_high": x.mean() + half, "n": n})
-    return pd.DataFrame(rows)
+            low = high = np.nan
+            if enough(n, n_cases):
+                low, high = interval(case_bootstrap(x, cases), ALPHA / 2)
+            rows.append({**keys, "scale": scale, "mean": float(x.mean()), "ci_low": low, "ci_high": high, "n": n,
+                         "n_cases": n_cases, "range": range_text(low, high)})
+    return pd.DataFrame(rows, columns=[*by, *SUMMARY])
 
 
 def per_method(ratings: list[dict]) -> pd.DataFrame:
-    """Mean, 95 % t-interval and count of each scale per explanation method (all models together)."""
+    """Mean, 95 % interval and counts of each scale per explanation method (all models together)."""
     return summary(ratings, ("method",))
 
 
 def per_model(ratings: list[dict]) -> pd.DataFrame:
-    """Mean, 95 % t-interval and count of each scale per model (all explanation methods together)."""
+    """Mean, 95 % interval and counts of each scale per model (all explanation methods together)."""
     return summary(ratings, ("model",))
 
 
@@ -67,7 +120,7 @@ def per_model_method(ratings: list[dict]) -> pd.DataFrame:
 
 
 def holm(p: list[float]) -> list[float]:
-    """Holm's step-down adjustment (NaN p-values are left out and stay NaN)."""
+    """Holm's step-down adjustment (NaN p-values are left out and stay NaN); used by core.evaluation."""
     p = np.asarray(p, float)
     out = np.full(len(p), np.nan)
     idx = np.flatnonzero(~np.isnan(p))
@@ -88,38 +141,53 @@ def pairs(ratings: list[dict], comparison: str, scale: str, reference: str = REF
     return a.merge(b, on=keys, how="inner")
 
 
+def verdict(reference: str, comparison: str, n_pairs: int, n_cases: int, mean: float, low: float, high: float) -> str:
+    """The table's one rule: a model is rated higher when the corrected interval excludes zero."""
+    if not n_pairs:
+        return "no pairs"
+    if not enough(n_pairs, n_cases):
+        return "too few pairs"
+    if low > 0 or high < 0:
+        return f"{reference} higher" if mean > 0 else f"{comparison} higher"
+    return "no clear difference"
+
+
+def _compare(pr: pd.DataFrame, tail: float) -> dict:
+    d = (pr.reference - pr.comparison).to_numpy(float)
+    cases = pr.case_id.astype(str).to_numpy()
+    out = {"n_pairs": len(d), "n_cases": len(set(cases)), "n_nonzero": int((d != 0).sum()),
+           "mean_diff": float(d.mean()) if len(d) else np.nan, "median_diff": float(np.median(d)) if len(d) else np.nan,
+           "ci_low": np.nan, "ci_high": np.nan, "p": np.nan}
+    if enough(out["n_pairs"], out["n_cases"]):
+        dist = case_bootstrap(d, cases)
+        out["ci_low"], out["ci_high"] = interval(dist, tail)
+        out["p"] = bootstrap_p(dist)
+    return out
+
+
 def paired_tests(ratings: list[dict], reference: str = REFERENCE_MODEL) -> pd.DataFrame:
-    """RobustMDiff against each other model, per scale: Wilcoxon signed-rank on matched pairs, Holm across
-    the comparison models of each scale. Empty when there is nothing to compare."""
+    """RobustMDiff against each other model, per scale: the mean paired difference with its simultaneous
+    (Bonferroni) case-bootstrap interval, the p-value and its correction, and the verdict they share.
+    Empty when there is nothing to compare."""
     if not ratings:
         return pd.DataFrame(columns=PAIRED)
     df = frame(ratings)
     others = sorted(m for m in df.model.unique() if m != reference)
     if reference not in set(df.model) or not others:
         return pd.DataFrame(columns=PAIRED)
+    m = len(others)
+    tail = ALPHA / (2 * m)  # each side of each of the m intervals of a scale
     rows = []
     for scale in SCALES:
-        block = []
         for other in others:
-            pr = pairs(ratings, other, scale, reference)
-            d = (pr.reference - pr.comparison).to_numpy(float)
-            nonzero = int((d != 0).sum())
-            statistic = p = np.nan
-            if len(d) and nonzero == 0:
-                p = 1.0  # every pair tied: no evidence of a difference
-            elif nonzero:
-                res = stats.wilcoxon(d, zero_method="wilcox", alternative="two-sided")
-                statistic, p = float(res.statistic), float(res.pvalue)
-            mean = float(d.mean()) if len(d) else np.nan
-            direction = ("no pairs" if not len(d) else f"{reference} higher" if mean > 0 else
-                         f"{other} higher" if mean < 0 else "equal")
-            block.append({"scale": scale, "reference": reference, "comparison": other, "n_pairs": int(len(d)),
-                          "n_nonzero": nonzero, "mean_diff": mean,
-                          "median_diff": float(np.median(d)) if len(d) else np.nan, "direction": direction,
-                          "statistic": statistic, "p": p})
-        for row, adjusted in zip(block, holm([r["p"] for r in block])):
-            row["p_holm"] = adjusted
-        rows += block
+            row = {"scale": scale, "reference": reference, "comparison": other,
+                   **_compare(pairs(ratings, other, scale, reference), tail)}
+            row["range"] = range_text(row["ci_low"], row["ci_high"], signed=True, too_few=TOO_FEW_PAIRS)
+            row["confidence"] = 1 - ALPHA / m
+            row["p_corrected"] = min(1.0, m * row["p"]) if row["p"] == row["p"] else np.nan
+            row["verdict"] = verdict(reference, other, row["n_pairs"], row["n_cases"], row["mean_diff"],
+                                     row["ci_low"], row["ci_high"])
+            rows.append(row)
     return pd.DataFrame(rows, columns=PAIRED)
 
 
