@@ -19,6 +19,9 @@ pages = [
     st.Page("pages/review.py", title="Explanation review", icon=":material/rate_review:"),
     st.Page("pages/model_card.py", title="Model card", icon=":material/description:"),
 ]
+# Navigation first: until st.navigation runs, Streamlit lists every file of pages/ (common.py included), which a
+# deep link opened while the model loads would show.
+page = st.navigation(pages)
 # The first run of a new server imports torch and loads the model (about 10–20 s): say so instead of a blank page.
 with st.spinner("Starting RobustMDiff: loading the model (about 20 s on first start)…"):
     from pages.common import get_service
@@ -27,4 +30,4 @@ with st.spinner("Starting RobustMDiff: loading the model (about 20 s on first st
 st.sidebar.markdown("**RobustMDiff** · multimodal diagnosis that stays accurate when data is missing, says how "
                     "confident it is in what it synthesized, and shows why.")
 st.sidebar.caption("Research software, not a medical device.")
-st.navigation(pages).run()
+page.run()

@@ -28,14 +28,15 @@ from core.data.dataset import CaseInputs, Modal
 from core.data.readers import LabPanel, Scan, read_labs, read_note, read_scan
 from core.data.readers.note import clean_note
 from core.data.readers.source import Source
-from core.data.spec import DatasetSpec
+from core.data.spec import DatasetSpec, LabSpec
 from core.device import model_device, pick_device
 from core.errors import InputError, NoModalityError
 from core.features import FeatureTable, table_from_inputs
 from core.guard.domain import DomainError, domain_mismatches
 from core.guard.ood import Guard
+from core.model.knowledge import KnowledgeGraph
 from core.model.robustmdiff import SIGNALS, RobustMDiff, entropy
-from core.paths import DEFAULT_CHECKPOINT
+from core.paths import DEFAULT_CHECKPOINT, ROOT
 
 
 @dataclass
@@ -178,23 +179,40 @@ class Prediction:
 
     def assumed_text(self, modality: str, top: int = 3) -> str:
         """What the synthesis of a missing modality assumed, in a line: abnormal assumed labs first
-        ("assumed CRP 120 mg/L (80–160) H, …"), or the concepts a synthesized note leans on."""
+        ("assumed CRP 120 mg/L (80–160) H, …"), or the concepts a synthesized note leans on. Labs whose given
+        value was refused are named as refused, never given an assumed value."""
         s = self.synthesized.get(modality, {})
-        if "expected_values" in s:
+        refused = "; not used, the value given was refused: " + ", ".join(r["label"] for r in s["refused"].values()) \
+            if s.get("refused") else ""
+        if s.get("expected_values"):
             vals = sorted(s["expected_values"].values(), key=lambda v: v["flag"] == "")[:top]
             return "assumed " + ", ".join(f"{v['label']} {v['median']:g} {v['unit']} ({v['low']:g}–{v['high']:g})"
-                                          f"{' ' + v['flag'] if v['flag'] else ''}" for v in vals)
+                                          f"{' ' + v['flag'] if v['flag'] else ''}" for v in vals) + refused
         if s.get("implied_concepts"):
             return "implies " + ", ".join(c["concept"] for c in s["implied_concepts"][:top])
-        return ""
+        return refused.removeprefix("; ")
+
+    def chance_of_change(self, modality: str) -> float:
+        """The calibrated chance that acquiring a synthesized modality changes the predicted class: 1 − its
+        synthesis confidence. The one quantity by which the page, the report and the CLI rank which test next."""
+        return 1.0 - self.synthesized[modality]["confidence"]
 
     @property
     def next_test(self) -> str | None:
-        """The missing modality most likely to change the answer if acquired: the lowest calibrated synthesis
-        confidence (ties broken by the expected change over the diffusion samples)."""
+        """The synthesized modality with the highest chance of changing the answer if acquired (ties broken by
+        the expected change over the diffusion samples)."""
         if not self.synthesized:
             return None
-        return min(self.synthesized, key=lambda n: (self.synthesized[n]["confidence"], -self.synthesized[n]["expected_change"]))
+        return max(self.synthesized, key=lambda n: (self.chance_of_change(n), self.synthesized[n]["expected_change"]))
+
+    def next_test_text(self) -> str:
+        """'Which test next' in words, the same on every surface (page, report, CLI)."""
+        n = self.next_test
+        if n is None:
+            return ""
+        others = len(self.synthesized) - 1
+        return (f"Which test next: {n}, with a {self.chance_of_change(n):.0%} chance that acquiring it changes the "
+                f"answer" + (f" (the highest of the {others + 1} synthesized modalities)" if others else "") + ".")
 
 
 IMPLIED_CONCEPTS = 5
@@ -203,6 +221,16 @@ IMPLIED_CONCEPTS = 5
 def _sig(x: float, digits: int = 3) -> float:
     """A value rounded to `digits` significant figures (assumed values are estimates, not measurements)."""
     return float(f"{float(x):.{digits}g}")
+
+
+def _assumed_value(lab: LabSpec, median: float, low: float, high: float) -> dict:
+    """One assumed lab value in its unit: the median and the 80 % interval within the plausible range, always
+    ordered low ≤ median ≤ high (clipping to the plausible range must not turn an interval inside out)."""
+    lo, hi = lab.plausible
+    median = min(max(median, lo), hi)
+    low, high = min(max(low, lo), median), max(min(high, hi), median)
+    return {"median": _sig(median), "low": _sig(low), "high": _sig(high), "unit": lab.unit, "label": lab.label,
+            "reference": lab.ref_text(), "flag": lab.flag(median)}
 
 
 def absent_names(drop_row: np.ndarray, names: list[str]) -> set[str]:
@@ -227,6 +255,7 @@ class Predictor:
         self.spec = DatasetSpec.from_dict(meta["spec"])
         self.classes = list(model.info.classes)
         self.modalities = list(model.info.modalities)
+        self._class_concepts: dict[str, set[str]] | None = None
 
     @classmethod
     def load(cls, checkpoint: str | Path | None = None, device: str | torch.device | None = None) -> "Predictor":
@@ -287,26 +316,54 @@ class Predictor:
             raise DomainError(name, found)
 
     # ---- what synthesis assumed ------------------------------------------------------------------------
-    def _assumed(self, out: TableOutput, r: int, j: int) -> dict:
+    def _assumed(self, out: TableOutput, r: int, j: int, refused: dict[str, str], predicted: str) -> dict:
         """For a synthesized tabular modality, the lab values its latent implies (median and 80 % interval, in
-        the catalogue's units); for a synthesized note, the concepts its latent leans on most."""
+        the catalogue's units; labs whose given value was refused are listed under "refused" instead); for a
+        synthesized note, the concepts its latent leans on most."""
         name, kind = self.modalities[j]
         if kind == "tabular" and name in out.assumed and np.isfinite(out.assumed[name][0][r]).all():
             enc = self.model.encoders[name]
             med, low, high = (enc.inverse(torch.as_tensor(a[r], device=self.device)).cpu().numpy() for a in out.assumed[name])
-            labs = self.spec.lab_features(name)
-            return {"expected_values": {lab.name: {"median": _sig(med[i]), "low": _sig(max(low[i], lab.plausible[0])),
-                                                   "high": _sig(min(high[i], lab.plausible[1])), "unit": lab.unit,
-                                                   "label": lab.label, "reference": lab.ref_text(),
-                                                   "flag": lab.flag(float(med[i]))}
-                                        for i, lab in enumerate(labs)}}
+            labs = {lab.name: lab for lab in self.spec.lab_features(name)}
+            values, refused_labs = {}, {}
+            learned = self.model.decoders[name].learned().cpu().numpy()
+            for i, lab_name in enumerate(self.model.info.labs[name]):  # the decoder's own outputs, in its order
+                lab = labs[lab_name]
+                if not learned[i] and lab_name not in refused:
+                    continue
+                if lab_name in refused:
+                    refused_labs[lab_name] = {"label": lab.label, "unit": lab.unit, "reason": refused[lab_name]}
+                    continue
+                values[lab_name] = _assumed_value(lab, float(med[i]), float(low[i]), float(high[i]))
+            return {"expected_values": values, **({"refused": refused_labs} if refused_labs else {})}
         if kind == "text" and out.concepts.shape[-1] and np.isfinite(out.concepts[r, j]).all():
-            ids = self.meta.get("concept_ids", [])
-            lift = out.concepts[r, j]
-            top = np.argsort(-lift)[:IMPLIED_CONCEPTS]
-            return {"implied_concepts": [{"concept": ids[t].replace("_", " ") if t < len(ids) else str(t),
-                                          "lift": float(lift[t])} for t in top if lift[t] > 0]}
+            return {"implied_concepts": self.implied_concepts(out.concepts[r, j], predicted)}
         return {}
+
+    def implied_concepts(self, lift: np.ndarray, predicted: str) -> list[dict]:
+        """The concepts a synthesized note's latent attends to more than real notes do, kept only where the
+        knowledge graph links them to the predicted class (a note synthesized for a pneumothorax never
+        'implies hemoptysis'): the strongest first, at most IMPLIED_CONCEPTS; none when none agree."""
+        ids = self.meta.get("concept_ids", [])
+        linked = self.class_concepts().get(predicted, {predicted})
+        top = [t for t in np.argsort(-lift) if lift[t] > 0 and t < len(ids) and ids[t] in linked]
+        return [{"concept": ids[t].replace("_", " "), "lift": float(lift[t])} for t in top[:IMPLIED_CONCEPTS]]
+
+    def class_concepts(self) -> dict[str, set[str]]:
+        """Per class, the concept ids the knowledge graph links to it (the class's own concept included)."""
+        if self._class_concepts is None:
+            path = ROOT / self.model.config.model.knowledge_graph
+            linked = {c: {c} for c in self.classes}
+            if path.exists():
+                graph = KnowledgeGraph.load(path, self.classes)
+                for i, k, w in graph.edges:
+                    a, b = graph.ids[i], graph.ids[k]
+                    if w > 0:
+                        for x, y in ((a, b), (b, a)):
+                            if x in linked:
+                                linked[x].add(y)
+            self._class_concepts = linked
+        return self._class_concepts
 
     # ---- prediction --------------------------------------------------------------------------------------
     def features(self, cases: list[CaseInputs]) -> FeatureTable:
@@ -346,17 +403,18 @@ class Predictor:
         results = []
         for r, c in enumerate(cases):
             probs = {cl: float(p) for cl, p in zip(self.classes, out.probs[r])}
+            predicted = self.classes[int(out.probs[r].argmax())]
             syn = {names[j]: {"confidence": float(out.confidence[r, j]), "spread": float(out.spread[r, j]),
                               "expected_change": float(out.expected_change[r, j]),
                               "expected_information_gain": float(out.info_gain[r, j]),
-                              **self._assumed(out, r, j)}
+                              **self._assumed(out, r, j, c.refused.get(names[j], {}), predicted)}
                    for j in range(len(names)) if not out.given[r, j]}
             used = [n for n in names if n not in absent_names(drop[r], names) and c.inputs.get(n) is not None]
             warnings = [f"{n}: {w}" for n in used for w in _input_warnings(c.inputs[n])]
             ood = {n: o for n, o in (self.guard.assess(table, r) if self.guard is not None else {}).items() if n in used}
             domain = [f"{n}: {d}" for n, found in self.domain_mismatches(c, absent_names(drop[r], names)).items()
                       for d in found]
-            results.append(Prediction(prediction=self.classes[int(out.probs[r].argmax())], probabilities=probs,
+            results.append(Prediction(prediction=predicted, probabilities=probs,
                                       present=[names[j] for j in range(len(names)) if out.given[r, j]], synthesized=syn,
                                       device=str(self.device), latency_ms=latency, warnings=warnings, ood=ood,
                                       domain=domain))

@@ -128,6 +128,7 @@ class Job:
     submitted: float = field(default_factory=time.perf_counter)
     started: float | None = None
     finished: float | None = None
+    kept: bool = False  # answered from what was computed before (its timings are those of the first time)
     _service: "ModelService | None" = field(default=None, repr=False)
 
     def done(self) -> bool:
@@ -145,7 +146,7 @@ class Job:
     @classmethod
     def answered(cls, label: str, priority: int, result: object, stages: Iterable[str] = ()) -> "Job":
         """A job whose result was already kept: done at once, with the stages it had."""
-        job = cls(label, priority)
+        job = cls(label, priority, kept=True)
         for stage in stages:
             job.report(stage, result)
         job.started = job.finished = job.submitted

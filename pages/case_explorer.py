@@ -13,7 +13,7 @@ from core.data.readers import LabPanel, read_labs, read_note, read_scan
 from core.data.readers.labs import labs_from_mapping
 from core.data.readers.note import clean_note
 from core.data.readers.scan import CT_WINDOWS, Scan
-from core.errors import RobustMDiffError
+from core.errors import LabError, RobustMDiffError
 from core.explain.explanation import METHODS as EXPLAIN_METHODS, Explanation
 from core.explain.render import (CMAPS, COMPLETENESS, REMOVED, completeness_text, image_legend_html, legend_html,
                                  note_html, overlay, report_html)
@@ -89,15 +89,19 @@ def labs_preview(panel: LabPanel, catalogue, title: str) -> None:
     """The labs as the model reads them: converted units, reference ranges and high/low flags."""
     table = panel.table(catalogue, measured_only=True)
     flagged = table[table["Flag"] != ""]
-    st.markdown(f"**{title}** ({len(table)} measured, {table.attrs['not_measured']} not measured"
+    used = len(table) - len(panel.refused)
+    st.markdown(f"**{title}** ({used} used" + (f", {len(panel.refused)} refused" if panel.refused else "")
+                + f", {table.attrs['not_measured']} not measured"
                 + (f"; out of range: {', '.join(flagged['Lab'] + ' ' + flagged['Flag'])}" if len(flagged) else "") + ")")
-    st.dataframe(table.style.apply(lambda r: ["color:#b91c1c;font-weight:600" if r["Flag"] else ""] * len(r), axis=1),
+    st.dataframe(table.style.apply(lambda r: ["color:#b91c1c;font-weight:600" if r["Flag"] or r["Value"] == "refused"
+                                              else ""] * len(r), axis=1),
                  hide_index=True, height="content", width="stretch")
 
 
 def uploaded_case() -> tuple[CaseInputs | None, str]:
     """Build a case from uploads; every problem is shown next to its input, nothing is stored."""
     inputs: dict = {n: None for n in names}
+    refused: dict[str, dict[str, str]] = {}  # labs given but not usable, by modality (shown as refused, never assumed)
     digest = hashlib.sha256()
     for name in names:
         kind = kinds[name]
@@ -147,13 +151,19 @@ def uploaded_case() -> tuple[CaseInputs | None, str]:
                 elif isinstance(inputs[name], LabPanel):
                     for w in inputs[name].warnings:
                         st.warning(w)
+                    refused[name] = inputs[name].refused
                     labs_preview(inputs[name], predictor.spec.lab_features(name), "As the model reads them")
+            except LabError as e:  # no value usable: each refused one named; the labs are then synthesized
+                st.error(str(e))
+                inputs[name], refused[name] = None, e.refused
+                if e.refused:
+                    labs_preview(LabPanel(refused=e.refused), predictor.spec.lab_features(name), "Not used")
             except RobustMDiffError as e:
                 st.error(str(e))
                 inputs[name] = None
     if not any(v is not None for v in inputs.values()):
         return None, ""
-    return CaseInputs("uploaded case", inputs), digest.hexdigest()
+    return CaseInputs("uploaded case", inputs, refused={n: r for n, r in refused.items() if r}), digest.hexdigest()
 
 
 source = st.radio("Start from", ["Demo case", "Upload your own"], horizontal=True, key="source")
@@ -201,7 +211,8 @@ if mismatches:
         st.stop()
 
 try:
-    pred = wait_for(service.predict_job(case, case_key, absent, allow))
+    predicted = service.predict_job(case, case_key, absent, allow)
+    pred = wait_for(predicted)
 except Exception as e:  # noqa: BLE001 - shown to the user without a traceback
     fail(e)
     st.stop()
@@ -225,9 +236,11 @@ if pred.outside_training:
     c2.markdown(f"Predicted<br><span style='font-size:1.6rem;color:#9ca3af;text-decoration:line-through'>"
                 f"{display_name(pred.prediction)}</span><br><small>outside what this model was trained on</small>",
                 unsafe_allow_html=True)
-else:
-    c2.metric("Predicted", display_name(pred.prediction), help="the diagnosis with the highest calibrated probability")
-c2.caption(f"computed in {pred.latency_ms:.0f} ms on {pred.device}")
+else:  # markdown, not st.metric: a metric cuts a long diagnosis ("Pulmonary emboli…") at common widths
+    c2.markdown(f"Predicted<br><span style='font-size:1.6rem;font-weight:600'>{display_name(pred.prediction)}</span>",
+                unsafe_allow_html=True, help="the diagnosis with the highest calibrated probability")
+c2.caption("kept from when this case and these modalities were first predicted" if predicted.kept
+           else f"computed in {pred.latency_ms:.0f} ms on {pred.device}")
 if previous:
     changed = max(pred.probabilities, key=lambda c: abs(pred.probabilities[c] - previous.get(c, 0)))
     c2.info(f"Largest change: {display_name(changed)} {previous.get(changed, 0):.1%} → {pred.probabilities[changed]:.1%}")
@@ -235,9 +248,10 @@ if pred.synthesized:
     st.markdown("**Missing modalities, synthesized in latent space**",
                 help="Synthesis confidence: the probability that the answer stays the same when the real modality "
                      "is added, learned on validation cases (see the Model card for how well it holds on test cases).")
-    st.dataframe(pd.DataFrame([{"modality": m, "synthesis confidence": f"{s['confidence']:.0%}",
-                                "expected change of the answer if acquired": f"{s['expected_change']:.1%}"}
-                               for m, s in pred.synthesized.items()]), hide_index=True, width="stretch")
+    ranked = sorted(pred.synthesized, key=pred.chance_of_change, reverse=True)
+    st.dataframe(pd.DataFrame([{"modality": m, "synthesis confidence": f"{pred.synthesized[m]['confidence']:.0%}",
+                                "chance the answer changes if acquired": f"{pred.chance_of_change(m):.0%}"}
+                               for m in ranked]), hide_index=True, width="stretch")
     if pred.outside_training:
         st.caption("These confidences were learned on inputs like the training data; with an input outside it "
                    "they mean little.")
@@ -250,10 +264,12 @@ if pred.synthesized:
                 st.dataframe(pd.DataFrame([{"lab": v["label"], "assumed": f"{v['median']:g}",
                                             "80 % interval": f"{v['low']:g}–{v['high']:g}", "unit": v["unit"],
                                             "reference": v["reference"], "flag": v["flag"]}
-                                           for v in s["expected_values"].values()]), hide_index=True, width="stretch")
-    nxt = pred.next_test
-    st.success(f"Which test next: **{nxt}** is the most likely to change the answer "
-               f"({1 - pred.synthesized[nxt]['confidence']:.0%} chance).")
+                                           for v in s["expected_values"].values()]
+                                          + [{"lab": r["label"], "assumed": "not used: your value was refused",
+                                              "80 % interval": r["reason"], "unit": r["unit"], "reference": "",
+                                              "flag": ""} for r in s.get("refused", {}).values()]),
+                             hide_index=True, width="stretch")
+    st.success(pred.next_test_text())
 for w in pred.warnings:
     st.warning(w)
 
@@ -303,8 +319,8 @@ def draw(stage: str, exp: Explanation) -> None:
             st.caption(completeness_text(exp, stage), help=COMPLETENESS)
             st.html(legend_html() + note_html(case.inputs[stage], exp.note[stage], exp.note_phrases.get(stage)))
         elif stage in exp.labs:
-            st.plotly_chart(lab_chart(exp.labs[stage]), width="stretch")
-            st.caption(completeness_text(exp, stage) + " (the IG bars)", help=COMPLETENESS)
+            st.plotly_chart(lab_chart(exp.labs[stage], display_name(exp.method)), width="stretch")
+            st.caption(completeness_text(exp, stage), help=COMPLETENESS)
 
 
 if key in explanations:

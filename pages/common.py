@@ -123,12 +123,13 @@ def missing_contributions_text(contributions: list[dict]) -> str:
     return ("Synthesized, not observed, so no share: " + ", ".join(items) + ".") if items else ""
 
 
-def lab_chart(rows) -> go.Figure:
+def lab_chart(rows, method: str) -> go.Figure:
+    """The labs given, ranked by the attribution of the method the user chose (and only that method)."""
     shown = [r for r in rows if r.value is not None]
     labels = [f"{r.label} {r.value:.3g} {r.unit} {r.flag}" for r in shown]
-    fig = go.Figure([go.Bar(y=labels, x=[r.integrated_gradients for r in shown], orientation="h", name="Integrated Gradients"),
-                     go.Bar(y=labels, x=[r.shap for r in shown], orientation="h", name="SHAP")])
-    fig.update_layout(barmode="group", height=80 + 36 * len(shown), yaxis=dict(autorange="reversed"),
-                      margin=dict(l=10, r=10, t=30, b=10), title="Labs ranked by influence (+ supports the prediction)",
-                      legend=dict(orientation="h"))
+    fig = go.Figure(go.Bar(y=labels, x=[r.score for r in shown], orientation="h", name=method,
+                           marker_color=["#2563eb" if r.score >= 0 else "#dc2626" for r in shown]))
+    fig.update_layout(height=80 + 28 * len(shown), yaxis=dict(autorange="reversed"),
+                      margin=dict(l=10, r=10, t=30, b=10),
+                      title=f"Labs ranked by influence ({method}; + supports the prediction)")
     return fig

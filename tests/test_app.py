@@ -33,6 +33,12 @@ def _ok(at: AppTest) -> None:
     assert not at.exception, [e.value for e in at.exception]
 
 
+def _predicted(at: AppTest) -> str | None:
+    """The predicted diagnosis as the page shows it (whole: never cut to fit a metric box), None when none is."""
+    shown = [m.value for m in at.markdown if m.value.startswith("Predicted<br>")]
+    return shown[0].split("'>")[1].split("</span>")[0] if shown else None
+
+
 @pytest.mark.parametrize("page", PAGES)
 def test_every_page_renders(app, page):
     at = app.run()
@@ -45,7 +51,7 @@ def test_every_page_renders(app, page):
 def test_demo_case_prediction_and_switch(app):
     at = app.run()
     _ok(at)
-    before = at.metric[0].value
+    before = _predicted(at)
     assert before and len(at.toggle) == 3
     probs_before = at.session_state["explorer"]["probs"]
     at.toggle[2].set_value(False).run()  # labs off
@@ -73,7 +79,7 @@ def test_uploaded_ct_is_refused_then_overridden_with_a_banner_and_no_identifiers
     at = _upload(app.run(), "scan.dcm", buf.getvalue(), "application/dicom")
     _ok(at)
     assert any("Modality = 'CT'" in e.value for e in at.error)
-    assert not at.metric  # no diagnosis shown
+    assert _predicted(at) is None  # no diagnosis shown
     next(c for c in at.checkbox if c.key.startswith("allow_domain_")).check().run()
     _ok(at)
     assert any("Outside what this model was trained on" in e.value for e in at.error)
@@ -89,7 +95,7 @@ def test_uploaded_png_is_predicted(app, default_cohort):
     data = (default_cohort / "images" / "RMD-00001.png").read_bytes()
     at = _upload(app.run(), "cxr.png", data, "image/png")
     _ok(at)
-    assert at.metric[0].value in [display_name(c) for c in at.session_state["explorer"]["probs"]]
+    assert _predicted(at) in [display_name(c) for c in at.session_state["explorer"]["probs"]]
 
 
 def test_corrupt_upload_gets_a_message_not_a_traceback(app):
@@ -141,4 +147,31 @@ def test_uploaded_labs_are_previewed_converted_and_flagged(app):
     assert set(rows["Flag"]) >= {"high", "low"}
     assert "None" not in preview.to_string() and "nan" not in preview.to_string()
     assert any("out of range" in m.value for m in at.markdown)
-    assert at.metric  # and the case is predicted from the labs alone
+    assert _predicted(at)  # and the case is predicted from the labs alone
+
+
+def test_a_bad_lab_value_is_refused_alone_and_never_shown_as_assumed(app):
+    """One troponin in mg/dL among valid labs: only that row is refused, with its reason, the others are used.
+    A table none of whose values can be used is synthesized, and its labs read 'refused', never 'assumed'."""
+    at = app.run()
+    at.radio(key="source").set_value("Upload your own").run()
+    at.file_uploader(key="up_labs").set_value(("labs.csv", b"name,value,unit\ncrp,8.5,mg/dL\nsodium,131,mmol/L\ntroponin,0.5,mg/dL\n",
+                    "text/csv")).run()
+    _ok(at)
+    preview = next(d.value for d in at.dataframe if "As given" in getattr(d.value, "columns", [])).set_index("Lab")
+    assert preview.loc["High-sensitivity troponin T", "Value"] == "refused"
+    assert "mg/dL" in preview.loc["High-sensitivity troponin T", "As given"]
+    assert preview.loc["C-reactive protein", "Value"] == "85"  # the user's value, converted, is used
+    assert any("1 value refused" in w.value and "troponin" in w.value for w in at.warning)
+    assert _predicted(at) and "labs" not in at.session_state["explorer"].get("absent", [])
+    at.file_uploader(key="up_labs").set_value(("labs2.csv", b"name,value,unit\ncrp,high,mg/L\ntroponin,0.5,mg/dL\n", "text/csv")).run()
+    _ok(at)
+    assert any("none of its values can be used (2 refused)" in e.value for e in at.error)
+    at.file_uploader(key="up_note").set_value(("n.txt", b"Sudden pleuritic chest pain and dyspnea.", "text/plain")).run()
+    _ok(at)
+    assumed = next(d.value for d in at.dataframe if "80 % interval" in getattr(d.value, "columns", [])).set_index("lab")
+    assert assumed.loc["C-reactive protein", "assumed"] == "not used: your value was refused"
+    assert assumed.loc["High-sensitivity troponin T", "assumed"] == "not used: your value was refused"
+    assert "Which test next" in at.success[0].value and "chance" in at.success[0].value
+    table = next(d.value for d in at.dataframe if "chance the answer changes if acquired" in getattr(d.value, "columns", []))
+    assert table["modality"].iloc[0] in at.success[0].value  # the sentence names the table's top row

@@ -113,6 +113,57 @@ def test_assumed_lab_values_are_reported_in_units_with_intervals(quick_checkpoin
     torch.testing.assert_close(enc.inverse(enc.transform(x)), x, rtol=1e-4, atol=1e-4)
 
 
+def test_a_refused_lab_is_named_as_refused_never_assumed_and_which_test_next_uses_one_quantity(quick_checkpoint,
+                                                                                              small_cohort):
+    """Labs whose every value was refused are synthesized; the labs the user gave are not shown as assumed.
+    'Which test next' ranks by the same chance the page's table and sentence show."""
+    predictor = Predictor.load(quick_checkpoint)
+    ds = Dataset.open(small_cohort)
+    row = int(np.flatnonzero([ds.load(i).inputs["note"] is not None for i in range(40)])[0])
+    case = ds.load(row)
+    case.inputs.update(labs=None, image=None)
+    case.refused["labs"] = {"troponin": "unit 'mg/dL' is not known", "crp": "not a number"}
+    result = predictor.predict(case)
+    syn = result.synthesized["labs"]
+    assert set(syn["refused"]) == {"troponin", "crp"} and not {"troponin", "crp"} & set(syn["expected_values"])
+    text = result.assumed_text("labs", top=20)
+    assert "C-reactive protein" in text.split("refused")[1] and "C-reactive protein" not in text.split("refused")[0]
+    chances = {m: result.chance_of_change(m) for m in result.synthesized}
+    assert set(chances) == {"image", "labs"} and result.next_test == max(chances, key=chances.get)
+    assert f"{chances[result.next_test]:.0%} chance" in result.next_test_text()
+
+
+def test_a_synthesized_notes_implied_concepts_agree_with_the_predicted_class_for_every_class(quick_checkpoint,
+                                                                                            small_cohort):
+    predictor = Predictor.load(quick_checkpoint)
+    ids = predictor.meta["concept_ids"]
+    linked = predictor.class_concepts()
+    assert set(linked) == set(predictor.classes)
+    rng = np.random.default_rng(0)
+    for c in predictor.classes:
+        lift = rng.normal(size=len(ids))
+        shown = [x["concept"].replace(" ", "_") for x in predictor.implied_concepts(lift, c)]
+        assert shown and set(shown) <= linked[c], c  # only what the graph links to the class
+        assert [lift[ids.index(x)] for x in shown] == sorted((lift[ids.index(x)] for x in shown), reverse=True)
+        others = np.array([-1.0 if i in linked[c] else 1.0 for i in ids])
+        assert predictor.implied_concepts(others, c) == []  # nothing agrees: nothing is implied
+    ds = Dataset.open(small_cohort)
+    rows = [i for i in np.flatnonzero(ds.splits == "test")[:40] if ds.load(i).inputs["note"] is not None][:12]
+    for result in predictor.predict_many([ds.load(i) for i in rows], absent=["note"]):
+        implied = {x["concept"].replace(" ", "_") for x in result.synthesized["note"]["implied_concepts"]}
+        assert implied <= linked[result.prediction], (result.prediction, implied)
+
+
+def test_assumed_values_stay_ordered_when_clipped_to_the_plausible_range():
+    from core.data.spec import LabSpec
+    from core.inference import _assumed_value
+
+    weight = LabSpec("weight", "Weight", "kg", plausible=(20.0, 300.0))
+    for median, low, high in [(0.0, -5.0, 2.18), (80.0, 60.0, 100.0), (400.0, 350.0, 500.0), (25.0, 10.0, 24.0)]:
+        v = _assumed_value(weight, median, low, high)
+        assert 20.0 <= v["low"] <= v["median"] <= v["high"] <= 300.0, (median, low, high, v)
+
+
 def test_calibration_command_end_to_end(quick_checkpoint, small_cohort, tmp_path):
     out = subprocess.run([sys.executable, "-m", "core", "calibration", "--checkpoint", str(quick_checkpoint),
                           "--data", str(small_cohort), "--json", "--out", str(tmp_path)],

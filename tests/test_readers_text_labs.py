@@ -201,3 +201,15 @@ def test_lab_preview_after_an_upload_shows_conversions_flags_and_no_none():
 
     typed = labs_from_mapping({"glucose": 250.0}, CAT).table(CAT, measured_only=True)  # the app's lab editor
     assert typed.loc["glucose"].tolist() == ["Glucose", "250", "mg/dL", "70–140", "high", ""]
+
+
+def test_inline_groups_without_features_each_claim_only_their_own_columns():
+    """Three groups of one table: a group's catalogue is the labs its columns name, never another group's."""
+    labs = [LabSpec(n, n.replace("_", " ").title(), "") for n in ("cd4_count", "weight", "age", "karnofsky")]
+    spec = DatasetSpec(name="trial", label="label", labs=labs, modalities=[
+        ModalitySpec("history", "tabular", columns=("Age", "karnofsky")),
+        ModalitySpec("lab", "tabular", columns=("CD4 count",)),
+        ModalitySpec("body", "tabular", columns=("weight",), features=("weight",))])
+    assert [lab.name for lab in spec.lab_features("history")] == ["age", "karnofsky"]
+    assert [lab.name for lab in spec.lab_features("lab")] == ["cd4_count"]
+    assert [lab.name for lab in spec.lab_features("body")] == ["weight"]

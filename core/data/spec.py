@@ -161,9 +161,16 @@ class DatasetSpec:
         raise KeyError(name)
 
     def lab_features(self, modality: str) -> list[LabSpec]:
-        """The catalogue entries a tabular modality uses, in catalogue order."""
-        wanted = set(self.modality(modality).features)
-        return [lab for lab in self.labs if not wanted or lab.name in wanted]
+        """The catalogue entries a tabular modality uses, in catalogue order: its `features`, else for inline
+        values those its `columns` name (so three groups of one table never claim each other's fields), else
+        the whole catalogue."""
+        m = self.modality(modality)
+        if m.features:
+            return [lab for lab in self.labs if lab.name in set(m.features)]
+        if m.columns:
+            columns = {normalise_name(c) for c in m.columns}
+            return [lab for lab in self.labs if lab.names() & columns]
+        return list(self.labs)
 
     # ---- (de)serialisation ----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -130,7 +130,8 @@ COMPLETENESS = ("Integrated Gradients' relative completeness error: |Σ attribut
 
 def completeness_text(exp: Explanation, name: str) -> str:
     """'IG completeness error X % (N steps)' for a modality with Integrated Gradients attributions, else 'n/a'."""
-    if name not in exp.completeness or not np.isfinite(exp.completeness[name]):
+    shown = exp.image_method.get(name, exp.method)  # the attribution drawn for this modality
+    if shown != "integrated_gradients" or name not in exp.completeness or not np.isfinite(exp.completeness[name]):
         return "IG completeness error n/a (not Integrated Gradients)"
     steps = exp.ig_steps.get(name)
     return f"IG completeness error {exp.completeness[name]:.1%}" + (f" ({steps} steps)" if steps else "")
@@ -233,12 +234,13 @@ def report_html(exp: Explanation, case_inputs: dict, opacity: float = 0.5, cmap:
     if p.synthesized:
         parts.append("<h2>Missing modalities</h2><p>Synthesis confidence: the probability that the answer stays the "
                      "same when the real modality is added (learned on validation cases).</p><table><tr><th>modality</th>"
-                     "<th>synthesis confidence</th><th>expected change of the answer if acquired</th>"
+                     "<th>synthesis confidence</th><th>chance the answer changes if acquired</th>"
                      "<th>what the synthesis assumed</th></tr>")
-        for m, s in p.synthesized.items():
-            parts.append(f"<tr><td>{html.escape(m)}</td><td>{s['confidence']:.0%}</td><td>{s['expected_change']:.1%}</td>"
+        for m in sorted(p.synthesized, key=p.chance_of_change, reverse=True):
+            s = p.synthesized[m]
+            parts.append(f"<tr><td>{html.escape(m)}</td><td>{s['confidence']:.0%}</td><td>{p.chance_of_change(m):.0%}</td>"
                          f"<td>{html.escape(p.assumed_text(m, top=len(s.get('expected_values', {})) or 3))}</td></tr>")
-        parts.append(f"</table><p>Which test next: <b>{html.escape(p.next_test or '–')}</b></p>")
+        parts.append(f"</table><p>{html.escape(p.next_test_text())}</p>")
     for name, heat in exp.image.items():
         scan = case_inputs[name]
         if isinstance(scan, Scan) and scan.pixel_identifiers and not include_annotated:
@@ -248,7 +250,7 @@ def report_html(exp: Explanation, case_inputs: dict, opacity: float = 0.5, cmap:
         if gray is not None:
             img = base64.b64encode(png_bytes(overlay(gray, heat, opacity, cmap, fov=exp.image_fov.get(name),
                                                      cells=exp.image_resolution.get(name)))).decode()
-            parts.append(f"<h2>Scan ({html.escape(exp.image_method[name])})</h2>"
+            parts.append(f"<h2>{html.escape(name)} ({html.escape(display_name(exp.image_method[name]))})</h2>"
                          f"<p style='color:#555' title='{html.escape(COMPLETENESS)}'>{html.escape(completeness_text(exp, name))}</p>"
                          f"<img style='max-width:512px' src='data:image/png;base64,{img}'>"
                          f"{image_legend_html(exp, name, cmap)}")
@@ -258,18 +260,20 @@ def report_html(exp: Explanation, case_inputs: dict, opacity: float = 0.5, cmap:
                      f"{legend_html()}{note_html(case_inputs[name], words, exp.note_phrases.get(name))}")
     for name, rows in exp.labs.items():
         scale = max([abs(r.score) for r in rows], default=1.0)
-        parts.append(f"<h2>Labs, ranked by influence</h2><p style='color:#555' title='{html.escape(COMPLETENESS)}'>"
-                     f"{html.escape(completeness_text(exp, name))}"
-                     "</p><table><tr><th>lab</th><th>value</th><th>reference</th>"
-                     "<th>flag</th><th>attribution</th><th></th><th>IG</th><th>SHAP</th></tr>")
+        parts.append(f"<h2>{html.escape(name)}, ranked by influence ({html.escape(display_name(exp.method))})</h2>"
+                     f"<p style='color:#555' title='{html.escape(COMPLETENESS)}'>{html.escape(completeness_text(exp, name))}"
+                     "</p><table><tr><th>lab</th><th>value</th><th>reference</th><th>flag</th>"
+                     "<th title='share of the summed absolute attributions of the labs; + supports the prediction'>"
+                     "attribution</th><th></th></tr>")
+        total = sum(abs(r.score) for r in rows if r.value is not None) or 1.0
         for r in rows:
             if r.value is None:
                 parts.append(f"<tr><td>{html.escape(r.label)}</td><td>not measured</td>"
-                             f"<td>{html.escape(r.reference)}</td><td></td><td>–</td><td></td><td>–</td><td>–</td></tr>")
+                             f"<td>{html.escape(r.reference)}</td><td></td><td>–</td><td></td></tr>")
                 continue
             parts.append(f"<tr><td>{html.escape(r.label)}</td><td>{r.value:.4g} {html.escape(r.unit)}</td>"
-                         f"<td>{html.escape(r.reference)}</td><td>{r.flag}</td><td>{r.score:+.2e}</td>"
-                         f"<td>{_bar(r.score, scale)}</td><td>{r.integrated_gradients:+.2e}</td><td>{r.shap:+.2e}</td></tr>")
+                         f"<td>{html.escape(r.reference)}</td><td>{r.flag}</td><td>{r.score / total:+.0%}</td>"
+                         f"<td>{_bar(r.score, scale)}</td></tr>")
         parts.append("</table>")
     parts.append(f"<p style='color:#666'>{html.escape(DISCLAIMER)}</p></body></html>")
     return "".join(parts)

@@ -124,6 +124,11 @@ class LabDecoder(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return h @ self.weight.T + self.bias
 
+    def learned(self) -> torch.Tensor:
+        """(L,) bool: which labs had enough real values to be fitted; the others were never seen measured
+        in training (e.g. a field another group holds) and have nothing to say."""
+        return (self.weight != 0).any(1) | (self.bias != 0)
+
     def interval(self, hk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """K latent samples (K, B, d_h) → standardised median, low and high (B, L) of the assumed values."""
         v = self(hk)
