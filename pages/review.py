@@ -322,7 +322,7 @@ def readable_table(df: pd.DataFrame, key: str, helps: dict[str, str] | None = No
     for col, head in WORDS.items():
         if col in shown:
             shown[head] = shown[col].map(_words)
-    order = [WORDS[c] for c in df.columns if c in WORDS] + [c for c in df.columns if c not in WORDS and c not in hide]
+    order = [WORDS.get(c, c) for c in df.columns if c not in hide]  # e.g. the verdict beside its corrected p
     headers = {**HEADERS, **(headers or {})}
     # placeholder: an interval of a single rating does not exist, shown as a dash rather than "None"
     st.dataframe(shown, hide_index=True, key=key, column_order=order, placeholder="–", column_config={

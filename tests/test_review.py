@@ -424,6 +424,8 @@ def test_results_and_export_need_the_admin_code(page, monkeypatch, tmp_path):
     _ok(next(b for b in at.button if b.label == "Open results").click().run())
     assert at.get("download_button") and at.dataframe
     assert any("1 ratings from 1 reviewers" in c.value for c in at.caption)
+    per_model = next(d.value for d in at.dataframe if "range" in getattr(d.value, "columns", []))
+    assert list(per_model.range.str.startswith("too few ratings")) == [True] * 3  # one rating: no interval
     at.selectbox(key="reset_who").set_value("alice")
     _ok(next(b for b in at.button if b.label == "Reset PIN").click().run())
     assert any("alice chooses a new PIN" in s.value for s in at.success)
