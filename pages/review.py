@@ -181,8 +181,8 @@ def _on_save(reviewer: str, item: Item, pos: int) -> None:
 
 
 def show_item(item: Item, row: int, exp: Explanation, pos: int) -> None:
-    """One item, blinded: nothing drawn (text, captions, element keys) names its model or method, and no
-    model output but the predicted class is shown as a number or in words (a probability differs between
+    """One item, blinded: nothing drawn (text, captions, element keys) names its model or method, and of
+    the model's outputs only the predicted class is shown, without its probability (which differs between
     models on the same case, so it would tell a reviewer which model this is)."""
     case = load_demo_case(row)
     st.markdown(f"**Case {item.case_id}** · model prediction: **{display_name(exp.target)}**. "
