@@ -122,7 +122,7 @@ def prepare_review(reviewers: list[str], items: int) -> dict:
     own study set-up (core/review/prepared.py), on every core."""
     from core.data.cohort.generate import ensure_cohort
     from core.data.dataset import Dataset
-    from core.demo import demo_cases
+    from core.demo import study_cases
     from core.explain.explanation import METHODS
     from core.paths import default_cohort_dir
     from core.review.models import review_models
@@ -132,7 +132,7 @@ def prepare_review(reviewers: list[str], items: int) -> dict:
     t0 = time.perf_counter()
     ds = Dataset.open(ensure_cohort(default_cohort_dir(), progress=False))
     lineup = review_models()
-    demos = {d.case_id: d for d in demo_cases(ds)}
+    demos = {d.case_id: d for d in study_cases(ds)}
     prep = study_explanations(lineup, ds, run=lambda work, priority: work())
     keys = {(demos[it.case_id].row, it.case_id, it.model, it.method) for r in reviewers
             for it in ReviewStore.queue(r, list(demos), list(METHODS), lineup.names)[:items]}
