@@ -116,21 +116,31 @@ def minutes(seconds: float) -> str:
     return f"{int(seconds // 60)}:{int(seconds % 60):02d}"
 
 
-def follow(job: QuickJob) -> None:
-    """Redraw the job's progress every half second from its folder until it ends (the run goes on if the page
-    is left; it runs at low priority on one thread, so the other pages stay quick meanwhile)."""
-    bar, clock = st.progress(0.0, text="starting…"), st.empty()
-    while job.running:
+def quick_progress() -> None:
+    """The session's quick evaluation, polled from its folder each second by this fragment alone, so the rest of
+    the page (the live demo) stays usable meanwhile; once the run has ended, one full rerun draws its results."""
+    job: QuickJob | None = st.session_state.get("quick_job")
+    if job is None:
+        return
+    if job.running:
         news = job.news()
         fraction = min(float(news.get("fraction", 0.0)), 1.0)
-        bar.progress(fraction, text=f"{news.get('text', 'starting the evaluation process')} · {fraction:.0%}")
+        st.progress(fraction, text=f"{news.get('text', 'starting the evaluation process')} · {fraction:.0%}")
         last = time.time() - news.get("time", job.started)
-        clock.caption(f"{minutes(time.time() - job.started)} elapsed; last news {last:.0f} s ago. It runs in a "
-                      "process of its own at low priority: you can leave this page, the run goes on, and its results "
-                      "appear here when you come back.")
-        time.sleep(0.5)
-    bar.progress(1.0, text=job.news().get("text", "ended") if job.error() is None else "stopped")
-    clock.caption(f"{minutes(time.time() - job.started)} in all.")
+        st.caption(f"{minutes(time.time() - job.started)} elapsed; last news {last:.0f} s ago. It runs in a process "
+                   "of its own at low priority: you can leave this page, the run goes on, and its results appear here "
+                   "when you come back.")
+        if st.button("Stop the quick evaluation", key="stop_quick"):
+            job.stop()
+        else:
+            return
+    if job.error() is not None:
+        st.session_state["quick_error"] = job.error()
+    else:
+        st.session_state["quick_result"] = job.result()
+        st.session_state.pop("quick_error", None)
+    del st.session_state["quick_job"]
+    st.rerun()
 
 
 def show_regimes(study: dict) -> None:
@@ -179,7 +189,6 @@ with quick:
     options = [m.name for m in methods_for(names) if m.name != "robustmdiff"]
     chosen = st.multiselect("Methods compared with RobustMDiff", options, format_func=display_name,
                             default=["early_zero", "dropout_0.5", "masked_attention"], key="quick_methods")
-    job: QuickJob | None = st.session_state.get("quick_job")
     if st.button("Run quick evaluation", type="primary", key="run_quick"):
         job, fresh = start_quick(list(chosen))
         st.session_state["quick_job"] = job
@@ -187,17 +196,11 @@ with quick:
             st.info(f"A quick evaluation is already running on this server (started {minutes(time.time() - job.started)}"
                     f" ago; RobustMDiff against {', '.join(map(display_name, job.methods)) or 'itself'}). One runs at a "
                     "time: its progress is below, and its results will show here.")
-    if job is not None and job.running and st.button("Stop the quick evaluation", key="stop_quick"):
-        job.stop()
-    if job is not None:
-        if job.running:
-            follow(job)
-        if job.error() is not None:
-            st.error(job.error())
-        elif job.result() is not None:
-            st.session_state["quick_result"] = job.result()
-        if not job.running:
-            del st.session_state["quick_job"]
+    job = st.session_state.get("quick_job")
+    # polled only while a run is going on: an idle page asks nothing of the server
+    st.fragment(quick_progress, run_every=1.0 if job is not None and job.running else None)()
+    if "quick_error" in st.session_state:
+        st.error(st.session_state["quick_error"])
     if "quick_result" in st.session_state:
         show_results(st.session_state["quick_result"], "quick")
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import inspect
 import json
 import shutil
+import signal
 
 import numpy as np
 import pandas as pd
@@ -237,12 +238,18 @@ def test_quick_evaluation_runs_in_its_own_process_one_at_a_time_and_shows_on_the
     assert fresh and job.running and job.out.name.startswith("rmd-quick-evaluation-")
     again, fresh_again = evaluate_module.start_quick(["late_fusion"])
     assert again is job and not fresh_again  # one at a time per server
+    job.process.send_signal(signal.SIGSTOP)  # held while the page is opened: the press must find it running
     at = app.run()
     at.switch_page("pages/robustness_lab.py").run()
-    at.button(key="run_quick").click().run()  # follows the run until it ends, then shows its results
+    at.button(key="run_quick").click().run()
     assert not at.exception, [e.value for e in at.exception]
     assert any("already running" in i.value for i in at.info)
-    assert job.process.returncode == 0, job.error()
+    assert at.get("progress") and at.button(key="stop_quick")  # polled by a fragment: the rest of the page is drawn
+    assert any(d for d in at.dataframe if "Modalities given" in d.value.columns)  # the live demo meanwhile
+    job.process.send_signal(signal.SIGCONT)
+    assert job.process.wait(600) == 0, job.error()
+    at.run()  # the page finds the run ended and draws its results
+    assert not at.exception, [e.value for e in at.exception]
     assert any("Models trained by this quick evaluation" in i.value for i in at.info)  # which model, which date
     text = _page_text(at) + "\n".join(str(t.value) for t in at.table)
     assert "-100.0%" not in text and "−100.0 %" not in text
@@ -273,6 +280,8 @@ def test_quick_evaluation_runs_in_its_own_process_one_at_a_time_and_shows_on_the
     assert fresh and bad.out != job.out
     bad.process.wait(120)
     assert "unknown methods" in bad.error() and "Traceback" not in bad.error()
+    for folder in (job.out, bad.out):  # the runs' temporary folders
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_encoders_are_named_from_the_checkpoint_config():
