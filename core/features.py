@@ -286,6 +286,20 @@ def modalities_of(spec: DatasetSpec) -> tuple[list[tuple[str, str]], dict[str, l
     return mods, labs
 
 
+def unmeasured_labs(ds: Dataset, table: FeatureTable, split: str = "train") -> list[str]:
+    """Each lab of a tabular group that no case of `split` measured, as "label (group)": the model cannot learn
+    from such a lab (it reads it as always missing), and statistics over that split have nothing to average."""
+    rows = ds.indices(split)
+    out = []
+    for name, kind in table.modalities:
+        if kind != "tabular":
+            continue
+        values = table.tabular[name][rows]
+        measured = ~np.isnan(values).all(0) if len(rows) else np.zeros(values.shape[1], bool)
+        out += [f"{lab.label} ({name})" for lab, seen in zip(ds.spec.lab_features(name), measured) if not seen]
+    return out
+
+
 # the settings that change what the frozen backbones produce
 ENCODER_SETTINGS = ("image_encoder", "image_features", "image_size", "text_max_tokens", "text_max_chunks", "note_negation")
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -26,7 +27,7 @@ from core.calibration import calibrate
 from core.data.dataset import Dataset
 from core.data.leakage import note_alone_leak
 from core.evaluation.metrics import classification_metrics, macro_auroc
-from core.features import FeatureTable, dataset_features, modalities_of
+from core.features import FeatureTable, dataset_features, modalities_of, unmeasured_labs
 from core.device import pick_device
 from core.distributed import BatchDraws, Context, context, process_device
 from core.inference import encode_table, predict_table
@@ -402,6 +403,32 @@ def test_metrics(model: RobustMDiff, ds: Dataset, table: FeatureTable, device="c
     return out
 
 
+def fit_data_guard(ds: Dataset, table: FeatureTable):  # -> core.guard.ood.Guard
+    """The out-of-distribution guard of a model trained on `ds` (core/guard/ood.py), with its test false-alarm
+    rates. A lab that no training case measured has no typical value: its values elsewhere are left out of the
+    fit (scored against a mean of 0 they would be infinitely atypical and make the group's threshold NaN), and a
+    value given later is flagged as unlike the training data, which it is. `unmeasured_labs` says so once in
+    words, so numpy's "Mean of empty slice" over those all-missing columns, once per fold, tells nothing more."""
+    from core.guard.ood import fit_guard
+
+    catalogues = {n: ds.spec.lab_features(n) for n, k in table.modalities if k == "tabular"}
+    table = _unmeasured_blanked(table, ds.indices("train"))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Mean of empty slice", category=RuntimeWarning)
+        guard = fit_guard(table, ds.labels, ds.indices("train"), ds.indices("val"), catalogues)
+    guard.test_flagged = guard.flag_rates(table, ds.indices("test"))
+    return guard
+
+
+def _unmeasured_blanked(table: FeatureTable, train: np.ndarray) -> FeatureTable:
+    """`table` with every lab that no `train` row measured set to missing in all rows (a shallow copy)."""
+    tabular = {}
+    for name, values in table.tabular.items():
+        never = np.isnan(values[train]).all(0)
+        tabular[name] = np.where(never, np.nan, values).astype(values.dtype) if never.any() else values
+    return replace(table, tabular=tabular)
+
+
 def train(data: str | Path, config: Config, out: str | Path, device: str | None = None, progress: bool = True,
           command: str = "", strict: bool = False) -> dict | None:
     """Train on a data set folder and write a checkpoint folder; returns its metadata. Under torchrun
@@ -409,19 +436,23 @@ def train(data: str | Path, config: Config, out: str | Path, device: str | None 
     Unreadable inputs are quarantined and listed in <out>/data_report.json, unless `strict`."""
     from core.calibration.report import calibration_report
     from core.checkpoint import save_checkpoint
-    from core.guard.ood import fit_guard
 
     ctx = context()
     ds = Dataset.open(data)
     dev = pick_device(process_device(ctx, device))
     table = dataset_features(ds, config.model, dev, progress=progress and ctx.main, ctx=ctx, strict=strict)
+    never = unmeasured_labs(ds, table)
+    if never and ctx.main:  # said once here; every statistic below treats such a lab as missing
+        log.warning("warning: never measured in the training split, so the model cannot learn from it: %s",
+                    ", ".join(never))
     result = train_model(ds, table, config, dev, progress, ctx)
     meta = None
     if ctx.main:
         metrics = test_metrics(result.model, ds, table, dev)
         calibration = calibration_report(result.model, ds, table, dev) if result.model.denoiser is not None else None
         meta = {"spec": ds.spec.to_dict(), "n_concepts": len(result.concept_ids), "concept_ids": result.concept_ids,
-                "data_fingerprint": ds.fingerprint(), "data_identity": ds.identity().to_dict(), "data_size": len(ds), "test_metrics": metrics,
+                "data_fingerprint": ds.fingerprint(), "data_identity": ds.identity().to_dict(), "data_size": len(ds),
+                "data_source": ds.source(), "test_metrics": metrics,
                 "calibration_fit": result.calibration, "calibration": calibration,
                 "temperature": float(result.model.temperature.mean()),
                 "best_epoch": result.best_epoch, "val_score": result.val_score, "history": result.history,
@@ -430,9 +461,9 @@ def train(data: str | Path, config: Config, out: str | Path, device: str | None 
         if leak:
             log.warning("warning: %s", leak)
             meta["warnings"] = [leak]
-        guard = fit_guard(table, ds.labels, ds.indices("train"), ds.indices("val"),
-                          {n: ds.spec.lab_features(n) for n, k in result.model.info.modalities if k == "tabular"})
-        guard.test_flagged = guard.flag_rates(table, ds.indices("test"))
+        if never:
+            meta.setdefault("warnings", []).append(f"never measured in the training split: {', '.join(never)}")
+        guard = fit_data_guard(ds, table)
         save_checkpoint(result.model, out, meta, guard)
         (Path(out) / "data_report.json").write_text(dumps(ds.quarantine.report(len(ds))), encoding="utf-8")
         if ds.quarantine:

@@ -145,3 +145,32 @@ def test_cli_help_and_cohort(tmp_path):
                           "--no-card", "--workers", "1"], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert len(pd.read_csv(tmp_path / "c" / "manifest.csv")) == 60
+
+
+def test_a_spec_of_another_name_is_named_and_found_again(tmp_path):
+    from core.data.dataset import recorded_source, resolve_source
+    from core.errors import InputError
+
+    folder = _tabular_study(tmp_path / "own", [f"p{i}" for i in range(30)])
+    (folder / "spec.yaml").rename(folder / "study.yaml")
+    with pytest.raises(ManifestError) as e:  # the names searched, the file that is there, and the option
+        Dataset.open(folder)
+    assert "spec.yaml" in str(e.value) and "dataset.yaml" in str(e.value) and "study.yaml" in str(e.value)
+    assert "--spec FILE" in str(e.value)
+    ds = Dataset.open(folder, spec=folder / "study.yaml")
+    assert ds.spec.modality_names == ["labs"] and len(ds) == 30
+    assert Dataset.open(folder, spec="study.yaml").fingerprint() == ds.fingerprint()  # a name within the folder
+    recorded = ds.source()
+    assert recorded["spec"] == str((folder / "study.yaml").resolve())
+    # what a checkpoint records finds the spec again, in the folder named or (no folder named) where it was
+    assert resolve_source(folder, None, recorded) == folder / "study.yaml"
+    assert resolve_source(None, None, recorded) is None and recorded_source(recorded) == folder / "study.yaml"
+    assert resolve_source(folder, None, None) == folder  # without a record: the folder, and the error above
+    elsewhere = _tabular_study(tmp_path / "other", [f"p{i}" for i in range(30)])
+    with pytest.raises(InputError, match="must lie in the data folder"):
+        resolve_source(elsewhere, folder / "study.yaml")
+    with pytest.raises(InputError, match="is not a file"):
+        resolve_source(folder, "nosuch.yaml")
+    (folder / "study.yaml").rename(folder / "dataset.yaml")  # dataset.yaml is one of the names searched
+    assert Dataset.open(folder).fingerprint() == ds.fingerprint()
+    assert recorded_source(recorded) is None  # moved away: nothing recorded is used

@@ -48,11 +48,44 @@ def case_sources(args: argparse.Namespace) -> dict[str, str]:
     return sources
 
 
+TRAINED_ON = "(default: the data the checkpoint was trained on while it is there, else the embedded cohort)"
+SPEC_HELP = ("the dataset spec file, when the data folder's spec is not named spec.yaml, spec.json or dataset.yaml "
+             "(e.g. --data DIR --spec DIR/mydata.yaml; the manifest is read beside it); --spec alone: its folder "
+             "is the data folder")
+
+
+def add_data_arguments(p: argparse.ArgumentParser, data_help: str = "data set folder (default: the embedded cohort)",
+                       ) -> None:
+    """`--data DIR` and `--spec FILE`, for every command that reads a data folder; read them with `data_path`."""
+    p.add_argument("--data", help=data_help)
+    p.add_argument("--spec", metavar="FILE", help=SPEC_HELP)
+
+
+def data_path(args: argparse.Namespace, checkpoint: bool = False):  # -> Path | None
+    """The path to open with `Dataset.open` for `--data`/`--spec`; None when neither is given (the command's
+    default data). With `checkpoint`, what the checkpoint (`args.checkpoint`) recorded about its data counts:
+    `--data DIR` finds the spec file name it was trained with, and without `--data` the data it was trained on
+    is used while it is still there (said on stderr)."""
+    from core.data.dataset import recorded_source, resolve_source
+
+    recorded = None
+    if checkpoint:
+        from core.checkpoint import read_meta
+        from core.paths import DEFAULT_CHECKPOINT
+
+        recorded = read_meta(args.checkpoint or DEFAULT_CHECKPOINT).get("data_source")
+    path = resolve_source(args.data, args.spec, recorded)
+    if path is None and recorded_source(recorded):
+        path = recorded_source(recorded)
+        print(f"data: {path} (what the checkpoint was trained on; --data to choose other data)", file=sys.stderr)
+    return path
+
+
 def add_report_arguments(p: argparse.ArgumentParser, out_help: str,
-                         data_help: str = "data set folder (default: the embedded cohort)") -> None:
+                         data_help: str = "data set folder " + TRAINED_ON) -> None:
     """The arguments of every command that measures a checkpoint on a data set and writes a report."""
     p.add_argument("--checkpoint", help="checkpoint folder (default: checkpoints/default)")
-    p.add_argument("--data", help=data_help)
+    add_data_arguments(p, data_help)
     p.add_argument("--out", help=out_help)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--device", help="cpu or cuda")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from core.cli import add_report_arguments, note_other_data
+from core.cli import TRAINED_ON, add_report_arguments, data_path, note_other_data
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -17,7 +17,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "under natural missingness, 'which test next' agreement, coverage of the assumed lab "
                                    "values' 80 % intervals, and a reliability figure.")
     add_report_arguments(p, "write calibration.json, calibration.md and reliability.png here",
-                         "data folder with the test split (default: the embedded cohort)")
+                         "data folder with the test split " + TRAINED_ON)
     p.set_defaults(run=run)
 
 
@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     predictor = Predictor.load(args.checkpoint, args.device)
     if predictor.model.denoiser is None:
         raise RobustMDiffError("this checkpoint has no diffusion model, so it synthesizes nothing to calibrate")
-    ds = Dataset.open(args.data or ensure_cohort(default_cohort_dir(), progress=not args.json))
+    ds = Dataset.open(data_path(args, checkpoint=True) or ensure_cohort(default_cohort_dir(), progress=not args.json))
     note_other_data(ds.identity().difference(predictor.meta.get("data_identity")))
     table = dataset_features(ds, predictor.model.config.model, predictor.device, progress=not args.json)
     report = calibration_report(predictor.model, ds, table, predictor.device)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from core.cli import add_data_arguments, data_path
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("doctor", help="check a device against the CPU: train --quick, predict, explain, compare",
@@ -14,7 +16,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "tolerance per device type. Exit status 1 when a check fails. `make gpu-check` runs "
                                    "it on CUDA with the benchmark and the default checkpoint's training time.")
     p.add_argument("--device", help="cuda (default when present) or cpu")
-    p.add_argument("--data", help="data folder to use instead of a generated 300-case cohort")
+    add_data_arguments(p, "data folder to use instead of a generated 300-case cohort")
     p.add_argument("--bench", action="store_true", help="also run the benchmark on the device (shipped checkpoint)")
     p.add_argument("--train-default", action="store_true", help="also time training the default checkpoint there")
     p.add_argument("--out", help="write doctor.json and doctor.md here")
@@ -26,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     from core.doctor import doctor, markdown
     from core.jsonout import dumps
 
-    report = doctor(args.device, args.data, args.bench, args.train_default, progress=not args.json)
+    report = doctor(args.device, data_path(args), args.bench, args.train_default, progress=not args.json)
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

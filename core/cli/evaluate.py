@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from core.cli import add_data_arguments, data_path
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="compare RobustMDiff with baselines and ablations under missing modalities",
@@ -11,7 +13,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "split under all 2^M-1 availability patterns, random missingness (30 %%, 50 %%) and "
                                    "natural missingness; write results.json/.csv, table.md and figures.")
     p.add_argument("--checkpoint", help="checkpoint whose config is the base (default: checkpoints/default)")
-    p.add_argument("--data", help="data set folder (default: the embedded cohort)")
+    add_data_arguments(p)
     p.add_argument("--config", help="base configuration instead of the checkpoint's (e.g. tuned.yaml of `core tune`)")
     p.add_argument("--methods", default="all", help="'all' or a comma-separated list, e.g. early_zero,late_fusion")
     p.add_argument("--seeds", type=int, help="training seeds per method (default 3, or 1 with --quick)")
@@ -38,8 +40,9 @@ def run(args: argparse.Namespace) -> int:
     from core.evaluation.regimes import REGIME_METHODS
 
     try:
+        data = data_path(args)
         if args.regimes:
-            if args.data or args.checkpoint:
+            if data or args.checkpoint:
                 raise ValueError("--regimes runs on the embedded cohorts and the default configuration")
             result = study(args.regimes, args.quick, args.seeds, args.out,
                            REGIME_METHODS if args.methods == "all" else args.methods, args.device, args.jobs,
@@ -47,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"results in {result['out']} ({result['seconds'] / 60:.1f} min)")
             print(frame(result["summary"]).to_string(index=False))
             return 0
-        result = evaluate(args.checkpoint, args.data, args.methods, args.seeds, args.out, args.quick, args.device,
+        result = evaluate(args.checkpoint, data, args.methods, args.seeds, args.out, args.quick, args.device,
                           jobs=args.jobs, regime_name=args.regime, short=args.short,
                           config_path=args.config)
     except ValueError as e:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from core.cli import add_report_arguments, write_outputs
+from core.cli import TRAINED_ON, add_report_arguments, data_path, write_outputs
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -15,7 +15,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "whether negating a decisive note finding lowers p(diagnosis). Writes "
                                    "faithfulness.json and faithfulness.md (the synthesis confidence: `python -m core calibration`).")
     add_report_arguments(p, "write faithfulness.json and faithfulness.md here (default runs/faithfulness)",
-                         "cohort folder with truth/ (default: the embedded cohort)")
+                         "cohort folder with truth/ " + TRAINED_ON)
     p.set_defaults(out="runs/faithfulness")
     p.add_argument("--n", type=int, default=60, help="number of complete test cases to explain (default 60)")
     p.add_argument("--timing-cases", type=int, default=10,
@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
     progress = not args.json
     predictor = Predictor.load(args.checkpoint, args.device)
-    ds = Dataset.open(args.data or ensure_cohort(default_cohort_dir(), progress=progress))
+    ds = Dataset.open(data_path(args, checkpoint=True) or ensure_cohort(default_cohort_dir(), progress=progress))
     table = dataset_features(ds, predictor.model.config.model, predictor.device, progress=progress)
     result = faithfulness(predictor, ds, table, n=args.n, progress=progress, timing_cases=args.timing_cases)
     if args.negation:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from core.cli import add_report_arguments, note_other_data, write_outputs
+from core.cli import TRAINED_ON, add_report_arguments, data_path, note_other_data, write_outputs
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -16,7 +16,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "With --fit, fit the per-modality statistics and thresholds on the checkpoint's "
                                    "training data and store them in the checkpoint (training does this itself).")
     add_report_arguments(p, "write guard.json and guard.md here",
-                         "the data set the checkpoint was trained on (default: the embedded cohort)")
+                         "the data set the checkpoint was trained on " + TRAINED_ON)
     p.add_argument("--fit", action="store_true", help="fit and store the statistics instead of measuring")
     p.set_defaults(run=run)
 
@@ -28,22 +28,20 @@ def run(args: argparse.Namespace) -> int:
     from core.errors import CheckpointError
     from core.features import dataset_features
     from core.guard.benchmark import guard_benchmark, markdown
-    from core.guard.ood import fit_guard
     from core.inference import Predictor
     from core.jsonout import dumps
     from core.paths import DEFAULT_CHECKPOINT, default_cohort_dir
+    from core.training import fit_data_guard
 
     predictor = Predictor.load(args.checkpoint, args.device)
-    ds = Dataset.open(args.data or ensure_cohort(default_cohort_dir(), progress=not args.json))
+    ds = Dataset.open(data_path(args, checkpoint=True) or ensure_cohort(default_cohort_dir(), progress=not args.json))
     other_data = ds.identity().difference(predictor.meta.get("data_identity"))
     if args.fit:
         if other_data:
             raise CheckpointError("the statistics must come from the data the checkpoint was trained on, and on "
                                   f"this data {other_data}; pass that data with --data")
         table = dataset_features(ds, predictor.model.config.model, predictor.device, progress=not args.json)
-        guard = fit_guard(table, ds.labels, ds.indices("train"), ds.indices("val"),
-                          {n: ds.spec.lab_features(n) for n, k in predictor.modalities if k == "tabular"})
-        guard.test_flagged = guard.flag_rates(table, ds.indices("test"))
+        guard = fit_data_guard(ds, table)
         attach_guard(args.checkpoint or DEFAULT_CHECKPOINT, guard)
         print(f"stored: thresholds {guard.thresholds}; test false alarms {guard.test_flagged}")
         return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from core.cli import add_report_arguments, note_other_data, write_outputs
+from core.cli import add_report_arguments, data_path, note_other_data, write_outputs
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -22,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
     from core.jsonout import dumps
     from core.paths import default_cohort_dir
 
-    data = args.data or ensure_cohort(default_cohort_dir(), progress=not args.json)
+    data = data_path(args, checkpoint=True) or ensure_cohort(default_cohort_dir(), progress=not args.json)
     result = score_checkpoint(args.checkpoint, data, args.device, progress=not args.json)
     note_other_data(result["other_data"])
     write_outputs(args.out, "score", result, markdown(result))

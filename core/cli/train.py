@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from core.cli import add_data_arguments, data_path
 from core.errors import InputError
 from core.model.config import Config
 from core.paths import CONFIGS, ROOT, default_cohort_dir
@@ -38,8 +39,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", default=REFERENCE, metavar="NAME",
                    help=f"which model to train (default {REFERENCE}); a comparison model of the evaluation: {names}. "
                         "meta.json records it as 'method'")
-    p.add_argument("--data", help="data set folder with spec.yaml + manifest.csv (default: the embedded cohort, "
-                                  "generated on first use)")
+    add_data_arguments(p, "data set folder with a spec (spec.yaml) and manifest.csv (default: the embedded cohort, "
+                          "generated on first use); meta.json records the spec file, so later commands find it again")
     p.add_argument("--out", help="checkpoint folder to write (default runs/<time>)")
     p.add_argument("--seed", type=int, help="random seed (overrides the config)")
     p.add_argument("--quick", action="store_true", help="a few epochs on a 600-case cohort: a smoke test in about a minute")
@@ -81,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     if args.quick:
         config = quick(config)
     config = method.change(config)  # as core/evaluation/harness.py does
-    data = Path(args.data) if args.data else quick_cohort() if args.quick else ensure_cohort(default_cohort_dir())
+    data = data_path(args) or (quick_cohort() if args.quick else ensure_cohort(default_cohort_dir()))
     out = Path(args.out) if args.out else ROOT / "runs" / time.strftime("%Y%m%d-%H%M%S")
     command = "python -m core " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     meta = train(data, config, out, device=args.device, command=command, strict=args.strict)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from core.cli import add_data_arguments, data_path
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tune", help="choose hyper-parameters on the validation split (never the test split)",
@@ -15,7 +17,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="a parameter and its values, repeatable (default: rare_gamma=0,0.5,1; denoiser_width=128,256; "
                         "diffusion_epochs=75,150,300)")
     p.add_argument("--config", help="base configuration (default configs/default.yaml)")
-    p.add_argument("--data", help="data set folder (default: the embedded cohort)")
+    add_data_arguments(p)
     p.add_argument("--short", action="store_true", help="the short training schedule of --quick (minutes per value)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--device", help="cpu or cuda")
@@ -40,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         grid = parse_grid(args.grid, base) if args.grid else DEFAULT_GRID
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
-    ds = Dataset.open(args.data or ensure_cohort(default_cohort_dir()))
+    ds = Dataset.open(data_path(args) or ensure_cohort(default_cohort_dir()))
     result = tune(ds, base, grid, str(pick_device(args.device)),
                   on_progress=lambda f, text: print(f"[{f:4.0%}] {text}", flush=True))
     out = Path(args.out)

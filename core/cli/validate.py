@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from core.cli import add_data_arguments, data_path
+from core.errors import InputError
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("validate", help="check a data folder before training",
@@ -11,7 +14,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "file exists and parses (units converted, values plausible), classes per split, "
                                    "missingness per modality, labs a tabular group never measures. Prints one table; "
                                    "exit status 1 when something must be fixed.")
-    p.add_argument("--data", required=True, help="data folder with spec.yaml and manifest.csv")
+    add_data_arguments(p, "data folder with a spec (spec.yaml) and manifest.csv")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=run)
 
@@ -20,6 +23,9 @@ def run(args: argparse.Namespace) -> int:
     from core.data.validate import markdown, validate
     from core.jsonout import dumps
 
-    report = validate(args.data, progress=not args.json)
+    data = data_path(args)
+    if data is None:
+        raise InputError("--data", "name the data folder to check (--data DIR, or --spec FILE)")
+    report = validate(data, progress=not args.json)
     print(dumps(report) if args.json else markdown(report))
     return 0 if report["ok"] else 1

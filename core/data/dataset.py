@@ -20,7 +20,7 @@ from core.data.readers.labs import labs_from_mapping
 from core.data.spec import DatasetSpec
 from core.errors import InputError, ManifestError
 
-SPEC_NAMES = ("spec.yaml", "spec.yml", "spec.json")
+SPEC_NAMES = ("spec.yaml", "spec.yml", "spec.json", "dataset.yaml", "dataset.yml", "dataset.json")  # searched in order
 MANIFEST_NAMES = ("manifest.csv", "manifest.parquet")
 SPLITS = ("train", "val", "test")
 
@@ -43,11 +43,49 @@ class CaseInputs:
         return [k for k, v in self.inputs.items() if v is not None]
 
 
-def _find(folder: Path, names: tuple[str, ...], what: str) -> Path:
+def _find(folder: Path, names: tuple[str, ...], what: str, hint: str = "") -> Path:
     for n in names:
         if (folder / n).exists():
             return folder / n
-    raise ManifestError(folder.name or str(folder), f"has no {what} (looked for {', '.join(names)})")
+    raise ManifestError(folder.name or str(folder), f"has no {what} (looked for {', '.join(names)}){hint}")
+
+
+def _spec_hint(folder: Path) -> str:
+    """How to name a spec of another name: the option, and the candidate files the folder holds."""
+    candidates = sorted(p.name for p in folder.glob("*") if p.suffix.lower() in (".yaml", ".yml", ".json"))[:5]
+    found = f"; it holds {', '.join(candidates)}" if candidates else ""
+    return f"{found}; name the spec file with --spec FILE"
+
+
+def resolve_source(data: str | Path | None = None, spec: str | Path | None = None,
+                   recorded: dict | None = None) -> Path | None:
+    """The one path `Dataset.open` reads for a data folder `data` and a spec file `spec` (either may be left
+    out): the spec file when it is named, else the folder. `recorded` is a checkpoint's `data_source`
+    (`Dataset.source()`): a folder without a spec of a standard name then uses the spec file name the
+    checkpoint was trained with, so `score --data DIR` finds the same spec again. None when neither is given."""
+    folder = Path(data) if data else None
+    if spec:
+        path = Path(spec)
+        if folder is not None and not path.is_absolute() and not path.exists() and (folder / path).exists():
+            path = folder / path  # --data DIR --spec dataset.yaml: the name within the folder
+        if not path.is_file():
+            raise InputError("--spec", f"{spec} is not a file")
+        if folder is not None and (not folder.is_dir() or folder.resolve() != path.resolve().parent):
+            raise InputError("--spec", f"{path.name} must lie in the data folder {folder} (the manifest is read "
+                                       "beside the spec, and its file paths from there); or give --spec alone")
+        return path
+    if folder is None:
+        return None
+    named = Path(str((recorded or {}).get("spec") or "")).name
+    if folder.is_dir() and named and not any((folder / n).exists() for n in SPEC_NAMES) and (folder / named).is_file():
+        return folder / named
+    return folder
+
+
+def recorded_source(recorded: dict | None) -> Path | None:
+    """The spec file of a checkpoint's recorded data (`Dataset.source()`) when it still exists here."""
+    spec = (recorded or {}).get("spec")
+    return Path(spec) if spec and Path(spec).is_file() else None
 
 
 def stable_split(groups: pd.Series, labels: pd.Series, fractions=(0.7, 0.15, 0.15)) -> np.ndarray:
@@ -102,17 +140,22 @@ class Dataset:
         self.splits = splits
         self.given_splits = splits.copy()  # as the manifest or the hash gave them, before any `drop`
         self._identity: DataIdentity | None = None
+        self.spec_path: Path | None = None  # the files it was opened from (`open` sets them)
+        self.manifest_path: Path | None = None
         self.quarantine = Quarantine()  # filled when features are extracted (core/features.py)
         self.labels = np.array([self.classes.index(x) for x in labels], dtype=np.int64)
 
     # ---- opening ------------------------------------------------------------------------------
     @classmethod
-    def open(cls, path: str | Path, manifest: str | Path | None = None) -> "Dataset":
-        """`path`: a folder with spec.yaml and manifest.csv, or a spec file (then `manifest` or the default)."""
+    def open(cls, path: str | Path, manifest: str | Path | None = None, spec: str | Path | None = None) -> "Dataset":
+        """`path`: a folder with a spec (one of SPEC_NAMES) and manifest.csv, or a spec file (then `manifest`
+        or the default beside it). `spec`: the spec file of the folder `path` when it has another name."""
         path = Path(path)
         if not path.exists():
             raise ManifestError(path.name, "does not exist")
-        spec_path = _find(path, SPEC_NAMES, "dataset spec") if path.is_dir() else path
+        if spec is not None:
+            path = resolve_source(path, spec)
+        spec_path = _find(path, SPEC_NAMES, "dataset spec", _spec_hint(path)) if path.is_dir() else path
         folder = spec_path.parent
         manifest_path = Path(manifest) if manifest else _find(folder, MANIFEST_NAMES, "manifest")
         spec = DatasetSpec.load(spec_path)
@@ -126,7 +169,9 @@ class Dataset:
         except (ValueError, OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
             raise ManifestError(manifest_path.name, f"cannot be read ({str(e).splitlines()[0][:120]})") from None
         df.attrs["name"] = manifest_path.name
-        return cls(spec, df, manifest_path.parent)
+        ds = cls(spec, df, manifest_path.parent)
+        ds.spec_path, ds.manifest_path = spec_path.resolve(), manifest_path.resolve()
+        return ds
 
     # ---- access -------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -198,6 +243,13 @@ class Dataset:
         """Take cases out of every split (those left with no readable modality)."""
         self.splits = self.splits.astype(object)
         self.splits[rows] = "dropped"
+
+    def source(self) -> dict[str, str]:
+        """Where this data was read from (absolute paths; empty when not opened from files): what a checkpoint
+        records so that later commands find the same spec again (`resolve_source`, `recorded_source`)."""
+        if self.spec_path is None or self.manifest_path is None:
+            return {}
+        return {"folder": str(self.root.resolve()), "spec": str(self.spec_path), "manifest": str(self.manifest_path)}
 
     def identity(self) -> DataIdentity:
         """This data's content identity (core/data/identity.py); read once per Dataset."""
