@@ -19,7 +19,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=int, help="training seeds per method (default 3, or 1 with --quick)")
     p.add_argument("--out", help="output folder (default runs/eval-<time>); rerunning with the same --out resumes "
                    "from the models already finished there")
-    p.add_argument("--quick", action="store_true", help="fewer epochs, 600-case cohort, one seed: a few minutes")
+    p.add_argument("--quick", action="store_true", help="the short schedule of `train --quick` on the 600-case cohort, "
+                   "one seed: one such training per method (each a few minutes on a 2-core CPU, see `train --help`), "
+                   "so the time grows with the number of --methods; the features are encoded once for all")
     p.add_argument("--short", action="store_true", help="the short training schedule of --quick on the full cohort "
                    "(one seed): tighter intervals than --quick in a fraction of the full time")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")

@@ -18,7 +18,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "diffusion_epochs=75,150,300)")
     p.add_argument("--config", help="base configuration (default configs/default.yaml)")
     add_data_arguments(p)
-    p.add_argument("--short", action="store_true", help="the short training schedule of --quick (minutes per value)")
+    p.add_argument("--short", action="store_true", help="the short training schedule of `train --quick`: one such training per value of "
+                   "the grid (a few minutes each on a 2-core CPU, see `train --help`)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--device", help="cpu or cuda")
     p.set_defaults(run=run)
