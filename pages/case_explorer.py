@@ -18,9 +18,10 @@ from core.explain.explanation import METHODS as EXPLAIN_METHODS, Explanation
 from core.explain.render import (CMAPS, COMPLETENESS, REMOVED, completeness_text, image_legend_html, legend_html,
                                  note_html, overlay, report_html)
 from core.names import display_name
-from pages.common import (contribution_chart, fail, get_demo_cases, get_predictor, get_service, lab_chart,
+from pages.common import (contribution_chart, fail, get_demo_cases, get_predictor, get_service, inside_app, lab_chart,
                           load_demo_case, missing_contributions_text, notice, probability_chart, wait_for)
 
+inside_app()
 st.title("Case explorer")
 notice()
 predictor = get_predictor()
@@ -58,17 +59,15 @@ def scan_controls(scan: Scan, key: str) -> tuple[Scan, str]:
     return scan.view(slice_index, projection), f"{slice_index}/{projection}"
 
 
-def kept(key: str, default):
-    """The key of a display control whose value outlives runs in which it is not drawn (Streamlit forgets
-    those widgets' state, e.g. while a new explanation is asked for after a method change): the control
-    always shows, and the page always draws, the value last chosen."""
-    if key not in st.session_state:
-        st.session_state[key] = st.session_state.get(f"_kept_{key}", default)
-    return key
+def kept(key: str, default) -> dict:
+    """Arguments for a display control whose value outlives the runs in which it is not drawn (e.g. while a
+    new explanation is asked for after a method change): the value last chosen, given as the widget's value
+    and saved by its on_change. Never set through st.session_state[key]: a browser that drew the widget
+    before would then re-create it at its default (toggle off, opacity 0)."""
+    def save() -> None:
+        st.session_state[f"_kept_{key}"] = st.session_state[key]
 
-
-def keep(key: str, value) -> None:
-    st.session_state[f"_kept_{key}"] = value
+    return {"value": st.session_state.get(f"_kept_{key}", default), "key": key, "on_change": save}
 
 
 def display_window(name: str) -> tuple[float, float] | None:
@@ -302,11 +301,10 @@ def draw(stage: str, exp: Explanation) -> None:
                 st.caption(missing_contributions_text(exp.contributions))
         elif stage in exp.image:
             c1, c2 = st.columns([2, 1])
-            show = c2.toggle("Show heatmap", key=kept("heat_on", True))
-            opacity = c2.slider("Opacity", 0.0, 1.0, key=kept("opacity", 0.55))
-            cmap = c2.selectbox("Colour map", CMAPS, key=kept("cmap", CMAPS[0]))
-            for k, v in (("heat_on", show), ("opacity", opacity), ("cmap", cmap)):
-                keep(k, v)
+            show = c2.toggle("Show heatmap", **kept("heat_on", True))
+            opacity = c2.slider("Opacity", 0.0, 1.0, **kept("opacity", 0.55))
+            cmap_args = kept("cmap", CMAPS[0])
+            cmap = c2.selectbox("Colour map", CMAPS, index=CMAPS.index(cmap_args.pop("value")), **cmap_args)
             st.session_state["heat_drawn_cmap"] = cmap  # the colour map the heatmap is drawn with (checked by tests)
             gray = case.inputs[stage].display(display_window(stage))
             c1.image(overlay(gray, exp.image[stage], opacity if show else 0.0, cmap, fov=exp.image_fov.get(stage),

@@ -65,6 +65,26 @@ def load_demo_case(row: int) -> CaseInputs:
     return get_cohort().load(row)
 
 
+def inside_app() -> None:
+    """Called first by every page. A deep link opened before app.py ever ran in this server (e.g. right after
+    `make run`) makes Streamlit fall back to its old multipage mode, which runs the page file alone under a
+    list of every file in pages/ (common.py included). Leave that mode, as st.navigation itself does, and run
+    again: app.py then runs and opens the page asked for. Once per process: the mode, once left, stays left
+    in a server (AppTest alone re-enters it before every run, and a rerun there would drop the click)."""
+    global _navigation_checked
+    if _navigation_checked:
+        return
+    _navigation_checked = True
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
+_navigation_checked = False
+
+
 def notice() -> None:
     st.caption(f":material/warning: {NOTICE}")
 

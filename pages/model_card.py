@@ -13,7 +13,7 @@ from core.evaluation import report
 from core.evaluation.harness import condition_label
 from core.names import display_name, display_names
 from core.paths import ASSETS, DEFAULT_CHECKPOINT
-from pages.common import NOTICE, get_predictor
+from pages.common import NOTICE, get_predictor, inside_app
 
 # the test metrics in words (column headers), with their definitions (tooltips)
 # (short headers: nine columns fit a 1440 px screen; the words are in each tooltip)
@@ -48,6 +48,7 @@ CONFIDENCE_COLUMNS = {
                    "absolute change).",
 }
 
+inside_app()
 st.title("Model card")
 predictor = get_predictor()
 meta = predictor.meta

@@ -32,7 +32,7 @@ from core.review.stats import (ALPHA, MIN_RATINGS, agreement, paired_tests, per_
                                per_model_method)
 from core.review.store import DEMO_CODE, REFERENCE_MODEL, SCALES, Item, ReviewStore, reviewer_code
 from core.serve import AHEAD as AHEAD_WORK, BACKGROUND as BACKGROUND_WORK, INTERACTIVE
-from pages.common import fail, get_cohort, get_predictor, get_service, load_demo_case, notice
+from pages.common import fail, get_cohort, get_predictor, get_service, inside_app, load_demo_case, notice
 
 LIKERT = {1: "1 · not at all", 2: "2", 3: "3", 4: "4", 5: "5 · completely"}
 QUESTIONS = {"relevance": "The highlighted evidence is clinically relevant to the prediction.",
@@ -42,6 +42,7 @@ TOKEN = "reviewer_token"  # query parameter that keeps a reviewer signed in acro
 LOOK_AHEAD = 3
 log = logging.getLogger(__name__)
 
+inside_app()
 st.title("Explanation review")
 notice()
 

@@ -16,8 +16,9 @@ from core.evaluation.methods import methods_for
 from core.evaluation.patterns import availability_patterns, pattern_name
 from core.names import display_name
 from core.paths import ASSETS
-from pages.common import fail, get_demo_cases, get_predictor, get_service, load_demo_case, notice
+from pages.common import fail, get_demo_cases, get_predictor, get_service, inside_app, load_demo_case, notice
 
+inside_app()
 st.title("Robustness lab")
 notice()
 predictor = get_predictor()

@@ -2,7 +2,9 @@
 (one server and one browser for the whole module, each flow in its own browser context, i.e. its own
 Streamlit session):
 
-1. case explorer: a demo case → switch the labs off → explain → download the case report;
+1. case explorer: a deep link opens the app's pages; a demo case → switch the labs off → upload a scan and a
+   lab table with one bad unit → only that row refused → explain → switch the method (the heatmap controls
+   keep their values) → download the case report;
 2. upload a DICOM that carries patient identifiers → refused as the wrong kind of scan → override → a
    prediction, and no identifier anywhere on the page;
 3. review: first sign-in (name, shared code, PIN twice) → answer every question of one item → save →
@@ -167,9 +169,49 @@ def _same_class(a: str, b: str) -> bool:
 
 
 # ---- 1. case explorer ----------------------------------------------------------------------------------
-def test_case_explorer_switch_explain_and_download_the_report(server, page, out_dir):
+def _choose(page, label: str, option: str) -> None:
+    """Pick an option of a selectbox (its list opens on a click; a click during a rerun may not open it)."""
+    box = page.locator('[data-testid="stSelectbox"]').filter(has_text=label)
+    for _ in range(5):
+        box.locator("input").first.click()
+        page.wait_for_timeout(700)
+        found = page.locator('[role="option"]', has_text=option)
+        if found.count():
+            found.first.click()
+            return
+        page.keyboard.press("Escape")
+        page.wait_for_timeout(500)
+    raise AssertionError(f"no option {option!r} in {label!r}")
+
+
+def _heatmap_controls(page) -> tuple[bool, str]:
+    _idle(page)
+    return (page.get_by_role("switch", name="Show heatmap").is_checked(),
+            page.locator('[data-testid="stSlider"]').filter(has_text="Opacity").locator("input[type=range]")
+            .get_attribute("value"))
+
+
+def _predicted(page) -> str:
+    """The predicted diagnosis as the page shows it: whole, never cut to fit a box."""
+    box = page.locator('[data-testid="stMarkdownContainer"]').filter(has_text=re.compile("^Predicted")).last
+    text = box.inner_text().replace("Predicted", "", 1).strip()
+    assert "…" not in text and text
+    return text
+
+
+def test_case_explorer_switch_labs_with_a_bad_unit_explain_switch_method_and_report(server, page, out_dir,
+                                                                                      default_cohort):
+    """Demo case → switch the labs off → upload a scan and a lab table with one bad unit → only that row is
+    refused → explain → change the heatmap controls → switch the method and explain → the controls keep their
+    values → download the report."""
+    scan = (default_cohort / "images" / "RMD-00001.png").read_bytes()
+    labs = b"name,value,unit\ncrp,8.5,mg/dL\nwbc,14.2,10^9/L\nsodium,131,mmol/L\ntroponin,0.5,mg/dL\n"
     with _kept_on_failure(page, out_dir):
-        page.goto(server, timeout=120_000)
+        page.goto(f"{server}/model_card", timeout=120_000)  # a deep link: the app's pages, never the files of pages/
+        page.get_by_role("heading", name="Model card").first.wait_for(timeout=SLOW)
+        nav = page.locator('[data-testid="stSidebarNav"]').inner_text()
+        assert "Case explorer" in nav and "common" not in nav.lower(), nav
+        page.get_by_role("link", name="Case explorer").click()
         page.get_by_text("Predicted").first.wait_for(timeout=SLOW)
         page.get_by_role("switch", name="labs").wait_for()
         page.locator("label", has=page.get_by_role("switch", name="labs")).click()
@@ -177,11 +219,37 @@ def test_case_explorer_switch_explain_and_download_the_report(server, page, out_
         change.wait_for(timeout=120_000)
         assert "→" in change.inner_text()
         page.get_by_text("Which test next").wait_for(timeout=120_000)
-        predicted = page.locator('[data-testid="stMetricValue"]').first.inner_text().strip()
-        assert predicted
+        assert _predicted(page)
+
+        page.get_by_text("Upload your own", exact=True).click()
+        scan_up = page.locator('[data-testid="stFileUploader"]').filter(has_text="DICOM").first
+        scan_up.wait_for(timeout=120_000)
+        scan_up.locator("input[type=file]").set_input_files({"name": "cxr.png", "mimeType": "image/png", "buffer": scan})
+        _idle(page)
+        labs_up = page.locator('[data-testid="stFileUploader"]').filter(has_text="Lab table").first
+        labs_up.locator("input[type=file]").set_input_files({"name": "labs.csv", "mimeType": "text/csv", "buffer": labs})
+        page.get_by_text("1 value refused", exact=False).first.wait_for(timeout=120_000)
+        refusal = page.get_by_text("1 value refused", exact=False).first.inner_text()
+        assert "troponin" in refusal and "mg/dL" in refusal and "other 3 labs are used" in refusal
+        page.get_by_text("3 used, 1 refused", exact=False).first.wait_for(timeout=60_000)
+        page.get_by_text("Predicted").first.wait_for(timeout=SLOW)
+        _idle(page)
+        predicted = _predicted(page)
 
         page.get_by_role("button", name="Explain this prediction").click()
         page.get_by_text("Explained in").first.wait_for(timeout=SLOW)
+        assert _heatmap_controls(page) == (True, "0.55")
+        page.locator('[data-testid="stSlider"]').filter(has_text="Opacity").locator("input[type=range]").focus()
+        for _ in range(10):
+            page.keyboard.press("ArrowRight")
+        _idle(page)
+        assert _heatmap_controls(page) == (True, "0.65")
+        _choose(page, "Attribution method", "Gradient × input")
+        _idle(page)
+        page.get_by_role("button", name="Explain this prediction").click()
+        page.get_by_text("Explained in").first.wait_for(timeout=SLOW)
+        assert _heatmap_controls(page) == (True, "0.65")  # not reset to off / 0 by the switch
+
         report_button = page.get_by_role("button", name=re.compile("Download case report"))
         report_button.wait_for(timeout=SLOW)
         _idle(page)
@@ -193,7 +261,8 @@ def test_case_explorer_switch_explain_and_download_the_report(server, page, out_
         bold = re.findall(r"prediction: <b[^>]*>([^<]+)</b>", report)
         assert bold and _same_class(bold[0], predicted), (bold, predicted)  # the class the page shows
         assert "data:image/png;base64," in report  # the scan with its heatmap
-        assert "Which test next" in report  # the labs were switched off: the report says what to acquire
+        assert "Gradient × input" in report and "gradient_x_input" not in report and "e+0" not in report
+        assert "Which test next" in report  # the note is missing: the report says what to acquire
         _screenshot(page, out_dir, "case_explorer")
 
 

@@ -74,12 +74,12 @@ def test_comparison_table_is_compact_and_in_words():
     table, helps = report.comparison(rows, NAMES)
     # one measure, 7 patterns + average + p: 10 columns instead of the markdown table's 18
     assert list(table.columns) == ["Method", "Scan", "Clinical note", "Labs", "Scan+Clinical note", "Scan+Labs",
-                                   "Clinical note+Labs", "All modalities", "Average", "p (Holm)"]
+                                   "Clinical note+Labs", "All modalities", "AVG", "p (Holm)"]
     assert list(table.Method) == [display_name(m) for m in ALL]
     assert table.set_index("Method").at["RobustMDiff", "p (Holm)"] == "ref."
     assert set(helps) == set(table.columns) and all(helps.values())
     assert not _raw_in(table.to_string()) and not _raw_in(" ".join(table.columns))
-    assert table["Average"].between(0, 100).all()  # in %
+    assert table["AVG"].between(0, 100).all()  # in %
     ret, ret_helps = report.retention_view(rows, NAMES)
     assert set(ret_helps) == set(ret.columns) - {"Method"}
     assert not _raw_in(ret.to_string())
@@ -199,7 +199,7 @@ def test_model_card_in_words_with_a_comparison_that_fits(app):
     assert not _raw_in(text), _raw_in(text)
     assert not any(m.value.lstrip().startswith("# ") for m in at.markdown)
     if (ASSETS / "evaluation" / "results.json").exists():
-        table = next(d.value for d in at.dataframe if "Average" in d.value.columns)
+        table = next(d.value for d in at.dataframe if "AVG" in d.value.columns)
         assert len(table.columns) == 10 and "RobustMDiff" in set(table.Method)
     targets = [t.value for t in at.table if "met" in t.value.columns]
     assert targets and all(set(t.met) <= {"met", "not met"} for t in targets)

@@ -163,12 +163,12 @@ def comparison(rows: list[dict], names: list[str], metric: str = "auroc") -> tup
         sub = s[s.method == method].set_index("condition")
         p = sig[method]["p_holm"] if method in sig else None
         out.append({"Method": display_name(method), **{heads[c]: 100 * sub.at[c, metric] for c in cols},
-                    "Average": 100 * avg[method], "p (Holm)": "ref." if p is None else _p_text(p)})
+                    "AVG": 100 * avg[method], "p (Holm)": "ref." if p is None else _p_text(p)})
     what = METRIC_HELP[metric]
     helps = {heads[c]: f"{what} Only {pattern_label(c)} given: the complete test cases with the other modalities "
                        "switched off; mean over the training seeds (± std: in the downloadable table)." for c in cols}
     helps.update({"Method": "How missing modalities are handled (core/evaluation/methods.py).",
-                  "Average": f"{what} Mean over the {len(cols)} combinations of modalities (AVG in the papers).",
+                  "AVG": f"{what} Mean over the {len(cols)} combinations of modalities (AVG, as the papers call it).",
                   "p (Holm)": "Could the difference between RobustMDiff (ref.) and this method be chance? The p-value "
                               "of a two-sided Wilcoxon signed-rank test, paired over combinations × seeds, adjusted "
                               "for comparing several methods (Holm); * marks an adjusted p < 0.05, the rule of every "
