@@ -11,8 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -405,28 +404,14 @@ def test_metrics(model: RobustMDiff, ds: Dataset, table: FeatureTable, device="c
 
 def fit_data_guard(ds: Dataset, table: FeatureTable):  # -> core.guard.ood.Guard
     """The out-of-distribution guard of a model trained on `ds` (core/guard/ood.py), with its test false-alarm
-    rates. A lab that no training case measured has no typical value: its values elsewhere are left out of the
-    fit (scored against a mean of 0 they would be infinitely atypical and make the group's threshold NaN), and a
-    value given later is flagged as unlike the training data, which it is. `unmeasured_labs` says so once in
-    words, so numpy's "Mean of empty slice" over those all-missing columns, once per fold, tells nothing more."""
+    rates. A lab that no training case measured has no typical value, so the guard leaves it out of every score
+    (`unmeasured_labs` says so once, in words, when training)."""
     from core.guard.ood import fit_guard
 
     catalogues = {n: ds.spec.lab_features(n) for n, k in table.modalities if k == "tabular"}
-    table = _unmeasured_blanked(table, ds.indices("train"))
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Mean of empty slice", category=RuntimeWarning)
-        guard = fit_guard(table, ds.labels, ds.indices("train"), ds.indices("val"), catalogues)
+    guard = fit_guard(table, ds.labels, ds.indices("train"), ds.indices("val"), catalogues)
     guard.test_flagged = guard.flag_rates(table, ds.indices("test"))
     return guard
-
-
-def _unmeasured_blanked(table: FeatureTable, train: np.ndarray) -> FeatureTable:
-    """`table` with every lab that no `train` row measured set to missing in all rows (a shallow copy)."""
-    tabular = {}
-    for name, values in table.tabular.items():
-        never = np.isnan(values[train]).all(0)
-        tabular[name] = np.where(never, np.nan, values).astype(values.dtype) if never.any() else values
-    return replace(table, tabular=tabular)
 
 
 def train(data: str | Path, config: Config, out: str | Path, device: str | None = None, progress: bool = True,

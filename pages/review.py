@@ -306,7 +306,7 @@ WORDS = {"model": "Model", "method": "Explanation method", "reference": "Referen
          "verdict": "Verdict"}
 HEADERS = {"scale": "Question", "mean": "Mean", "range": "95 % range", "n": "Ratings", "n_cases": "Cases",
            "n_pairs": "Pairs", "n_nonzero": "Pairs that differ", "mean_diff": "Mean difference",
-           "median_diff": "Median difference", "p": "p", "p_corrected": "p (corrected)"}
+           "median_diff": "Median difference", "p": "p", "p_corrected": "p adj."}
 
 
 def _words(value: object) -> str:

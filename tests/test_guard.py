@@ -8,6 +8,7 @@ import io
 import json
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -110,6 +111,22 @@ def test_lab_gaussian_scores_partial_panels_and_flags_impossible_combinations():
     ordinary = model.score(x[:200])
     odd = model.score(np.array([[np.exp(3.0), 1.0, 1.0, 1.0]]))  # one marker 10 SD off, the rest class-0 typical
     assert odd[0] > np.nanquantile(ordinary, 0.99)
+
+
+def test_a_lab_never_measured_in_fitting_is_left_out_of_scores_without_warnings():
+    """A lab no fitting case measured (a rare lab, or one fold of the cross-fitting without it) has no typical
+    value: scores ignore it (they neither explode nor turn NaN), and numpy never warns about empty slices."""
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 3, 600)
+    x = np.exp(rng.normal(y[:, None] * 0.8, 0.3, (600, 3)))
+    x[:, 2] = np.nan  # never measured
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = LabGaussian.fit(x, y, np.array([True] * 3))
+        with_lab = model.score(np.array([[1.0, 1.0, 5000.0]]))
+        without = model.score(np.array([[1.0, 1.0, np.nan]]))
+        only_it = model.score(np.array([[np.nan, np.nan, 5000.0]]))
+    assert np.isfinite(with_lab).all() and with_lab[0] == pytest.approx(without[0]) and np.isnan(only_it[0])
 
 
 def test_guard_is_fitted_at_one_percent_and_holds_on_the_test_split(default_dataset, default_features):

@@ -37,13 +37,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {c:<22} {p:6.1%}")
     print(f"present: {', '.join(result.present)}")
     for m, s in result.synthesized.items():
-        print(f"synthesized {m}: confidence {s['confidence']:.0%} that the answer stays the same with the real {m}; "
-              f"acquiring it would change the answer by {s['expected_change']:.1%} on average")
+        print(f"synthesized {m}: synthesis confidence {s['confidence']:.0%} (a {result.chance_of_change(m):.0%} chance "
+              f"that acquiring the real {m} changes the answer)")
         if result.assumed_text(m):
             print(f"  {result.assumed_text(m, top=5)}")
     if result.next_test:
-        print(f"which test next: {result.next_test} ({1 - result.synthesized[result.next_test]['confidence']:.0%} chance "
-              "that it changes the answer)")
+        print(result.next_test_text())
     for w in result.warnings:
         print(f"warning: {w}")
     return 0

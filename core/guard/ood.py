@@ -19,7 +19,6 @@ test split's false alarms to 3 %; with the held-out training scores added it res
 
 from __future__ import annotations
 
-import warnings
 
 from dataclasses import dataclass, field
 
@@ -116,9 +115,9 @@ class LabGaussian:
     def fit(cls, values: np.ndarray, y: np.ndarray, log: np.ndarray) -> "LabGaussian":
         v = np.asarray(values, np.float64)
         t = np.where(log, np.log1p(np.clip(v, 0, None)), v)
-        mean = _class_means(t, y)
+        mean = _class_means(t, y)  # NaN for a lab no case measured: it has no typical value and is never scored
         r = t - mean[_class_index(y)]
-        std = np.nan_to_num(np.sqrt(np.nanmean(r ** 2, 0)), nan=1.0)
+        std = np.nan_to_num(np.sqrt(_nanmean(r ** 2)), nan=1.0)
         std = np.where(std > 1e-6, std, 1.0)
         z = r / std
         n = len(z)
@@ -263,15 +262,22 @@ def _class_index(y: np.ndarray) -> np.ndarray:
     return np.unique(y, return_inverse=True)[1]
 
 
+def _nanmean(x: np.ndarray) -> np.ndarray:
+    """Column means over the values present, NaN for a column without any (numpy's nanmean would warn)."""
+    n = (~np.isnan(x)).sum(0)
+    total = np.nansum(x, 0)
+    return np.divide(total, n, out=np.full(total.shape, np.nan), where=n > 0)
+
+
 def _class_means(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """(C, D) per-class means (NaN-aware; a class without values for a feature takes the overall mean)."""
+    """(C, D) per-class means over the values present. A class without values for a feature takes the overall
+    mean; a feature without any value (a lab no case measured, e.g. in one fold of the cross-fitting) stays
+    NaN, so that scoring leaves it out instead of measuring values against an invented mean."""
     idx = _class_index(y)
-    overall = np.nan_to_num(np.nanmean(x, 0))
+    overall = _nanmean(x)
     out = np.empty((idx.max() + 1, x.shape[1]))
     for c in range(len(out)):
-        with warnings.catch_warnings():  # a lab no case of this class measured: the overall mean
-            warnings.simplefilter("ignore", RuntimeWarning)
-            m = np.nanmean(x[idx == c], 0) if np.any(idx == c) else overall
+        m = _nanmean(x[idx == c]) if np.any(idx == c) else overall
         out[c] = np.where(np.isnan(m), overall, m)
     return out
 

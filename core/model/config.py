@@ -109,7 +109,7 @@ class Config:
         return replace(self, **{section: replace(getattr(self, section), **changes)})
 
 
-# --quick (train, evaluate): a smoke-test schedule that finishes in about a minute on a 2-core CPU.
+# --quick (train, evaluate): the short schedule; `train --help` gives measured times and what they depend on.
 QUICK_TRAINING = {"epochs": 6, "diffusion_epochs": 20, "finetune_epochs": 3, "patience": 3}
 
 
