@@ -60,6 +60,10 @@ def test_demo_case_prediction_and_switch(app):
     assert probs_after != probs_before
     assert any("Largest change" in i.value for i in at.info)
     assert any("Which test next" in s.value for s in at.success)
+    at.toggle[2].set_value(True).run()  # back on: the prediction kept from before, and the page says so
+    _ok(at)
+    assert at.session_state["explorer"]["probs"] == probs_before
+    assert any(c.value.startswith("kept from when this case") for c in at.caption)
 
 
 def _upload(at: AppTest, name: str, data: bytes, mime: str) -> AppTest:

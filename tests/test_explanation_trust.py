@@ -215,6 +215,8 @@ def test_app_keeps_the_colour_map_that_it_draws(monkeypatch, tmp_path, default_c
     at.button(key="explain").click().run()
     assert not at.exception
     assert any("IG completeness error" in c.value for c in at.caption)
+    labs_chart = next(json.loads(c.proto.spec) for c in at.get("plotly_chart") if "Labs ranked" in c.proto.spec)
+    assert [t["name"] for t in labs_chart["data"]] == ["Gradient × input"]  # the chosen method's bars only
     at.selectbox(key="cmap").set_value("jet").run()
     assert at.session_state["heat_drawn_cmap"] == "jet"
     at.selectbox(key="method").set_value("integrated_gradients").run()  # not explained yet: no heatmap drawn

@@ -89,7 +89,7 @@ def test_early_stopping_breaks_auroc_ties_by_validation_loss():
 
 @pytest.fixture(scope="module")
 def tabular_groups(tmp_path_factory) -> Path:
-    """scikit-learn's breast cancer data (569 real cases) as three inline tabular groups with `features:`, the
+    """scikit-learn's breast cancer data (569 real cases) as three inline tabular groups (two with `features:`), the
     spec named breast_cancer.yaml (not a name searched: `--spec` names it), and one more lab of the first group,
     `ki67`, measured only outside the training split (an empty column there, as a lab a site never ordered)."""
     from sklearn.datasets import load_breast_cancer
@@ -110,7 +110,8 @@ def tabular_groups(tmp_path_factory) -> Path:
     labs = [{"name": c, "label": c.replace("_", " "), "unit": "", "plausible": [0, 1e5]} for c in cols + ["ki67"]]
     (root / "breast_cancer.yaml").write_text(yaml.safe_dump({
         "name": "breast-cancer", "label": "label", "case_id": "case_id", "classes": ["benign", "malignant"],
-        "modalities": [{"name": g, "type": "tabular", "columns": c, "features": c} for g, c in groups.items()],
+        "modalities": [{"name": g, "type": "tabular", "columns": c, **({"features": c} if g != "error" else {})}
+                       for g, c in groups.items()],  # "error" names its fields by its columns alone
         "labs": labs}))
     return root
 
@@ -144,6 +145,12 @@ def test_three_tabular_groups_train_score_and_predict_by_name(tabular_groups, tm
     assert pred.returncode == 0, pred.stderr[-2000:]
     out = json.loads(pred.stdout)
     assert out["present"] == ["worst"] and set(out["synthesized"]) == {"mean", "error"}
+    groups = {m["name"]: m["columns"] for m in yaml.safe_load(spec.read_text())["modalities"]}
+    for name in ("mean", "error"):  # every assumed lab of every synthesized group: its own field, an interval
+        assumed = out["synthesized"][name]["expected_values"]
+        assert assumed and set(assumed) <= set(groups[name]) - {"ki67"}, (name, sorted(assumed))
+        for v in assumed.values():
+            assert v["low"] <= v["median"] <= v["high"], (name, v)
     bad = _cli("predict", "--checkpoint", str(tmp_path / "ckpt"), "--input", "nosuch=x.csv")
     assert bad.returncode == 2 and "no such modality" in bad.stderr
 
