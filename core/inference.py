@@ -30,7 +30,7 @@ from core.data.readers.note import clean_note
 from core.data.readers.source import Source
 from core.data.spec import DatasetSpec, LabSpec
 from core.device import model_device, pick_device
-from core.errors import InputError, NoModalityError
+from core.errors import InputError, NoModalityError, RobustMDiffError
 from core.features import FeatureTable, table_from_inputs
 from core.guard.domain import DomainError, domain_mismatches
 from core.guard.ood import Guard
@@ -265,6 +265,12 @@ class Predictor:
         return cls(model, meta, dev, load_guard(folder, meta))
 
     # ---- inputs ----------------------------------------------------------------------------------------
+    def lab_catalogue(self, name: str) -> list[LabSpec]:
+        """The labs tabular modality `name` reads, in the model's order: those it was trained with (recorded in
+        the checkpoint), so a spec rule changed since training never shifts which value is which."""
+        labs = {lab.name: lab for lab in self.spec.labs}
+        return [labs[n] for n in self.model.info.labs[name]]
+
     def modality_of_type(self, kind: str) -> str | None:
         return next((n for n, t in self.modalities if t == kind), None)
 
@@ -294,7 +300,7 @@ class Predictor:
             if isinstance(src, str) and not _is_file(src):
                 return clean_note(src, "pasted note")
             return read_note(src)
-        return read_labs(src, self.spec.lab_features(name))
+        return read_labs(src, self.lab_catalogue(name))
 
     def domain_mismatches(self, case: CaseInputs, absent: Iterable[str] = ()) -> dict[str, list[str]]:
         """Per image modality of the case (those switched off aside), what its DICOM header says against the
@@ -324,17 +330,13 @@ class Predictor:
         if kind == "tabular" and name in out.assumed and np.isfinite(out.assumed[name][0][r]).all():
             enc = self.model.encoders[name]
             med, low, high = (enc.inverse(torch.as_tensor(a[r], device=self.device)).cpu().numpy() for a in out.assumed[name])
-            labs = {lab.name: lab for lab in self.spec.lab_features(name)}
             values, refused_labs = {}, {}
             learned = self.model.decoders[name].learned().cpu().numpy()
-            for i, lab_name in enumerate(self.model.info.labs[name]):  # the decoder's own outputs, in its order
-                lab = labs[lab_name]
-                if not learned[i] and lab_name not in refused:
-                    continue
-                if lab_name in refused:
-                    refused_labs[lab_name] = {"label": lab.label, "unit": lab.unit, "reason": refused[lab_name]}
-                    continue
-                values[lab_name] = _assumed_value(lab, float(med[i]), float(low[i]), float(high[i]))
+            for i, lab in enumerate(self.lab_catalogue(name)):  # the decoder's own outputs, in its order
+                if lab.name in refused:
+                    refused_labs[lab.name] = {"label": lab.label, "unit": lab.unit, "reason": refused[lab.name]}
+                elif learned[i]:
+                    values[lab.name] = _assumed_value(lab, float(med[i]), float(low[i]), float(high[i]))
             return {"expected_values": values, **({"refused": refused_labs} if refused_labs else {})}
         if kind == "text" and out.concepts.shape[-1] and np.isfinite(out.concepts[r, j]).all():
             return {"implied_concepts": self.implied_concepts(out.concepts[r, j], predicted)}
@@ -354,14 +356,16 @@ class Predictor:
         if self._class_concepts is None:
             path = ROOT / self.model.config.model.knowledge_graph
             linked = {c: {c} for c in self.classes}
-            if path.exists():
+            try:
                 graph = KnowledgeGraph.load(path, self.classes)
-                for i, k, w in graph.edges:
-                    a, b = graph.ids[i], graph.ids[k]
-                    if w > 0:
-                        for x, y in ((a, b), (b, a)):
-                            if x in linked:
-                                linked[x].add(y)
+            except RobustMDiffError:  # no graph to read (moved, edited badly): each class implies only itself
+                graph = KnowledgeGraph([], [], [], [])
+            for i, k, w in graph.edges:
+                a, b = graph.ids[i], graph.ids[k]
+                if w > 0:
+                    for x, y in ((a, b), (b, a)):
+                        if x in linked:
+                            linked[x].add(y)
             self._class_concepts = linked
         return self._class_concepts
 

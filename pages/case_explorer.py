@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import html
 import time
 
 import pandas as pd
@@ -122,7 +123,7 @@ def uploaded_case() -> tuple[CaseInputs | None, str]:
                         digest.update(pasted.encode())
                         inputs[name] = clean_note(pasted, "pasted note")
                 else:
-                    catalogue = predictor.spec.lab_features(name)
+                    catalogue = predictor.lab_catalogue(name)
                     f = st.file_uploader("Lab table, CSV (wide, or long: name,value,unit)", key=f"up_{name}")
                     if f is not None:
                         digest.update(f.getvalue())
@@ -151,12 +152,12 @@ def uploaded_case() -> tuple[CaseInputs | None, str]:
                     for w in inputs[name].warnings:
                         st.warning(w)
                     refused[name] = inputs[name].refused
-                    labs_preview(inputs[name], predictor.spec.lab_features(name), "As the model reads them")
+                    labs_preview(inputs[name], predictor.lab_catalogue(name), "As the model reads them")
             except LabError as e:  # no value usable: each refused one named; the labs are then synthesized
                 st.error(str(e))
                 inputs[name], refused[name] = None, e.refused
                 if e.refused:
-                    labs_preview(LabPanel(refused=e.refused), predictor.spec.lab_features(name), "Not used")
+                    labs_preview(LabPanel(refused=e.refused), predictor.lab_catalogue(name), "Not used")
             except RobustMDiffError as e:
                 st.error(str(e))
                 inputs[name] = None
@@ -178,7 +179,7 @@ if source == "Demo case":
             st.text(case.inputs["note"])
         for name in names:
             if kinds[name] == "tabular" and case.inputs.get(name) is not None:
-                labs_preview(case.inputs[name], predictor.spec.lab_features(name), name)
+                labs_preview(case.inputs[name], predictor.lab_catalogue(name), name)
 else:
     case, case_key = uploaded_case()
     if case is None:
@@ -233,10 +234,11 @@ c1, c2 = st.columns([2, 1])
 c1.plotly_chart(probability_chart(pred, previous, muted=pred.outside_training), width="stretch")
 if pred.outside_training:
     c2.markdown(f"Predicted<br><span style='font-size:1.6rem;color:#9ca3af;text-decoration:line-through'>"
-                f"{display_name(pred.prediction)}</span><br><small>outside what this model was trained on</small>",
+                f"{html.escape(display_name(pred.prediction))}</span><br><small>outside what this model was trained on</small>",
                 unsafe_allow_html=True)
 else:  # markdown, not st.metric: a metric cuts a long diagnosis ("Pulmonary emboli…") at common widths
-    c2.markdown(f"Predicted<br><span style='font-size:1.6rem;font-weight:600'>{display_name(pred.prediction)}</span>",
+    c2.markdown(f"Predicted<br><span style='font-size:1.6rem;font-weight:600'>{html.escape(display_name(pred.prediction))}"
+                "</span>",
                 unsafe_allow_html=True, help="the diagnosis with the highest calibrated probability")
 c2.caption("kept from when this case and these modalities were first predicted" if predicted.kept
            else f"computed in {pred.latency_ms:.0f} ms on {pred.device}")

@@ -131,7 +131,8 @@ def quick_progress() -> None:
         st.caption(f"{minutes(time.time() - job.started)} elapsed; last news {last:.0f} s ago. It runs in a process "
                    "of its own at low priority: you can leave this page, the run goes on, and its results appear here "
                    "when you come back.")
-        if st.button("Stop the quick evaluation", key="stop_quick"):
+        if st.button("Stop the quick evaluation", key="stop_quick",
+                     help="One quick evaluation runs per server: stopping it stops it for everyone following it."):
             job.stop()
         else:
             return

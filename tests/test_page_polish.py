@@ -238,50 +238,55 @@ def test_quick_evaluation_runs_in_its_own_process_one_at_a_time_and_shows_on_the
     assert fresh and job.running and job.out.name.startswith("rmd-quick-evaluation-")
     again, fresh_again = evaluate_module.start_quick(["late_fusion"])
     assert again is job and not fresh_again  # one at a time per server
-    job.process.send_signal(signal.SIGSTOP)  # held while the page is opened: the press must find it running
-    at = app.run()
-    at.switch_page("pages/robustness_lab.py").run()
-    at.button(key="run_quick").click().run()
-    assert not at.exception, [e.value for e in at.exception]
-    assert any("already running" in i.value for i in at.info)
-    assert at.get("progress") and at.button(key="stop_quick")  # polled by a fragment: the rest of the page is drawn
-    assert any(d for d in at.dataframe if "Modalities given" in d.value.columns)  # the live demo meanwhile
-    job.process.send_signal(signal.SIGCONT)
-    assert job.process.wait(600) == 0, job.error()
-    at.run()  # the page finds the run ended and draws its results
-    assert not at.exception, [e.value for e in at.exception]
-    assert any("Models trained by this quick evaluation" in i.value for i in at.info)  # which model, which date
-    text = _page_text(at) + "\n".join(str(t.value) for t in at.table)
-    assert "-100.0%" not in text and "−100.0 %" not in text
-    heat = _plotly(at, "quick_heat")
-    ticks = heat["layout"]["coloraxis"]["colorbar"]["tickvals"]
-    plot_px = heat["layout"]["height"] - 130
-    assert len(ticks) >= 2 and plot_px / len(ticks) >= 20, (ticks, plot_px)
+    try:
+        job.process.send_signal(signal.SIGSTOP)  # held while the page is opened: the press must find it running
+        at = app.run()
+        at.switch_page("pages/robustness_lab.py").run()
+        at.button(key="run_quick").click().run()
+        assert not at.exception, [e.value for e in at.exception]
+        assert any("already running" in i.value for i in at.info)
+        assert at.get("progress") and at.button(key="stop_quick")  # polled by a fragment: the rest of the page is drawn
+        assert any(d for d in at.dataframe if "Modalities given" in d.value.columns)  # the live demo meanwhile
+        job.process.send_signal(signal.SIGCONT)
+        assert job.process.wait(600) == 0, job.error()
+        at.run()  # the page finds the run ended and draws its results
+        assert not at.exception, [e.value for e in at.exception]
+        assert any("Models trained by this quick evaluation" in i.value for i in at.info)  # which model, which date
+        text = _page_text(at) + "\n".join(str(t.value) for t in at.table)
+        assert "-100.0%" not in text and "−100.0 %" not in text
+        heat = _plotly(at, "quick_heat")
+        ticks = heat["layout"]["coloraxis"]["colorbar"]["tickvals"]
+        plot_px = heat["layout"]["height"] - 130
+        assert len(ticks) >= 2 and plot_px / len(ticks) >= 20, (ticks, plot_px)
 
-    news = [json.loads(line) for line in (job.out / evaluate_module.PROGRESS_LOG).read_text().splitlines()]
-    assert news[0]["threads"] == 1 and news[0]["pid"] == job.process.pid
-    assert news[0]["nice"] >= (10 if shutil.which("nice") else 0)
-    fractions = [n["fraction"] for n in news]
-    assert fractions[0] == 0.0 and fractions[-1] == 1.0
-    assert all(a <= b for a, b in zip(fractions, fractions[1:])), fractions
-    texts = "\n".join(n["text"] for n in news)
-    for expected in ("encoding cases", "Early fusion, zero imputation (seed 0): training, phase 1 of 1",
-                     "RobustMDiff (seed 0): training, phase 2 of 3", "phase 3 of 3", "calibrating",
-                     "calibration: calibrating the probabilities (", "calibration: learning the synthesis confidence (",
-                     "scoring: Scan + Clinical note + Labs", "drawing", "done"):
-        assert expected in texts, expected
-    assert sum("encoding cases" in n["text"] for n in news) >= 3  # 80 cases: several chunks, not one
-    assert len(news) >= 40 and set(job.result()["methods"]) == {"early_zero", "robustmdiff"}
-    assert not list(job.out.glob("*.png"))  # no headless browser beside the server: the page draws the figures
+        news = [json.loads(line) for line in (job.out / evaluate_module.PROGRESS_LOG).read_text().splitlines()]
+        assert news[0]["threads"] == 1 and news[0]["pid"] == job.process.pid
+        assert news[0]["nice"] >= (10 if shutil.which("nice") else 0)
+        fractions = [n["fraction"] for n in news]
+        assert fractions[0] == 0.0 and fractions[-1] == 1.0
+        assert all(a <= b for a, b in zip(fractions, fractions[1:])), fractions
+        texts = "\n".join(n["text"] for n in news)
+        for expected in ("encoding cases", "Early fusion, zero imputation (seed 0): training, phase 1 of 1",
+                         "RobustMDiff (seed 0): training, phase 2 of 3", "phase 3 of 3", "calibrating",
+                         "calibration: calibrating the probabilities (", "calibration: learning the synthesis confidence (",
+                         "scoring: Scan + Clinical note + Labs", "drawing", "done"):
+            assert expected in texts, expected
+        assert sum("encoding cases" in n["text"] for n in news) >= 3  # 80 cases: several chunks, not one
+        assert len(news) >= 40 and set(job.result()["methods"]) == {"early_zero", "robustmdiff"}
+        assert not list(job.out.glob("*.png"))  # no headless browser beside the server: the page draws the figures
 
-    # the next run gets a folder of its own; bad input ends with a clear message, not a traceback
-    bad, fresh = evaluate_module.start_quick(["no_such_method"], data=tiny_cohort,
-                                             env={"RMD_DATA_DIR": str(tmp_path / "data")})  # features cached
-    assert fresh and bad.out != job.out
-    bad.process.wait(120)
-    assert "unknown methods" in bad.error() and "Traceback" not in bad.error()
-    for folder in (job.out, bad.out):  # the runs' temporary folders
-        shutil.rmtree(folder, ignore_errors=True)
+        # the next run gets a folder of its own; bad input ends with a clear message, not a traceback
+        bad, fresh = evaluate_module.start_quick(["no_such_method"], data=tiny_cohort,
+                                                 env={"RMD_DATA_DIR": str(tmp_path / "data")})  # features cached
+        assert fresh and bad.out != job.out and not job.out.exists()  # the previous run's folder is not kept
+        bad.process.wait(120)
+        assert "unknown methods" in bad.error() and "Traceback" not in bad.error()
+    finally:  # a failure above must not leave a stopped process (or its folder) behind for the other tests
+        for run in [job] + ([bad] if "bad" in locals() else []):
+            if run.running:
+                run.process.send_signal(signal.SIGCONT)
+                run.stop(wait=2.0)
+            shutil.rmtree(run.out, ignore_errors=True)
 
 
 def test_encoders_are_named_from_the_checkpoint_config():

@@ -278,11 +278,12 @@ def test_the_preparing_thread_ends_when_nothing_is_left_and_close_drops_the_queu
     prep = PreparedExplanations({"robustmdiff": tmp_path / "prep"}, compute, run=lambda work, priority: work())
     keys = [(r, f"c{r}", "robustmdiff", "shap") for r in range(50)]
     prep.prefetch(keys[:1])
-    assert started.wait(30) and prep.busy()
+    worker = prep._worker
+    assert started.wait(30) and prep.busy() and worker is not None
     release.set()
     assert prep.get(keys[0]) == 0
-    prep._worker and prep._worker.join(30)  # the queue is empty: the thread ends by itself
-    assert not prep.busy() and not any(t.name == "review-prepare" for t in threading.enumerate())
+    worker.join(30)  # the queue is empty: the thread ends by itself
+    assert not worker.is_alive() and not prep.busy()
     prep.prefetch(keys[:1])  # already prepared: no thread is started for nothing
     assert not prep.busy()
     # a long queue, one item in hand: close returns without working through the rest
@@ -290,9 +291,8 @@ def test_the_preparing_thread_ends_when_nothing_is_left_and_close_drops_the_queu
     release.clear()
     prep.prefetch(keys[1:])
     assert started.wait(30)
-    t0 = time.perf_counter()
     prep.close()
-    assert time.perf_counter() - t0 < 5  # the item in hand runs elsewhere (the pool): not waited for long
+    assert computed == [0]  # close returned while the item in hand was still blocked: it did not wait for it
     release.set()
     deadline = time.time() + 30
     while prep.busy() and time.time() < deadline:

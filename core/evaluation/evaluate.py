@@ -159,7 +159,8 @@ def logged(out: Path, news: Progress) -> Progress:
             raise SystemExit(f"the process that started this evaluation ({parent}) is gone: stopping")
         line = {"fraction": round(float(fraction), 4), "text": text, "time": time.time()}
         if first[0]:
-            line |= {"pid": os.getpid(), "threads": torch.get_num_threads(), "nice": os.nice(0)}
+            line |= {"pid": os.getpid(), "threads": torch.get_num_threads(),
+                     "nice": os.nice(0) if hasattr(os, "nice") else None}  # os.nice is Unix only
             first[0] = False
         with log.open("a", encoding="utf-8") as f:
             f.write(json.dumps(line) + "\n")
@@ -251,6 +252,8 @@ def start_quick(methods: list[str], data: str | Path | None = None,
     with _JOB_LOCK:
         if _JOB is not None and _JOB.running:
             return _JOB, False
+        if _JOB is not None:  # the previous run's folder (its results were shown when it ended): not kept
+            shutil.rmtree(_JOB.out, ignore_errors=True)
         out = Path(tempfile.mkdtemp(prefix="rmd-quick-evaluation-"))  # unique, even for two runs in one second
         env = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
                             "RMD_FIGURE_PNG": "0", PARENT_ENV: str(os.getpid())} | (env or {})  # page draws figures
@@ -267,9 +270,10 @@ def current_quick() -> QuickJob | None:
 
 
 @atexit.register
-def _stop_quick() -> None:  # a server that exits takes its quick evaluation with it
+def _stop_quick() -> None:  # a server that exits takes its quick evaluation, and its folder, with it
     if _JOB is not None:
         _JOB.stop(wait=2.0)
+        shutil.rmtree(_JOB.out, ignore_errors=True)
 
 
 def make_setup(checkpoint: str | None, data: Path, quick: bool, device: str, progress: bool = False,  # quick: schedule
@@ -317,7 +321,7 @@ def markdown(result: dict) -> str:
              "", f"Test split: {result['n_test_complete']} cases with all modalities, the others switched off per "
              f"pattern; mean ± std over seeds {result['seeds']}. AVG: mean over the patterns. p: Wilcoxon "
              "signed-rank test of RobustMDiff against the method, paired over patterns × seeds, Holm-adjusted "
-             "across the methods (* adjusted p < 0.05).", "",
+             "across the methods; no verdict is marked here: it comes from the paired bootstrap below.", "",
              report.main_table(rows, names), "",
              "## Retention (share of the all-modalities AUROC kept; first column: that AUROC)", "",
              ret.to_markdown(index=False, floatfmt=".3f"), "", "## Rare vs common classes (natural missingness)", "",

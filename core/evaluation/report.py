@@ -75,8 +75,9 @@ def _cell(mean: float, std: float) -> str:
 
 def main_table(rows: list[dict], names: list[str], metric: str = "auroc") -> str:
     """Methods as rows, availability patterns as columns (ACC and the metric), AVG last (CMML Table 2).
-    The best mean of each column is in bold; p is the Wilcoxon test's, Holm-adjusted across the methods, and a
-    * after the method marks a significant difference from RobustMDiff (that adjusted p < 0.05)."""
+    The best mean of each column is in bold; p is the Wilcoxon test's, Holm-adjusted across the methods. No
+    verdict is marked here: the paired bootstrap over test cases gives it (`bootstrap_frame`), so that one
+    method is never 'better' in one table and 'no clear difference' in the next (issue 29)."""
     s = summary(rows)
     s = s[s.group == "all"]
     cols = pattern_columns(names)
@@ -93,14 +94,13 @@ def main_table(rows: list[dict], names: list[str], metric: str = "auroc") -> str
     lines = [head, "|" + "---|" * (2 * len(cols) + 4)]
     for method in s.method.unique():
         sub = s[s.method == method].set_index("condition")
-        star = "*" if method in sig and significant(sig[method]) else ""
         cells = []
         for c in cols:
             r = sub.loc[c]
             cells += [cell(r["accuracy"], r["accuracy_std"], best.at[c, "accuracy"]),
                       cell(r[metric], r[f"{metric}_std"], best.at[c, metric])]
         p = f"{sig[method]['p_holm']:.3g}" if method in sig else "ref."
-        lines.append(f"| {display_name(method)}{star} | " + " | ".join(cells)
+        lines.append(f"| {display_name(method)} | " + " | ".join(cells)
                      + f" | {cell(avg_a.loc[method, 'mean'], avg_a.loc[method, 'std'], avg_a['mean'].max())}"
                      + f" | {cell(avg_m.loc[method, 'mean'], avg_m.loc[method, 'std'], avg_m['mean'].max())} | {p} |")
     return "\n".join(lines)
@@ -171,13 +171,14 @@ def comparison(rows: list[dict], names: list[str], metric: str = "auroc") -> tup
                   "AVG": f"{what} Mean over the {len(cols)} combinations of modalities (AVG, as the papers call it).",
                   "p (Holm)": "Could the difference between RobustMDiff (ref.) and this method be chance? The p-value "
                               "of a two-sided Wilcoxon signed-rank test, paired over combinations × seeds, adjusted "
-                              "for comparing several methods (Holm); * marks an adjusted p < 0.05, the rule of every "
-                              "table of the lab."})
+                              "for comparing several methods (Holm). It treats combinations × seeds as independent, "
+                              "so it is shown without a verdict: 'better' or 'no clear difference' comes from one "
+                              "test only, the paired bootstrap over test cases (the table above)."})
     return pd.DataFrame(out), helps
 
 
 def _p_text(p: float) -> str:
-    return ("<0.001" if p < 0.001 else f"{p:.2g}") + (" *" if p < 0.05 else "")
+    return "<0.001" if p < 0.001 else f"{p:.2g}"
 
 
 def retention_view(rows: list[dict], names: list[str]) -> tuple[pd.DataFrame, dict[str, str]]:

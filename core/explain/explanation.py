@@ -227,7 +227,7 @@ def explain_case(predictor: Predictor, case: CaseInputs, absent=(), method: str 
                     exp.completeness[name], exp.ig_steps[name] = info.relative_error, info.steps
             exp.note_phrases[name] = phrase_attributions(case.inputs[name], exp.note[name])
         else:
-            n_labs = len(predictor.spec.lab_features(name))
+            n_labs = len(predictor.lab_catalogue(name))
             score = {"random": lambda: _random_like(rng_seed + 2, n_labs),
                      "shap": lambda: None,
                      "gradient_x_input": lambda: lab_ig(graph, name, target, method=method)[0],

@@ -150,7 +150,7 @@ def _score_modality(graph: CaseGraph, predictor: Predictor, ds: Dataset, mname: 
     elif kind == "tabular":
         signal = set(truth.get("signal_labs", []))
         _, measured = graph.lab_inputs(mname)
-        names = [lab.name for lab in predictor.spec.lab_features(mname)]
+        names = [lab.name for lab in predictor.lab_catalogue(mname)]
         idx = np.flatnonzero(measured[0].cpu().numpy())
         wanted = [j for j in idx if names[j] in signal]
         ig, info = lab_ig(graph, mname, graph.target)

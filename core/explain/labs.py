@@ -96,7 +96,7 @@ def lab_attribution(graph: CaseGraph, name: str, target: int | None = None, scor
         score = {"integrated_gradients": ig, "shap": sh}[rank_by]
     panel = graph.case.inputs[name]
     rows = []
-    for j, lab in enumerate(graph.predictor.spec.lab_features(name)):
+    for j, lab in enumerate(graph.predictor.lab_catalogue(name)):
         v = panel.values.get(lab.name)
         rows.append(LabAttribution(lab.name, lab.label, v.value if v else None, lab.unit, lab.ref_text(),
                                    v.flag if v else "", float(score[j]), float(ig[j]), float(sh[j])))

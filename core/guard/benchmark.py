@@ -98,7 +98,7 @@ def implausible_labs(predictor: Predictor, name: str, n: int = 40, seed: int = 0
     """Lab panels no patient has: every lab drawn at random across its plausible range (log-uniform for
     skewed markers), so that each value may be possible but their combination is not."""
     rng = np.random.default_rng(seed)
-    catalogue = predictor.spec.lab_features(name)
+    catalogue = predictor.lab_catalogue(name)
     out: list[tuple[str, object]] = []
     for i in range(n):
         values = {}
@@ -118,7 +118,7 @@ def _real_panels(ds: Dataset, name: str, n: int, rng: np.random.Generator) -> li
 def unit_errors(predictor: Predictor, ds: Dataset, name: str, n: int = 40, seed: int = 0) -> list[tuple[str, object]]:
     """A real test panel, as a CSV file, with one value beyond its plausible range (a wrong unit or a typo)."""
     rng = np.random.default_rng(seed)
-    catalogue = predictor.spec.lab_features(name)
+    catalogue = predictor.lab_catalogue(name)
     out: list[tuple[str, object]] = []
     for i, values in enumerate(_real_panels(ds, name, n, rng)):
         lab = catalogue[int(rng.integers(len(catalogue)))]
@@ -134,7 +134,7 @@ def edge_labs(predictor: Predictor, ds: Dataset, name: str, n: int = 40, seed: i
     plausible range (90 % of the upper bound, or near the lower bound for labs whose reference range sits
     well above it: sodium, haemoglobin, SpO2). Rare but possible values, so not all are out of domain."""
     rng = np.random.default_rng(seed)
-    catalogue = predictor.spec.lab_features(name)
+    catalogue = predictor.lab_catalogue(name)
     low_end = [lab for lab in catalogue if lab.ref[0] is not None and lab.plausible[0] < lab.ref[0]]
     out: list[tuple[str, object]] = []
     for i, values in enumerate(_real_panels(ds, name, n, rng)):

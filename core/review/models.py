@@ -132,7 +132,10 @@ def review_models(reference: dict | None = None) -> Lineup:
         if why:
             skipped.append((str(path), f"{why}: it cannot explain the study's cases"))
             continue
-        name = str(meta.get("method") or path.name)  # its own name, never a default one
+        # its own name, never a default one; the shipped checkpoint (whose meta may predate the recorded
+        # method) is RobustMDiff, under which the study's ratings are stored
+        name = str(meta.get("method") or (REFERENCE_MODEL if path.resolve() == Path(DEFAULT_CHECKPOINT).resolve()
+                                          else path.name))
         if any(m.name == name for m in found):
             skipped.append((str(path), f"a second checkpoint of {name}"))
             continue
