@@ -212,7 +212,9 @@ def test_case_explorer_switch_labs_with_a_bad_unit_explain_switch_method_and_rep
         nav = page.locator('[data-testid="stSidebarNav"]').inner_text()
         assert "Case explorer" in nav and "common" not in nav.lower(), nav
         page.get_by_role("link", name="Case explorer").click()
-        page.get_by_text("Predicted").first.wait_for(timeout=SLOW)
+        page.get_by_role("heading", name="Case explorer").first.wait_for(timeout=SLOW)
+        page.get_by_text("Predicted").first.wait_for(timeout=SLOW)  # (the Model card says "Predicted" too:
+        _idle(page)  # the explorer's first run must have ended, or the switch below interrupts it)
         page.get_by_role("switch", name="labs").wait_for()
         page.locator("label", has=page.get_by_role("switch", name="labs")).click()
         change = page.get_by_text("Largest change")
