@@ -237,9 +237,11 @@ def test_a_quick_evaluation_process_does_not_outlive_its_server(tmp_path, monkey
     from core.evaluation import evaluate as module
 
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    monkeypatch.setattr(module, "_JOB", module.QuickJob(tmp_path, ["early_zero"], sleeper))
+    (tmp_path / "run").mkdir()
+    monkeypatch.setattr(module, "_JOB", module.QuickJob(tmp_path / "run", ["early_zero"], sleeper))
     module._stop_quick()  # what atexit runs when the server exits
     assert sleeper.poll() is not None and module.current_quick().error().startswith("The quick evaluation did not")
+    assert not (tmp_path / "run").exists()  # its temporary folder goes with it
 
     monkeypatch.setenv(module.PARENT_ENV, str(os.getppid()))
     heard = []
