@@ -66,7 +66,7 @@ def quick(repeats: int = 3) -> None:
 
     timed("alone")
     job, _ = evaluate.start_quick(["early_zero", "dropout_0.5", "masked_attention"])
-    time.sleep(20)  # past its start-up, into encoding and training
+    time.sleep(60)  # past its start-up and encoding, into training
     try:
         timed("beside a quick evaluation")
     finally:
