@@ -86,7 +86,8 @@ def test_each_bad_value_is_refused_alone_and_all_are_named_at_once():
     refusal = [w for w in panel.warnings if "refused" in w]
     assert len(refusal) == 1 and "troponin" in refusal[0] and "D-dimer" in refusal[0] and "other 10 labs" in refusal[0]
     table = panel.table(CAT)
-    assert "refused" in table.loc["troponin", "Value"] and table.loc["crp", "Value"] == "85"
+    assert table.loc["troponin", "Value"] == "refused" and table.loc["crp", "Value"] == "85"
+    assert table.loc["troponin", "As given"].startswith("unit 'mg/dL' is not known")  # the row names the lab
     with pytest.raises(LabError, match="2 values cannot be used") as e:  # training data: one error naming both
         read_labs("\n".join(rows).encode(), CAT, name="labs.csv", unknown="error")
     assert set(e.value.refused) == {"troponin", "d_dimer"}

@@ -75,7 +75,7 @@ class LabPanel:
             v = self.values.get(lab.name)
             if lab.name in self.refused:  # given but not used: shown as such, never as not measured
                 rows.append({"Lab": lab.label, "Value": "refused", "Unit": lab.unit, "Reference": lab.ref_text(),
-                             "Flag": "", "As given": self.refused[lab.name]})
+                             "Flag": "", "As given": self.refused[lab.name].removeprefix(f"{lab.label}: ")})
                 index.append(lab.name)
                 continue
             if v is None and measured_only:
