@@ -234,10 +234,18 @@ def test_case_explorer_switch_labs_with_a_bad_unit_explain_switch_method_and_rep
         scan_up = page.locator('[data-testid="stFileUploader"]').filter(has_text="DICOM").first
         scan_up.wait_for(timeout=120_000)
         scan_up.locator("input[type=file]").set_input_files({"name": "cxr.png", "mimeType": "image/png", "buffer": scan})
-        _idle(page)
+        page.get_by_text("Window preset").first.wait_for(timeout=120_000)  # the scan was read: its run has begun
         labs_up = page.locator('[data-testid="stFileUploader"]').filter(has_text="Lab table").first
-        labs_up.locator("input[type=file]").set_input_files({"name": "labs.csv", "mimeType": "text/csv", "buffer": labs})
-        page.get_by_text("1 value refused", exact=False).first.wait_for(timeout=120_000)
+        for attempt in range(3):  # a file given while a page run redraws the uploader can be dropped: give it again
+            _idle(page)
+            labs_up.locator("input[type=file]").set_input_files({"name": "labs.csv", "mimeType": "text/csv",
+                                                                  "buffer": labs})
+            try:
+                page.get_by_text("1 value refused", exact=False).first.wait_for(timeout=60_000)
+                break
+            except PlaywrightError:
+                if attempt == 2:
+                    raise
         refusal = page.get_by_text("1 value refused", exact=False).first.inner_text()
         assert "troponin" in refusal and "mg/dL" in refusal and "other 3 labs are used" in refusal
         page.get_by_text("3 used, 1 refused", exact=False).first.wait_for(timeout=60_000)
