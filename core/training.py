@@ -29,6 +29,7 @@ from core.evaluation.metrics import classification_metrics, macro_auroc
 from core.features import FeatureTable, dataset_features, modalities_of, unmeasured_labs
 from core.device import pick_device
 from core.distributed import BatchDraws, Context, context, process_device
+from core.guard.ood import fit_data_guard
 from core.inference import encode_table, predict_table
 from core.model.config import Config
 from core.model.knowledge import KnowledgeGraph, embed_concepts
@@ -400,18 +401,6 @@ def test_metrics(model: RobustMDiff, ds: Dataset, table: FeatureTable, device="c
         probs = predict_table(model, table, complete, drop, seed=seed, device=device, describe=False).probs
         out[pattern_name(pattern, names)] = {**classification_metrics(ds.labels[complete], probs), "n": len(complete)}
     return out
-
-
-def fit_data_guard(ds: Dataset, table: FeatureTable):  # -> core.guard.ood.Guard
-    """The out-of-distribution guard of a model trained on `ds` (core/guard/ood.py), with its test false-alarm
-    rates. A lab that no training case measured has no typical value, so the guard leaves it out of every score
-    (`unmeasured_labs` says so once, in words, when training)."""
-    from core.guard.ood import fit_guard
-
-    catalogues = {n: ds.spec.lab_features(n) for n, k in table.modalities if k == "tabular"}
-    guard = fit_guard(table, ds.labels, ds.indices("train"), ds.indices("val"), catalogues)
-    guard.test_flagged = guard.flag_rates(table, ds.indices("test"))
-    return guard
 
 
 def train(data: str | Path, config: Config, out: str | Path, device: str | None = None, progress: bool = True,

@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from core.inference import Predictor
     from core.jsonout import dumps
     from core.paths import DEFAULT_CHECKPOINT, default_cohort_dir
-    from core.training import fit_data_guard
+    from core.guard.ood import fit_data_guard
 
     predictor = Predictor.load(args.checkpoint, args.device)
     ds = Dataset.open(data_path(args, checkpoint=True) or ensure_cohort(default_cohort_dir(), progress=not args.json))

@@ -19,8 +19,8 @@ test split's false alarms to 3 %; with the held-out training scores added it res
 
 from __future__ import annotations
 
-
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -29,6 +29,9 @@ from scipy.stats import chi2, norm
 
 from core.features import FeatureTable
 from core.model.backbones import TEXT_DIM
+
+if TYPE_CHECKING:
+    from core.data.dataset import Dataset
 
 FALSE_ALARM = 0.01  # share of validation inputs flagged, by construction
 MAX_COMPONENTS = 64  # principal directions kept per modality (at most a fifth of the training inputs)
@@ -318,3 +321,13 @@ def fit_guard(table: FeatureTable, labels: np.ndarray, train_idx: np.ndarray, va
         thresholds[name] = float(np.quantile(np.concatenate([val, held_out_scores(kind, x, labels[tr], labs)]), 1 - FALSE_ALARM))
         flagged[name] = float(np.mean(val > thresholds[name]))
     return Guard(kinds, models, thresholds, flagged, lab_names)
+
+
+def fit_data_guard(ds: Dataset, table: FeatureTable) -> Guard:
+    """The guard of a model trained on `ds` (its training and validation splits), with its false-alarm rates on
+    the test split. A lab that no training case measured has no typical value, so the guard leaves it out of
+    every score (training says so once, in words: core.features.unmeasured_labs)."""
+    catalogues = {n: ds.spec.lab_features(n) for n, k in table.modalities if k == "tabular"}
+    guard = fit_guard(table, ds.labels, ds.indices("train"), ds.indices("val"), catalogues)
+    guard.test_flagged = guard.flag_rates(table, ds.indices("test"))
+    return guard
