@@ -34,7 +34,8 @@ META = "meta.json"
 FORMAT = "robustmdiff-checkpoint/1"
 # model settings added after checkpoints were first saved, with the value those older checkpoints were
 # trained with (a setting's default in ModelConfig is what new models get)
-LEGACY_MODEL_SETTINGS = {"note_negation": False, "image_features": "final", "negation_head": "shift"}
+LEGACY_MODEL_SETTINGS = {"note_negation": False, "image_features": "final", "negation_head": "shift",
+                         "note_units": "sentence"}
 
 
 def _sha256(path: Path) -> str:

@@ -258,7 +258,7 @@ def table_from_inputs(cases: list[CaseInputs], spec_modalities: list[tuple[str, 
             table.keys[:, j] = [content_key(c.inputs[name].encode("utf-8", "surrogatepass")) if present[i, j] else 0
                                 for i, c in enumerate(cases)]
             emb = iter(embed_texts(texts, config.text_max_tokens, config.text_max_chunks, device=device,
-                                   negation=config.note_negation)) if texts else iter(())
+                                   negation=config.note_negation, units=config.note_units)) if texts else iter(())
             table.text[name] = [next(emb) if present[i, j] else np.zeros((0, CHUNK_DIM), np.float32) for i in range(n)]
         else:
             names = labs[name]
@@ -301,7 +301,8 @@ def unmeasured_labs(ds: Dataset, table: FeatureTable, split: str = "train") -> l
 
 
 # the settings that change what the frozen backbones produce
-ENCODER_SETTINGS = ("image_encoder", "image_features", "image_size", "text_max_tokens", "text_max_chunks", "note_negation")
+ENCODER_SETTINGS = ("image_encoder", "image_features", "image_size", "text_max_tokens", "text_max_chunks", "note_negation",
+                    "note_units")
 
 
 def cache_key(fingerprint: str, config: ModelConfig) -> str:

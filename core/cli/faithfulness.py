@@ -20,6 +20,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=int, default=60, help="number of complete test cases to explain (default 60)")
     p.add_argument("--timing-cases", type=int, default=10,
                    help="time one full explanation on this many of them, warm (default 10; 0: skip)")
+    p.add_argument("--note-all-words", action="store_true",
+                   help="also score the note with every unit's words attributed (slower), beside what the app shows")
     p.add_argument("--negation", action="store_true",
                    help="also negate each decisive note finding of the test notes (core.model.negation) and count how "
                         "often p(diagnosis) drops")
@@ -41,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
     predictor = Predictor.load(args.checkpoint, args.device)
     ds = Dataset.open(data_path(args, checkpoint=True) or ensure_cohort(default_cohort_dir(), progress=progress))
     table = dataset_features(ds, predictor.model.config.model, predictor.device, progress=progress)
-    result = faithfulness(predictor, ds, table, n=args.n, progress=progress, timing_cases=args.timing_cases)
+    result = faithfulness(predictor, ds, table, n=args.n, progress=progress, timing_cases=args.timing_cases,
+                          note_all_words=args.note_all_words)
     if args.negation:
         note = next((n for n, k in predictor.modalities if k == "text"), None)
         test = [int(i) for i in ds.indices("test") if note is not None and ds.is_present(int(i), note)]

@@ -31,7 +31,8 @@ from core.explain.graph import CaseGraph
 from core.explain.image import field_of_view, image_attribution, resolution, upsample
 from core.explain.labs import LabAttribution, lab_attribution, lab_ig
 from core.explain.phrases import PhraseAttribution, phrase_attributions
-from core.explain.text import TEXT_STEPS, WordAttribution, merge_tokens, note_ig, words_of
+from core.explain.text import (TEXT_STEPS, UnitAttribution, WordAttribution, merge_tokens, note_attribution,
+                               note_ig, words_of)
 from core.inference import Prediction, Predictor
 from core.jsonout import clean
 
@@ -65,6 +66,9 @@ class Explanation:
     image_method: dict[str, str] = field(default_factory=dict)
     note: dict[str, list[WordAttribution]] = field(default_factory=dict)
     note_phrases: dict[str, list[PhraseAttribution]] = field(default_factory=dict)
+    # Integrated Gradients only: the note's units (clauses or sentences) with their attribution; the words of
+    # the units marked `words` carry word attributions (core/explain/text.py note_attribution)
+    note_units: dict[str, list[UnitAttribution]] = field(default_factory=dict)
     labs: dict[str, list[LabAttribution]] = field(default_factory=dict)
     # IG relative completeness error |Σattr − (f(x) − f(baseline))| / max(|f(x) − f(baseline)|, 0.01) and
     # the steps it took, for the modalities explained (or, for labs, ranked beside) by Integrated Gradients
@@ -93,6 +97,7 @@ class Explanation:
                           "effective_resolution": self.image_resolution.get(k)} for k, v in self.image.items()},
             "note": {k: [w.to_dict() for w in v] for k, v in self.note.items()},
             "note_phrases": {k: [p.to_dict() for p in v] for k, v in self.note_phrases.items()},
+            "note_units": {k: [u.to_dict() for u in v] for k, v in self.note_units.items()},
             "labs": {k: [r.to_dict() for r in v] for k, v in self.labs.items()},
             "completeness": self.completeness, "ig_steps": self.ig_steps, "seconds": self.seconds})
 
@@ -101,14 +106,13 @@ def modality_contributions(graph: CaseGraph, prediction: Prediction | None = Non
     """Per modality: the gradient share A_{i,c} = |dp(y=c|Z)/dH_i| (design §3.3.2), normalised over the
     PRESENT modalities only, and the change of p(c) when the modality is switched off (p without − p with,
     computed as prediction computes it: the modality then synthesized with the same per-case noise).
-    Synthesized modalities get no share: they are listed with their synthesis confidence."""
-    hs = graph.hs.clone().requires_grad_(True)
-    k, b, m, _ = hs.shape
-    z, _ = graph.model.fuse(hs, graph.avail.expand(k, b, m), graph.syn.expand(k, b, m))
-    p = graph.model.probabilities(graph.model.logits(z), graph.present[None]).mean(0)[0, graph.target]
-    (grad,) = torch.autograd.grad(p, hs)
-    score = grad.abs().sum(-1).mean(0)[0].cpu().numpy()
+    Synthesized modalities get no share: they are listed with their synthesis confidence. The gradient
+    follows each present latent through what it makes the model synthesize (`CaseGraph.probs_from`)."""
     present = graph.present.cpu().numpy().astype(bool)
+    h = graph.h.clone().requires_grad_(True)
+    p = graph.probs_from({i: h[:, i] for i in np.flatnonzero(present)})[0, graph.target]
+    (grad,) = torch.autograd.grad(p, h)
+    score = grad.abs().sum(-1)[0].cpu().numpy()
     total = max(float(score[present].sum()), 1e-12)
     synthesized = prediction.synthesized if prediction is not None else {}
     out = []
@@ -176,10 +180,12 @@ def _note_shap(graph: CaseGraph, name: str, seed: int, samples: int | None = Non
 
 def explain_case(predictor: Predictor, case: CaseInputs, absent=(), method: str = "integrated_gradients",
                  image_method: str | None = None, steps: int | None = None, seed: int = 0,
-                 allow_domain_mismatch: bool = False,
+                 allow_domain_mismatch: bool = False, note_words: str = "top",
                  on_stage: Callable[[str, Explanation], None] | None = None) -> Explanation:
     """Explain a case's prediction; like prediction, refuses a scan whose header contradicts the model's
     domain unless `allow_domain_mismatch`. `steps`: a fixed IG step count instead of the per-case choice.
+    `note_words`: with Integrated Gradients, the words of the note's units that matter ("top") or of every unit
+    ("all"; slower: MiniLM then runs over the whole note at every path point).
 
     `on_stage(stage, explanation so far)` is called when the prediction and modality contributions are
     ready ("contributions"), then after each present modality (its name), cheapest first (labs, image,
@@ -221,10 +227,15 @@ def explain_case(predictor: Predictor, case: CaseInputs, absent=(), method: str 
                 exp.note[name] = [WordAttribution(w, a, b, float(x)) for (a, b, w), x in zip(words, r)]
             elif method == "shap":
                 exp.note[name] = _note_shap(graph, name, rng_seed)
+            elif method == "integrated_gradients":
+                exp.note[name], exp.note_units[name], units, words = note_attribution(
+                    graph, name, steps or TEXT_STEPS, words=note_words)
+                # the larger of the two levels' errors: the units against the shown prediction, the words
+                # against their units' share
+                exp.completeness[name] = max(units.relative_error, words.relative_error)
+                exp.ig_steps[name] = max(units.steps, words.steps)
             else:
-                exp.note[name], info = note_ig(graph, name, method, steps or TEXT_STEPS)
-                if info is not None:
-                    exp.completeness[name], exp.ig_steps[name] = info.relative_error, info.steps
+                exp.note[name], _ = note_ig(graph, name, method)
             exp.note_phrases[name] = phrase_attributions(case.inputs[name], exp.note[name])
         else:
             n_labs = len(predictor.lab_catalogue(name))

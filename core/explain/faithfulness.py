@@ -5,7 +5,11 @@
   counts when it overlaps a decisive span) against the decisive evidence spans; recall of the top-k labs
   against the signal labs (k = the case's number of signal labs). Each beside the expectation of a random attribution.
 - By perturbation: deletion and insertion curves (area under p(target)) for image patches and note
-  words in attribution order, against a random order.
+  words in attribution order, against a random order; image patches are deleted to the blurred image and,
+  where the cohort rendered the same film without its findings, to that film (the baseline that removes the
+  finding).
+- Note words as the app shows them (hierarchical IG, core/explain/text.py) and, optionally
+  (`note_all_words`), with every unit's words attributed, for comparison.
 - Integrated Gradients' relative completeness error and steps per modality (median over the cases), and
   the wall time of one full explanation (warm, median over cases).
 - Optionally (`negation_counterfactual`): whether negating a decisive note finding lowers p(diagnosis).
@@ -31,7 +35,7 @@ from core.explain.ig import TOLERANCE
 from core.explain.image import IMAGE_METHODS, blurred, image_attribution
 from core.explain.labs import lab_ig, lab_shap
 from core.explain.phrases import phrase_attributions
-from core.explain.text import note_ig
+from core.explain.text import note_attribution
 from core.features import FeatureTable
 from core.inference import Predictor
 from core.jsonout import dumps
@@ -49,26 +53,33 @@ def _auc(curve: np.ndarray) -> float:
     return float(np.trapezoid(curve, FRACTIONS))
 
 
-def image_curves(graph: CaseGraph, name: str, heat: np.ndarray, order_seed: int) -> dict[str, float]:
-    """Deletion/insertion AUC of p(target) over patches in attribution order and in a random order."""
+def image_curves(graph: CaseGraph, name: str, heat: np.ndarray, order_seed: int,
+                 without_findings: np.ndarray | None = None) -> dict[str, float]:
+    """Deletion/insertion AUC of p(target) over patches in attribution order and in a random order. A deleted
+    patch takes the blurred image's pixels (keys `deletion_…`, `insertion_…`) and, when the cohort rendered the
+    same film without its findings (`without_findings`, uint8), that film's pixels too (keys ending
+    `_finding_removed`): blurring keeps much of a large, smooth finding; the finding-free film removes it."""
     px = graph.image_pixels(name)
-    base = blurred(px)
+    baselines = {"": blurred(px)}
+    if without_findings is not None and without_findings.shape == tuple(px.shape[-2:]):
+        baselines["_finding_removed"] = torch.as_tensor(without_findings / 255.0, dtype=px.dtype, device=px.device)[None, None]
     s = px.shape[-1]
     g = s // PATCH
     scores = heat.reshape(g, PATCH, g, PATCH).sum((1, 3)).ravel()
     orders = {"attribution": np.argsort(-scores), "random": np.random.default_rng(order_seed).permutation(g * g)}
     out = {}
-    for kind, order in orders.items():
-        dele, ins = [], []
-        for frac in FRACTIONS:
-            m = np.zeros(g * g, bool)
-            m[order[: int(round(frac * g * g))]] = True
-            mask = torch.as_tensor(np.kron(m.reshape(g, g), np.ones((PATCH, PATCH))), dtype=px.dtype, device=px.device)[None, None]
-            dele.append(px * (1 - mask) + base * mask)
-            ins.append(base * (1 - mask) + px * mask)
-        with torch.no_grad():
-            p = graph.probs_from_image(name, torch.cat(dele + ins))[:, graph.target].cpu().numpy()
-        out[f"deletion_{kind}"], out[f"insertion_{kind}"] = _auc(p[:11]), _auc(p[11:])
+    for suffix, base in baselines.items():
+        for kind, order in orders.items():
+            dele, ins = [], []
+            for frac in FRACTIONS:
+                m = np.zeros(g * g, bool)
+                m[order[: int(round(frac * g * g))]] = True
+                mask = torch.as_tensor(np.kron(m.reshape(g, g), np.ones((PATCH, PATCH))), dtype=px.dtype, device=px.device)[None, None]
+                dele.append(px * (1 - mask) + base * mask)
+                ins.append(base * (1 - mask) + px * mask)
+            with torch.no_grad():
+                p = graph.probs_from_image(name, torch.cat(dele + ins))[:, graph.target].cpu().numpy()
+            out[f"deletion_{kind}{suffix}"], out[f"insertion_{kind}{suffix}"] = _auc(p[:11]), _auc(p[11:])
     return out
 
 
@@ -100,7 +111,7 @@ def note_curves(graph: CaseGraph, name: str, words, order_seed: int) -> dict[str
 
 
 def _score_modality(graph: CaseGraph, predictor: Predictor, ds: Dataset, mname: str, kind: str, truth: dict, row: int,
-                    setting: str, image_methods, add, ig_add) -> None:
+                    setting: str, image_methods, add, ig_add, note_all_words: bool = False) -> None:
     """Ground-truth and perturbation scores of one modality's explanation, under keys '<setting>/<modality>/…';
     `ig_add(modality, relative error, steps)` records each IG run's completeness (setting "all" only)."""
     p = f"{setting}/"
@@ -126,11 +137,13 @@ def _score_modality(graph: CaseGraph, predictor: Predictor, ds: Dataset, mname: 
             add(f"{p}image/{method}/mass_in_mask", pos[mask].sum() / max(pos.sum(), 1e-12))
             add(f"{p}image/{method}/pointing", float(near.ravel()[np.argmax(ndimage.uniform_filter(heat, 3))]))
             if method == "integrated_gradients" and curves:
-                for k, v in image_curves(graph, mname, heat, row).items():
+                healthy = truth.get("image_without_findings")
+                healthy = np.asarray(Image.open(ds.root / healthy)) if healthy else None
+                for k, v in image_curves(graph, mname, heat, row, healthy).items():
                     add(f"{p}image/{k}", v)
     elif kind == "text":
-        words, info = note_ig(graph, mname)
-        record(mname, info.relative_error, info.steps)
+        words, _, units, detail = note_attribution(graph, mname)  # what the app shows
+        record(mname, max(units.relative_error, detail.relative_error), max(units.steps, detail.steps))
         spans = [(s["start"], s["end"]) for s in truth.get("note_spans", []) if s["decisive"]]
         real = [w for w in words if any(ch.isalnum() for ch in w.word)]
         if spans and real:
@@ -138,6 +151,10 @@ def _score_modality(graph: CaseGraph, predictor: Predictor, ds: Dataset, mname: 
             top = np.argsort([-w.score for w in real], kind="stable")[:TOP_WORDS]
             add(f"{p}note/integrated_gradients/precision_at_5", hit[top].mean())
             add(f"{p}note/random/precision_at_5", hit.mean())
+            if note_all_words:
+                every = [w for w in note_attribution(graph, mname, words="all")[0] if any(ch.isalnum() for ch in w.word)]
+                top = np.argsort([-w.score for w in every], kind="stable")[:TOP_WORDS]
+                add(f"{p}note/integrated_gradients_all_words/precision_at_5", hit[top].mean())
             phrases = [ph for ph in phrase_attributions(graph.case.inputs[mname], words)
                        if any(ch.isalnum() for ch in ph.text)]
             hit = np.array([any(ph.start < e and s < ph.end for s, e in spans) for ph in phrases])
@@ -166,7 +183,7 @@ def _score_modality(graph: CaseGraph, predictor: Predictor, ds: Dataset, mname: 
 
 def faithfulness(predictor: Predictor, ds: Dataset, table: FeatureTable, n: int = 60, seed: int = 0,
                  image_methods=IMAGE_METHODS, progress: bool = True,
-                 timing_cases: int = 10) -> dict:
+                 timing_cases: int = 10, note_all_words: bool = False) -> dict:
     """Every measure above on `n` complete test cases (chosen with `seed`); the explanation wall time on
     the first `timing_cases` of them, after one warm-up explanation (0: not timed)."""
     t0 = time.perf_counter()
@@ -194,7 +211,8 @@ def faithfulness(predictor: Predictor, ds: Dataset, table: FeatureTable, n: int 
             for mname, kind in predictor.modalities:
                 others = [n for n, _ in predictor.modalities if n != mname]
                 graph = full if setting == "all" else CaseGraph(predictor, case, absent=others, seed=seed)
-                _score_modality(graph, predictor, ds, mname, kind, truth, int(row), setting, image_methods, add, ig_add)
+                _score_modality(graph, predictor, ds, mname, kind, truth, int(row), setting, image_methods, add, ig_add,
+                                note_all_words)
     summary = {k: {"mean": float(np.mean(v)), "n": len(v)} for k, v in sorted(acc.items())}
     completeness = {m: {"median_relative_error": float(np.median(r["errors"])),
                         "max_relative_error": float(np.max(r["errors"])),

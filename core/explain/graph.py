@@ -1,9 +1,15 @@
 """One case as differentiable functions of each input, for attribution.
 
-`CaseGraph` encodes the case once, draws the K diffusion samples for what is missing once (the same
-per-case noise as prediction), and then exposes the predicted class probabilities as a function of one modality's
-input at a time, the others held fixed: pixels for the image, token embeddings for the note,
-standardised values for the labs, or the latents H_i themselves (design §3.3.2).
+`CaseGraph` encodes the case once, fixes the K diffusion noises for what is missing (the same per-case
+noise as prediction), and then exposes the predicted class probabilities as a function of one modality's
+input at a time, the other present inputs held fixed: pixels for the image, token embeddings for the note
+(or its pooled chunk rows), standardised values for the labs, or the latents H_i themselves (design §3.3.2).
+
+What is explained is the prediction shown: when a modality is missing, its K samples are restored again
+from the varied input at every path point (deterministic DDIM from the same noise, differentiable), so a
+present input's influence through what it makes the model synthesize is part of its attribution, and
+f(input) is exactly the shown probability (issue 25; before, the samples were drawn once and held fixed).
+What is held fixed: the other present inputs, the sampler's starting noise and the calibration.
 """
 
 from __future__ import annotations
@@ -36,11 +42,12 @@ class CaseGraph:
         k = samples or model.config.diffusion.samples
         s = steps or model.config.diffusion.sample_steps
         self.samples, self.steps = k, s
+        self.noise: torch.Tensor | None = None  # (K, 1, M, d): the sampler's starting noise, when it runs
         with torch.no_grad():
             h, _ = model.encode(self.table.batch([0], self.device, drop))
             if model.denoiser is not None and not bool(self.present.all()):
-                noise = model.case_noise(self.table.keys[:1], self.present[None], k, seed)
-                self.hs = model.synthesize(h, self.present[None], noise, s)  # (K, 1, M, d)
+                self.noise = model.case_noise(self.table.keys[:1], self.present[None], k, seed)
+                self.hs = model.synthesize(h, self.present[None], self.noise, s)  # (K, 1, M, d)
                 self.avail = torch.ones_like(self.present)
                 self.syn = ~self.present
             else:
@@ -53,14 +60,20 @@ class CaseGraph:
 
     # ---- the common tail: latents → probabilities ------------------------------------------------------
     def probs_from(self, replace: dict[int, torch.Tensor]) -> torch.Tensor:
-        """Class probabilities (B, C), averaged over the diffusion samples, with the latents of some
-        modalities replaced by `replace[i]` (B, d_h); B is the largest batch among the replacements."""
+        """Class probabilities (B, C), averaged over the diffusion samples, with the latents of some present
+        modalities replaced by `replace[i]` (B, d_h); B is the largest batch among the replacements. The missing
+        modalities are restored from the replaced latents (same noise), as prediction would restore them."""
         b = max([len(v) for v in replace.values()], default=1)
         k, _, m, d = self.hs.shape
-        h = self.hs.expand(k, b, m, d)
-        if replace:
-            slots = [h[:, :, i] if i not in replace else replace[i].unsqueeze(0).expand(k, b, d) for i in range(m)]
-            h = torch.stack(slots, 2)
+        if replace and self.noise is not None:
+            given = self.h.expand(b, m, d)
+            given = torch.stack([given[:, i] if i not in replace else replace[i].expand(b, d) for i in range(m)], 1)
+            h = self.model.restore(given, self.present.expand(b, m), self.noise.expand(k, b, m, d), self.steps)
+        else:
+            h = self.hs.expand(k, b, m, d)
+            if replace:
+                slots = [h[:, :, i] if i not in replace else replace[i].unsqueeze(0).expand(k, b, d) for i in range(m)]
+                h = torch.stack(slots, 2)
         avail = self.avail.expand(k, b, m)
         syn = self.syn.expand(k, b, m)
         z, _ = self.model.fuse(h, avail, syn)
@@ -118,7 +131,7 @@ class CaseGraph:
         text = self.case.inputs[name]
         assert isinstance(text, str)
         mc = self.model.config.model
-        return chunk_note(text, mc.text_max_tokens, mc.text_max_chunks, mc.note_negation)
+        return chunk_note(text, mc.text_max_tokens, mc.text_max_chunks, mc.note_negation, mc.note_units)
 
     def note_embeddings(self, chunks: NoteChunks) -> tuple[torch.Tensor, torch.Tensor]:
         """Token embeddings (1, n, L, 384) of the note, and of its IG baseline ([PAD] for every word token,

@@ -130,17 +130,35 @@ class NoteChunks:
 
 
 _SENTENCE_END = re.compile(r"[.!?;:]\s+|\n+")
+# where a clause begins inside a sentence: after a comma, or at a coordinating word ("fever and productive
+# cough" → "fever", "and productive cough"; "… of HTN who presents with SOB" → "… of HTN", "who presents with SOB")
+_CLAUSE_START = re.compile(r"(?<=,)\s*|\s(?=(?:and|but|or|who|while|then)\s)", re.IGNORECASE)
+NOTE_UNITS = ("sentence", "clause")
 
 
-def chunk_note(text: str, max_tokens: int = 128, max_chunks: int = 256, negation: bool = False) -> NoteChunks:
-    """Sentences → chunks of at most `max_tokens` tokens (a longer sentence continues in the next chunk).
-    With `negation`, a sentence's tokens inside `negated_spans` follow its other tokens in chunks of their
+def unit_ends(text: str, units: str = "sentence") -> list[int]:
+    """Character positions where a note's reading units end (sentences, or clauses within them)."""
+    if units not in NOTE_UNITS:
+        raise ValueError(f"unknown note unit {units!r}; use one of {NOTE_UNITS}")
+    ends = {m.end() for m in _SENTENCE_END.finditer(text)}
+    if units == "clause":
+        ends |= {m.end() for m in _CLAUSE_START.finditer(text) if 0 < m.end() < len(text)}
+    return sorted(ends) + [len(text) + 1]
+
+
+def chunk_note(text: str, max_tokens: int = 128, max_chunks: int = 256, negation: bool = False,
+               units: str = "sentence") -> NoteChunks:
+    """Sentences (or, with `units="clause"`, the clauses of each sentence) → chunks of at most `max_tokens`
+    tokens (a longer unit continues in the next chunk). Clauses let the frozen encoder read each finding on its
+    own instead of averaged with the age, history and the other symptoms of its sentence (issue 25).
+    With `negation`, a unit's tokens inside `negated_spans` follow its other tokens in chunks of their
     own, flagged negated ("Pt denies orthopnea or pleuritic pain." → "Pt denies or ." and "orthopnea
-    pleuritic pain"); every token keeps its character offsets."""
+    pleuritic pain"); negation is found on the whole text, so a clause keeps the trigger of its sentence.
+    Every token keeps its character offsets."""
     tok = tokenizer()
     enc = tok(text, add_special_tokens=False, return_offsets_mapping=True, truncation=False, verbose=False)
     ids, offs = enc["input_ids"], enc["offset_mapping"]
-    ends = [m.end() for m in _SENTENCE_END.finditer(text)] + [len(text) + 1]
+    ends = unit_ends(text, units)
     sentences: list[list[tuple[int, tuple[int, int]]]] = []
     s, last = 0, -1
     for tid, (a, b) in zip(ids, offs):
@@ -245,11 +263,11 @@ class TextBackbone(nn.Module):
 
 
 def embed_texts(texts: list[str], max_tokens: int, max_chunks: int, batch_size: int = 256,
-                device: torch.device | str = "cpu", negation: bool = False) -> list[np.ndarray]:
+                device: torch.device | str = "cpu", negation: bool = False, units: str = "sentence") -> list[np.ndarray]:
     """Many notes → per note an (n_chunks, CHUNK_DIM) float32 array: each chunk's 384-d vector and its
     negation flag (always 0 without `negation`); chunks of similar length are batched."""
     backbone = TextBackbone(device)
-    chunked = [chunk_note(t, max_tokens, max_chunks, negation) for t in texts]
+    chunked = [chunk_note(t, max_tokens, max_chunks, negation, units) for t in texts]
     rows = [(n, i) for n, c in enumerate(chunked) for i in range(len(c.input_ids))]
     lengths = [int(chunked[n].attention_mask[i].sum()) for n, i in rows]
     order = np.argsort(lengths, kind="stable")

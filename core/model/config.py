@@ -33,6 +33,7 @@ class ModelConfig:
     # how the text head reads a chunk of negated words: "separate" (a projection of its own, so a negated finding
     # can mean the opposite of the finding) or "shift" (the affirmed projection plus a learned vector)
     negation_head: str = "separate"
+    note_units: str = "clause"  # what a note chunk holds: "clause" or "sentence" (core/model/backbones.chunk_note)
 
 
 @dataclass(frozen=True)

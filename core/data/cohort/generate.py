@@ -103,6 +103,9 @@ def _write_case(out: Path, case: SampledCase) -> dict[str, str]:
             truth["image_mask"] = f"truth/{cid}_mask.png"
             truth["image_mask_values"] = {f: sc.IMAGE_FINDINGS.index(f) + 1 for f in findings}
             Image.fromarray(label_map).save(out / truth["image_mask"])
+            if case.image_without_findings is not None:
+                truth["image_without_findings"] = f"truth/{cid}_without_findings.png"
+                Image.fromarray(case.image_without_findings).save(out / truth["image_without_findings"], optimize=False)
     if case.note is not None:
         row["note_path"] = f"notes/{cid}.txt"
         (out / row["note_path"]).write_text(case.note, encoding="utf-8")

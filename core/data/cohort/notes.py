@@ -79,6 +79,12 @@ PLAN = ("Plan: CXR, labs, reassess.", "Will obtain CXR and basic labs.", "Dispo 
 DDX_TEXT = {"pneumonia": "PNA", "heart_failure": "CHF exacerbation", "pulmonary_embolism": "PE",
             "pneumothorax": "PTX", "tuberculosis": "TB", "aortic_dissection": "dissection",
             "no_acute_disease": "MSK pain", "acs": "ACS"}
+LEAD_INS = ("Notable for ", "Pt reports ", "Of note, ")
+INCIDENTAL = ("recent dental work", "flu vaccine last month", "a new puppy at home", "recent move to a new apartment",
+              "a colonoscopy last year", "recently started a new job", "a trip to visit family last month",
+              "follow-up with PCP next week", "recent URI in a family member", "a fall from a bicycle 2 years ago")
+GRADUAL_ONSET = ("gradual onset over several days", "gradual onset", "insidious onset over the past week")
+P_LEAD_IN = 0.55  # an incidental item or a gradual onset, behind the same lead-ins as the findings
 # how often a note carries each kind of negation (see the module docstring)
 P_PERTINENT = 0.7
 P_INLINE = 0.3  # a pertinent negative joined to the presenting symptoms ("… and no tearing chest pain")
@@ -188,15 +194,26 @@ def write_note(rng: np.random.Generator, diagnosis: str, findings: dict[str, dic
         b.finding(pick(DENIABLE[f]).format(side=pick(("left", "right"))), f, negated=True)
     b.text(f" x{int(rng.integers(1, 10))} days" if rng.random() < 0.6 else "")
     b.text(". ")
+    # The lead-ins ("Symptoms began with", "Of note,") are written whether or not a finding follows them, so that
+    # only the finding's own words tell (issue 25: the model had learned the lead-ins, which only findings had).
     if "sudden_onset" in findings:
         b.text("Symptoms began with ")
         b.finding(pick(PHRASES["sudden_onset"]), "sudden_onset")
         b.text(". ")
-    for f in ("immobilization", "tb_exposure", "calf_swelling", "leg_edema", "chest_wall_pain"):
-        if f in findings:
-            b.text(pick(("Notable for ", "Pt reports ", "Of note, ")))
-            b.finding(pick(PHRASES[f]).format(side=findings[f].get("side", "right")), f)
-            b.text(". ")
+    elif rng.random() < P_LEAD_IN:
+        b.text(f"Symptoms began with {pick(GRADUAL_ONSET)}. ")
+    leads = [(pick(PHRASES[f]).format(side=findings[f].get("side", "right")), f)
+             for f in ("immobilization", "tb_exposure", "calf_swelling", "leg_edema", "chest_wall_pain") if f in findings]
+    leads += [(str(x), "") for x in rng.choice(INCIDENTAL, size=int(rng.random() < P_LEAD_IN) + int(rng.random() < 0.3),
+                                               replace=False)]
+    rng.shuffle(leads)
+    for phrase, f in leads:
+        b.text(pick(LEAD_INS))
+        if f:
+            b.finding(phrase, f)
+        else:
+            b.text(phrase)
+        b.text(". ")
     negatives = [f for f in NEGATED if f not in findings and rng.random() < 0.3]
     if negatives:
         b.text(pick(("Denies ", "Pt denies ", "No ")), typos=False)  # keep the negation cue intact

@@ -132,28 +132,31 @@ def draw_radiograph(rng: np.random.Generator, size: int, findings: dict[str, dic
         ribs += 1.3 * clav
     img += 0.1 * np.clip(ribs, 0, 1.5) * thorax
 
+    # the findings draw from a stream of their own, taken whatever the findings are, so that the same call without
+    # findings renders the very same film without them (the faithfulness baseline that removes the finding)
+    frng = np.random.default_rng(int(rng.integers(2**62)))
     for name, f in findings.items():
         side, s = f.get("side", "right"), f["severity"]
         lung = lungs[side]
         if name == "consolidation":
             cx, cy = LUNG_CENTRE[side]
             zone_y = {"upper": -0.45, "middle": 0.0, "lower": 0.3}[f.get("zone", "lower")]
-            centre = (cx + rng.normal(0, 0.05), zone_y + rng.normal(0, 0.05))
+            centre = (cx + frng.normal(0, 0.05), zone_y + frng.normal(0, 0.05))
             radius = 0.12 + 0.12 * s
-            blob = (c.dist(*centre) / radius + 0.35 * c.noise(rng, 2.5)) < 1.0
+            blob = (c.dist(*centre) / radius + 0.35 * c.noise(frng, 2.5)) < 1.0
             region = blob & lung
             if region.sum() < 4:
                 region = (c.dist(*centre) < radius) & lung
             masks[name] = region
-            img += (0.2 + 0.2 * s) * c.soften(region, 1.2) * (1 + 0.15 * c.noise(rng, 0.8))
+            img += (0.2 + 0.2 * s) * c.soften(region, 1.2) * (1 + 0.15 * c.noise(frng, 0.8))
         elif name == "cavity":
             cx, _ = LUNG_CENTRE[side]
-            centre = (cx + rng.normal(0, 0.05), -0.42 + rng.normal(0, 0.05))
+            centre = (cx + frng.normal(0, 0.05), -0.42 + frng.normal(0, 0.05))
             r_out = 0.07 + 0.06 * s
             d = c.dist(*centre)
             wall = (d < r_out) & (d >= r_out * 0.55)
             lumen = d < r_out * 0.55
-            infiltrate = (d < r_out * 1.9) & (c.noise(rng, 1.5) > 0.3) & lung
+            infiltrate = (d < r_out * 1.9) & (c.noise(frng, 1.5) > 0.3) & lung
             masks[name] = ((d < r_out) | infiltrate) & lung
             img += 0.12 * c.soften(infiltrate, 1.0)
             img += 0.32 * c.soften(wall & lung, 0.7)
@@ -174,7 +177,7 @@ def draw_radiograph(rng: np.random.Generator, size: int, findings: dict[str, dic
             for sd in ("right", "left"):
                 cx, _ = LUNG_CENTRE[sd]
                 for k in range(4):
-                    ky = 0.2 + 0.06 * k + rng.normal(0, 0.01)
+                    ky = 0.2 + 0.06 * k + frng.normal(0, 0.01)
                     kerley |= (np.abs(c.y - ky) < 0.008) & (np.abs(c.x - cx) > 0.18) & (np.abs(c.x - cx) < 0.29)
             kerley &= both
             img += 0.12 * kerley

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,6 +34,7 @@ class SampledCase:
     present: dict[str, bool]
     image: np.ndarray | None = None
     masks: dict[str, np.ndarray] = field(default_factory=dict)
+    image_without_findings: np.ndarray | None = None  # the same film rendered without its findings
     image_findings: dict[str, dict] = field(default_factory=dict)
     note: str | None = None
     mentions: list[Mention] = field(default_factory=list)
@@ -164,9 +166,12 @@ def sample_case(seed: int, index: int, dx: str, image_size: int, redundancy: flo
             case.image_findings[f] = params
     case.portable = bool(rng.random() < (0.1 if dx == "no_acute_disease" else 0.15 + 0.5 * s))
     acq = Acquisition.sample(rng, case.portable)
+    twin = copy.deepcopy(rng)  # the same film without its findings (draw_radiograph keeps their draws apart)
     image, masks = draw_radiograph(rng, image_size, case.image_findings, acq)
     if case.present["image"]:
         case.image, case.masks = image, masks
+        if case.image_findings:
+            case.image_without_findings = draw_radiograph(twin, image_size, {}, acq)[0]
 
     # note
     findings: dict[str, dict] = {}
