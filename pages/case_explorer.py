@@ -16,8 +16,8 @@ from core.data.readers.note import clean_note
 from core.data.readers.scan import CT_WINDOWS, Scan
 from core.errors import LabError, RobustMDiffError
 from core.explain.explanation import METHODS as EXPLAIN_METHODS, Explanation
-from core.explain.render import (CMAPS, COMPLETENESS, REMOVED, completeness_text, image_legend_html, legend_html,
-                                 note_html, overlay, report_html)
+from core.explain.render import (CMAPS, COMPLETENESS, HELD_FIXED, REMOVED, completeness_text, image_legend_html,
+                                 legend_html, note_html, note_units_text, overlay, report_html)
 from core.names import display_name
 from pages.common import (contribution_chart, fail, get_demo_cases, get_predictor, get_service, inside_app, lab_chart,
                           load_demo_case, missing_contributions_text, notice, probability_chart, wait_for)
@@ -299,6 +299,7 @@ def draw(stage: str, exp: Explanation) -> None:
         if stage == "contributions":
             st.plotly_chart(contribution_chart(exp.contributions, display_name(exp.target)), width="stretch")
             st.caption(REMOVED.format(target=display_name(exp.target)) + ".")
+            st.caption(HELD_FIXED)
             if missing_contributions_text(exp.contributions):
                 st.caption(missing_contributions_text(exp.contributions))
         elif stage in exp.image:
@@ -316,7 +317,8 @@ def draw(stage: str, exp: Explanation) -> None:
             c1.caption(completeness_text(exp, stage), help=COMPLETENESS)
         elif stage in exp.note:
             st.markdown(f"**{stage}**")
-            st.caption(completeness_text(exp, stage), help=COMPLETENESS)
+            st.caption(" ".join(filter(None, (completeness_text(exp, stage) + ".", note_units_text(exp, stage)))),
+                       help=COMPLETENESS)
             st.html(legend_html() + note_html(case.inputs[stage], exp.note[stage], exp.note_phrases.get(stage)))
         elif stage in exp.labs:
             st.plotly_chart(lab_chart(exp.labs[stage], display_name(exp.method)), width="stretch")

@@ -343,3 +343,41 @@ def test_redundancy_is_recorded_only_when_non_zero(tmp_path, monkeypatch):
     gen.redundant_cohort(quick=True)
     assert [(name, kw["n"], kw["redundancy"]) for name, kw in asked] == [
         ("cohort-redundant", gen.DEFAULT_N, gen.REDUNDANT), ("cohort-quick-redundant", gen.QUICK_N, gen.REDUNDANT)]
+
+
+def test_the_film_without_its_findings_differs_only_where_they_are():
+    """The faithfulness baseline that removes the finding: the same film rendered without it."""
+    from scipy import ndimage
+
+    from core.data.cohort.sample import sample_case
+
+    seen = 0
+    for i in range(40):
+        case = sample_case(7, i, "pneumonia", 128)
+        if case.image_without_findings is None:
+            continue
+        seen += 1
+        finding = np.zeros(case.image.shape, bool)
+        for m in case.masks.values():
+            finding |= m
+        near = ndimage.binary_dilation(finding, iterations=4)
+        diff = np.abs(case.image.astype(int) - case.image_without_findings.astype(int))
+        assert diff[~near].max() <= 8 and diff[finding].mean() > 20
+    assert seen >= 5
+
+
+def test_note_lead_ins_are_written_without_findings_too():
+    """"Symptoms began with" and "Of note," must not tell that a finding follows (the model had learned them)."""
+    from core.data.cohort.sample import sample_case
+
+    without = 0
+    for i in range(60):
+        case = sample_case(7, i, "no_acute_disease", 128)
+        if case.note is None:
+            continue
+        leads = [s for s in case.note.split(". ") if s.lstrip().startswith(("Symptoms began with", "Of note", "Notable for", "Pt reports"))]
+        findings = {m.finding for m in case.mentions if not m.negated}
+        if leads and not findings & {"sudden_onset", "immobilization", "tb_exposure", "calf_swelling", "leg_edema",
+                                     "chest_wall_pain"}:
+            without += 1
+    assert without >= 10

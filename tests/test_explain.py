@@ -16,7 +16,7 @@ from core.explain.explanation import explain_case
 from core.explain.faithfulness import faithfulness
 from core.explain.graph import CaseGraph
 from core.explain.render import report_html
-from core.explain.text import merge_tokens, note_ig, words_of
+from core.explain.text import merge_tokens, note_attribution, note_ig, words_of
 from core.model.backbones import TextBackbone, chunk_note, tokenizer
 from core.paths import ROOT
 
@@ -134,3 +134,50 @@ def test_faithfulness_above_random(predictor, default_dataset, default_features)
         assert r[f"{setting}/note/integrated_gradients/precision_at_5"]["mean"] > r[f"{setting}/note/random/precision_at_5"]["mean"]
     assert r["alone/note/deletion_attribution"]["mean"] < r["alone/note/deletion_random"]["mean"]
     assert r["alone/image/integrated_gradients/mass_in_mask"]["mean"] > r["alone/image/random/mass_in_mask"]["mean"]
+
+
+def test_what_is_explained_is_the_prediction_shown(predictor, complete_case):
+    """With the scan missing, f(input) is the probability the app shows, and the note's hierarchical IG is complete
+    against it: its units sum to log p(shown) − log p(note at baseline, the scan synthesized again from it)."""
+    g = CaseGraph(predictor, complete_case, absent=["image"])
+    shown = predictor.predict(complete_case, absent=["image"]).probabilities[predictor.classes[g.target]]
+    assert float(g.probs[g.target]) == pytest.approx(shown, abs=1e-5)
+    words, units, unit_ig, word_ig = note_attribution(g, "note")
+    chunks = g.note_chunks("note")
+    emb, base = g.note_embeddings(chunks)
+    with torch.no_grad():
+        at_input = float(g.objective(g.probs_from_note("note", chunks, emb), g.target))
+        total = at_input - float(g.objective(g.probs_from_note("note", chunks, base), g.target))
+    assert at_input == pytest.approx(np.log(shown), abs=1e-4)
+    assert sum(u.score for u in units) == pytest.approx(total, abs=0.05 * abs(total) + 2e-3)
+    assert unit_ig.relative_error <= 0.05 and word_ig.relative_error <= 0.05
+    # the scan's synthesis follows the note: the restored image latent moves when the note latent does
+    i_note, i_image = g.index("note"), g.index("image")
+    other = g.h.clone()
+    other[:, i_note] = 0
+    with torch.no_grad():
+        moved = g.model.restore(other, g.present[None], g.noise, g.steps)
+    assert not torch.allclose(moved[:, 0, i_image], g.hs[:, 0, i_image])
+    # words are attributed in the expanded units only, and those hold most of the note's attribution
+    expanded = [u for u in units if u.words]
+    assert 1 <= len(expanded) < len(units)
+    inside = [w for w in words if any(u.start <= w.start < u.end for u in expanded)]
+    assert all(w.score == 0.0 for w in words if w not in inside) and any(w.score != 0.0 for w in inside)
+
+
+def test_every_word_on_request(predictor, complete_case):
+    g = CaseGraph(predictor, complete_case)
+    words, units, unit_ig, word_ig = note_attribution(g, "note", words="all")
+    assert all(u.words for u in units)
+    assert sum(w.score for w in words) == pytest.approx(sum(u.score for u in units), abs=0.05 * abs(sum(u.score for u in units)) + 2e-3)
+
+
+def test_clause_units_read_each_finding_apart():
+    text = "HPI: 77 yo M w/ PMH of HTN, CKD who presents with fever and productive cough. Denies orthopnea or leg swelling."
+    chunks = chunk_note(text, negation=True, units="clause")
+    read = [text[offs[0][0]:offs[-1][1]] for offs in chunks.offsets]
+    assert "who presents with fever" in read and "and productive cough." in read
+    assert not any("yo" in r and "fever" in r for r in read)
+    negated = [r for r, neg in zip(read, chunks.negated) if neg]
+    assert any("orthopnea" in r for r in negated) and any("leg swelling" in r for r in negated)
+    assert len(chunk_note(text, negation=True).offsets) < len(chunks.offsets)  # sentences by default (old checkpoints)

@@ -128,6 +128,28 @@ COMPLETENESS = ("Integrated Gradients' relative completeness error: |Σ attribut
                 "|f(input) − f(baseline)|, f = log p(predicted class); the steps grow until it is ≤ 5 % (or the cap).")
 
 
+HELD_FIXED = ("What is explained is the probability shown. Each input is varied alone from its baseline (the scan: "
+              "its blurred map; the note: every word [PAD]; labs: the training mean) while the other inputs given stay "
+              "as they are; a missing modality is synthesized again from the varied input at every step (same "
+              "diffusion noise), so what an input makes the model assume about the missing ones counts as that "
+              "input's influence. Held fixed: the other given inputs, the diffusion noise and the calibration.")
+
+
+def note_units_text(exp: Explanation, name: str) -> str:
+    """Which of the note's units (clauses or sentences) carry word attributions, and their share of the note's."""
+    units = exp.note_units.get(name)
+    if not units:
+        return ""
+    total = sum(abs(u.score) for u in units)
+    shown = [u for u in units if u.words]
+    if len(shown) == len(units):
+        return f"Every word of the note's {len(units)} parts is attributed."
+    share = sum(abs(u.score) for u in shown) / total if total > 0 else 1.0
+    return (f"Words are attributed in the {len(shown)} of the note's {len(units)} parts (clauses, and negated words "
+            f"read apart) that hold {share:.0%} of its attribution; the others are left unshaded "
+            "(every word: `python -m core explain --note-words all`).")
+
+
 def completeness_text(exp: Explanation, name: str) -> str:
     """'IG completeness error X % (N steps)' for a modality with Integrated Gradients attributions, else 'n/a'."""
     shown = exp.image_method.get(name, exp.method)  # the attribution drawn for this modality
@@ -254,9 +276,10 @@ def report_html(exp: Explanation, case_inputs: dict, opacity: float = 0.5, cmap:
                          f"<p style='color:#555' title='{html.escape(COMPLETENESS)}'>{html.escape(completeness_text(exp, name))}</p>"
                          f"<img style='max-width:512px' src='data:image/png;base64,{img}'>"
                          f"{image_legend_html(exp, name, cmap)}")
+    parts.append(f"<p style='color:#555'>{html.escape(HELD_FIXED)}</p>")
     for name, words in exp.note.items():
         parts.append(f"<h2>Note</h2><p style='color:#555' title='{html.escape(COMPLETENESS)}'>"
-                     f"{html.escape(completeness_text(exp, name))}</p>"
+                     f"{html.escape(completeness_text(exp, name))}. {html.escape(note_units_text(exp, name))}</p>"
                      f"{legend_html()}{note_html(case_inputs[name], words, exp.note_phrases.get(name))}")
     for name, rows in exp.labs.items():
         scale = max([abs(r.score) for r in rows], default=1.0)
