@@ -71,7 +71,7 @@ def test_attributions_come_at_the_model_resolution_and_are_complete(image_case, 
     g = image_case
     mc = predictor.model.config.model
     assert resolution(g, "image") == image_map_shape(mc.image_features, mc.image_size)[1]
-    heat, err, steps = image_attribution(g, "image", "integrated_gradients")
+    heat, err, steps, _ = image_attribution(g, "image", "integrated_gradients")
     assert heat.shape == (mc.image_size, mc.image_size)
     assert err <= 0.05 and steps >= 16
     px = g.image_pixels("image")
@@ -91,6 +91,6 @@ def test_kernel_shap_is_deterministic(image_case):
 
 @pytest.mark.parametrize("method", [m for m in IMAGE_METHODS if m not in ("integrated_gradients", "kernel_shap")])
 def test_every_method_gives_a_map(image_case, method):
-    heat, err, steps = image_attribution(image_case, "image", method)
+    heat, err, steps, _ = image_attribution(image_case, "image", method)
     assert heat.shape == image_case.image_pixels("image").shape[-2:] and np.isfinite(heat).all() and err == steps == 0
     assert np.abs(heat).sum() > 0

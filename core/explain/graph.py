@@ -5,14 +5,19 @@ noise as prediction), and then exposes the predicted class probabilities as a fu
 input at a time, the other present inputs held fixed: pixels for the image, token embeddings for the note
 (or its pooled chunk rows), standardised values for the labs, or the latents H_i themselves (design §3.3.2).
 
-What is explained is the prediction shown: when a modality is missing, its K samples are restored again
-from the varied input at every path point (deterministic DDIM from the same noise, differentiable), so a
-present input's influence through what it makes the model synthesize is part of its attribution, and
-f(input) is exactly the shown probability (issue 25; before, the samples were drawn once and held fixed).
-What is held fixed: the other present inputs, the sampler's starting noise and the calibration.
+What is explained, when a modality is missing: f(input) is exactly the shown probability (the K samples are
+those of the prediction). Along the path the samples are, by default, held as the prediction drew them
+(`follow_synthesis=False`: fast), so a present input's influence through what it makes the model synthesize
+is left out; how much that leaves out is measured for every attribution as its completeness error against
+the prediction shown (`shown`: the same function with the samples restored again from the varied input,
+deterministic DDIM from the same noise). With `follow_synthesis=True` they are restored at every path point
+(differentiable, exact, and K × steps denoiser passes per path point: seconds on a CPU).
+Held fixed either way: the other present inputs, the sampler's starting noise and the calibration.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -27,8 +32,9 @@ from core.model.backbones import ImageBackbone, NoteChunks, TextBackbone, chunk_
 
 class CaseGraph:
     def __init__(self, predictor: Predictor, case: CaseInputs, absent=(), samples: int | None = None,
-                 steps: int | None = None, seed: int = 0):
+                 steps: int | None = None, seed: int = 0, follow_synthesis: bool = False):
         self.predictor, self.case, self.seed = predictor, case, seed
+        self.follow = follow_synthesis
         self.model = model = predictor.model
         self.device = predictor.device
         self.names = [n for n, _ in model.info.modalities]
@@ -65,7 +71,7 @@ class CaseGraph:
         modalities are restored from the replaced latents (same noise), as prediction would restore them."""
         b = max([len(v) for v in replace.values()], default=1)
         k, _, m, d = self.hs.shape
-        if replace and self.noise is not None:
+        if replace and self.noise is not None and self.follow:
             given = self.h.expand(b, m, d)
             given = torch.stack([given[:, i] if i not in replace else replace[i].expand(b, d) for i in range(m)], 1)
             h = self.model.restore(given, self.present.expand(b, m), self.noise.expand(k, b, m, d), self.steps)
@@ -78,6 +84,20 @@ class CaseGraph:
         syn = self.syn.expand(k, b, m)
         z, _ = self.model.fuse(h, avail, syn)
         return self.model.probabilities(self.model.logits(z), self.present.expand(b, -1)).mean(0)
+
+    def shown(self, f: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor] | None:
+        """`f` (built on `probs_from`) evaluated with the synthesis restored from its input, as the prediction
+        shown would be; None when that is `f` itself (nothing synthesized, or already following)."""
+        if self.noise is None or self.follow:
+            return None
+
+        def restored(*args: torch.Tensor) -> torch.Tensor:
+            self.follow = True
+            try:
+                return f(*args)
+            finally:
+                self.follow = False
+        return restored
 
     @torch.no_grad()
     def probs_without(self, i: int) -> torch.Tensor:

@@ -54,6 +54,7 @@ class ImageMap(NamedTuple):
     heat: np.ndarray  # (S, S) signed attribution, upsampled from the model's cells to its input
     relative_error: float  # IG: |Σ attributions − (f(x) − f(baseline))| / |f(x) − f(baseline)|; 0 otherwise
     steps: int  # IG steps used (0 for other methods)
+    shown_error: float = 0.0  # IG: the same error against the prediction shown (core/explain/graph.py)
 
 
 def image_attribution(graph: CaseGraph, name: str, method: str = "integrated_gradients", steps: int | None = None,
@@ -67,11 +68,11 @@ def image_attribution(graph: CaseGraph, name: str, method: str = "integrated_gra
     def f(inp: torch.Tensor) -> torch.Tensor:
         return graph.objective(graph.probs_from_image_map(name, inp), target)
 
-    delta, used = 0.0, 0
+    delta, used, shown = 0.0, 0, 0.0
     if method == "integrated_gradients":
         res = integrated_gradients(f, x, base, schedule=(steps,) if steps else (16, 32, 64, 128),
-                                   internal_batch_size=BATCH)
-        delta, used = res.relative_error, res.steps
+                                   internal_batch_size=BATCH, f_shown=graph.shown(f))
+        delta, used, shown = res.relative_error, res.steps, res.shown_error
         cells = res.attributions[0].sum(0)
     elif method == "gradient_x_input":
         inp = x.clone().requires_grad_(True)
@@ -87,7 +88,7 @@ def image_attribution(graph: CaseGraph, name: str, method: str = "integrated_gra
         cells = _kernel_shap(graph, name, f, x, base, zlib.crc32(graph.case.case_id.encode()) if seed is None else seed)
     else:
         raise ValueError(f"unknown image method {method!r}; use one of {IMAGE_METHODS}")
-    return ImageMap(upsample(cells.detach().cpu().numpy(), size), delta, used)
+    return ImageMap(upsample(cells.detach().cpu().numpy(), size), delta, used, shown)
 
 
 def _kernel_shap(graph: CaseGraph, name: str, f, x: torch.Tensor, base: torch.Tensor, seed: int) -> torch.Tensor:

@@ -34,7 +34,7 @@ class LabAttribution:
     flag: str
     score: float  # the attribution of the explanation's method (what the app ranks by)
     integrated_gradients: float
-    shap: float
+    shap: float  # NaN unless SHAP was asked for (it costs more than the rest of the lab explanation)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -51,7 +51,8 @@ def lab_ig(graph: CaseGraph, name: str, target: int, steps: int | tuple[int, ...
 
     if method == "gradient_x_input":
         return InputXGradient(f).attribute(z.clone().requires_grad_(True))[0].detach().cpu().numpy(), None
-    info = integrated_gradients(f, z, torch.zeros_like(z), schedule=(steps,) if isinstance(steps, int) else tuple(steps))
+    info = integrated_gradients(f, z, torch.zeros_like(z), schedule=(steps,) if isinstance(steps, int) else tuple(steps),
+                                f_shown=graph.shown(f))
     return info.attributions[0].detach().cpu().numpy(), info
 
 
@@ -85,13 +86,15 @@ def lab_shap(graph: CaseGraph, name: str, target: int, background: np.ndarray | 
 
 
 def lab_attribution(graph: CaseGraph, name: str, target: int | None = None, score: np.ndarray | None = None,
-                    background: np.ndarray | None = None, rank_by: str = "integrated_gradients"
-                    ) -> tuple[list[LabAttribution], IGResult]:
-    """IG and SHAP for every lab, and IG's result (relative completeness error, steps). The rows are ranked
-    by `score` (catalogue order; the explanation method's own) or, without it, by `rank_by` (IG or SHAP)."""
+                    background: np.ndarray | None = None, rank_by: str = "integrated_gradients",
+                    with_shap: bool | None = None) -> tuple[list[LabAttribution], IGResult]:
+    """IG for every lab, SHAP too when `with_shap` (default: when ranking by it), and IG's result (relative
+    completeness error, steps). The rows are ranked by `score` (catalogue order; the explanation method's own)
+    or, without it, by `rank_by` (IG or SHAP)."""
     target = graph.target if target is None else target
     ig, info = lab_ig(graph, name, target)
-    sh = lab_shap(graph, name, target, background)
+    with_shap = rank_by == "shap" if with_shap is None else with_shap
+    sh = lab_shap(graph, name, target, background) if with_shap else np.full_like(ig, np.nan)
     if score is None:
         score = {"integrated_gradients": ig, "shap": sh}[rank_by]
     panel = graph.case.inputs[name]

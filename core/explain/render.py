@@ -130,9 +130,11 @@ COMPLETENESS = ("Integrated Gradients' relative completeness error: |Σ attribut
 
 HELD_FIXED = ("What is explained is the probability shown. Each input is varied alone from its baseline (the scan: "
               "its blurred map; the note: every word [PAD]; labs: the training mean) while the other inputs given stay "
-              "as they are; a missing modality is synthesized again from the varied input at every step (same "
-              "diffusion noise), so what an input makes the model assume about the missing ones counts as that "
-              "input's influence. Held fixed: the other given inputs, the diffusion noise and the calibration.")
+              "as they are, and so do the samples synthesized for a missing modality: what an input makes the model "
+              "assume about the missing ones is not part of its attribution. How much that leaves out is the "
+              "completeness error against the prediction shown, given beside each input (`python -m core explain "
+              "--follow-synthesis` synthesizes again at every step: exact, slower). Held fixed: the other inputs given, "
+              "the synthesized samples, the diffusion noise and the calibration.")
 
 
 def note_units_text(exp: Explanation, name: str) -> str:
@@ -156,7 +158,11 @@ def completeness_text(exp: Explanation, name: str) -> str:
     if shown != "integrated_gradients" or name not in exp.completeness or not np.isfinite(exp.completeness[name]):
         return "IG completeness error n/a (not Integrated Gradients)"
     steps = exp.ig_steps.get(name)
-    return f"IG completeness error {exp.completeness[name]:.1%}" + (f" ({steps} steps)" if steps else "")
+    text = f"IG completeness error {exp.completeness[name]:.1%}" + (f" ({steps} steps)" if steps else "")
+    shown = exp.completeness_shown.get(name)
+    if shown is not None and np.isfinite(shown) and abs(shown - exp.completeness[name]) > 5e-4:
+        text += f"; {shown:.1%} against the prediction shown (the synthesized modalities held as predicted)"
+    return text
 
 
 def png_bytes(rgb: np.ndarray) -> bytes:

@@ -152,7 +152,7 @@ def note_attribution(graph: CaseGraph, name: str, steps: int | tuple[int, ...] =
     def from_rows(r: torch.Tensor) -> torch.Tensor:
         return graph.objective(graph.probs_from({index: enc(r, valid.expand(len(r), -1))}), target)
 
-    units = integrated_gradients(from_rows, rows, base_rows, schedule=schedule)
+    units = integrated_gradients(from_rows, rows, base_rows, schedule=schedule, f_shown=graph.shown(from_rows))
     unit_scores = units.attributions.sum(-1)[0].detach().cpu().numpy()
     chosen = list(range(len(unit_scores))) if words == "all" else _expanded(unit_scores)
     sel = torch.tensor(chosen, device=graph.device)
