@@ -1,6 +1,7 @@
 """Explanation review: reviewers rate explanations blind to the model and the method that made them.
 
-Sign-in, tokens, PINs and the admin gate live in core.review.auth; the ratings in core.review.store; the
+Sign-in, PINs, throttling and the admin gate live in core.review.auth; the ratings and the sessions in
+core.review.store; the
 models compared (RobustMDiff and its comparison models) in core.review.models; the explanations, computed
 once and prepared ahead, in core.review.prepared; the summaries and the paired test in core.review.stats.
 This page only draws.
@@ -30,7 +31,7 @@ from core.review.prepared import (AHEAD, BACKGROUND, URGENT, PreparedExplanation
                                   warm_enabled)
 from core.review.stats import (ALPHA, MIN_RATINGS, agreement, paired_tests, per_method, per_model,
                                per_model_method)
-from core.review.store import DEMO_CODE, REFERENCE_MODEL, SCALES, Item, ReviewStore, reviewer_code
+from core.review.store import DEMO_CODE, REFERENCE_MODEL, SCALES, Item, ReviewStore, Session, SignedOut, reviewer_code
 from core.serve import AHEAD as AHEAD_WORK, BACKGROUND as BACKGROUND_WORK, INTERACTIVE
 from pages.common import fail, get_cohort, get_predictor, get_service, inside_app, load_demo_case, notice
 
@@ -38,7 +39,7 @@ LIKERT = {1: "1 · not at all", 2: "2", 3: "3", 4: "4", 5: "5 · completely"}
 QUESTIONS = {"relevance": "The highlighted evidence is clinically relevant to the prediction.",
              "usefulness": "The explanation would help me check the prediction.",
              "trust": "After seeing it, I would trust this prediction."}
-TOKEN = "reviewer_token"  # query parameter that keeps a reviewer signed in across reloads
+TOKEN = "reviewer_token"  # query parameter: a one-use reload token (replaced at each reload), never the session
 LOOK_AHEAD = 3
 log = logging.getLogger(__name__)
 
@@ -105,44 +106,64 @@ def heat_image(case_id: str, model: str, method: str, row: int) -> np.ndarray | 
 
 
 # ---- sign-in ---------------------------------------------------------------------------------------------
-def _signed_in(name: str) -> None:
-    st.session_state["reviewer"] = name
-    st.query_params[TOKEN] = auth.issue_token(store(), name)
+def _client() -> str:
+    """This browser's connection, for throttling guesses (core.review.auth.client_key)."""
+    return auth.client_key(st.context.ip_address, st.context.headers)
+
+
+def _signed_in(session: Session) -> None:
+    st.session_state["reviewer"] = session.reviewer
+    st.session_state["review_session"] = session.id  # the session id stays on the server
+    st.query_params[TOKEN] = store().reload_token(session.id)
+
+
+def _forget_sign_in() -> None:
+    for key in ("reviewer", "review_session"):
+        st.session_state.pop(key, None)
+    st.query_params.pop(TOKEN, None)
 
 
 def _on_sign_in() -> None:
     ss = st.session_state
     try:
         _signed_in(auth.sign_in(store(), ss.get("reviewer_name", ""), ss.get("reviewer_code", ""),
-                                ss.get("reviewer_pin", ""), ss.get("reviewer_pin_again", "")))
+                                ss.get("reviewer_pin", ""), ss.get("reviewer_pin_again", ""), client=_client()))
         ss.pop("review_error", None)
     except RobustMDiffError as e:
         ss["review_error"] = str(e)
     ss["reviewer_pin"] = ss["reviewer_pin_again"] = ""  # never left in the form
 
 
-def _on_sign_out(name: str) -> None:
-    auth.sign_out(store(), name)
-    st.session_state.pop("reviewer", None)
-    st.query_params.pop(TOKEN, None)
+def _on_sign_out(session: str) -> None:
+    auth.sign_out(store(), session)
+    _forget_sign_in()
 
 
 def current_reviewer() -> str | None:
-    """The signed-in reviewer: from this session, else from a valid token in the URL (after a reload)."""
-    if "reviewer" in st.session_state:
+    """The signed-in reviewer: this session's, re-validated on every run, else the one a reload token in
+    the URL stands for (after a reload; the token is spent and replaced)."""
+    sid = st.session_state.get("review_session")
+    if sid:
+        session = store().session(sid)
+        if session is None:
+            _forget_sign_in()
+            st.info("You were signed out (signed out elsewhere, your PIN was reset, the study code changed, or "
+                    "you were away too long). Please sign in again.")
+            return None
         if TOKEN not in st.query_params:  # e.g. back from another page: keep a reload signed in
-            st.query_params[TOKEN] = auth.issue_token(store(), st.session_state["reviewer"])
-        return st.session_state["reviewer"]
+            st.query_params[TOKEN] = store().reload_token(sid)
+        st.session_state["reviewer"] = session.reviewer
+        return session.reviewer
     token = st.query_params.get(TOKEN)
     if not token:
         return None
-    name = auth.read_token(store(), token)
-    if name:
-        st.session_state["reviewer"] = name
-        return name
+    session = store().exchange_reload(token)
+    if session:
+        _signed_in(session)
+        return session.reviewer
     st.query_params.pop(TOKEN, None)
-    st.info("Your sign-in link is no longer valid (signed out, expired, or the study code changed). "
-            "Please sign in again.")
+    st.info("Your sign-in link is no longer valid (it works for one reload, soon after you last used the page; "
+            "or you signed out, or the study code changed). Please sign in again.")
     return None
 
 
@@ -156,10 +177,11 @@ def sign_in_form() -> None:
         st.text_input("Reviewer code (shared by the study)", type="password", key="reviewer_code")
         c1, c2 = st.columns(2)
         c1.text_input("Your PIN", type="password", key="reviewer_pin",
-                      help=f"First sign-in: choose a PIN of at least {auth.MIN_PIN} characters. It keeps your "
-                           "ratings yours: nobody can sign in under your name without it.")
-        c2.text_input("Repeat PIN (first sign-in only)", type="password", key="reviewer_pin_again")
-        if reviewer_code() == DEMO_CODE:
+                      help=f"First time here: choose a PIN of at least {auth.MIN_PIN} characters and type it "
+                           "again under Repeat PIN. It keeps your ratings yours: nobody can sign in under your "
+                           "name without it.")
+        c2.text_input("Repeat PIN (first time here, or after a PIN reset)", type="password", key="reviewer_pin_again")
+        if reviewer_code() == DEMO_CODE and _client() == auth.LOCAL:  # shown on this machine only, never on a network
             st.caption(f"Demo set-up: the reviewer code is `{DEMO_CODE}` (set RMD_REVIEWER_CODE for a real study).")
         st.form_submit_button("Sign in", on_click=_on_sign_in)
     if "review_error" in st.session_state:
@@ -175,8 +197,12 @@ def _on_save(reviewer: str, item: Item, pos: int) -> None:
     ss = st.session_state
     try:
         answers = {s: ss.get(f"{s}_{pos}") for s in SCALES}
-        store().save(reviewer, item, comment=ss.get(f"comment_{pos}") or "", **answers)
+        store().save(reviewer, item, comment=ss.get(f"comment_{pos}") or "", session=ss.get("review_session"),
+                     **answers)
         ss["review_saved"] = pos
+    except SignedOut as e:  # ended elsewhere: back to the sign-in form, which shows why
+        _forget_sign_in()
+        ss["review_error"] = str(e)
     except RobustMDiffError as e:
         ss["review_error"] = str(e)
 
@@ -219,6 +245,8 @@ def questions(reviewer: str, item: Item, pos: int) -> None:
 @st.fragment
 def rate_view(reviewer: str) -> None:
     """The queue: a fragment, so answering a question reruns only this part of the page."""
+    if "review_session" not in st.session_state:  # a save found the session ended: the whole page signs in again
+        st.rerun()
     found = lineup()
     if not found.models:
         st.error("The study has no model to explain: the shipped checkpoint is missing. Ask the study admin.")
@@ -253,7 +281,7 @@ def rate_view(reviewer: str) -> None:
 # ---- results (study admin only) ----------------------------------------------------------------------------
 def _on_admin() -> None:
     try:
-        auth.check_admin_code(st.session_state.get("admin_code", ""))
+        auth.open_admin(store(), st.session_state.get("admin_code", ""), client=_client())
         st.session_state["review_admin"] = True
         st.session_state.pop("admin_error", None)
     except RobustMDiffError as e:
@@ -396,7 +424,8 @@ def _on_reset_pin() -> None:
     name = st.session_state.get("reset_who")
     if name:
         store().reset_pin(name)
-        st.session_state["admin_note"] = f"{name} chooses a new PIN at their next sign-in; their ratings stay."
+        st.session_state["admin_note"] = (f"{name} chooses a new PIN at their next sign-in (typing it twice); their "
+                                          "ratings stay, and their open sessions have ended.")
 
 
 def pin_reset_view() -> None:
@@ -419,8 +448,9 @@ def rate_tab() -> None:
         sign_in_form()
         return
     c1, c2 = st.columns([4, 1])
-    c1.caption(f"Signed in as **{reviewer}**. This page's address keeps you signed in; do not share it.")
-    c2.button("Sign out", key="sign_out", on_click=_on_sign_out, args=(reviewer,))
+    c1.caption(f"Signed in as **{reviewer}**. Do not share this page's address: it signs you in once, on a reload.")
+    c2.button("Sign out", key="sign_out", on_click=_on_sign_out, args=(st.session_state["review_session"],),
+              help="Ends your sign-in here and in your other browsers.")
     rate_view(reviewer)
 
 

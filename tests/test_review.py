@@ -44,15 +44,15 @@ def store(tmp_path, codes) -> ReviewStore:
 
 # ---- PINs: a name cannot be taken over -------------------------------------------------------------------
 def test_first_sign_in_sets_the_pin_and_a_wrong_pin_is_refused(store):
-    assert auth.sign_in(store, " alice ", "demo", "1234", "1234") == "alice"
+    assert auth.sign_in(store, " alice ", "demo", "1234", "1234").reviewer == "alice"
     store.save("alice", Item("c1", "shap"), 4, 4, 4, "mine")
     before = store.all_ratings()
-    with pytest.raises(RobustMDiffError, match="wrong PIN for reviewer 'alice'"):
+    with pytest.raises(RobustMDiffError, match="cannot be registered with this PIN"):
         auth.sign_in(store, "alice", "demo", "9999", "9999")
     with pytest.raises(RobustMDiffError, match="wrong PIN"):
         auth.sign_in(store, "ALICE", "demo", "9999")  # the name is matched without case
     assert store.all_ratings() == before
-    assert auth.sign_in(store, "Alice", "demo", "1234") == "alice"  # her ratings stay under one name
+    assert auth.sign_in(store, "Alice", "demo", "1234").reviewer == "alice"  # her ratings stay under one name
 
 
 def test_pin_is_stored_salted_and_hashed(store):
@@ -65,7 +65,7 @@ def test_pin_is_stored_salted_and_hashed(store):
 
 
 def test_a_new_name_needs_the_pin_twice_and_a_real_pin(store):
-    with pytest.raises(RobustMDiffError, match="has no PIN yet"):
+    with pytest.raises(RobustMDiffError, match="two PINs differ"):
         auth.sign_in(store, "carol", "demo", "1234", "1243")
     with pytest.raises(RobustMDiffError, match="4 to 128"):
         auth.sign_in(store, "carol", "demo", "12", "12")
@@ -92,51 +92,49 @@ def test_the_store_refuses_an_unanswered_question(store):
 
 
 def test_the_admin_can_reset_a_forgotten_pin(store):
-    auth.sign_in(store, "alice", "demo", "1234", "1234")
+    session = auth.sign_in(store, "alice", "demo", "1234", "1234")
     store.save("alice", Item("c1", "shap"), 4, 4, 4)
-    token = auth.issue_token(store, "alice")
+    token = store.reload_token(session.id)
     store.reset_pin("alice")
-    assert auth.read_token(store, token) is None  # the old sign-in ends
-    with pytest.raises(RobustMDiffError, match="has no PIN yet"):
+    assert store.session(session.id) is None and store.exchange_reload(token) is None  # the old sign-in ends
+    with pytest.raises(RobustMDiffError, match="Unknown name or wrong PIN"):
         auth.sign_in(store, "Alice", "demo", "5678")
-    assert auth.sign_in(store, "Alice", "demo", "5678", "5678") == "alice"
+    assert auth.sign_in(store, "Alice", "demo", "5678", "5678").reviewer == "alice"
     with pytest.raises(RobustMDiffError, match="wrong PIN"):
         auth.sign_in(store, "alice", "demo", "1234")
     assert store.rated("alice") == {Item("c1", "shap")} and store.reviewer_names() == ["alice"]
 
 
 # ---- tokens: a reload keeps the reviewer signed in ---------------------------------------------------------
-def test_token_round_trip_and_what_invalidates_it(store, monkeypatch):
-    auth.sign_in(store, "alice", "demo", "1234", "1234")
-    token = auth.issue_token(store, "alice")
-    assert auth.read_token(store, token) == "alice"
-    assert "1234" not in token and "demo" not in token
-    name, generation, issued, sig = token.split(".")
-    forged = ".".join([auth._b64(b"bob"), generation, issued, sig])
-    assert auth.read_token(store, forged) is None
-    assert auth.read_token(store, token[:-2] + ("AA" if token[-2:] != "AA" else "BB")) is None
-    stale = ".".join([name, generation, str(int(time.time()) - 31 * 86400)])
-    assert auth.read_token(store, f"{stale}.{auth._signature(store, stale)}") is None  # expired
+def test_reload_token_round_trip_and_what_invalidates_it(store, monkeypatch):
+    session = auth.sign_in(store, "alice", "demo", "1234", "1234")
+    token = store.reload_token(session.id)
+    assert "1234" not in token and "demo" not in token and session.id not in token
+    assert store.exchange_reload(token[:-2] + ("AA" if token[-2:] != "AA" else "BB")) is None
+    reloaded = store.exchange_reload(token)
+    assert reloaded.reviewer == "alice" and reloaded.id != session.id
+    assert store.exchange_reload(token) is None  # one reload only
     monkeypatch.setenv("RMD_REVIEWER_CODE", "new-code")
-    assert auth.read_token(store, token) is None  # changing the study code ends every sign-in
+    assert store.session(reloaded.id) is None  # changing the study code ends every sign-in
     monkeypatch.setenv("RMD_REVIEWER_CODE", "demo")
-    auth.sign_out(store, "alice")
-    assert auth.read_token(store, token) is None
+    token = store.reload_token(reloaded.id)
+    auth.sign_out(store, session.id)
+    assert store.exchange_reload(token) is None and store.session(reloaded.id) is None
 
 
 def test_hostile_names_sign_in_and_keep_their_token(store):
     for name in ("Robert'); DROP TABLE reviewers;--", "a.b.c", "名前 ✓", "=cmd|' /C calc'!A0"):
-        assert auth.sign_in(store, name, "demo", "pin-1", "pin-1") == name
-        assert auth.read_token(store, auth.issue_token(store, name)) == name
+        session = auth.sign_in(store, name, "demo", "pin-1", "pin-1")
+        assert session.reviewer == name
+        assert store.exchange_reload(store.reload_token(session.id)).reviewer == name
     assert len(store.reviewer_names()) == 4
 
 
 def test_token_secret_is_per_database_not_the_reviewer_code(tmp_path, codes):
     one, two = ReviewStore(tmp_path / "a.sqlite3"), ReviewStore(tmp_path / "b.sqlite3")
-    for s in (one, two):
-        auth.sign_in(s, "alice", "demo", "1234", "1234")
+    session = [auth.sign_in(s, "alice", "demo", "1234", "1234") for s in (one, two)][0]
     assert one.secret() != two.secret() and len(one.secret()) == 32
-    assert auth.read_token(two, auth.issue_token(one, "alice")) is None
+    assert two.exchange_reload(one.reload_token(session.id)) is None
     assert ReviewStore(one.path).secret() == one.secret()  # kept across restarts
 
 
@@ -152,7 +150,7 @@ def fuzz_store(tmp_path_factory):
 @settings(max_examples=200, deadline=None)
 @given(hst.text(max_size=300) | hst.from_regex(r"[A-Za-z0-9_-]{0,12}\.[0-9-]{0,3}\.[0-9]{0,12}\.[A-Za-z0-9_-]{0,50}"))
 def test_any_string_as_a_token_signs_nobody_in(fuzz_store, text):
-    assert auth.read_token(fuzz_store, text) is None
+    assert fuzz_store.exchange_reload(text) is None
 
 
 # ---- admin gate -------------------------------------------------------------------------------------------
@@ -382,13 +380,13 @@ def test_wrong_pin_is_refused_and_ratings_are_untouched(page, tmp_path):
     _rate(_sign_in(_ok(page().run())), 0, comment="mine")
     before = ReviewStore(tmp_path / "review.sqlite3").all_ratings()
     intruder = _sign_in(_ok(page().run()), "alice", "9999", "9999")
-    assert any("wrong PIN for reviewer 'alice'" in e.value for e in intruder.error)
+    assert any("cannot be registered with this PIN" in e.value for e in intruder.error)
     assert "reviewer" not in intruder.session_state and TOKEN not in intruder.query_params
     assert not any(b.label == "Save rating" for b in intruder.button)
     assert ReviewStore(tmp_path / "review.sqlite3").all_ratings() == before
 
 
-def test_sign_in_survives_a_reload(page):
+def test_sign_in_survives_a_reload(page, tmp_path):
     at = _sign_in(_ok(page().run()))
     _rate(at, 0)
     token = at.query_params[TOKEN]
@@ -396,10 +394,18 @@ def test_sign_in_survives_a_reload(page):
     reloaded.query_params[TOKEN] = token
     _ok(reloaded.run())
     assert reloaded.session_state["reviewer"] == "alice"
+    assert reloaded.query_params[TOKEN] != token  # the address's token is spent and replaced at once
     assert "alice: 1 of" in reloaded.get("progress")[0].proto.text
     assert _save_button(reloaded).disabled
-    # signing out ends it: the same address no longer signs anyone in
+    for s, v in zip(SCALES, (1, 2, 3)):  # the first browser, still open, answers its next item
+        at.radio(key=f"{s}_1").set_value(v)
+    _ok(at.run())
+    # signing out ends every session: the first browser's save is refused, the address signs nobody in
     _ok(next(b for b in reloaded.button if b.label == "Sign out").click().run())
+    _ok(_save_button(at).click().run())
+    assert any("This rating was not saved" in e.value for e in at.error) and "reviewer" not in at.session_state
+    assert any(b.label == "Sign in" for b in at.button)
+    assert len(ReviewStore(tmp_path / "review.sqlite3").all_ratings()) == 1
     again = page()
     again.query_params[TOKEN] = token
     _ok(again.run())

@@ -118,11 +118,11 @@ def test_an_old_database_keeps_its_ratings_under_robustmdiff(tmp_path, monkeypat
     assert [(r["reviewer"], r["case_id"], r["model"], r["method"], r["relevance"], r["usefulness"], r["trust"],
              r["comment"], r["saved_at"]) for r in rows] == [(*b[:2], "robustmdiff", *b[2:]) for b in before]
     db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     pk = [r[1] for r in sorted(db.execute("PRAGMA table_info(ratings)"), key=lambda r: r[5]) if r[5]]
     assert pk == ["reviewer", "case_id", "model", "method"]
     assert {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")} == \
-        {"ratings", "reviewers", "settings"}  # the old table is gone
+        {"ratings", "reviewers", "settings", "sessions", "attempts"}  # the old table is gone
     assert store.rated("alice") == {Item("c1", "shap"), Item("c2", "integrated_gradients")}
     assert store.rating("alice", Item("c1", "shap", "robustmdiff"))["comment"] == "kept"
     # the same reviewer, case and method under another model is a new rating, not an overwrite
@@ -130,8 +130,8 @@ def test_an_old_database_keeps_its_ratings_under_robustmdiff(tmp_path, monkeypat
     assert store.rating("alice", Item("c1", "shap"))["relevance"] == 4
     assert store.rating("alice", Item("c1", "shap", "late_fusion"))["comment"] == "other model"
     assert len(ReviewStore(path).all_ratings()) == 4  # reopening migrates nothing twice
-    assert auth.sign_in(store, "alice", "demo", "1234") == "alice"  # reviewers, PINs and the secret kept
-    assert store.secret() == bytes.fromhex("ab" * 32)
+    assert auth.sign_in(store, "alice", "demo", "1234").reviewer == "alice"  # reviewers and PINs kept
+    assert store.secret() != bytes.fromhex("ab" * 32)  # the secret the database kept is dropped (issue 27)
 
 
 # ---- the queue: every (case, model, method) once, in each reviewer's own order ------------------------------
