@@ -58,16 +58,16 @@ def integrated_gradients(f: Callable[..., torch.Tensor], inputs: Inputs, baselin
     relative completeness error ≤ `tolerance`. `max_seconds` (optional) stops growing the step count when the
     next round (estimated as the last one scaled by its step count) would end past the budget; without it
     the result depends only on the inputs. `internal_batch_size`: path points per forward/backward pass
-    (default: all of them up to 32). `f_shown`: the function the attributions should also be complete for (its
-    values at the inputs and baselines are computed once; the step count is still chosen on `f`)."""
+    (default: all of them up to 32). `f_shown`: the function the attributions should also be complete for, equal
+    to `f` at the inputs (its value at the baselines is computed once; the step count is still chosen on `f`)."""
     if not schedule:
         raise ValueError("schedule must hold at least one step count")
     extra = () if additional_forward_args is None else (
         additional_forward_args if isinstance(additional_forward_args, tuple) else (additional_forward_args,))
     with torch.no_grad():
-        total = (f(*_tuple(inputs), *extra) - f(*_tuple(baselines), *extra)).detach().reshape(-1)
-        shown = None if f_shown is None else (
-            f_shown(*_tuple(inputs), *extra) - f_shown(*_tuple(baselines), *extra)).detach().reshape(-1)
+        at_inputs = f(*_tuple(inputs), *extra).detach().reshape(-1)
+        total = at_inputs - f(*_tuple(baselines), *extra).detach().reshape(-1)
+        shown = None if f_shown is None else at_inputs - f_shown(*_tuple(baselines), *extra).detach().reshape(-1)
     ig = IntegratedGradients(f)
     t0 = time.perf_counter()
     best: IGResult | None = None
