@@ -181,7 +181,7 @@ def sign_in_form() -> None:
                            "again under Repeat PIN. It keeps your ratings yours: nobody can sign in under your "
                            "name without it.")
         c2.text_input("Repeat PIN (first time here, or after a PIN reset)", type="password", key="reviewer_pin_again")
-        if reviewer_code() == DEMO_CODE and _client() == auth.LOCAL:  # shown on this machine only, never on a network
+        if reviewer_code() == DEMO_CODE and auth.on_this_machine(st.context.ip_address, st.context.headers):
             st.caption(f"Demo set-up: the reviewer code is `{DEMO_CODE}` (set RMD_REVIEWER_CODE for a real study).")
         st.form_submit_button("Sign in", on_click=_on_sign_in)
     if "review_error" in st.session_state:

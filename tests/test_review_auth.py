@@ -171,6 +171,9 @@ def test_the_client_is_the_connection_or_what_a_trusted_proxy_appended(monkeypat
     monkeypatch.setenv(auth.TRUSTED_PROXY, "1")
     assert auth.client_key(None, {"x-forwarded-for": "6.6.6.6, 10.0.0.7"}) == "10.0.0.7"  # the proxy's entry
     assert auth.client_key("10.1.2.3", {}) == "10.1.2.3"
+    # the demo code is shown only to a browser on the server itself, never through a proxy
+    assert auth.on_this_machine(None, {}) and not auth.on_this_machine("10.1.2.3", {})
+    assert not auth.on_this_machine(None, {"X-Forwarded-For": "10.0.0.7"})
 
 
 # ---- sessions ------------------------------------------------------------------------------------------------

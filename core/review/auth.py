@@ -87,6 +87,12 @@ def client_key(ip: str | None, headers: Mapping[str, str] | None = None) -> str:
     return ip or LOCAL
 
 
+def on_this_machine(ip: str | None, headers: Mapping[str, str] | None = None) -> bool:
+    """A browser on the server itself: Streamlit gives it no address, and no proxy relayed it."""
+    relayed = {"x-forwarded-for", "x-real-ip", "forwarded"}
+    return ip is None and not any(k.lower() in relayed for k in (headers or {}))
+
+
 def _guarded(store: ReviewStore, kind: str, client: str, name: str, evaluate: Callable[[], bool]) -> bool:
     """Evaluate one guess if the throttle lets it through (else Throttled is raised), recording the outcome."""
     attempt = store.begin_attempt(kind, client, name)

@@ -34,7 +34,7 @@ import stat
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -152,8 +152,8 @@ class Reviewer:
 
 @dataclass(frozen=True)
 class Session:
-    id: str        # kept on the server (the page's session state), never shown or put in an address
-    reviewer: str
+    id: str = field(repr=False)  # kept on the server (the page's session state), never shown, logged or in an address
+    reviewer: str = ""
 
 
 class SignedOut(RobustMDiffError):
