@@ -353,7 +353,7 @@ def test_review_sign_in_rate_reload_and_resume(server, page, out_dir):
         page.get_by_label("Your reviewer name").fill(REVIEWER, timeout=SLOW)
         page.get_by_label("Reviewer code (shared by the study)").fill(REVIEWER_CODE)
         page.get_by_label("Your PIN", exact=True).fill(PIN)
-        page.get_by_label("Repeat PIN (first sign-in only)").fill(PIN)
+        page.get_by_label("Repeat PIN (first time here, or after a PIN reset)").fill(PIN)
         page.get_by_role("button", name="Sign in").click()
         page.get_by_text(re.compile(rf"Signed in as\s+{re.escape(REVIEWER)}")).first.wait_for(timeout=120_000)
         done, total = _progress(page)
