@@ -10,12 +10,16 @@ import plotly.express as px
 import streamlit as st
 
 from core.evaluation import figures, report
-from core.evaluation.evaluate import QuickJob, start_quick
+from core.errors import RobustMDiffError
+from core.evaluation.evaluate import QUICK_LIMIT, QuickJob, start_quick
 from core.evaluation.harness import pattern_label
 from core.evaluation.methods import methods_for
 from core.evaluation.patterns import availability_patterns, pattern_name
 from core.names import display_name
 from core.paths import ASSETS
+from core.review import auth
+from core.review.auth import admin_enabled
+from core.review.store import ReviewStore
 from pages.common import fail, get_demo_cases, get_predictor, get_service, inside_app, load_demo_case, notice
 
 inside_app()
@@ -131,8 +135,10 @@ def quick_progress() -> None:
         st.caption(f"{minutes(time.time() - job.started)} elapsed; last news {last:.0f} s ago. It runs in a process "
                    "of its own at low priority: you can leave this page, the run goes on, and its results appear here "
                    "when you come back.")
-        if st.button("Stop the quick evaluation", key="stop_quick",
-                     help="One quick evaluation runs per server: stopping it stops it for everyone following it."):
+        may_stop = not admin_enabled() or st.session_state.get("quick_started_here")  # with a code: who started it
+        if may_stop and st.button("Stop the quick evaluation", key="stop_quick",
+                                  help="One quick evaluation runs per server: stopping it stops it for everyone "
+                                       "following it."):
             job.stop()
         else:
             return
@@ -143,6 +149,23 @@ def quick_progress() -> None:
         st.session_state.pop("quick_error", None)
     del st.session_state["quick_job"]
     st.rerun()
+
+
+def _on_run_quick() -> None:
+    """Start a quick evaluation, or follow the one running (core.evaluation.evaluate.admit_quick: who may start
+    one); the admin code is checked with the review study's throttle and never left in the form."""
+    ss = st.session_state
+    code, ss["quick_admin_code"] = ss.get("quick_admin_code", ""), ""
+
+    def admin() -> None:
+        auth.open_admin(ReviewStore(), code, auth.client_key(st.context.ip_address, st.context.headers))
+
+    try:
+        job, fresh = start_quick(list(ss.get("quick_methods", [])), admin=admin)
+    except RobustMDiffError as e:
+        ss["quick_refused"] = str(e)
+        return
+    ss["quick_job"], ss["quick_started_here"], ss["quick_followed"] = job, fresh, not fresh
 
 
 def show_regimes(study: dict) -> None:
@@ -189,16 +212,20 @@ with quick:
                 "of the harness in a few minutes, not a benchmark. It runs as a separate process at low priority, one "
                 "at a time per server.")
     options = [m.name for m in methods_for(names) if m.name != "robustmdiff"]
-    chosen = st.multiselect("Methods compared with RobustMDiff", options, format_func=display_name,
-                            default=["early_zero", "dropout_0.5", "masked_attention"], key="quick_methods")
-    if st.button("Run quick evaluation", type="primary", key="run_quick"):
-        job, fresh = start_quick(list(chosen))
-        st.session_state["quick_job"] = job
-        if not fresh:
-            st.info(f"A quick evaluation is already running on this server (started {minutes(time.time() - job.started)}"
-                    f" ago; RobustMDiff against {', '.join(map(display_name, job.methods)) or 'itself'}). One runs at a "
-                    "time: its progress is below, and its results will show here.")
+    st.multiselect("Methods compared with RobustMDiff", options, format_func=display_name,
+                   default=["early_zero", "dropout_0.5", "masked_attention"], key="quick_methods")
+    if admin_enabled():
+        st.text_input("Study-admin code (a new run needs it)", type="password", key="quick_admin_code")
+    else:
+        st.caption(QUICK_LIMIT)
+    st.button("Run quick evaluation", type="primary", key="run_quick", on_click=_on_run_quick)
+    if "quick_refused" in st.session_state:
+        st.error(st.session_state.pop("quick_refused"))
     job = st.session_state.get("quick_job")
+    if st.session_state.pop("quick_followed", False) and job is not None:
+        st.info(f"A quick evaluation is already running on this server (started {minutes(time.time() - job.started)}"
+                f" ago; RobustMDiff against {', '.join(map(display_name, job.methods)) or 'itself'}). One runs at a "
+                "time: its progress is below, and its results will show here.")
     # polled only while a run is going on: an idle page asks nothing of the server
     st.fragment(quick_progress, run_every=1.0 if job is not None and job.running else None)()
     if "quick_error" in st.session_state:

@@ -227,7 +227,8 @@ def _plotly(at: AppTest, key: str) -> dict:
                 key in c.proto.id)
 
 
-def test_quick_evaluation_runs_in_its_own_process_one_at_a_time_and_shows_on_the_page(app, tiny_cohort, tmp_path):
+def test_quick_evaluation_runs_in_its_own_process_one_at_a_time_and_shows_on_the_page(app, tiny_cohort, tmp_path,
+                                                                                      monkeypatch):
     """Issue 29 item 10: the quick evaluation is `python -m core evaluate --quick` in a process of its own (nice,
     one torch thread, its own folder); a second press while it runs says so and follows the same run; the page
     polls its progress from the folder and shows its results. Its progress (a baseline and RobustMDiff trained,
@@ -275,8 +276,10 @@ def test_quick_evaluation_runs_in_its_own_process_one_at_a_time_and_shows_on_the
         assert len(news) >= 40 and set(job.result()["methods"]) == {"early_zero", "robustmdiff"}
         assert not list(job.out.glob("*.png"))  # no headless browser beside the server: the page draws the figures
 
-        # the next run gets a folder of its own; bad input ends with a clear message, not a traceback
-        bad, fresh = evaluate_module.start_quick(["no_such_method"], data=tiny_cohort,
+        # the next run gets a folder of its own; bad input ends with a clear message, not a traceback. A server's
+        # second run needs the study-admin code (issue 27): the test stands in for an admin who gave it
+        monkeypatch.setenv("RMD_ADMIN_CODE", "quick-admin")
+        bad, fresh = evaluate_module.start_quick(["no_such_method"], data=tiny_cohort, admin=lambda: None,
                                                  env={"RMD_DATA_DIR": str(tmp_path / "data")})  # features cached
         assert fresh and bad.out != job.out and not job.out.exists()  # the previous run's folder is not kept
         bad.process.wait(120)

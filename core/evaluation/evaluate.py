@@ -230,7 +230,10 @@ class QuickJob:
 
 
 _JOB: QuickJob | None = None  # the server's quick evaluation: one at a time per server process
-_JOB_LOCK = threading.Lock()
+_JOB_LOCK = threading.Lock()  # the one admission to heavy work in a server: every start goes through it
+_STARTED = 0  # quick evaluations this server process has started
+QUICK_LIMIT = ("Without a study-admin code (RMD_ADMIN_CODE) a server runs one quick evaluation in its lifetime: "
+               "every visitor could otherwise keep its CPU busy training. With the code set, each new run asks for it.")
 
 
 def quick_command(methods: list[str], out: Path, data: str | Path | None = None) -> list[str]:
@@ -243,15 +246,35 @@ def quick_command(methods: list[str], out: Path, data: str | Path | None = None)
     return [nice, "-n", "10", *cmd] if nice else cmd
 
 
-def start_quick(methods: list[str], data: str | Path | None = None,
-                env: dict[str, str] | None = None) -> tuple[QuickJob, bool]:
+def admit_quick(admin: Callable[[], None] | None) -> None:
+    """Whether a new quick evaluation may start (issue 27: it trains models for minutes, so not on every
+    visitor's click): with a study-admin code configured, `admin()` must accept the code given (it raises
+    RobustMDiffError otherwise; the page passes core.review.auth's throttled check); without one, only the
+    server's first run starts (QUICK_LIMIT)."""
+    from core.errors import RobustMDiffError
+    from core.review.auth import admin_enabled
+
+    if admin_enabled():
+        if admin is None:
+            raise RobustMDiffError("a new quick evaluation needs the study-admin code")
+        admin()
+    elif _STARTED:
+        raise RobustMDiffError("This server has run its one quick evaluation. " + QUICK_LIMIT + " Set RMD_ADMIN_CODE "
+                               "and restart the app to run more.")
+
+
+def start_quick(methods: list[str], data: str | Path | None = None, env: dict[str, str] | None = None,
+                admin: Callable[[], None] | None = None) -> tuple[QuickJob, bool]:
     """Start a quick evaluation of RobustMDiff against `methods` in its own process and folder, unless one is
-    running in this server already: (the job, whether it was started now). `data`: a data folder instead of
-    the 600-case quick cohort; `env`: more environment for the process (e.g. its own RMD_DATA_DIR)."""
-    global _JOB
+    running in this server already: (the job, whether it was started now). A start must pass `admit_quick`
+    (`admin`: checks the study-admin code given); following a run already going needs nothing. `data`: a data
+    folder instead of the 600-case quick cohort; `env`: more environment for the process (e.g. its own
+    RMD_DATA_DIR)."""
+    global _JOB, _STARTED
     with _JOB_LOCK:
         if _JOB is not None and _JOB.running:
             return _JOB, False
+        admit_quick(admin)
         if _JOB is not None:  # the previous run's folder (its results were shown when it ended): not kept
             shutil.rmtree(_JOB.out, ignore_errors=True)
         out = Path(tempfile.mkdtemp(prefix="rmd-quick-evaluation-"))  # unique, even for two runs in one second
@@ -261,6 +284,7 @@ def start_quick(methods: list[str], data: str | Path | None = None,
             process = subprocess.Popen(quick_command(methods, out, data), cwd=ROOT, env=env, stdout=log,
                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         _JOB = QuickJob(out, list(methods), process)
+        _STARTED += 1
         return _JOB, True
 
 
