@@ -1,6 +1,6 @@
 """One warm explanation per demo case, on one torch thread, as a page's worker computes it (issue 25):
 
-    python -m tools.explain_timing [--checkpoint DIR] [--follow-synthesis] [--json OUT]
+    python -m tools.explain_timing [--checkpoint DIR] [--json OUT]
 
 For every demo case of the open checkpoint: with every modality given, then with each modality switched off in
 turn (the rest explained, the missing one synthesized), the wall seconds of the whole explanation (Integrated
@@ -23,7 +23,6 @@ import torch
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default=None)
-    parser.add_argument("--follow-synthesis", action="store_true")
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -47,11 +46,10 @@ def main() -> None:
                 marks.append(time.perf_counter())
                 stages.append(stage)
 
-            exp = explain_case(predictor, case, absent=absent, on_stage=on_stage,
-                               follow_synthesis=args.follow_synthesis)
+            exp = explain_case(predictor, case, absent=absent, on_stage=on_stage)
             label = "all given" if not absent else f"{absent[0]} missing"
             row = {"seconds": marks[-1] - marks[0], **dict(zip(stages, np.diff(marks).tolist())),
-                   "completeness": exp.completeness, "completeness_shown": exp.completeness_shown}
+                   "completeness": exp.completeness, "through_synthesis": exp.through_synthesis}
             out.setdefault(label, {})[case.case_id] = row
             print(f"{case.case_id} {label:14s} {row['seconds']:6.2f} s  "
                   + " ".join(f"{s}={row[s]:.2f}" for s in stages))
@@ -62,7 +60,7 @@ def main() -> None:
         print(f"{label:14s} median {s['median_s']:.2f} s, max {s['max_s']:.2f} s over {s['n']} demo cases")
     if args.json:
         Path(args.json).write_text(json.dumps({"summary": summary, "cases": out,
-                                               "follow_synthesis": args.follow_synthesis, "threads": 1}, indent=1))
+                                               "threads": 1}, indent=1))
 
 
 if __name__ == "__main__":

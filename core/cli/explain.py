@@ -23,10 +23,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--note-words", choices=["top", "all"], default="top",
                    help="Integrated Gradients on a note: the words of the clauses that hold most of its attribution "
                         "(top, default) or every word (all; MiniLM then runs over the whole note at every step)")
-    p.add_argument("--follow-synthesis", action="store_true",
-                   help="with a modality missing, synthesize it again from the varied input at every IG step, so the "
-                        "attributions are complete for the prediction shown (exact; seconds per modality on a CPU) "
-                        "instead of holding the synthesized samples as predicted")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--include-annotated-pixels", action="store_true",
                    help="a scan whose pixels may carry burned-in patient details (ultrasound, secondary capture, "
@@ -44,8 +40,7 @@ def run(args: argparse.Namespace) -> int:
     case = predictor.case(case_id="case", **case_sources(args))
     absent = absent_list(args.absent)
     exp = explain_case(predictor, case, absent, args.method, args.image_method,
-                       allow_domain_mismatch=args.allow_domain_mismatch, note_words=args.note_words,
-                       follow_synthesis=args.follow_synthesis)
+                       allow_domain_mismatch=args.allow_domain_mismatch, note_words=args.note_words)
     print_guard(exp.prediction)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

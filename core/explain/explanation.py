@@ -74,11 +74,9 @@ class Explanation:
     # the steps it took, for the modalities explained (or, for labs, ranked beside) by Integrated Gradients
     completeness: dict[str, float] = field(default_factory=dict)
     ig_steps: dict[str, int] = field(default_factory=dict)
-    # the same error against the prediction shown: f(baseline) with the missing modalities synthesized again from
-    # the input at its baseline (equal to `completeness` when nothing is synthesized or the synthesis is followed;
-    # for the note, of its units)
-    completeness_shown: dict[str, float] = field(default_factory=dict)
-    follow_synthesis: bool = False  # the synthesized samples restored along the path (else held as predicted)
+    # IG: the share of each input's attribution that went through the samples synthesized for the missing
+    # modalities (core/explain/graph.py integrate); the input's own attributions (drawn) hold the rest
+    through_synthesis: dict[str, float] = field(default_factory=dict)
     # filled by the image attribution when it knows them: the field of view (bool, at the map's resolution)
     # and the model's effective resolution (feature cells per side)
     image_fov: dict[str, np.ndarray] = field(default_factory=dict)
@@ -105,7 +103,7 @@ class Explanation:
             "note_units": {k: [u.to_dict() for u in v] for k, v in self.note_units.items()},
             "labs": {k: [r.to_dict() for r in v] for k, v in self.labs.items()},
             "completeness": self.completeness, "ig_steps": self.ig_steps,
-            "completeness_shown": self.completeness_shown, "follow_synthesis": self.follow_synthesis,
+            "through_synthesis": self.through_synthesis,
             "seconds": self.seconds})
 
 
@@ -113,8 +111,7 @@ def modality_contributions(graph: CaseGraph, prediction: Prediction | None = Non
     """Per modality: the gradient share A_{i,c} = |dp(y=c|Z)/dH_i| (design §3.3.2), normalised over the
     PRESENT modalities only, and the change of p(c) when the modality is switched off (p without − p with,
     computed as prediction computes it: the modality then synthesized with the same per-case noise).
-    Synthesized modalities get no share: they are listed with their synthesis confidence. With a graph that
-    follows the synthesis, the gradient also flows through what each present latent makes the model synthesize."""
+    Synthesized modalities get no share: they are listed with their synthesis confidence."""
     present = graph.present.cpu().numpy().astype(bool)
     h = graph.h.clone().requires_grad_(True)
     p = graph.probs_from({i: h[:, i] for i in np.flatnonzero(present)})[0, graph.target]
@@ -187,14 +184,12 @@ def _note_shap(graph: CaseGraph, name: str, seed: int, samples: int | None = Non
 
 def explain_case(predictor: Predictor, case: CaseInputs, absent=(), method: str = "integrated_gradients",
                  image_method: str | None = None, steps: int | None = None, seed: int = 0,
-                 allow_domain_mismatch: bool = False, note_words: str = "top", follow_synthesis: bool = False,
+                 allow_domain_mismatch: bool = False, note_words: str = "top",
                  on_stage: Callable[[str, Explanation], None] | None = None) -> Explanation:
     """Explain a case's prediction; like prediction, refuses a scan whose header contradicts the model's
     domain unless `allow_domain_mismatch`. `steps`: a fixed IG step count instead of the per-case choice.
     `note_words`: with Integrated Gradients, the words of the note's units that matter ("top") or of every unit
-    ("all"; slower: MiniLM then runs over the whole note at every path point). `follow_synthesis`: restore the
-    missing modalities from the varied input at every path point (exact for the prediction shown; seconds per
-    modality on a CPU) instead of holding them as predicted (core/explain/graph.py).
+    ("all"; slower: MiniLM then runs over the whole note at every path point).
 
     `on_stage(stage, explanation so far)` is called when the prediction and modality contributions are
     ready ("contributions"), then after each present modality (its name), cheapest first (labs, image,
@@ -203,11 +198,11 @@ def explain_case(predictor: Predictor, case: CaseInputs, absent=(), method: str 
         raise ValueError(f"unknown explanation method {method!r}; use one of {METHODS}")
     predictor.check_domain(case, allow_domain_mismatch, absent)
     t0 = time.perf_counter()
-    graph = CaseGraph(predictor, case, absent, seed=seed, follow_synthesis=follow_synthesis)
+    graph = CaseGraph(predictor, case, absent, seed=seed)
     prediction = graph.prediction()
     target = graph.target
     exp = Explanation(case.case_id, method, predictor.classes[target], prediction,
-                      modality_contributions(graph, prediction), follow_synthesis=follow_synthesis)
+                      modality_contributions(graph, prediction))
     report = on_stage or (lambda stage, e: None)
     report("contributions", exp)
     rng_seed = (zlib.crc32(case.case_id.encode()) + seed) % 2 ** 32  # stable across processes, unlike hash()
@@ -222,11 +217,11 @@ def explain_case(predictor: Predictor, case: CaseInputs, absent=(), method: str 
                 used = "random"
             else:
                 used = "kernel_shap" if method == "shap" else image_method or method
-                heat, error, n_steps, shown = image_attribution(graph, name, used, steps, seed=rng_seed)
+                heat, error, n_steps, through = image_attribution(graph, name, used, steps, seed=rng_seed)
                 exp.image[name] = heat
                 if used == "integrated_gradients":
                     exp.completeness[name], exp.ig_steps[name] = error, n_steps
-                    exp.completeness_shown[name] = shown
+                    exp.through_synthesis[name] = through
             exp.image_method[name] = used
             exp.image_fov[name] = field_of_view(graph.image_pixels(name)[0, 0].cpu().numpy())
             exp.image_resolution[name] = resolution(graph, name)
@@ -244,7 +239,7 @@ def explain_case(predictor: Predictor, case: CaseInputs, absent=(), method: str 
                 # against their units' share
                 exp.completeness[name] = max(units.relative_error, words.relative_error)
                 exp.ig_steps[name] = max(units.steps, words.steps)
-                exp.completeness_shown[name] = units.shown_error
+                exp.through_synthesis[name] = units.through_synthesis
             else:
                 exp.note[name], _ = note_ig(graph, name, method)
             exp.note_phrases[name] = phrase_attributions(case.inputs[name], exp.note[name])
@@ -257,7 +252,7 @@ def explain_case(predictor: Predictor, case: CaseInputs, absent=(), method: str 
             exp.labs[name], info = lab_attribution(graph, name, target, score,
                                                    rank_by="shap" if method == "shap" else "integrated_gradients")
             exp.completeness[name], exp.ig_steps[name] = info.relative_error, info.steps
-            exp.completeness_shown[name] = info.shown_error
+            exp.through_synthesis[name] = info.through_synthesis
         exp.seconds = time.perf_counter() - t0
         report(name, exp)
     exp.seconds = time.perf_counter() - t0

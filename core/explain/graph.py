@@ -5,19 +5,21 @@ noise as prediction), and then exposes the predicted class probabilities as a fu
 input at a time, the other present inputs held fixed: pixels for the image, token embeddings for the note
 (or its pooled chunk rows), standardised values for the labs, or the latents H_i themselves (design §3.3.2).
 
-What is explained, when a modality is missing: f(input) is exactly the shown probability (the K samples are
-those of the prediction). Along the path the samples are, by default, held as the prediction drew them
-(`follow_synthesis=False`: fast), so a present input's influence through what it makes the model synthesize
-is left out; how much that leaves out is measured for every attribution as its completeness error against
-the prediction shown (`shown`: the same function with the samples restored again from the varied input,
-deterministic DDIM from the same noise). With `follow_synthesis=True` they are restored at every path point
-(differentiable, exact, and K × steps denoiser passes per path point: seconds on a CPU).
-Held fixed either way: the other present inputs, the sampler's starting noise and the calibration.
+What is explained is the prediction shown, also when a modality is missing (issue 25). `integrate` runs
+Integrated Gradients over one modality's input together with the K synthesized samples: both travel in a
+straight line, the input from its baseline to its value and the samples from those the model synthesizes for
+the baseline input (same noise, deterministic DDIM) to those of the prediction. The attributions are then
+complete for the prediction shown: Σ input attributions + the samples' attribution = log p(shown) −
+log p(input at baseline, the missing modalities synthesized again from it). The samples' part is reported as
+the input's influence "through what it makes the model synthesize" (`IGResult.through_synthesis`): the
+sampler costs two runs per attribution, not one per path point (which would be K × steps denoiser passes per
+point: seconds per modality on a CPU). Held fixed: the other present inputs, the noise and the calibration.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,6 +27,7 @@ import torch
 from core.data.dataset import CaseInputs
 from core.data.readers import LabPanel, Scan
 from core.errors import NoModalityError
+from core.explain.ig import IGResult, integrated_gradients
 from core.features import image_input
 from core.inference import Prediction, Predictor
 from core.model.backbones import ImageBackbone, NoteChunks, TextBackbone, chunk_note, tokenizer
@@ -32,9 +35,8 @@ from core.model.backbones import ImageBackbone, NoteChunks, TextBackbone, chunk_
 
 class CaseGraph:
     def __init__(self, predictor: Predictor, case: CaseInputs, absent=(), samples: int | None = None,
-                 steps: int | None = None, seed: int = 0, follow_synthesis: bool = False):
+                 steps: int | None = None, seed: int = 0):
         self.predictor, self.case, self.seed = predictor, case, seed
-        self.follow = follow_synthesis
         self.model = model = predictor.model
         self.device = predictor.device
         self.names = [n for n, _ in model.info.modalities]
@@ -65,39 +67,47 @@ class CaseGraph:
         self.target = int(self.probs.argmax())
 
     # ---- the common tail: latents → probabilities ------------------------------------------------------
-    def probs_from(self, replace: dict[int, torch.Tensor]) -> torch.Tensor:
+    def probs_from(self, replace: dict[int, torch.Tensor], samples: torch.Tensor | None = None) -> torch.Tensor:
         """Class probabilities (B, C), averaged over the diffusion samples, with the latents of some present
-        modalities replaced by `replace[i]` (B, d_h); B is the largest batch among the replacements. The missing
-        modalities are restored from the replaced latents (same noise), as prediction would restore them."""
-        b = max([len(v) for v in replace.values()], default=1)
+        modalities replaced by `replace[i]` (B, d_h) and, when given, the synthesized slots taken from `samples`
+        (B, K, M, d_h) instead of the prediction's; B is the largest batch among them."""
+        b = max([len(v) for v in replace.values()] + ([len(samples)] if samples is not None else []), default=1)
         k, _, m, d = self.hs.shape
-        if replace and self.noise is not None and self.follow:
-            given = self.h.expand(b, m, d)
-            given = torch.stack([given[:, i] if i not in replace else replace[i].expand(b, d) for i in range(m)], 1)
-            h = self.model.restore(given, self.present.expand(b, m), self.noise.expand(k, b, m, d), self.steps)
-        else:
-            h = self.hs.expand(k, b, m, d)
-            if replace:
-                slots = [h[:, :, i] if i not in replace else replace[i].unsqueeze(0).expand(k, b, d) for i in range(m)]
-                h = torch.stack(slots, 2)
+        h = self.hs.expand(k, b, m, d)
+        if samples is not None:
+            h = torch.where(self.syn[None, None, :, None], samples.transpose(0, 1).expand(k, b, m, d), h)
+        if replace:
+            slots = [h[:, :, i] if i not in replace else replace[i].unsqueeze(0).expand(k, b, d) for i in range(m)]
+            h = torch.stack(slots, 2)
         avail = self.avail.expand(k, b, m)
         syn = self.syn.expand(k, b, m)
         z, _ = self.model.fuse(h, avail, syn)
         return self.model.probabilities(self.model.logits(z), self.present.expand(b, -1)).mean(0)
 
-    def shown(self, f: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor] | None:
-        """`f` (built on `probs_from`) evaluated with the synthesis restored from its input, as the prediction
-        shown would be; None when that is `f` itself (nothing synthesized, or already following)."""
-        if self.noise is None or self.follow:
-            return None
+    @torch.no_grad()
+    def synthesized_from(self, replace: dict[int, torch.Tensor]) -> torch.Tensor:
+        """The K samples (1, K, M, d_h) the model synthesizes when present latents are replaced (1, d_h) each."""
+        given = self.h.clone()
+        for i, v in replace.items():
+            given[:, i] = v
+        return self.model.synthesize(given, self.present[None], self.noise, self.steps).transpose(0, 1)
 
-        def restored(*args: torch.Tensor) -> torch.Tensor:
-            self.follow = True
-            try:
-                return f(*args)
-            finally:
-                self.follow = False
-        return restored
+    def integrate(self, i: int, encode: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor,
+                  baselines: torch.Tensor, target: int, **ig: Any) -> IGResult:
+        """Integrated Gradients of log p(target) over modality i's input (`encode`: input batch → latents (B, d_h)),
+        from `baselines` to `inputs`, with the synthesized samples travelling along when something is missing
+        (module docstring); `ig`: integrated_gradients' options (schedule, internal_batch_size)."""
+        def f(x: torch.Tensor, s: torch.Tensor | None = None) -> torch.Tensor:
+            return self.objective(self.probs_from({i: encode(x)}, s), target)
+
+        if self.noise is None:
+            return integrated_gradients(f, inputs, baselines, **ig)
+        with torch.no_grad():
+            at_baseline = self.synthesized_from({i: encode(baselines)})
+        res = integrated_gradients(f, (inputs, self.hs.transpose(0, 1)), (baselines, at_baseline), **ig)
+        direct, through = float(res.attributions[0].sum()), float(res.attributions[1].sum())
+        share = abs(through) / max(abs(direct) + abs(through), 1e-12)
+        return res._replace(attributions=res.attributions[0], through_synthesis=share)
 
     @torch.no_grad()
     def probs_without(self, i: int) -> torch.Tensor:
@@ -164,14 +174,18 @@ class CaseGraph:
         with torch.no_grad():
             return emb(ids)[None], emb(base_ids)[None]
 
-    def probs_from_note(self, name: str, chunks: NoteChunks, embeds: torch.Tensor) -> torch.Tensor:
-        """embeds (B, n, L, 384) → probabilities (B, C); each chunk's negation flag joins its pooled vector,
+    def note_latent(self, name: str, chunks: NoteChunks, embeds: torch.Tensor) -> torch.Tensor:
+        """embeds (B, n, L, 384) → the note latent (B, d_h); each chunk's negation flag joins its pooled vector,
         as in the cached chunk rows."""
         pooled = TextBackbone(self.device).pooled_from_embeddings(embeds, chunks.attention_mask.to(self.device))
         flags = chunks.flags().to(device=self.device, dtype=pooled.dtype).expand(len(pooled), -1, -1)
         rows = torch.cat([pooled, flags], -1)
         valid = torch.ones(pooled.shape[:2], dtype=torch.bool, device=self.device)
-        return self.probs_from({self.index(name): self.model.encoders[name](rows, valid)})
+        return self.model.encoders[name](rows, valid)
+
+    def probs_from_note(self, name: str, chunks: NoteChunks, embeds: torch.Tensor) -> torch.Tensor:
+        """embeds (B, n, L, 384) → probabilities (B, C)."""
+        return self.probs_from({self.index(name): self.note_latent(name, chunks, embeds)})
 
     def lab_inputs(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Standardised lab values (1, L) (0 where not measured) and the measured mask (1, L)."""
@@ -183,8 +197,11 @@ class CaseGraph:
         z = torch.nan_to_num(enc.transform(torch.nan_to_num(vals, nan=0.0)), nan=0.0) * measured
         return z, measured
 
-    def probs_from_labs(self, name: str, z: torch.Tensor, measured: torch.Tensor) -> torch.Tensor:
-        """Standardised values (B, L) → probabilities (B, C); unmeasured labs stay missing."""
+    def lab_latent(self, name: str, z: torch.Tensor, measured: torch.Tensor) -> torch.Tensor:
+        """Standardised values (B, L) → the lab latent (B, d_h); unmeasured labs stay missing."""
         m = measured.expand_as(z)
-        feats = torch.cat([z * m, (~m).to(z.dtype)], -1)
-        return self.probs_from({self.index(name): self.model.encoders[name].mlp(feats)})
+        return self.model.encoders[name].mlp(torch.cat([z * m, (~m).to(z.dtype)], -1))
+
+    def probs_from_labs(self, name: str, z: torch.Tensor, measured: torch.Tensor) -> torch.Tensor:
+        """Standardised values (B, L) → probabilities (B, C)."""
+        return self.probs_from({self.index(name): self.lab_latent(name, z, measured)})

@@ -34,9 +34,9 @@ class IGResult(NamedTuple):
     attributions: Inputs  # same structure and shapes as the inputs
     relative_error: float  # the largest over the batch
     steps: int
-    # the same error against `f_shown` when one was given (the prediction shown, when `f` holds something of it
-    # fixed: core/explain/graph.py), else `relative_error`
-    shown_error: float = float("nan")
+    # the share |samples' part| / (|inputs' part| + |samples' part|) of the attributions that went through the
+    # synthesized samples (core/explain/graph.py integrate); 0 when nothing is synthesized
+    through_synthesis: float = 0.0
 
 
 def _tuple(x: Inputs) -> tuple[torch.Tensor, ...]:
@@ -53,21 +53,18 @@ def relative_error(attributions: Inputs, total: torch.Tensor, floor: float = FLO
 def integrated_gradients(f: Callable[..., torch.Tensor], inputs: Inputs, baselines: Inputs, *,
                          schedule: tuple[int, ...] = SCHEDULE, tolerance: float = TOLERANCE, floor: float = FLOOR,
                          max_seconds: float | None = None, internal_batch_size: int | None = None,
-                         additional_forward_args=None, f_shown: Callable[..., torch.Tensor] | None = None) -> IGResult:
+                         additional_forward_args=None) -> IGResult:
     """IG attributions of `f` at `inputs` from `baselines`, with the fewest steps of `schedule` that make the
     relative completeness error ≤ `tolerance`. `max_seconds` (optional) stops growing the step count when the
     next round (estimated as the last one scaled by its step count) would end past the budget; without it
     the result depends only on the inputs. `internal_batch_size`: path points per forward/backward pass
-    (default: all of them up to 32). `f_shown`: the function the attributions should also be complete for, equal
-    to `f` at the inputs (its value at the baselines is computed once; the step count is still chosen on `f`)."""
+    (default: all of them up to 32)."""
     if not schedule:
         raise ValueError("schedule must hold at least one step count")
     extra = () if additional_forward_args is None else (
         additional_forward_args if isinstance(additional_forward_args, tuple) else (additional_forward_args,))
     with torch.no_grad():
-        at_inputs = f(*_tuple(inputs), *extra).detach().reshape(-1)
-        total = at_inputs - f(*_tuple(baselines), *extra).detach().reshape(-1)
-        shown = None if f_shown is None else at_inputs - f_shown(*_tuple(baselines), *extra).detach().reshape(-1)
+        total = (f(*_tuple(inputs), *extra) - f(*_tuple(baselines), *extra)).detach().reshape(-1)
     ig = IntegratedGradients(f)
     t0 = time.perf_counter()
     best: IGResult | None = None
@@ -84,7 +81,7 @@ def integrated_gradients(f: Callable[..., torch.Tensor], inputs: Inputs, baselin
         last_steps, last_seconds = steps, time.perf_counter() - t
         err = relative_error(attr, total, floor)
         if best is None or err <= best.relative_error:
-            best = IGResult(attr, err, steps, err if shown is None else relative_error(attr, shown, floor))
+            best = IGResult(attr, err, steps)
         if err <= tolerance:
             break
     assert best is not None

@@ -23,7 +23,6 @@ from PIL import Image
 from scipy import ndimage
 
 from core.explain.graph import CaseGraph
-from core.explain.ig import integrated_gradients
 from core.model.backbones import image_map_shape
 
 IMAGE_METHODS = ("integrated_gradients", "grad_cam", "gradient_x_input", "kernel_shap")
@@ -54,7 +53,7 @@ class ImageMap(NamedTuple):
     heat: np.ndarray  # (S, S) signed attribution, upsampled from the model's cells to its input
     relative_error: float  # IG: |Σ attributions − (f(x) − f(baseline))| / |f(x) − f(baseline)|; 0 otherwise
     steps: int  # IG steps used (0 for other methods)
-    shown_error: float = 0.0  # IG: the same error against the prediction shown (core/explain/graph.py)
+    through_synthesis: float = 0.0  # IG: the share that went through the synthesized samples (graph.integrate)
 
 
 def image_attribution(graph: CaseGraph, name: str, method: str = "integrated_gradients", steps: int | None = None,
@@ -68,11 +67,11 @@ def image_attribution(graph: CaseGraph, name: str, method: str = "integrated_gra
     def f(inp: torch.Tensor) -> torch.Tensor:
         return graph.objective(graph.probs_from_image_map(name, inp), target)
 
-    delta, used, shown = 0.0, 0, 0.0
+    delta, used, through = 0.0, 0, 0.0
     if method == "integrated_gradients":
-        res = integrated_gradients(f, x, base, schedule=(steps,) if steps else (16, 32, 64, 128),
-                                   internal_batch_size=BATCH, f_shown=graph.shown(f))
-        delta, used, shown = res.relative_error, res.steps, res.shown_error
+        res = graph.integrate(graph.index(name), graph.model.encoders[name], x, base, target,
+                              schedule=(steps,) if steps else (16, 32, 64, 128), internal_batch_size=BATCH)
+        delta, used, through = res.relative_error, res.steps, res.through_synthesis
         cells = res.attributions[0].sum(0)
     elif method == "gradient_x_input":
         inp = x.clone().requires_grad_(True)
@@ -88,7 +87,7 @@ def image_attribution(graph: CaseGraph, name: str, method: str = "integrated_gra
         cells = _kernel_shap(graph, name, f, x, base, zlib.crc32(graph.case.case_id.encode()) if seed is None else seed)
     else:
         raise ValueError(f"unknown image method {method!r}; use one of {IMAGE_METHODS}")
-    return ImageMap(upsample(cells.detach().cpu().numpy(), size), delta, used, shown)
+    return ImageMap(upsample(cells.detach().cpu().numpy(), size), delta, used, through)
 
 
 def _kernel_shap(graph: CaseGraph, name: str, f, x: torch.Tensor, base: torch.Tensor, seed: int) -> torch.Tensor:

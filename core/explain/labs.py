@@ -18,7 +18,7 @@ import torch
 from captum.attr import InputXGradient
 
 from core.explain.graph import CaseGraph
-from core.explain.ig import SCHEDULE, IGResult, integrated_gradients
+from core.explain.ig import SCHEDULE, IGResult
 
 LAB_METHODS = ("integrated_gradients", "shap", "gradient_x_input")
 _SHAP_LOCK = threading.Lock()
@@ -51,8 +51,8 @@ def lab_ig(graph: CaseGraph, name: str, target: int, steps: int | tuple[int, ...
 
     if method == "gradient_x_input":
         return InputXGradient(f).attribute(z.clone().requires_grad_(True))[0].detach().cpu().numpy(), None
-    info = integrated_gradients(f, z, torch.zeros_like(z), schedule=(steps,) if isinstance(steps, int) else tuple(steps),
-                                f_shown=graph.shown(f))
+    info = graph.integrate(graph.index(name), lambda x: graph.lab_latent(name, x, measured), z, torch.zeros_like(z),
+                           target, schedule=(steps,) if isinstance(steps, int) else tuple(steps))
     return info.attributions[0].detach().cpu().numpy(), info
 
 

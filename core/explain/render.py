@@ -130,11 +130,11 @@ COMPLETENESS = ("Integrated Gradients' relative completeness error: |Σ attribut
 
 HELD_FIXED = ("What is explained is the probability shown. Each input is varied alone from its baseline (the scan: "
               "its blurred map; the note: every word [PAD]; labs: the training mean) while the other inputs given stay "
-              "as they are, and so do the samples synthesized for a missing modality: what an input makes the model "
-              "assume about the missing ones is not part of its attribution. How much that leaves out is the "
-              "completeness error against the prediction shown, given beside each input (`python -m core explain "
-              "--follow-synthesis` synthesizes again at every step: exact, slower). Held fixed: the other inputs given, "
-              "the synthesized samples, the diffusion noise and the calibration.")
+              "as they are. When a modality is missing, its synthesized samples travel with the input, from those the "
+              "model synthesizes for the baseline input to those it synthesized for this case, so the attributions add "
+              "up to the change of the shown prediction; the samples' share is the input's influence through what it "
+              "made the model assume, given beside each input and not drawn on it. Held fixed: the other inputs "
+              "given, the diffusion noise and the calibration.")
 
 
 def note_units_text(exp: Explanation, name: str) -> str:
@@ -159,9 +159,9 @@ def completeness_text(exp: Explanation, name: str) -> str:
         return "IG completeness error n/a (not Integrated Gradients)"
     steps = exp.ig_steps.get(name)
     text = f"IG completeness error {exp.completeness[name]:.1%}" + (f" ({steps} steps)" if steps else "")
-    shown = exp.completeness_shown.get(name)
-    if shown is not None and np.isfinite(shown) and abs(shown - exp.completeness[name]) > 5e-4:
-        text += f"; {shown:.1%} against the prediction shown (the synthesized modalities held as predicted)"
+    through = exp.through_synthesis.get(name, 0.0)
+    if through:
+        text += f"; {through:.0%} of this input's influence went through what it made the model synthesize"
     return text
 
 

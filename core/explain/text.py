@@ -22,7 +22,7 @@ import torch
 from captum.attr import InputXGradient
 
 from core.explain.graph import CaseGraph
-from core.explain.ig import SCHEDULE, IGResult, integrated_gradients
+from core.explain.ig import SCHEDULE, IGResult
 from core.model.backbones import TEXT_DIM, NoteChunks, TextBackbone
 
 WORD = re.compile(r"\w+(?:[-'’./]\w+)*|[^\w\s]", re.UNICODE)
@@ -93,8 +93,8 @@ def note_ig(graph: CaseGraph, name: str, method: str = "integrated_gradients", s
     info = None
     if method == "integrated_gradients":
         schedule = (steps,) if isinstance(steps, int) else tuple(steps)
-        info = integrated_gradients(f, emb, base, schedule=schedule, max_seconds=max_seconds,
-                                    internal_batch_size=TEXT_BATCH)
+        info = graph.integrate(graph.index(name), lambda e: graph.note_latent(name, chunks, e), emb, base, target,
+                               schedule=schedule, max_seconds=max_seconds, internal_batch_size=TEXT_BATCH)
         attr = info.attributions
     elif method == "gradient_x_input":
         attr = InputXGradient(f).attribute(emb.clone().requires_grad_(True))
@@ -138,8 +138,8 @@ def note_attribution(graph: CaseGraph, name: str, steps: int | tuple[int, ...] =
                      target: int | None = None, words: str = "top"
                      ) -> tuple[list[WordAttribution], list[UnitAttribution], IGResult, IGResult]:
     """Hierarchical Integrated Gradients (module docstring): word attributions (0 for the words of units not
-    expanded), unit attributions, and the IG results of the unit level (complete for the whole note) and of the
-    word level (complete for the expanded units, the others held as they are)."""
+    expanded), unit attributions, and the IG results of the unit level (complete for the whole note against the
+    prediction shown) and of the word level (complete for the expanded units, the others held as they are)."""
     if words not in NOTE_WORDS:
         raise ValueError(f"unknown note words {words!r}; use one of {NOTE_WORDS}")
     target = graph.target if target is None else target
@@ -150,9 +150,9 @@ def note_attribution(graph: CaseGraph, name: str, steps: int | tuple[int, ...] =
     valid = torch.ones(rows.shape[:2], dtype=torch.bool, device=graph.device)
 
     def from_rows(r: torch.Tensor) -> torch.Tensor:
-        return graph.objective(graph.probs_from({index: enc(r, valid.expand(len(r), -1))}), target)
+        return enc(r, valid.expand(len(r), -1))
 
-    units = integrated_gradients(from_rows, rows, base_rows, schedule=schedule, f_shown=graph.shown(from_rows))
+    units = graph.integrate(index, from_rows, rows, base_rows, target, schedule=schedule)
     unit_scores = units.attributions.sum(-1)[0].detach().cpu().numpy()
     chosen = list(range(len(unit_scores))) if words == "all" else _expanded(unit_scores)
     sel = torch.tensor(chosen, device=graph.device)
@@ -165,8 +165,8 @@ def note_attribution(graph: CaseGraph, name: str, steps: int | tuple[int, ...] =
         full[:, sel, :TEXT_DIM] = backbone.pooled_from_embeddings(e, mask).to(full.dtype)
         return from_rows(full)
 
-    detail = integrated_gradients(from_words, emb[:, sel], base[:, sel], schedule=schedule,
-                                  internal_batch_size=TEXT_BATCH)
+    detail = graph.integrate(index, from_words, emb[:, sel], base[:, sel], target, schedule=schedule,
+                             internal_batch_size=TEXT_BATCH)
     per_token = detail.attributions.sum(-1)[0].detach().cpu().numpy()  # (len(chosen), L) incl. [CLS]/[SEP]
     offsets, scores = [], []
     for r, c in enumerate(chosen):

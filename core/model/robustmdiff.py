@@ -268,12 +268,6 @@ class RobustMDiff(nn.Module):
     def synthesize(self, h: torch.Tensor, given: torch.Tensor, noise: torch.Tensor, steps: int) -> torch.Tensor:
         """Complete latents (K, B, M, d_h) from starting noise (K, B, M, d_h): given slots are kept, the others
         restored by deterministic DDIM."""
-        return self.restore(h, given, noise, steps)
-
-    def restore(self, h: torch.Tensor, given: torch.Tensor, noise: torch.Tensor, steps: int) -> torch.Tensor:
-        """`synthesize`, differentiable in `h`: with the noise fixed, deterministic DDIM is a smooth function of
-        the given latents, so an attribution can follow a present input through what it makes the model
-        synthesize (core/explain/graph.py)."""
         k, (b, m, d) = noise.shape[0], h.shape
         hk = h.unsqueeze(0).expand(k, b, m, d).reshape(k * b, m, d)
         gk = given.unsqueeze(0).expand(k, b, m).reshape(k * b, m)
