@@ -9,6 +9,18 @@ before background work (the warm-up). Predictions (a tenth of a second each) hav
 of their own, so that switching a modality never waits behind someone's explanation; that worker adds
 at most one short thread to the cores. A page shows how many jobs are ahead of its own while it waits.
 
+No one is stranded (issue 27):
+- a job someone waits for inherits that urgency: asking for work already queued under the same `key`
+  joins that job and moves it up to the asker's priority (`promote`), so a reviewer waiting on an item
+  the review-preparation thread queued for some day is not kept waiting until the pool is idle;
+- each browser session has at most MAX_QUEUED_PER_SESSION jobs waiting; its newer prediction or
+  explanation replaces its older one still waiting; its waiting jobs are dropped when it ends
+  (`cancel_session`, or found gone when a worker reaches them), and a dropped job never starts;
+- every kind of job has a time limit (TIMEOUTS) from the moment someone waits for it: past it the waiter
+  gets a clear JobTimeout (a running torch call cannot be interrupted: it finishes, unheard);
+- a lane holds at most MAX_QUEUED waiting jobs: past it a request is refused with ServerBusy;
+- a job that fails is logged here with its traceback, by kind and label only (no case contents).
+
 Jobs report stages as they go (`Job.stages`), so a page can draw an explanation progressively, and the
 last predictions are kept (`predict` is cached per case and availability), so moving a display control
 never asks the model again.
@@ -17,6 +29,7 @@ never asks the model again.
 from __future__ import annotations
 
 import atexit
+import hashlib
 import itertools
 import logging
 import os
@@ -24,12 +37,13 @@ import queue
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
-from concurrent.futures import Future
+from collections.abc import Callable, Hashable, Iterable
+from concurrent.futures import Future, InvalidStateError, TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from core.data.dataset import CaseInputs
+from core.errors import RobustMDiffError
 from core.inference import Prediction, Predictor
 
 log = logging.getLogger(__name__)
@@ -41,6 +55,22 @@ URGENT, INTERACTIVE, AHEAD, BACKGROUND = 0, 1, 2, 3
 IDLE_S = 3.0  # no one has asked the pool for anything this long: background work may start
 PREDICTION_CACHE = 256  # (case, availability) pairs kept: a few per session for a handful of sessions
 EXPLANATION_CACHE = 64  # explanations are seeded, so another session asking the same gets the same one
+MAX_QUEUED = 64  # jobs waiting in one lane; past it the server is busy (minutes of work on a small machine)
+MAX_QUEUED_PER_SESSION = 4  # one session's waiting jobs: a prediction, an explanation, a review item or two
+# seconds from when someone waits for a job (submitted or promoted above BACKGROUND) to its answer: a
+# prediction takes a tenth of a second, an explanation up to a minute alone (SHAP on a 2-core CPU), so
+# these are far past what a loaded server needs, and a waiter past them is told instead of left waiting
+TIMEOUTS = {"predict": 120.0, "explain": 600.0, "review": 600.0}
+DEFAULT_TIMEOUT = 600.0
+SUPERSEDED = ("predict", "explain")  # a session's newer request of these kinds replaces its older waiting one
+
+
+class ServerBusy(RobustMDiffError):
+    """Too much work is waiting (for the server, or for this session): try again later."""
+
+
+class JobTimeout(RobustMDiffError):
+    """No answer within the job kind's time limit."""
 
 
 def available_cores() -> int:
@@ -92,6 +122,19 @@ def single_threaded():
         torch.set_num_threads(before)
 
 
+def upload_key(parts: Iterable[tuple[str, str, bytes]]) -> str:
+    """The cache key of an uploaded case from its parts, each (modality, what it is — e.g. "scan file
+    x.dcm", "pasted note" —, its bytes). Every field is length-prefixed, so no two different cases share a
+    key by their bytes running into each other (a note ending where the labs begin); the key is shared
+    across sessions (the same inputs get the same kept prediction), so it must name the inputs exactly."""
+    h = hashlib.sha256(b"robustmdiff-upload/2")
+    for modality, what, data in parts:
+        for value in (modality.encode(), what.encode(), data):
+            h.update(len(value).to_bytes(8, "big"))
+            h.update(value)
+    return "upload-" + h.hexdigest()
+
+
 class _Kept:
     """The last `size` results by key (least recently used dropped), safe across threads."""
 
@@ -118,7 +161,9 @@ class _Kept:
 @dataclass
 class Job:
     """A queued piece of model work. `stages` grows as the work reports progress (read it from any
-    thread: it is only appended to), `partial` is what the work has produced so far (if it says)."""
+    thread: it is only appended to), `partial` is what the work has produced so far (if it says).
+    `kind` sets its time limit (TIMEOUTS); `owners`: the sessions waiting for it (None: someone outside
+    any browser session, e.g. the review-preparation thread); `key`: asking again joins this job."""
     label: str
     priority: int
     future: Future = field(default_factory=Future)
@@ -129,13 +174,37 @@ class Job:
     started: float | None = None
     finished: float | None = None
     kept: bool = False  # answered from what was computed before (its timings are those of the first time)
+    kind: str = "work"
+    key: Hashable | None = None
+    owners: set = field(default_factory=set)
+    deadline: float | None = None  # time.monotonic() by which it must be answered (None: no one waits yet)
     _service: "ModelService | None" = field(default=None, repr=False)
+    _order: int = field(default=-1, repr=False)  # its place in the queue (changes when promoted)
+    _predict_lane: bool = field(default=False, repr=False)
+    _call: tuple | None = field(default=None, repr=False)
 
     def done(self) -> bool:
+        self._expire_if_late()
         return self.future.done()
 
     def result(self, timeout: float | None = None):
-        return self.future.result(timeout)
+        """The answer; JobTimeout past the kind's time limit, whatever `timeout` says."""
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:  # a second at a time at most: a deadline may be set while it waits (`promote`)
+            limits = [t - time.monotonic() for t in (self.deadline, end) if t is not None]
+            try:
+                return self.future.result(max(0.0, min(limits + [1.0])))
+            except FutureTimeout:
+                if self._expire_if_late():
+                    continue  # now answered with JobTimeout
+                if end is not None and time.monotonic() >= end:
+                    raise
+
+    def _expire_if_late(self) -> bool:
+        late = self.deadline is not None and time.monotonic() >= self.deadline and not self.future.done()
+        if late and self._service is not None:
+            self._service._expire(self)
+        return late
 
     def ahead(self) -> int:
         """Jobs that will start before this one (0 once it runs)."""
@@ -173,16 +242,29 @@ class Job:
 
 
 class ModelService:
-    """The pool, the queue and the prediction cache around one `Predictor`."""
+    """The pool, the queue and the prediction cache around one `Predictor`.
 
-    def __init__(self, predictor: Predictor, workers: int | None = None):
-        import_model_stack()
+    `session_of()`: the browser session asking, read in the asking thread (None outside a session); with
+    `session_alive(session)`, a job whose every session has ended is dropped instead of started. The
+    pages pass Streamlit's (core never imports it). `timeouts`: seconds per job kind, over TIMEOUTS."""
+
+    def __init__(self, predictor: Predictor | None, workers: int | None = None,
+                 session_of: Callable[[], Hashable | None] | None = None,
+                 session_alive: Callable[[Hashable], bool] | None = None,
+                 timeouts: dict[str, float] | None = None, max_queued: int = MAX_QUEUED,
+                 max_queued_per_session: int = MAX_QUEUED_PER_SESSION):
+        if predictor is not None:  # (None: a pool for other work alone, e.g. in tests)
+            import_model_stack()
         self.predictor = predictor
         self.workers = workers or default_workers()
+        self.timeouts = TIMEOUTS | (timeouts or {})
+        self.max_queued, self.max_queued_per_session = max_queued, max_queued_per_session
+        self._session_of, self._session_alive = session_of, session_alive
         self._queue: queue.PriorityQueue = queue.PriorityQueue()
         self._urgent: queue.PriorityQueue = queue.PriorityQueue()  # predictions: their own lane and worker
         self._order = itertools.count()
-        self._waiting: dict[int, Job] = {}  # order → job, for queue positions
+        self._waiting: dict[int, Job] = {}  # current queue place → job (an older place of a promoted job is stale)
+        self._keyed: dict[Hashable, Job] = {}  # key → the job waiting or running for it
         self._lock = threading.Lock()
         self._predictions = _Kept(PREDICTION_CACHE)
         self._explanations = _Kept(EXPLANATION_CACHE)
@@ -199,76 +281,216 @@ class ModelService:
 
     # ---- the queue ---------------------------------------------------------------------------------
     def submit(self, fn: Callable[..., object], *args, priority: int = INTERACTIVE, label: str = "working",
-               pass_job: bool = False, **kwargs) -> Job:
-        """Queue `fn(*args, **kwargs)` (with `job=` the Job itself when `pass_job`, to report stages)."""
-        job = Job(label, priority, _service=self)
-        if pass_job:
-            kwargs["job"] = job
-        order = next(self._order)
+               kind: str = "work", key: Hashable | None = None, pass_job: bool = False, **kwargs) -> Job:
+        """Queue `fn(*args, **kwargs)` (with `job=` the Job itself when `pass_job`, to report stages). With a
+        `key` that a job waiting or running already has, that job is returned instead, moved up to
+        `priority` if that is more urgent. Raises ServerBusy when too much is waiting."""
+        session = self._session_of() if self._session_of else None
         with self._lock:
-            self._waiting[order] = job
+            same = self._keyed.get(key) if key is not None else None
+            if same is not None and not same.future.done():
+                same.owners.add(session)
+                self._promote_locked(same, priority)
+                return same
+            self._make_room_locked(session, kind, priority == URGENT)
+            job = Job(label, priority, kind=kind, key=key, owners={session}, _service=self,
+                      _predict_lane=priority == URGENT)
+            if pass_job:
+                kwargs["job"] = job
+            job._call = (fn, args, kwargs)
             if priority < BACKGROUND:
                 self._last_asked = time.monotonic()
-        (self._urgent if priority == URGENT else self._queue).put((priority, order, job, fn, args, kwargs))
+                job.deadline = time.monotonic() + self.timeout(kind)
+            self._enqueue_locked(job, priority)
+            if key is not None:
+                self._keyed[key] = job
         return job
+
+    def promote(self, job: Job, priority: int) -> None:
+        """Someone (this session, if any) now waits for `job` at `priority`: if it still waits at a lower one,
+        it moves up."""
+        session = self._session_of() if self._session_of else None
+        with self._lock:
+            job.owners.add(session)
+            self._promote_locked(job, priority)
+
+    def cancel_session(self, session: Hashable) -> int:
+        """The session's waiting jobs are moot (it ended, or asked for something else): each is dropped unless
+        another session or the server also waits for it. Returns how many were dropped."""
+        if session is None:  # outside a browser session: nothing of anyone's to drop
+            return 0
+        with self._lock:
+            return sum(self._drop_owner_locked(job, session) for job in list(self._waiting.values())
+                       if session in job.owners)
+
+    def waiting(self) -> list[Job]:
+        """The jobs waiting for a worker, first to start first (within each lane)."""
+        with self._lock:
+            return [job for _, job in sorted(self._waiting.items(), key=lambda item: (item[1].priority, item[0]))]
+
+    def timeout(self, kind: str) -> float:
+        return self.timeouts.get(kind, DEFAULT_TIMEOUT)
 
     def ahead_of(self, job: Job) -> int:
         with self._lock:
-            mine = next((o for o, j in self._waiting.items() if j is job), None)
-            if mine is None:
+            if self._waiting.get(job._order) is not job:
                 return 0
-            lane = job.priority == URGENT
             return sum(1 for o, j in self._waiting.items()
-                       if (j.priority == URGENT) == lane and (j.priority, o) < (job.priority, mine))
+                       if j._predict_lane == job._predict_lane and (j.priority, o) < (job.priority, job._order))
 
     def idle(self) -> bool:
         """Nobody's work runs and nobody asked for any for IDLE_S seconds."""
         with self._lock:
-            return self._running_for_people == 0 and time.monotonic() - self._last_asked >= IDLE_S
+            return self._idle_locked()
+
+    def _idle_locked(self) -> bool:
+        return self._running_for_people == 0 and time.monotonic() - self._last_asked >= IDLE_S
+
+    def _enqueue_locked(self, job: Job, priority: int) -> None:
+        job.priority, job._order = priority, next(self._order)
+        self._waiting[job._order] = job
+        (self._urgent if job._predict_lane else self._queue).put((priority, job._order, job))
+
+    def _promote_locked(self, job: Job, priority: int) -> None:
+        if not job._predict_lane:
+            priority = max(priority, INTERACTIVE)  # the prediction lane is for predictions
+        if priority < BACKGROUND:
+            self._last_asked = time.monotonic()
+            if job.deadline is None and not job.future.done():
+                job.deadline = time.monotonic() + self.timeout(job.kind)  # someone waits for it from now
+        if priority >= job.priority or self._waiting.get(job._order) is not job:
+            return  # as urgent already, or no longer waiting
+        del self._waiting[job._order]
+        self._enqueue_locked(job, priority)  # its old place in the queue is skipped as stale
+        log.info("%s job %r moved up to priority %d: someone waits for it", job.kind, job.label, priority)
+
+    def _make_room_locked(self, session: Hashable | None, kind: str, predict_lane: bool) -> None:
+        if session is not None:
+            if kind in SUPERSEDED:
+                for old in [j for j in self._waiting.values() if session in j.owners and j.kind == kind]:
+                    self._drop_owner_locked(old, session)
+            mine = sum(1 for j in self._waiting.values() if session in j.owners)
+            if mine >= self.max_queued_per_session:
+                raise ServerBusy(f"You already have {mine} requests waiting for the model: please wait for them "
+                                 "to finish, then try again.")
+        waiting = sum(1 for j in self._waiting.values() if j._predict_lane == predict_lane)
+        if waiting >= self.max_queued:
+            log.warning("refused a %s job: %d jobs already waiting", kind, waiting)
+            raise ServerBusy(f"The server is busy ({waiting} requests are waiting for the model): please try again "
+                             "in a minute.")
+
+    def _drop_owner_locked(self, job: Job, session: Hashable | None) -> bool:
+        """`session` no longer waits for `job`; a waiting job no one else waits for is cancelled."""
+        job.owners.discard(session)
+        if job.owners or self._waiting.get(job._order) is not job:
+            return False
+        del self._waiting[job._order]
+        self._forget_locked(job)
+        return job.future.cancel()
+
+    def _forget_locked(self, job: Job) -> None:
+        if job.key is not None and self._keyed.get(job.key) is job:
+            del self._keyed[job.key]
+
+    def _expire(self, job: Job) -> None:
+        """Answer a late job with JobTimeout (called by whoever waits; the work, if running, goes on unheard)."""
+        with self._lock:
+            if job.future.done() or job.deadline is None or time.monotonic() < job.deadline:
+                return
+            if self._waiting.get(job._order) is job:
+                del self._waiting[job._order]
+            self._forget_locked(job)
+            limit = self.timeout(job.kind)
+            try:
+                job.future.set_exception(JobTimeout(f"No answer from the model within {limit:g} s "
+                                                    f"({job.label.lower()}): the server is busy. Please try again "
+                                                    "in a minute."))
+            except InvalidStateError:  # answered meanwhile
+                return
+        log.warning("%s job %r timed out after %g s (%s)", job.kind, job.label, limit,
+                    "running" if job.started is not None else "waiting")
+
+    def _start_locked(self, job: Job) -> bool:
+        """Whether a worker that took `job` from the queue should run it (under the lock)."""
+        del self._waiting[job._order]
+        if job.future.done():
+            self._forget_locked(job)
+            return False
+        alive = self._session_alive
+        if alive is not None and None not in job.owners and not any(alive(s) for s in job.owners):
+            self._forget_locked(job)
+            job.future.cancel()
+            log.info("dropped a waiting %s job: every session that asked for it has ended", job.kind)
+            return False
+        if job.deadline is not None and time.monotonic() >= job.deadline:
+            return False  # its waiter is told (Job._expire_if_late); it never starts
+        if not job.future.set_running_or_notify_cancel():
+            return False
+        job.started = time.perf_counter()
+        self._running_for_people += job.priority < BACKGROUND
+        return True
 
     def _work(self, lane: queue.PriorityQueue) -> None:
         one_thread()
         while True:
-            item = lane.get()
-            priority, order, job, fn, args, kwargs = item
+            priority, order, job = lane.get()
             if job is None:
                 return
-            if priority >= BACKGROUND and not self.idle():
-                lane.put(item)  # back in line; anything more urgent is taken first
+            with self._lock:
+                if self._waiting.get(order) is not job:
+                    continue  # stale: promoted (queued again), dropped or timed out
+                later = priority >= BACKGROUND and not self._idle_locked()
+                start = not later and self._start_locked(job)
+            if later:
+                lane.put((priority, order, job))  # back in line; anything more urgent is taken first
                 time.sleep(0.2)
                 continue
-            with self._lock:
-                self._waiting.pop(order, None)
-                people = priority < BACKGROUND
-                self._running_for_people += people
-            if not job.future.set_running_or_notify_cancel():
-                with self._lock:
-                    self._running_for_people -= people
+            if not start:
+                job._expire_if_late()
                 continue
-            job.started = time.perf_counter()
-            try:
-                result = fn(*args, **kwargs)
-            except BaseException as e:  # noqa: BLE001 - handed to whoever waits on the job
-                job.finished = time.perf_counter()  # before the future: a waiter reads it as soon as it is done
-                job.future.set_exception(e)
+            self._run(job)
+
+    def _run(self, job: Job) -> None:
+        fn, args, kwargs = job._call
+        job._call = None
+        people = job.priority < BACKGROUND
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as e:  # noqa: BLE001 - logged here, handed to whoever waits on the job
+            job.finished = time.perf_counter()  # before the future: a waiter reads it as soon as it is done
+            log.error("%s job %r failed after %.1f s", job.kind, job.label, job.finished - job.started, exc_info=e)
+            self._settle(job, error=e)
+        else:
+            job.finished = time.perf_counter()
+            self._settle(job, result)
+        finally:
+            with self._lock:
+                self._forget_locked(job)
+                self._running_for_people -= people
+                if people:
+                    self._last_asked = time.monotonic()
+
+    @staticmethod
+    def _settle(job: Job, result: object = None, error: BaseException | None = None) -> None:
+        try:
+            if error is not None:
+                job.future.set_exception(error)
             else:
-                job.finished = time.perf_counter()
                 job.future.set_result(result)
-            finally:
-                with self._lock:
-                    self._running_for_people -= people
-                    if people:
-                        self._last_asked = time.monotonic()
+        except InvalidStateError:  # answered with JobTimeout while it ran: the result comes too late
+            log.info("%s job %r finished after its time limit (%.0f s)", job.kind, job.label,
+                     job.finished - job.submitted)
 
     def close(self, timeout: float = 120.0) -> None:
         """Cancel the jobs still waiting, let the running ones finish, stop the workers."""
         with self._lock:
             waiting, self._waiting = list(self._waiting.values()), {}
+            self._keyed.clear()
         for job in waiting:
             job.future.cancel()
         for i in range(self.workers):
-            self._queue.put((99, -1 - i, None, None, (), {}))
-        self._urgent.put((99, -1, None, None, (), {}))
+            self._queue.put((99, -1 - i, None))
+        self._urgent.put((99, -1, None))
         for t in self._threads:
             t.join(timeout=timeout)
 
@@ -286,7 +508,7 @@ class ModelService:
             self._predictions.put(key, pred)
             return pred
 
-        return self.submit(run, priority=URGENT, label="Predicting")
+        return self.submit(run, priority=URGENT, label="Predicting", kind="predict", key=("predict", *key))
 
     def explain_job(self, case: CaseInputs, case_key: str, absent: Iterable[str] = (),
                     method: str = "integrated_gradients", allow_domain_mismatch: bool = False,
@@ -307,15 +529,12 @@ class ModelService:
             self._explanations.put(key, exp)
             return exp
 
-        return self.submit(run, priority=priority, label="Explaining", pass_job=True)
+        return self.submit(run, priority=priority, label="Explaining", kind="explain", key=("explain", *key),
+                           pass_job=True)
 
     def forget_explanations(self) -> None:
         """Drop the kept explanations (to time one again, or after the model changed)."""
         self._explanations.clear()
-
-    def call(self, fn: Callable[..., object], *args, priority: int = INTERACTIVE, **kwargs):
-        """Run other model work (e.g. a review explanation) in the pool and wait for it."""
-        return self.submit(fn, *args, priority=priority, **kwargs).result()
 
     # ---- warm-up -------------------------------------------------------------------------------------
     def warm_up(self, case: CaseInputs) -> Job:
@@ -329,4 +548,4 @@ class ModelService:
             explain_case(self.predictor, case, [], "integrated_gradients")
             log.info("model warmed up in %.1f s", time.perf_counter() - t0)
 
-        return self.submit(run, priority=BACKGROUND, label="Warming up")
+        return self.submit(run, priority=BACKGROUND, label="Warming up", kind="warm-up")

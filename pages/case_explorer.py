@@ -19,8 +19,9 @@ from core.explain.explanation import METHODS as EXPLAIN_METHODS, Explanation
 from core.explain.render import (CMAPS, COMPLETENESS, HELD_FIXED, REMOVED, completeness_text, image_legend_html,
                                  legend_html, note_html, note_units_text, overlay, report_html)
 from core.names import display_name
+from core.serve import upload_key
 from pages.common import (contribution_chart, fail, get_demo_cases, get_predictor, get_service, inside_app, lab_chart,
-                          load_demo_case, missing_contributions_text, notice, probability_chart, wait_for)
+                          load_demo_case, missing_contributions_text, notice, probability_chart, session_key, wait_for)
 
 inside_app()
 st.title("Case explorer")
@@ -102,7 +103,7 @@ def uploaded_case() -> tuple[CaseInputs | None, str]:
     """Build a case from uploads; every problem is shown next to its input, nothing is stored."""
     inputs: dict = {n: None for n in names}
     refused: dict[str, dict[str, str]] = {}  # labs given but not usable, by modality (shown as refused, never assumed)
-    digest = hashlib.sha256()
+    parts: list[tuple[str, str, bytes]] = []  # what the case is made of: its cache key (core.serve.upload_key)
     for name in names:
         kind = kinds[name]
         with st.expander(f"{name} ({kind})", expanded=True):
@@ -112,21 +113,21 @@ def uploaded_case() -> tuple[CaseInputs | None, str]:
                     if f is not None:
                         data = f.getvalue()
                         inputs[name], view = scan_controls(read_scan_once(data, f.name), f"scan_{name}")
-                        digest.update(data + view.encode())
+                        parts += [(name, f"scan file {f.name}", data), (name, "scan view", view.encode())]
                 elif kind == "text":
                     f = st.file_uploader("Note file (any encoding)", type=None, key=f"up_{name}")
                     pasted = st.text_area("…or paste the note", key=f"paste_{name}", height=160)
                     if f is not None:
-                        digest.update(f.getvalue())
+                        parts.append((name, f"note file {f.name}", f.getvalue()))
                         inputs[name] = read_note(f.getvalue(), name=f.name)
                     elif pasted.strip():
-                        digest.update(pasted.encode())
+                        parts.append((name, "pasted note", pasted.encode()))
                         inputs[name] = clean_note(pasted, "pasted note")
                 else:
                     catalogue = predictor.lab_catalogue(name)
                     f = st.file_uploader("Lab table, CSV (wide, or long: name,value,unit)", key=f"up_{name}")
                     if f is not None:
-                        digest.update(f.getvalue())
+                        parts.append((name, f"lab file {f.name}", f.getvalue()))
                         inputs[name] = read_labs(f.getvalue(), catalogue, name=f.name)
                     else:
                         base = pd.DataFrame({"lab": [lab.label for lab in catalogue],
@@ -139,7 +140,7 @@ def uploaded_case() -> tuple[CaseInputs | None, str]:
                                                     help="in the unit shown; leave empty if not measured")})
                         values = {lab.name: v for lab, v in zip(catalogue, edited["value"]) if pd.notna(v)}
                         if values:
-                            digest.update(repr(sorted(values.items())).encode())
+                            parts.append((name, "typed labs", repr(sorted(values.items())).encode()))
                             inputs[name] = labs_from_mapping(values, catalogue, label="lab table")
                 if isinstance(inputs[name], Scan):
                     scan = inputs[name]
@@ -163,7 +164,7 @@ def uploaded_case() -> tuple[CaseInputs | None, str]:
                 inputs[name] = None
     if not any(v is not None for v in inputs.values()):
         return None, ""
-    return CaseInputs("uploaded case", inputs, refused={n: r for n, r in refused.items() if r}), digest.hexdigest()
+    return CaseInputs("uploaded case", inputs, refused={n: r for n, r in refused.items() if r}), upload_key(parts)
 
 
 source = st.radio("Start from", ["Demo case", "Upload your own"], horizontal=True, key="source")
@@ -220,6 +221,8 @@ except Exception as e:  # noqa: BLE001 - shown to the user without a traceback
 # what changed since the last switch of a modality (kept across reruns until the next switch)
 state = st.session_state.setdefault("explorer", {})
 if state.get("case") != case_key:
+    service.cancel_session(session_key())  # another case: this session's explanation still waiting is moot
+    st.session_state.pop("explain_jobs", None)
     state.clear()
     state.update(case=case_key, absent=absent, probs=pred.probabilities, previous=None)
 elif state.get("absent") != absent:
@@ -284,6 +287,7 @@ key = (case_key, tuple(absent), method)
 explanations = st.session_state.setdefault("explanations", {})
 jobs = st.session_state.setdefault("explain_jobs", {})  # running explanations outlive a rerun of the page
 if c2.button("Explain this prediction", type="primary", key="explain") and key not in explanations and key not in jobs:
+    jobs.clear()  # a newer request replaces this session's waiting one in the pool (asked again, it joins one running)
     jobs[key] = service.explain_job(case, case_key, absent, method, allow)
 if key not in explanations and key not in jobs:
     st.caption("Press the button to compute the heatmap, highlighted note and lab attributions.")

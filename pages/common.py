@@ -6,6 +6,7 @@ Not a page itself (app.py lists the pages). All work happens in `core`; this onl
 from __future__ import annotations
 
 import time
+import uuid
 
 import numpy as np
 import plotly.graph_objects as go
@@ -29,11 +30,30 @@ def get_predictor() -> Predictor:
     return Predictor.load()
 
 
+def session_key() -> tuple[str, str] | None:
+    """This browser session, as the worker pool knows it (None outside a page run): Streamlit's session id,
+    by which the server knows whether the browser is still connected, and an id of this session's state
+    (AppTest gives every session the same session id)."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx(suppress_warning=True)
+    if ctx is None:
+        return None
+    return ctx.session_id, st.session_state.setdefault("_pool_session", uuid.uuid4().hex)
+
+
+def session_alive(key: tuple[str, str]) -> bool:
+    """Whether that browser is still connected (its queued model work is dropped once it is not)."""
+    from streamlit.runtime import Runtime
+
+    return not Runtime.exists() or bool(Runtime.instance().is_active_session(key[0]))
+
+
 @st.cache_resource(show_spinner="Starting the model workers…")
 def get_service() -> ModelService:
     """The worker pool every session's model work goes through (core/serve.py: why), warmed up in the
     background on a demo case as soon as the first page opens."""
-    service = ModelService(get_predictor())
+    service = ModelService(get_predictor(), session_of=session_key, session_alive=session_alive)
     if warm_up_enabled():
         service.warm_up(load_demo_case(get_demo_cases()[0].row))
     return service

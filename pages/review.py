@@ -27,12 +27,10 @@ from core.review import auth
 from core.paths import DEFAULT_CHECKPOINT, ROOT
 from core.review.export import ratings_csv, results_csv
 from core.review.models import Lineup, cohort_spec, review_models, train_command
-from core.review.prepared import (AHEAD, BACKGROUND, URGENT, PreparedExplanations, study_explanations, warm_all,
-                                  warm_enabled)
+from core.review.prepared import BACKGROUND, PreparedExplanations, study_explanations, warm_all, warm_enabled
 from core.review.stats import (ALPHA, MIN_RATINGS, agreement, paired_tests, per_method, per_model,
                                per_model_method)
 from core.review.store import DEMO_CODE, REFERENCE_MODEL, SCALES, Item, ReviewStore, Session, SignedOut, reviewer_code
-from core.serve import AHEAD as AHEAD_WORK, BACKGROUND as BACKGROUND_WORK, INTERACTIVE
 from pages.common import fail, get_cohort, get_predictor, get_service, inside_app, load_demo_case, notice
 
 LIKERT = {1: "1 · not at all", 2: "2", 3: "3", 4: "4", 5: "5 · completely"}
@@ -85,10 +83,8 @@ def _report_missing(missing: tuple[str, ...], skipped: tuple[tuple[str, str], ..
 @st.cache_resource(show_spinner=False)
 def _prepared(_lineup: Lineup, key: tuple, case_ids: tuple[str, ...]) -> PreparedExplanations:
     shipped = {m.name: get_predictor() for m in _lineup.models if m.path.resolve() == DEFAULT_CHECKPOINT.resolve()}
-    service = get_service()  # review work queues in the app's one pool, behind what people wait for
-    priority = {URGENT: INTERACTIVE, AHEAD: AHEAD_WORK, BACKGROUND: BACKGROUND_WORK}  # a reviewer waits / soon / some day
-    return study_explanations(_lineup, get_cohort(), shipped, case_ids=case_ids,
-                              run=lambda work, urgency: service.call(work, priority=priority[urgency]))
+    # review work queues in the app's one pool, behind what people wait for (moved up when someone waits)
+    return study_explanations(_lineup, get_cohort(), shipped, case_ids=case_ids, pool=get_service())
 
 
 def prepared(found: Lineup | None = None) -> PreparedExplanations:

@@ -22,7 +22,7 @@ from core.errors import RobustMDiffError
 from core.paths import ROOT
 from core.review import auth
 from core.review.export import ratings_csv, safe_cell
-from core.review.prepared import AHEAD, URGENT, PreparedExplanations
+from core.review.prepared import PreparedExplanations
 from core.review.store import SCHEMA_VERSION, Item, ReviewStore
 
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
@@ -233,24 +233,39 @@ def test_prepared_explanations_are_computed_once_and_kept_on_disk(tmp_path):
     prep.close()
     assert sorted(calls) == sorted({(r, model, m) for r, _, model, m in keys})  # each exactly once
     assert torch.get_num_threads() == threads  # the worker's one-thread policy stays in the worker
-    assert all(len(list(f.glob("*.pkl"))) == 6 for f in folders.values())  # each model in its own folder
+    assert all(len(list(f.glob("*.npz"))) == 6 for f in folders.values())  # each model in its own folder (no pickle)
     again = PreparedExplanations(folders, compute)  # a new process: read from disk
     assert again.ready(keys[0]) and again.get(keys[0]) == {"row": 0, "model": "robustmdiff", "method": "shap"}
     assert again.get(keys[-1]) == {"row": 2, "model": "late_fusion", "method": "random"}
     assert len(calls) == len(keys)
 
 
+class InlinePool:
+    """The app's model pool as prepared explanations see it (core/serve.py), running each job at once in the
+    caller's thread and noting (its result, its priority)."""
+
+    def __init__(self):
+        self.ran: list[tuple[object, int]] = []
+
+    def submit(self, fn, *args, priority: int, **_):
+        from core.serve import Job
+
+        job = Job("review", priority)
+        job.future.set_result(fn(*args))
+        self.ran.append((job.result(), priority))
+        return job
+
+    def promote(self, job, priority: int) -> None:
+        pass  # every job here is done before anyone could wait for it
+
+
 def test_prepared_work_runs_where_it_is_told_background_behind_pages(tmp_path):
     """In the app, review explanations run in the shared model pool: what the background thread prepares
     goes in with its urgency (ahead of need, or the whole study some day), what a page waits for as urgent."""
-    ran: list[tuple[int, int]] = []
+    from core.serve import AHEAD as SOON, INTERACTIVE
 
-    def run(work, priority: int):
-        out = work()
-        ran.append((out, priority))
-        return out
-
-    prep = PreparedExplanations({"robustmdiff": tmp_path / "prep"}, lambda row, model, method: row, run=run)
+    pool = InlinePool()
+    prep = PreparedExplanations({"robustmdiff": tmp_path / "prep"}, lambda row, model, method: row, pool=pool)
     assert prep.get((0, "c0", "robustmdiff", "shap")) == 0
     prep.prefetch([(1, "c1", "robustmdiff", "shap")])
     deadline = time.time() + 30
@@ -258,7 +273,7 @@ def test_prepared_work_runs_where_it_is_told_background_behind_pages(tmp_path):
         time.sleep(0.01)
     assert prep.get((1, "c1", "robustmdiff", "shap")) == 1
     prep.close()
-    assert ran == [(0, URGENT), (1, AHEAD)]
+    assert pool.ran == [(0, INTERACTIVE), (1, SOON)]
 
 
 def test_the_preparing_thread_ends_when_nothing_is_left_and_close_drops_the_queue(tmp_path):
@@ -273,7 +288,7 @@ def test_the_preparing_thread_ends_when_nothing_is_left_and_close_drops_the_queu
         computed.append(row)
         return row
 
-    prep = PreparedExplanations({"robustmdiff": tmp_path / "prep"}, compute, run=lambda work, priority: work())
+    prep = PreparedExplanations({"robustmdiff": tmp_path / "prep"}, compute, pool=InlinePool())
     keys = [(r, f"c{r}", "robustmdiff", "shap") for r in range(50)]
     prep.prefetch(keys[:1])
     worker = prep._worker

@@ -3,13 +3,16 @@ positions, cached predictions, explanations reported in stages, clean shutdown; 
 
 from __future__ import annotations
 
+import io
+import json
 import threading
 
 import numpy as np
 import pytest
 import torch
 
-from core.serve import BACKGROUND, IDLE_S, INTERACTIVE, URGENT, ModelService
+from core.review import serialize
+from core.serve import BACKGROUND, IDLE_S, INTERACTIVE, URGENT, ModelService, upload_key
 
 
 @pytest.fixture
@@ -97,6 +100,34 @@ def test_explanation_arrives_in_stages_cheapest_first(service, predictor, defaul
     again = service.explain_job(case, "case-0")  # another session, the same question: no model work
     assert again.done() and again.result() is exp and set(again.stages) == set(job.stages)
     assert service.explain_job(case, "case-0", ["labs"]).result(300) is not exp
+    # kept on disk without pickle (issue 27), it comes back exactly: every field, type, dtype and bit
+    buffer = io.BytesIO()
+    serialize.write(exp, buffer)
+    buffer.seek(0)
+    back = serialize.read(buffer)
+    (tree, arrays), (tree_back, arrays_back) = serialize.encode(exp), serialize.encode(back)
+    assert type(back) is type(exp) and json.dumps(tree_back) == json.dumps(tree) and arrays and arrays_back.keys() == arrays.keys()
+    assert all(arrays_back[k].dtype == a.dtype and arrays_back[k].tobytes() == a.tobytes() for k, a in arrays.items())
+
+
+def test_an_uploaded_case_s_key_names_its_parts_unambiguously():
+    """Issue 27: the key of an uploaded case (shared across sessions by the prediction and explanation caches)
+    hashed the files' bytes run together, so a note ending where the labs began collided with another case."""
+    import hashlib
+
+    def before(parts):  # the old key: the bytes of every part, one after another
+        h = hashlib.sha256()
+        for _, _, data in parts:
+            h.update(data)
+        return h.hexdigest()
+
+    one = [("note", "pasted note", b"no fever, cough"), ("labs", "lab file labs.csv", b"crp,12\n")]
+    other = [("note", "pasted note", b"no fever, cough" + b"crp,12\n")]  # the labs moved into the note
+    assert before(one) == before(other) and upload_key(one) != upload_key(other)
+    as_file = [("note", "note file a.txt", b"no fever, cough"), one[1]]
+    renamed = [one[0], ("labs", "lab file labs.tsv", b"crp,12\n")]  # read by another reader
+    assert len({upload_key(p) for p in (one, other, as_file, renamed)}) == 4
+    assert upload_key(list(one)) == upload_key(one) and upload_key(one).startswith("upload-")
 
 
 def test_warm_up_explains_a_case_in_the_background(service, default_dataset):

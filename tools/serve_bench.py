@@ -119,7 +119,7 @@ def reviewer_name(i: int) -> str:
 
 def prepare_review(reviewers: list[str], items: int) -> dict:
     """Compute (or find on disk) the first `items` explanations of each reviewer's queue, with the app's
-    own study set-up (core/review/prepared.py), on every core."""
+    own study set-up (core/review/prepared.py)."""
     from core.data.cohort.generate import ensure_cohort
     from core.data.dataset import Dataset
     from core.demo import study_cases
@@ -133,7 +133,7 @@ def prepare_review(reviewers: list[str], items: int) -> dict:
     ds = Dataset.open(ensure_cohort(default_cohort_dir(), progress=False))
     lineup = review_models()
     demos = {d.case_id: d for d in study_cases(ds)}
-    prep = study_explanations(lineup, ds, run=lambda work, priority: work())
+    prep = study_explanations(lineup, ds)  # computed here, one torch thread (as the app's workers)
     keys = {(demos[it.case_id].row, it.case_id, it.model, it.method) for r in reviewers
             for it in ReviewStore.queue(r, list(demos), list(METHODS), lineup.names)[:items]}
     computed = [k for k in keys if not prep.ready(k)]

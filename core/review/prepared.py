@@ -13,7 +13,12 @@ prefetch starts a new one), so an idle server does no review work, and `close` d
 instead of working through it (issue 29: the whole study was prepared in the background whenever the page
 was opened, ~35 % of the CPU for as long as that took, and stopping the server waited 30 s for it).
 
-The files are pickles written by this process into the data folder (never uploaded files).
+A page waiting for an item the thread has queued in the pool for later moves that job up to its own
+urgency (`ModelService.promote`), so no reviewer waits for the pool to fall idle (issue 27: a 0.5 s item
+took 13.4 s while another user predicted once a second).
+
+The files hold no pickle (core/review/serialize.py: JSON and arrays, read with allow_pickle=False), since
+the data folder may sit on shared storage that others can write: a file there must never run code.
 """
 
 from __future__ import annotations
@@ -23,21 +28,24 @@ import hashlib
 import itertools
 import logging
 import os
-import pickle
 import queue
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from core.paths import ROOT, cache_dir
+from core.review import serialize
+
+if TYPE_CHECKING:
+    from core.serve import Job, ModelService
 
 log = logging.getLogger(__name__)
 
 Key = tuple[int, str, str, str]  # (cohort row, case id, model, method)
 Compute = Callable[[int, str, str], object]  # (row, model, method) -> Explanation
-Run = Callable[[Callable[[], object], int], object]  # (work, URGENT / AHEAD / BACKGROUND) -> its result
-CACHE_VERSION = "2"  # 2: the case set is part of the fingerprint
+CACHE_VERSION = "3"  # 2: the case set is part of the fingerprint; 3: no pickle (core/review/serialize.py)
 URGENT, AHEAD, BACKGROUND = 0, 1, 2
 _SOURCES = ("core/explain", "core/inference.py", "core/model")
 
@@ -74,8 +82,8 @@ def warm_all() -> bool:
     return warm_mode() == "all"
 
 
-def default_folder(key: str) -> Path:
-    return cache_dir() / f"review-explanations-{key}"
+def default_folder(key: str, root: Path | None = None) -> Path:
+    return (root or cache_dir()) / f"review-explanations-{key}"
 
 
 def _background_policy() -> None:
@@ -91,12 +99,14 @@ def _background_policy() -> None:
 
 
 class PreparedExplanations:
-    def __init__(self, folders: Mapping[str, Path], compute: Compute, run: Run | None = None):
+    def __init__(self, folders: Mapping[str, Path], compute: Compute, pool: "ModelService | None" = None):
         """`folders`: where each model's explanations are kept (see `fingerprint`, `default_folder`).
-        `run(work, priority)`: where the model work runs (the app's shared pool, core/serve.py, so that
-        review work queues with everyone else's instead of adding threads); here, by default."""
-        self.folders, self._compute, self._run = {k: Path(v) for k, v in folders.items()}, compute, run
+        `pool`: where the model work runs (the app's shared pool, core/serve.py, so that review work queues
+        with everyone else's instead of adding threads); here, by default."""
+        self.folders, self._compute, self._pool = {k: Path(v) for k, v in folders.items()}, compute, pool
         self._futures: dict[Key, Future] = {}
+        self._jobs: dict[Key, "Job"] = {}  # items the thread has handed to the pool, while they wait or run
+        self._wanted: set[Key] = set()  # items a page waits for: handed to the pool as urgent
         self._lock = threading.Lock()
         self._queue: queue.PriorityQueue = queue.PriorityQueue()
         self._order = itertools.count()  # FIFO within a priority
@@ -111,6 +121,10 @@ class PreparedExplanations:
         future, mine = self._claim(key)
         if mine:
             self._produce(key, future, URGENT)
+        else:
+            job = self._hurry(key, future)
+            if job is not None:
+                job.result()  # its time limit applies from now (JobTimeout); the value comes from `future`
         return future.result()
 
     def ready(self, key: Key) -> bool:
@@ -147,21 +161,21 @@ class PreparedExplanations:
 
     def close(self, timeout: float | None = None) -> None:
         """Drop what is queued and stop. The item in hand, if any, is waited for only briefly when it runs
-        elsewhere (`run`: the app's pool, which finishes or cancels it at its own exit); computed in this
+        elsewhere (`pool`: the app's pool, which finishes or cancels it at its own exit); computed in this
         thread it is waited for (torch must not be left mid-work at interpreter exit)."""
         self._stopping = True
         self._drain()
         with self._lock:
             worker = self._worker
         if worker is not None:
-            worker.join((1.0 if self._run is not None else 120.0) if timeout is None else timeout)
+            worker.join((1.0 if self._pool is not None else 120.0) if timeout is None else timeout)
 
     # ---- internals -----------------------------------------------------------------------------------
     def _path(self, key: Key) -> Path:
         _, case_id, model, method = key
         if model not in self.folders:
             raise KeyError(f"no explanation folder for model {model!r}")
-        return self.folders[model] / (hashlib.sha256(f"{case_id}\0{method}".encode()).hexdigest()[:24] + ".pkl")
+        return self.folders[model] / (hashlib.sha256(f"{case_id}\0{method}".encode()).hexdigest()[:24] + ".npz")
 
     def _claim(self, key: Key) -> tuple[Future, bool]:
         """The future for `key`, and whether the caller is the one to produce it."""
@@ -171,29 +185,67 @@ class PreparedExplanations:
             future = self._futures[key] = Future()
             return future, True
 
+    def _hurry(self, key: Key, future: Future) -> "Job | None":
+        """A page waits for `key`, which someone else produces: if it waits in the pool at a lower priority,
+        it moves up now; if not handed to the pool yet, it goes in as urgent. Returns its pool job, if any."""
+        from core.serve import INTERACTIVE
+
+        with self._lock:
+            if future.done():
+                return None
+            self._wanted.add(key)
+            job = self._jobs.get(key)
+        if job is not None:
+            self._pool.promote(job, INTERACTIVE)
+        return job
+
     def _produce(self, key: Key, future: Future, priority: int) -> None:
         try:
-            future.set_result(self._load(key) or self._compute_and_keep(key, priority))
+            value = self._load(key)
+            future.set_result(value if value is not None else self._compute_and_keep(key, priority))
         except BaseException as e:  # noqa: BLE001 - handed to whoever waits; a later get() retries
             with self._lock:
                 self._futures.pop(key, None)
             future.set_exception(e)
+        finally:
+            with self._lock:
+                self._wanted.discard(key)
 
     def _load(self, key: Key):
         path = self._path(key)
         try:
-            with open(path, "rb") as f:
-                return pickle.load(f)
+            return serialize.read(path)
         except FileNotFoundError:
             return None
-        except Exception:  # noqa: BLE001 - a torn or stale file is recomputed
+        except Exception:  # noqa: BLE001 - a torn, stale or foreign file is recomputed, never trusted
             log.warning("review explanation cache file %s unreadable; recomputing", path.name)
             return None
 
+    def _in_pool(self, key: Key, priority: int):
+        """The explanation computed in the shared pool, at the urgency of whoever waits for it."""
+        from core.serve import AHEAD as SOON, BACKGROUND as SOME_DAY, INTERACTIVE
+
+        row, _, model, method = key
+        levels = {URGENT: INTERACTIVE, AHEAD: SOON, BACKGROUND: SOME_DAY}
+        with self._lock:
+            urgency = URGENT if key in self._wanted else priority
+        job = self._pool.submit(self._compute, row, model, method, priority=levels[urgency],
+                                label="Preparing a review item", kind="review", key=("review", str(self._path(key))))
+        with self._lock:  # a page that marked the key wanted before `_hurry` could see the job: moved up here
+            self._jobs[key] = job
+            late = key in self._wanted and urgency != URGENT
+        if late:
+            self._pool.promote(job, INTERACTIVE)
+        try:
+            return job.result()
+        finally:
+            with self._lock:
+                self._jobs.pop(key, None)
+
     def _compute_and_keep(self, key: Key, priority: int):
         row, _, model, method = key
-        if self._run is not None:
-            value = self._run(lambda: self._compute(row, model, method), priority)
+        if self._pool is not None:
+            value = self._in_pool(key, priority)
         else:
             from core.serve import single_threaded
 
@@ -203,7 +255,7 @@ class PreparedExplanations:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
         with open(tmp, "wb") as f:
-            pickle.dump(value, f, protocol=pickle.HIGHEST_PROTOCOL)
+            serialize.write(value, f)
         os.replace(tmp, path)  # atomic: readers in other processes never see half a file
         return value
 
@@ -250,12 +302,13 @@ class PreparedExplanations:
                     log.warning("could not prepare review item %s/%s/%s: %s", key[1], key[2], key[3], future.exception())
 
 
-def study_explanations(lineup, cohort, loaded: dict | None = None, run: Run | None = None,
-                       case_ids: Iterable[str] | None = None) -> PreparedExplanations:
+def study_explanations(lineup, cohort, loaded: dict | None = None, pool: "ModelService | None" = None,
+                       case_ids: Iterable[str] | None = None, root: Path | None = None) -> PreparedExplanations:
     """The review study's explanations: every model of `lineup` (core/review/models.py) explaining cases
     of `cohort` (a Dataset), kept per model and case-set fingerprint. `loaded`: predictors already in
-    memory by model name (the others load on first use); `run`: where the model work runs (see
-    PreparedExplanations); `case_ids`: the study's cases (by default core.demo.study_cases)."""
+    memory by model name (the others load on first use); `pool`: where the model work runs (see
+    PreparedExplanations); `case_ids`: the study's cases (by default core.demo.study_cases); `root`: the folder
+    that holds the kept explanations (by default the data folder's cache; a load test starts from an empty one)."""
     from core.explain.explanation import explain_case
     from core.review.models import Predictors
 
@@ -265,8 +318,8 @@ def study_explanations(lineup, cohort, loaded: dict | None = None, run: Run | No
         case_ids = [c.case_id for c in study_cases(cohort)]
     case_ids = list(case_ids)
     manifest = cohort.manifest.to_csv(index=False)
-    folders = {m.name: default_folder(fingerprint(m.meta, manifest, case_ids)) for m in lineup.models}
+    folders = {m.name: default_folder(fingerprint(m.meta, manifest, case_ids), root) for m in lineup.models}
     predictors = Predictors(lineup.models, loaded)
     # runs in the background thread too: only plain core calls, no Streamlit
     return PreparedExplanations(folders, lambda row, model, method: explain_case(predictors.get(model), cohort.load(row),
-                                                                                 method=method), run=run)
+                                                                                 method=method), pool=pool)
