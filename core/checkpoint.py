@@ -7,8 +7,11 @@ A checkpoint is a folder:
   guard.safetensors   the out-of-distribution statistics of the training data (core/guard/ood.py), with
                       their thresholds and sha256 in meta.json ("guard")
 
-Loading checks both checksums first, so a tampered or truncated checkpoint is refused with a clear
-message instead of producing silent nonsense.
+Loading checks both checksums first, so a corrupted or truncated checkpoint (a bad copy or download, a
+full disk) is refused with a clear message instead of producing silent nonsense. The checksums are plain
+sha256 stored beside the files: they detect accidental damage, not deliberate tampering (whoever can change
+a file can rewrite its checksum too), so a checkpoint is only as trustworthy as the folder it comes from.
+What loading cannot do is run code: the weights are safetensors and the rest JSON (no pickle).
 """
 
 from __future__ import annotations
@@ -89,7 +92,8 @@ def load_guard(folder: str | Path, meta: dict[str, Any]) -> Guard | None:
         return None
     path = folder / GUARD
     if not path.exists() or _sha256(path) != info.get("sha256"):
-        raise CheckpointError(f"checkpoint {folder.name}: {GUARD} is missing or does not match its recorded checksum")
+        raise CheckpointError(f"checkpoint {folder.name}: {GUARD} is missing or does not match its recorded checksum "
+                              "(damaged or changed since it was saved)")
     try:
         return Guard.from_storage(info, load_file(str(path), device="cpu"))
     except (SafetensorError, OSError, ValueError, KeyError) as e:
@@ -125,7 +129,7 @@ def load_checkpoint(folder: str | Path, device: torch.device | str = "cpu") -> t
         raise CheckpointError(f"checkpoint {folder.name}: {WEIGHTS} is missing")
     if _sha256(weights) != meta.get("weights_sha256"):
         raise CheckpointError(f"checkpoint {folder.name}: {WEIGHTS} does not match its recorded checksum "
-                              "(tampered with or truncated); refusing to load it")
+                              "(damaged, truncated or changed since it was saved); refusing to load it")
     try:
         state = load_file(str(weights), device="cpu")
     except (SafetensorError, OSError, ValueError) as e:

@@ -53,4 +53,4 @@ class NoModalityError(RobustMDiffError):
 
 
 class CheckpointError(RobustMDiffError):
-    """A checkpoint that is missing, unreadable, incompatible or tampered with."""
+    """A checkpoint that is missing, unreadable, incompatible or damaged (its checksums do not match)."""
