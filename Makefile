@@ -5,6 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt | sha1sum | cut -c1-12)
 PORT ?= 8501
+# Where the app listens: this machine only by default. `make run ADDRESS=0.0.0.0` serves a network (set
+# RMD_REVIEWER_CODE and RMD_ADMIN_CODE first, and put TLS in front: README, "Running a study on a network").
+ADDRESS ?= 127.0.0.1
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
@@ -23,11 +26,17 @@ $(STAMP): requirements.txt
 cohort: venv
 	@$(BIN)/python -c "from core.data.cohort.generate import ensure_cohort; from core.paths import default_cohort_dir; ensure_cohort(default_cohort_dir())"
 
-# The review page asks for a shared reviewer code; `demo` unless RMD_REVIEWER_CODE is set. Streamlit prints
+# The review page asks for a shared reviewer code: `demo` unless RMD_REVIEWER_CODE is set, and only while the
+# app listens on this machine alone; served on a network without one, reviewing stays closed. Streamlit prints
 # its URL about 1 s after starting; without showEmailPrompt=false its first run on a desktop would stop at
 # an email prompt instead (and exit when stdin is not a terminal).
 run: venv cohort
-	@RMD_REVIEWER_CODE=$${RMD_REVIEWER_CODE:-demo} $(BIN)/streamlit run app.py --server.port $(PORT) \
+	@code="$${RMD_REVIEWER_CODE:-}"; \
+	case "$(ADDRESS)" in \
+	  127.0.0.1|localhost|::1) code="$${code:-demo}" ;; \
+	  *) [ -n "$$code" ] || echo "Serving on $(ADDRESS) without RMD_REVIEWER_CODE: reviewing stays closed (the demo code is for localhost only)." ;; \
+	esac; \
+	RMD_REVIEWER_CODE="$$code" $(BIN)/streamlit run app.py --server.address $(ADDRESS) --server.port $(PORT) \
 	  --browser.gatherUsageStats false --server.showEmailPrompt false
 
 # Debian's chromium for the real-browser test (never a downloaded browser).
