@@ -160,3 +160,195 @@ def bench(checkpoint=None, device=None, repeats: int = 10, accuracy: bool = True
     if torch.cuda.is_available():
         res["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return res
+
+
+# ---- a study server under load (`bench --serve --minutes M`) -----------------------------------------------
+LOOK_AHEAD = 3  # as the review page: a reviewer's next items are prepared in the background
+
+
+def _spread(times: list[float]) -> dict:
+    a = np.asarray(times, dtype=float)
+    if not len(a):
+        return {"n": 0}
+    return {"n": int(len(a)), "p50_s": float(np.percentile(a, 50)), "p95_s": float(np.percentile(a, 95)),
+            "max_s": float(a.max())}
+
+
+def serve_load(reviewers: int = 8, users: int = 4, minutes: float = 10.0, read_s: tuple[float, float] = (30.0, 90.0),
+               think_s: tuple[float, float] = (1.0, 4.0), prepared_first: int = 1, seed: int = 0) -> dict:
+    """Reviewers and case-explorer users against one server's model pool and review store for `minutes`, each in a
+    thread of its own with a browser session of its own, doing what the pages do (without drawing them):
+
+    - a reviewer signs in (a session in the real store), then per item fetches its explanation through the
+      study's prepared cache and the shared pool (core/review/prepared.py), has its next LOOK_AHEAD items
+      prepared ahead, reads and answers for `read_s` seconds, and saves (the session re-validated by each save);
+      now and then it changes an earlier rating;
+    - a user opens a demo case, switches modalities on and off (`think_s` apart) and asks for an explanation now
+      and then (any of the page's methods), all through core/serve.py's pool.
+
+    Before the clock starts: a fresh database and an empty explanation cache, each reviewer's first
+    `prepared_first` items prepared (as a running study has them); every later item is prepared ahead during the
+    load or, when a reviewer outruns that, computed while they wait. Reported: every action's p50/p95, ratings
+    acknowledged against those in the database at the end (lost, duplicated), errors, and for each reviewer
+    waiting on an unprepared item, the wait against that item's compute time."""
+    import random
+    import tempfile
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+    from pathlib import Path
+
+    from core.data.cohort.generate import ensure_cohort
+    from core.explain.explanation import METHODS
+    from core.paths import DEFAULT_CHECKPOINT, default_cohort_dir
+    from core.review.models import review_models
+    from core.review.prepared import study_explanations
+    from core.review.store import Item, ReviewStore
+    from core.demo import study_cases
+    from core.serve import ModelService, available_cores
+
+    tmp = Path(tempfile.mkdtemp(prefix="rmd-serve-load-"))
+    ds = Dataset.open(ensure_cohort(default_cohort_dir(), progress=False))
+    predictor = Predictor.load()
+    local = threading.local()
+    service = ModelService(predictor, session_of=lambda: getattr(local, "session", None))
+    lineup = review_models()
+    shipped = {m.name: predictor for m in lineup.models if m.path.resolve() == DEFAULT_CHECKPOINT.resolve()}
+    rows = {c.case_id: c.row for c in study_cases(ds)}
+    prep = study_explanations(lineup, ds, shipped, pool=service, case_ids=list(rows), root=tmp)
+    store = ReviewStore(tmp / "review.sqlite3")
+    names = [f"reviewer-{i}" for i in range(reviewers)]
+    queues = {n: [((rows[it.case_id], it.case_id, it.model, it.method), it)
+                  for it in ReviewStore.queue(n, list(rows), list(METHODS), lineup.names)] for n in names}
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(service.workers) as ex:  # the pool's workers, busy from the start
+        list(ex.map(prep.get, {k for n in names for k, _ in queues[n][:prepared_first]}))
+    prepare_s = time.perf_counter() - t0
+
+    lock = threading.Lock()
+    actions: dict[str, list[float]] = {}
+    unprepared: list[dict] = []
+    errors: list[str] = []
+    acknowledged: dict[tuple[str, Item], tuple[int, int, int]] = {}
+    saves = [0]
+    end = time.monotonic() + 60 * minutes
+
+    def timed(action: str, fn):
+        t = time.perf_counter()
+        out = fn()
+        with lock:
+            actions.setdefault(action, []).append(time.perf_counter() - t)
+        return out
+
+    def pause(seconds: float) -> bool:
+        """Sleep, but not past the end; whether there is time left."""
+        time.sleep(max(0.0, min(seconds, end - time.monotonic())))
+        return time.monotonic() < end
+
+    def attempt(who: str, fn) -> None:
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001 - counted; the simulated person goes on
+            with lock:
+                errors.append(f"{who}: {type(e).__name__}: {e}")
+            time.sleep(1.0)
+
+    def reviewer(name: str) -> None:
+        rng, local.session = random.Random(f"{seed}-{name}"), name
+        session = store.open_session(name)
+        pending, done = list(queues[name]), []
+
+        def save(item: Item) -> None:
+            values = (rng.randint(1, 5), rng.randint(1, 5), rng.randint(1, 5))
+            timed("review save", lambda: store.save(name, item, *values, session=session.id))
+            with lock:
+                acknowledged[(name, item)], saves[0] = values, saves[0] + 1
+
+        def one_item() -> None:
+            key, item = pending.pop(0)
+            ready = prep.ready(key)
+            t = time.perf_counter()
+            exp = timed("review fetch: prepared" if ready else "review fetch: unprepared", lambda: prep.get(key))
+            if not ready:
+                with lock:
+                    unprepared.append({"wait_s": time.perf_counter() - t, "compute_s": float(exp.seconds)})
+            prep.prefetch([k for k, _ in pending[:LOOK_AHEAD]])
+            if pause(rng.uniform(*read_s)):
+                save(item)
+                done.append(item)
+                if rng.random() < 0.1 and len(done) > 1:
+                    save(rng.choice(done[:-1]))  # a changed earlier rating: an update, never a second row
+
+        while pending and time.monotonic() < end:
+            attempt(name, one_item)
+
+    def explorer(i: int) -> None:
+        rng, local.session = random.Random(f"{seed}-user-{i}"), f"user-{i}"
+        demos = demo_cases(ds)
+        names_ = [n for n, _ in predictor.modalities]
+
+        def one_case() -> None:
+            demo = rng.choice(demos)
+            case, key, absent = ds.load(demo.row), f"demo-{demo.case_id}", []
+            timed("open a case", lambda: service.predict_job(case, key).result())
+            for _ in range(rng.randint(3, 6)):
+                if not pause(rng.uniform(*think_s)):
+                    return
+                name = rng.choice(names_)
+                absent = [n for n in absent if n != name] if name in absent else absent + [name]
+                if len(absent) == len(names_):
+                    absent.remove(name)
+                timed("switch a modality", lambda: service.predict_job(case, key, absent).result())
+                if rng.random() < 0.3 and pause(rng.uniform(*think_s)):
+                    method = rng.choice([m for m in METHODS if m != "random"])
+                    timed("explain", lambda: service.explain_job(case, key, absent, method).result())
+
+        while time.monotonic() < end:
+            attempt(f"user-{i}", one_case)
+
+    threads = [threading.Thread(target=reviewer, args=(n,), daemon=True) for n in names]
+    threads += [threading.Thread(target=explorer, args=(i,), daemon=True) for i in range(users)]
+    t_load = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(max(60.0, end - time.monotonic() + 600))  # a last explanation may still be on its way
+    load_s = time.perf_counter() - t_load
+    prep.close()
+    service.close()
+    rows_db = store.all_ratings()
+    found = {(r["reviewer"], Item(r["case_id"], r["method"], r["model"])): (r["relevance"], r["usefulness"], r["trust"])
+             for r in rows_db}
+    ratios = [u["wait_s"] / u["compute_s"] for u in unprepared if u["compute_s"] > 0]
+    return {"reviewers": reviewers, "users": users, "minutes": minutes, "read_s": list(read_s), "think_s": list(think_s),
+            "cores": available_cores(), "workers": service.workers, "prepared_first_s": prepare_s, "load_s": load_s,
+            "actions": {k: _spread(v) for k, v in sorted(actions.items())},
+            "ratings": {"saves_acknowledged": saves[0], "ratings_acknowledged": len(acknowledged),
+                        "rows_in_database": len(rows_db),
+                        "lost": sum(found.get(k) != v for k, v in acknowledged.items()),
+                        "duplicated": len(rows_db) - len(found) + len(set(found) - set(acknowledged))},
+            "unprepared_waits": {**_spread([u["wait_s"] for u in unprepared]),
+                                 "compute": _spread([u["compute_s"] for u in unprepared]),
+                                 "ratio_p50": float(np.median(ratios)) if ratios else None,
+                                 "ratio_max": float(max(ratios)) if ratios else None,
+                                 "within_2x": int(sum(r <= 2.0 for r in ratios))},
+            "errors": errors, "folder": str(tmp)}
+
+
+def serve_load_markdown(res: dict) -> str:
+    r, w = res["ratings"], res["unprepared_waits"]
+    lines = [f"{res['reviewers']} reviewers and {res['users']} case-explorer users for {res['minutes']:g} min, "
+             f"{res['cores']} cores, {res['workers']} model workers (reading an item {res['read_s'][0]:g}–"
+             f"{res['read_s'][1]:g} s, {res['think_s'][0]:g}–{res['think_s'][1]:g} s between explorer actions).", "",
+             "| action | n | p50 (s) | p95 (s) | max (s) |", "|---|---|---|---|---|"]
+    lines += [f"| {k} | {v['n']} | {v['p50_s']:.2f} | {v['p95_s']:.2f} | {v['max_s']:.2f} |"
+              for k, v in res["actions"].items() if v["n"]]
+    lines += ["", f"Ratings: {r['saves_acknowledged']} saves acknowledged ({r['ratings_acknowledged']} distinct items), "
+              f"{r['rows_in_database']} rows in the database: {r['lost']} lost, {r['duplicated']} duplicated. "
+              f"Errors: {len(res['errors'])}."]
+    if w["n"]:
+        lines += ["", f"A reviewer waiting on an unprepared item ({w['n']} times): wait p50 {w['p50_s']:.1f} s, p95 "
+                  f"{w['p95_s']:.1f} s, against compute p50 {w['compute']['p50_s']:.1f} s; wait / compute p50 "
+                  f"{w['ratio_p50']:.2f}×, max {w['ratio_max']:.2f}×, within 2× {w['within_2x']} of {w['n']}."]
+    if res["errors"]:
+        lines += ["", "Errors: " + "; ".join(res["errors"][:20])]
+    return "\n".join(lines)

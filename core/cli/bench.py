@@ -25,9 +25,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--serve", action="store_true", help="instead: the app under several users at once (real page "
                    "sessions in one process, as `streamlit run` serves them): p50/p95 per action, and the first "
                    "explanation after start against a warm one")
-    p.add_argument("--users", type=int, default=4, help="--serve: simulated users (default 4)")
+    p.add_argument("--users", type=int, default=4, help="--serve: simulated case-explorer users (default 4)")
     p.add_argument("--rounds", type=int, default=3, help="--serve: switch-and-explain rounds per user (default 3)")
-    p.add_argument("--out", help="--serve: also write bench_serve.{json,md} into this folder")
+    p.add_argument("--minutes", type=float, help="--serve: instead, a study's load for this long: --reviewers "
+                   "reviewers rating through the real store and prepared explanations, --users users predicting, "
+                   "switching and explaining, all against one server's model pool; ratings lost or duplicated, "
+                   "errors, p95 per action, and a reviewer's wait on an unprepared item against its compute time")
+    p.add_argument("--reviewers", type=int, default=8, help="--serve --minutes: simulated reviewers (default 8)")
+    p.add_argument("--out", help="--serve: also write bench_serve.{json,md} (with --minutes: "
+                   "bench_serve_load.{json,md}) into this folder")
     p.set_defaults(run=run)
 
 
@@ -43,9 +49,24 @@ def run_serve(args: argparse.Namespace) -> int:
     return subprocess.run(cmd, cwd=ROOT).returncode
 
 
+def run_serve_load(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from core.bench import serve_load, serve_load_markdown
+
+    res = serve_load(reviewers=args.reviewers, users=args.users, minutes=args.minutes)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "bench_serve_load.json").write_text(dumps(res))
+        (out / "bench_serve_load.md").write_text(serve_load_markdown(res) + "\n")
+    print(dumps(res) if args.json else serve_load_markdown(res))
+    return 1 if res["errors"] or res["ratings"]["lost"] or res["ratings"]["duplicated"] else 0
+
+
 def run(args: argparse.Namespace) -> int:
     if args.serve:
-        return run_serve(args)
+        return run_serve_load(args) if args.minutes else run_serve(args)
     from core.bench import bench
 
     batches = tuple(int(b) for b in args.batches.split(",") if b.strip())
