@@ -270,7 +270,8 @@ def serve_load(reviewers: int = 8, users: int = 4, minutes: float = 10.0, read_s
             exp = timed("review fetch: prepared" if ready else "review fetch: unprepared", lambda: prep.get(key))
             if not ready:
                 with lock:
-                    unprepared.append({"wait_s": time.perf_counter() - t, "compute_s": float(exp.seconds)})
+                    unprepared.append({"wait_s": time.perf_counter() - t, "compute_s": float(exp.seconds),
+                                       "model": item.model, "method": item.method})
             prep.prefetch([k for k, _ in pending[:LOOK_AHEAD]])
             if pause(rng.uniform(*read_s)):
                 save(item)
@@ -330,7 +331,7 @@ def serve_load(reviewers: int = 8, users: int = 4, minutes: float = 10.0, read_s
                                  "compute": _spread([u["compute_s"] for u in unprepared]),
                                  "ratio_p50": float(np.median(ratios)) if ratios else None,
                                  "ratio_max": float(max(ratios)) if ratios else None,
-                                 "within_2x": int(sum(r <= 2.0 for r in ratios))},
+                                 "within_2x": int(sum(r <= 2.0 for r in ratios)), "each": unprepared},
             "errors": errors, "folder": str(tmp)}
 
 

@@ -12,7 +12,8 @@ at most one short thread to the cores. A page shows how many jobs are ahead of i
 No one is stranded (issue 27):
 - a job someone waits for inherits that urgency: asking for work already queued under the same `key`
   joins that job and moves it up to the asker's priority (`promote`), so a reviewer waiting on an item
-  the review-preparation thread queued for some day is not kept waiting until the pool is idle;
+  the review-preparation thread queued for some day is not kept waiting until the pool is idle; and work
+  nobody waits for yet never holds the last free worker, so such a job finds one;
 - each browser session has at most MAX_QUEUED_PER_SESSION jobs waiting; its newer prediction or
   explanation replaces its older one still waiting; its waiting jobs are dropped when it ends
   (`cancel_session`, or found gone when a worker reaches them), and a dropped job never starts;
@@ -270,6 +271,7 @@ class ModelService:
         self._explanations = _Kept(EXPLANATION_CACHE)
         self._last_asked = float("-inf")  # when someone last submitted or finished non-background work
         self._running_for_people = 0
+        self._running_unwaited = 0  # jobs running that nobody waits for yet (AHEAD, BACKGROUND)
         self._threads = [threading.Thread(target=self._work, args=(self._queue,), name=f"rmd-worker-{i}", daemon=True)
                          for i in range(self.workers)]
         self._threads.append(threading.Thread(target=self._work, args=(self._urgent,), name="rmd-predict", daemon=True))
@@ -345,6 +347,15 @@ class ModelService:
 
     def _idle_locked(self) -> bool:
         return self._running_for_people == 0 and time.monotonic() - self._last_asked >= IDLE_S
+
+    def _may_start_locked(self, priority: int) -> bool:
+        """Work nobody waits for yet (AHEAD, BACKGROUND) never takes the last free worker, so that a job someone
+        comes to wait for (a reviewer reaching an item still unprepared) does not queue behind minutes of
+        preparation; background work, moreover, only on an idle pool."""
+        if priority < AHEAD:
+            return True
+        spare = self.workers < 2 or self._running_unwaited < self.workers - 1
+        return spare and (priority < BACKGROUND or self._idle_locked())
 
     def _enqueue_locked(self, job: Job, priority: int) -> None:
         job.priority, job._order = priority, next(self._order)
@@ -428,6 +439,7 @@ class ModelService:
             return False
         job.started = time.perf_counter()
         self._running_for_people += job.priority < BACKGROUND
+        self._running_unwaited += job.priority >= AHEAD
         return True
 
     def _work(self, lane: queue.PriorityQueue) -> None:
@@ -439,7 +451,7 @@ class ModelService:
             with self._lock:
                 if self._waiting.get(order) is not job:
                     continue  # stale: promoted (queued again), dropped or timed out
-                later = priority >= BACKGROUND and not self._idle_locked()
+                later = not self._may_start_locked(priority)
                 start = not later and self._start_locked(job)
             if later:
                 lane.put((priority, order, job))  # back in line; anything more urgent is taken first
@@ -453,7 +465,7 @@ class ModelService:
     def _run(self, job: Job) -> None:
         fn, args, kwargs = job._call
         job._call = None
-        people = job.priority < BACKGROUND
+        people, unwaited = job.priority < BACKGROUND, job.priority >= AHEAD  # as counted at its start
         try:
             result = fn(*args, **kwargs)
         except BaseException as e:  # noqa: BLE001 - logged here, handed to whoever waits on the job
@@ -467,6 +479,7 @@ class ModelService:
             with self._lock:
                 self._forget_locked(job)
                 self._running_for_people -= people
+                self._running_unwaited -= unwaited
                 if people:
                     self._last_asked = time.monotonic()
 

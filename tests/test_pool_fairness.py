@@ -14,7 +14,7 @@ from concurrent.futures import CancelledError
 import pytest
 
 from core.review.prepared import PreparedExplanations
-from core.serve import BACKGROUND, IDLE_S, INTERACTIVE, JobTimeout, ModelService, ServerBusy
+from core.serve import AHEAD, BACKGROUND, IDLE_S, INTERACTIVE, JobTimeout, ModelService, ServerBusy
 
 
 class Sessions:
@@ -126,6 +126,27 @@ def test_a_reviewer_waiting_on_an_item_prepared_in_the_background_gets_it_prompt
         busy.stop.set()
         busy.join(10)
         prep.close()
+
+
+def test_work_nobody_waits_for_never_takes_the_last_free_worker(make_pool):
+    """The load bench's reviewer waiting 8x an item's compute time: both workers held by items prepared ahead
+    for other reviewers (nobody waiting for them yet). Such work now leaves one worker for whoever comes to wait."""
+    pool = make_pool(workers=2)
+    release, started = threading.Event(), []
+
+    def prepare(name: str) -> None:
+        started.append(name)
+        release.wait(30)
+
+    ahead = [pool.submit(prepare, f"item {i}", priority=AHEAD, kind="review") for i in range(2)]
+    deadline = time.time() + 30
+    while not started and time.time() < deadline:
+        time.sleep(0.01)
+    t0 = time.perf_counter()
+    assert pool.submit(time.sleep, 0.1, priority=INTERACTIVE).result(30) is None  # the free worker, at once
+    assert time.perf_counter() - t0 < 5 and started == ["item 0"] and ahead[1].started is None
+    release.set()
+    assert ahead[1].result(30) is None and started == ["item 0", "item 1"]
 
 
 def test_a_session_s_queued_work_is_bounded_superseded_and_dropped_when_it_ends(make_pool, sessions):
