@@ -34,9 +34,37 @@ APP = str(ROOT / "app.py")
 SCALES = ("relevance", "usefulness", "trust")
 
 
+def _one_runtime() -> None:
+    """AppTest swaps a mock Streamlit Runtime in for each page run and clears it afterwards; with several sessions
+    running at once in threads, one session's clearing pulls the runtime from under another's run ("Runtime hasn't
+    been created", a page run that draws nothing). A server has one runtime for every session: the bench keeps the
+    first mock for all of them."""
+    import streamlit.testing.v1.app_test as app_test
+    from streamlit.runtime import Runtime
+
+    if getattr(app_test.Runtime, "shared_by_the_bench", False):
+        return
+
+    class _KeepFirst(type(Runtime)):
+        @property
+        def _instance(cls):
+            return Runtime._instance
+
+        @_instance.setter
+        def _instance(cls, value) -> None:
+            if value is not None and Runtime._instance is None:
+                Runtime._instance = value
+
+    class SharedRuntime(Runtime, metaclass=_KeepFirst):
+        shared_by_the_bench = True
+
+    app_test.Runtime = SharedRuntime
+
+
 def _session():
     from streamlit.testing.v1 import AppTest
 
+    _one_runtime()
     return AppTest.from_file(APP, default_timeout=900)
 
 
