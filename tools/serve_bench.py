@@ -38,7 +38,7 @@ def _one_runtime() -> None:
     """AppTest swaps a mock Streamlit Runtime in for each page run and clears it afterwards; with several sessions
     running at once in threads, one session's clearing pulls the runtime from under another's run ("Runtime hasn't
     been created", a page run that draws nothing). A server has one runtime for every session: the bench keeps the
-    first mock for all of them."""
+    first mock for all of them (and one script cache, below)."""
     import streamlit.testing.v1.app_test as app_test
     from streamlit.runtime import Runtime
 
@@ -59,6 +59,17 @@ def _one_runtime() -> None:
         shared_by_the_bench = True
 
     app_test.Runtime = SharedRuntime
+    # Each AppTest compiles the page scripts in a cache of its own; CPython 3.11 can fail compiling in several
+    # threads at once ("AST constructor recursion depth mismatch"). A server has one script cache, so one lock.
+    from streamlit.runtime.scriptrunner import script_cache
+
+    shared_lock, init = threading.Lock(), script_cache.ScriptCache.__init__
+
+    def one_lock(self) -> None:
+        init(self)
+        self._lock = shared_lock
+
+    script_cache.ScriptCache.__init__ = one_lock
 
 
 def _session():
