@@ -8,6 +8,8 @@ PORT ?= 8501
 # Where the app listens: this machine only by default. `make run ADDRESS=0.0.0.0` serves a network (set
 # RMD_REVIEWER_CODE and RMD_ADMIN_CODE first, and put TLS in front: README, "Running a study on a network").
 ADDRESS ?= 127.0.0.1
+# `make run CHECKPOINT=DIR` opens a model of your own (RMD_CHECKPOINT); RMD_DATA=DIR for the data of its demo cases.
+CHECKPOINT ?=
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
@@ -30,13 +32,13 @@ cohort: venv
 # app listens on this machine alone; served on a network without one, reviewing stays closed. Streamlit prints
 # its URL about 1 s after starting; without showEmailPrompt=false its first run on a desktop would stop at
 # an email prompt instead (and exit when stdin is not a terminal).
-run: venv cohort
+run: venv $(if $(CHECKPOINT)$(RMD_CHECKPOINT),,cohort)
 	@code="$${RMD_REVIEWER_CODE:-}"; \
 	case "$(ADDRESS)" in \
 	  127.0.0.1|localhost|::1) code="$${code:-demo}" ;; \
 	  *) [ -n "$$code" ] || echo "Serving on $(ADDRESS) without RMD_REVIEWER_CODE: reviewing stays closed (the demo code is for localhost only)." ;; \
 	esac; \
-	RMD_REVIEWER_CODE="$$code" $(BIN)/streamlit run app.py --server.address $(ADDRESS) --server.port $(PORT) \
+	$(if $(CHECKPOINT),RMD_CHECKPOINT="$(CHECKPOINT)") RMD_REVIEWER_CODE="$$code" $(BIN)/streamlit run app.py --server.address $(ADDRESS) --server.port $(PORT) \
 	  --browser.gatherUsageStats false --server.showEmailPrompt false
 
 # Debian's chromium for the real-browser test (never a downloaded browser).

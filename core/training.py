@@ -430,7 +430,8 @@ def train(data: str | Path, config: Config, out: str | Path, device: str | None 
                 "calibration_fit": result.calibration, "calibration": calibration,
                 "temperature": float(result.model.temperature.mean()),
                 "best_epoch": result.best_epoch, "val_score": result.val_score, "history": result.history,
-                "train_seconds": result.seconds, "device": str(dev), "processes": ctx.world, "command": command}
+                "train_seconds": result.seconds, "device": str(dev), "processes": ctx.world, "command": command,
+                "created": time.strftime("%Y-%m-%d %H:%M %Z")}
         leak = note_alone_leak(metrics, result.model.info.modalities)
         if leak:
             log.warning("warning: %s", leak)

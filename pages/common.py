@@ -1,4 +1,5 @@
-"""What every page shares: the model loaded once, the demo cohort, charts, and error display.
+"""What every page shares: the open model loaded once (core/open_model.py: RMD_CHECKPOINT, RMD_DATA), its demo
+cases, charts, and error display.
 
 Not a page itself (app.py lists the pages). All work happens in `core`; this only caches and draws.
 """
@@ -12,22 +13,28 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.data.cohort.generate import ensure_cohort
 from core.data.dataset import CaseInputs, Dataset
 from core.demo import DemoCase, demo_cases
 from core.errors import RobustMDiffError
 from core.inference import Prediction, Predictor
 from core.names import display_name
-from core.paths import default_cohort_dir
+from core.open_model import OpenModel
 from core.serve import Job, ModelService, warm_up_enabled
 
 NOTICE = "Research software, not a medical device: not for diagnosis or treatment decisions."
 
 
+@st.cache_resource(show_spinner=False)
+def get_open_model() -> OpenModel:
+    """The checkpoint this server opened (RMD_CHECKPOINT, else the shipped one) and its data (RMD_DATA, else the
+    data it was trained on); a folder that is not a checkpoint raises a RobustMDiffError app.py shows."""
+    return OpenModel.from_environment()
+
+
 @st.cache_resource(show_spinner="Loading the model…")
 def get_predictor() -> Predictor:
     """One model for every session; inference uses no shared mutable state, so sessions may predict at once."""
-    return Predictor.load()
+    return Predictor.load(get_open_model().checkpoint)
 
 
 def session_key() -> tuple[str, str] | None:
@@ -54,8 +61,9 @@ def get_service() -> ModelService:
     """The worker pool every session's model work goes through (core/serve.py: why), warmed up in the
     background on a demo case as soon as the first page opens."""
     service = ModelService(get_predictor(), session_of=session_key, session_alive=session_alive)
-    if warm_up_enabled():
-        service.warm_up(load_demo_case(get_demo_cases()[0].row))
+    demos = get_demo_cases() if warm_up_enabled() else []
+    if demos:
+        service.warm_up(load_demo_case(demos[0].row))
     return service
 
 
@@ -70,13 +78,33 @@ def wait_for(job: Job):
     return job.result()
 
 
-@st.cache_resource(show_spinner="Preparing the embedded cohort…")
+@st.cache_resource(show_spinner="Opening the data of the demo cases…")
 def get_cohort() -> Dataset:
-    return Dataset.open(ensure_cohort(default_cohort_dir(), progress=False))
+    """The open model's data (the embedded cohort for the shipped model); RobustMDiffError when there is none
+    here (callers say so: `has_demo_cases`)."""
+    return get_open_model().dataset()
+
+
+def has_demo_cases() -> bool:
+    """Whether demo cases can be offered: the open model's data is on this machine and readable."""
+    try:
+        return bool(get_demo_cases())
+    except RobustMDiffError:
+        return False
+
+
+def no_demo_cases_text() -> str:
+    """Why there are no demo cases, and what to do."""
+    try:
+        get_cohort()
+    except RobustMDiffError as e:
+        return str(e)
+    return "This data has no complete test case to show."
 
 
 @st.cache_resource(show_spinner=False)
 def get_demo_cases() -> list[DemoCase]:
+    """Complete test cases of the open model's data, typical and rare diagnoses (core/demo.py)."""
     return demo_cases(get_cohort())
 
 
@@ -107,6 +135,15 @@ _navigation_checked = False
 
 def notice() -> None:
     st.caption(f":material/warning: {NOTICE}")
+
+
+def model_sidebar() -> None:
+    """Which model is open (name, data, date, method), on every page: what every figure on it belongs to."""
+    d = get_open_model().describe(get_predictor().meta)
+    st.sidebar.markdown(f"**Model open:** `{d['name']}`  \n{display_name(d['method'])} · trained {d['date']}  \n"
+                        f"Data: {d['data']}")
+    if not get_open_model().shipped:
+        st.sidebar.caption("Your own model (RMD_CHECKPOINT). `make run` alone opens the shipped one.")
 
 
 def fail(err: Exception) -> None:

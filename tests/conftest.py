@@ -118,3 +118,14 @@ def identified_dicom() -> tuple[bytes, list[str]]:
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue(), list(secrets.values()) + ["PRIVATE-SECRET-42", "Zyxwv", "31415926"]
+
+
+@pytest.fixture(scope="session")
+def own_model_of(tmp_path_factory):
+    """`own_model_of(name)`: (checkpoint, data folder) of a data set of tests/own_models.py ("reports",
+    "breast_cancer", "derm"), trained once per test run and shared by the parallel workers."""
+    from own_models import own_model
+
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "own-models"
+    return lambda name: own_model(name, root)

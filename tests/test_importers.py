@@ -26,6 +26,7 @@ from core.data.importers.mimic import CHEXPERT_COLUMNS, chexpert_labels, import_
 from core.data.importers.mimic_notes import strip_report
 from core.data.spec import DatasetSpec
 from core.paths import ROOT
+from own_models import DIAGNOSES, LOCATIONS, write_derm7pt
 
 # ---- a MIMIC fixture ------------------------------------------------------------------------------------------------
 # 48 studies, two per subject: study k has class CLASS_OF[k % 6]; subject j = k // 2 holds classes of one pair,
@@ -449,66 +450,6 @@ def test_strip_report_keeps_what_is_known_before_the_image_is_read():
 
 
 # ---- Derm7pt ---------------------------------------------------------------------------------------------------------
-DERM_HEADER = ["case_num", "diagnosis", "seven_point_score", "pigment_network", "streaks", "pigmentation",
-               "regression_structures", "dots_and_globules", "blue_whitish_veil", "vascular_structures",
-               "level_of_diagnostic_difficulty", "elevation", "location", "sex", "management", "clinic", "derm",
-               "case_id", "notes"]
-DIAGNOSES = {"nevus": ["clark nevus", "blue nevus", "reed or spitz nevus", "congenital nevus", "dermal nevus",
-                       "combined nevus", "recurrent nevus", "clark nevus"],
-             "melanoma": ["melanoma (in situ)", "melanoma (less than 0.76 mm)", "melanoma (0.76 to 1.5 mm)",
-                          "melanoma (more than 1.5 mm)", "melanoma metastasis", "melanoma", "melanoma (in situ)",
-                          "melanoma"],
-             "basal_cell_carcinoma": ["basal cell carcinoma"] * 8,
-             "seborrheic_keratosis": ["seborrheic keratosis"] * 8,
-             "miscellaneous": ["dermatofibroma", "lentigo", "melanosis", "miscellaneous", "vascular lesion",
-                               "dermatofibroma", "lentigo", "vascular lesion"]}
-LOCATIONS = ["abdomen", "back", "head neck", "lower limbs", "upper limbs", "chest", "acral", "buttocks"]
-
-
-def write_derm7pt(root: Path) -> list[dict]:
-    """40 cases (8 per group: 4 train, 2 valid, 2 test) and one with a diagnosis outside the release's list.
-    Case 3's clinic image is listed in another letter case than on disk; case 5's dermoscopic image is absent;
-    case 6 has no sex recorded."""
-    (root / "meta").mkdir(parents=True)
-    rows, splits = [], {"train": [], "valid": [], "test": []}
-    for g, (group, names) in enumerate(DIAGNOSES.items()):
-        for j, diagnosis in enumerate(names):
-            i = len(rows)
-            rows.append({"case_num": i + 1, "diagnosis": diagnosis, "seven_point_score": (i * 3) % 8,
-                         "pigment_network": ["absent", "typical", "atypical"][i % 3],
-                         "streaks": ["absent", "regular", "irregular"][i % 3],
-                         "pigmentation": ["absent", "diffuse regular", "localized irregular"][i % 3],
-                         "regression_structures": ["absent", "blue areas", "combinations"][i % 3],
-                         "dots_and_globules": ["absent", "regular", "irregular"][i % 3],
-                         "blue_whitish_veil": ["absent", "present"][i % 2],
-                         "vascular_structures": ["absent", "arborizing", "dotted", "linear irregular"][i % 4],
-                         "level_of_diagnostic_difficulty": ["low", "medium", "high"][i % 3],
-                         "elevation": ["flat", "palpable", "nodular"][i % 3],
-                         "location": LOCATIONS[i % len(LOCATIONS)], "sex": "" if i == 6 else ["female", "male"][i % 2],
-                         "management": ["excision", "clinical follow up", "no further examination"][i % 3],
-                         "clinic": f"NEL/NEL{100 + 2 * i:03d}.JPG" if i != 3 else f"NEL/nel{100 + 2 * i:03d}.jpg",
-                         "derm": f"NEL/Nel{101 + 2 * i:03d}.jpg", "case_id": "", "notes": ""})
-            splits["train" if j < 4 else "valid" if j < 6 else "test"].append(i)
-    rows.append({**rows[0], "case_num": len(rows) + 1, "diagnosis": "mystery lesion",
-                 "clinic": "NEL/NEL900.JPG", "derm": "NEL/Nel901.jpg"})
-    splits["train"].append(len(rows) - 1)
-    pd.DataFrame(rows, columns=DERM_HEADER).to_csv(root / "meta" / "meta.csv", index=False)
-    for name, idx in splits.items():
-        pd.DataFrame({"indexes": idx}).to_csv(root / "meta" / f"{name}_indexes.csv", index=False)
-    for i, r in enumerate(rows):
-        clinic = r["clinic"] if i != 3 else r["clinic"].upper()
-        _rgb(root / "images" / clinic, i)
-        if i != 5:
-            _rgb(root / "images" / r["derm"], 100 + i)
-    return rows
-
-
-def _rgb(path: Path, seed: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(path, format="JPEG")
-
-
 @pytest.fixture(scope="module")
 def derm_source(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("derm7pt") / "release_v0"
