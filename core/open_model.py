@@ -106,7 +106,10 @@ class OpenModel:
             return Dataset.open(ensure_cohort(default_cohort_dir(), progress=False))
         if self.data is None:
             raise RobustMDiffError(f"No data for demo cases: {self.data_note}.")
-        ds = Dataset.open(self.data)
+        try:
+            ds = Dataset.open(self.data)
+        except RobustMDiffError as e:
+            raise RobustMDiffError(f"No demo cases: the data ({self.data_note}) cannot be opened: {e}.") from None
         wanted = [(m["name"], m["type"]) for m in read_meta(self.checkpoint)["spec"]["modalities"]]
         found = [(m.name, m.type) for m in ds.spec.modalities]
         if found != wanted:

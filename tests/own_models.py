@@ -76,10 +76,18 @@ def write_derm7pt(root: Path) -> list[dict]:
 
 
 def _rgb(path: Path, seed: int) -> None:
+    """A photograph-like picture: skin-toned background, a pigmented lesion of a size, shape and colour drawn
+    from `seed`, and sensor noise (JPEG, as the release ships)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(path, format="JPEG")
-
+    side = 96
+    yy, xx = np.mgrid[:side, :side] / side - 0.5
+    skin = np.array([224, 180, 150]) + rng.normal(0, 8, 3)
+    lesion = np.array([120, 70, 45]) * rng.uniform(0.5, 1.1, 3)
+    a, b = rng.uniform(0.12, 0.3, 2)
+    inside = (((xx - rng.uniform(-0.1, 0.1)) / a) ** 2 + ((yy - rng.uniform(-0.1, 0.1)) / b) ** 2) < 1
+    img = np.where(inside[..., None], lesion, skin) + rng.normal(0, 6, (side, side, 3))
+    Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(path, format="JPEG")
 
 
 # ---- one text modality -------------------------------------------------------------------------------------
