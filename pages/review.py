@@ -24,14 +24,15 @@ from core.names import display_name
 from core.explain.explanation import METHODS, Explanation
 from core.explain.render import legend_html, note_html, overlay
 from core.review import auth
-from core.paths import DEFAULT_CHECKPOINT, ROOT
+from core.paths import ROOT
 from core.review.export import ratings_csv, results_csv
-from core.review.models import Lineup, cohort_spec, review_models, train_command
+from core.review.models import Lineup, Study, cohort_spec, review_models, study_of, train_command, with_study
 from core.review.prepared import BACKGROUND, PreparedExplanations, study_explanations, warm_all, warm_enabled
 from core.review.stats import (ALPHA, MIN_RATINGS, agreement, paired_tests, per_method, per_model,
                                per_model_method)
 from core.review.store import DEMO_CODE, REFERENCE_MODEL, SCALES, Item, ReviewStore, Session, SignedOut, reviewer_code
-from pages.common import fail, get_cohort, get_predictor, get_service, inside_app, load_demo_case, notice
+from pages.common import (fail, get_cohort, get_open_model, get_predictor, get_service, inside_app, load_demo_case,
+                          notice)
 
 LIKERT = {1: "1 · not at all", 2: "2", 3: "3", 4: "4", 5: "5 · completely"}
 QUESTIONS = {"relevance": "The highlighted evidence is clinically relevant to the prediction.",
@@ -62,11 +63,19 @@ def _study_spec() -> dict:
     return cohort_spec(get_cohort())
 
 
+@st.cache_resource(show_spinner=False)
+def get_study() -> Study:
+    """The study runs on the open model and its data (issue 26); the database notes which, for the export."""
+    study = study_of(get_open_model(), get_cohort().manifest.to_csv(index=False))
+    store().note_study(study.key, study.describe())
+    return study
+
+
 def lineup() -> Lineup:
     """The models of the study, read afresh on each run (a few small JSON files), so that a comparison
     checkpoint trained while the app runs joins the queue at the next page load. A model that does not
     read the study cohort's classes, modalities and labs is left out (the admin sees why)."""
-    found = review_models(_study_spec())
+    found = review_models(_study_spec(), get_study())
     _report_missing(tuple(found.missing), tuple(found.skipped))
     return found
 
@@ -75,16 +84,17 @@ def lineup() -> Lineup:
 def _report_missing(missing: tuple[str, ...], skipped: tuple[tuple[str, str], ...]) -> None:
     """Once per process, in the server log (reviewers must not see model names)."""
     for name in missing:
-        log.warning("review study: no checkpoint of %s; train it with: %s", name, train_command(name))
+        log.warning("review study: no checkpoint of %s; train it with: %s", name, train_command(name, get_study()))
     for path, why in skipped:
         log.warning("review study: not using %s (%s)", path, why)
 
 
 @st.cache_resource(show_spinner=False)
 def _prepared(_lineup: Lineup, key: tuple, case_ids: tuple[str, ...]) -> PreparedExplanations:
-    shipped = {m.name: get_predictor() for m in _lineup.models if m.path.resolve() == DEFAULT_CHECKPOINT.resolve()}
+    open_checkpoint = get_open_model().checkpoint.resolve()  # already loaded for every page: not loaded twice
+    loaded = {m.name: get_predictor() for m in _lineup.models if m.path.resolve() == open_checkpoint}
     # review work queues in the app's one pool, behind what people wait for (moved up when someone waits)
-    return study_explanations(_lineup, get_cohort(), shipped, case_ids=case_ids, pool=get_service())
+    return study_explanations(_lineup, get_cohort(), loaded, case_ids=case_ids, pool=get_service())
 
 
 def prepared(found: Lineup | None = None) -> PreparedExplanations:
@@ -216,13 +226,14 @@ def show_item(item: Item, row: int, exp: Explanation, pos: int) -> None:
         c1.image(image, caption="scan with heatmap", width=360)
     for name, words in exp.note.items():
         c2.html(legend_html() + note_html(case.inputs[name], words))
-    for rows in exp.labs.values():
+    for i, (group, rows) in enumerate(exp.labs.items()):  # one chart per table of the data (several in some)
         shown = [r for r in rows if r.value is not None]
         fig = go.Figure(go.Bar(y=[f"{r.label} {r.value:.3g} {r.unit} {r.flag}" for r in shown],
                                x=[r.score for r in shown], orientation="h"))
-        fig.update_layout(height=80 + 30 * len(shown), yaxis=dict(autorange="reversed"), title="Lab results ranked by influence",
+        title = "Lab results ranked by influence" if len(exp.labs) == 1 else f"{group}: ranked by influence"
+        fig.update_layout(height=80 + 30 * len(shown), yaxis=dict(autorange="reversed"), title=title,
                           margin=dict(l=10, r=10, t=30, b=10))
-        st.plotly_chart(fig, width="stretch", key=f"labs_{pos}")
+        st.plotly_chart(fig, width="stretch", key=f"labs_{pos}" if i == 0 else f"labs_{pos}_{i}")
 
 
 def questions(reviewer: str, item: Item, pos: int) -> None:
@@ -245,7 +256,8 @@ def rate_view(reviewer: str) -> None:
         st.rerun()
     found = lineup()
     if not found.models:
-        st.error("The study has no model to explain: the shipped checkpoint is missing. Ask the study admin.")
+        st.error("The study has no model to explain: the open checkpoint is missing or cannot explain the study's "
+                 "cases. Ask the study admin.")
         return
     demos = {d.case_id: d for d in get_study_cases()}
     queue = ReviewStore.queue(reviewer, list(demos), list(METHODS), found.names)
@@ -296,9 +308,15 @@ def results_view() -> None:
         return
     pin_reset_view()
     models_view(lineup())
-    ratings = store().all_ratings()
+    everything = store().all_ratings()
+    ratings = get_study().local(everything)  # never mixed with the ratings of a study on another model or data
     st.caption(f"{len(ratings)} ratings from {len({r['reviewer'] for r in ratings})} reviewers.")
+    if len(everything) > len(ratings):
+        st.caption(f"This database also holds {len(everything) - len(ratings)} ratings of studies on other models "
+                   "or data: not counted here; the ratings export includes them, each with its study.")
     if not ratings:
+        if everything:
+            _exports(everything, {})
         return
     tables = {"per_model": per_model(ratings), "per_method": per_method(ratings),
               "per_model_method": per_model_method(ratings), "paired_test": paired_tests(ratings)}
@@ -318,10 +336,20 @@ def results_view() -> None:
                           for k, v in alpha.items()),
                 help="Krippendorff's α for ordinal ratings, per question, over the items rated by two or more "
                      "reviewers.")
+    _exports(everything, tables)
+
+
+def _exports(ratings: list[dict], tables: dict[str, pd.DataFrame]) -> None:
+    """Every rating of the database with the study (model and data) it is of; this study's result tables, each
+    row with the study."""
     c1, c2 = st.columns(2)
-    c1.download_button("Export ratings (CSV)", ratings_csv(ratings), "ratings.csv", mime="text/csv", key="export")
-    c2.download_button("Export results (CSV)", results_csv(tables), "review-results.csv", mime="text/csv",
-                       key="export_results")
+    c1.download_button("Export ratings (CSV)", ratings_csv(with_study(ratings, store().studies())), "ratings.csv",
+                       mime="text/csv", key="export")
+    if tables:
+        study = get_study().describe()
+        c2.download_button("Export results (CSV)", results_csv({k: t.assign(study=study) if len(t) else t
+                                                                 for k, t in tables.items()}),
+                           "review-results.csv", mime="text/csv", key="export_results")
 
 
 # the admin's tables keep the internal names (the exported CSV and `python -m core train --method` use them);
@@ -363,13 +391,16 @@ def _shown_path(path: Path) -> str:
 
 
 def models_view(found: Lineup) -> None:
-    """Which models the study compares, and what is missing with the command that trains it."""
+    """Which model and data the study runs on, which models it compares, and what is missing with the command
+    that trains it (next to the open model, on its data)."""
+    study = get_study()
+    st.markdown(f"**This study runs on** {study.describe()}" + ("" if study.shipped else f" (study `{study.key}`)"))
     st.markdown("**Models in this study** (a second blinded factor beside the explanation method)")
     st.dataframe(pd.DataFrame([{"model": m.name, "label": m.label, "checkpoint": _shown_path(m.path)} for m in found.models],
                               columns=["model", "label", "checkpoint"]), hide_index=True, key="models_table",
                  column_order=["label", "checkpoint"], column_config={"label": "Model", "checkpoint": "Checkpoint"})
     if found.missing:
-        commands = "\n".join(train_command(n) for n in found.missing)
+        commands = "\n".join(train_command(n, study) for n in found.missing)
         st.warning(f"Missing from the study: {', '.join(f'{display_name(n)} ({n})' for n in found.missing)}. The study "
                    "runs with the models above; train the missing ones (the queue takes them up at the next page "
                    "load):")

@@ -14,7 +14,8 @@ import pandas as pd
 
 from core.review.store import SCALES, iso
 
-COLUMNS = ("reviewer", "case_id", "model", "method", *SCALES, "comment", "saved_at")
+COLUMNS = ("reviewer", "case_id", "model", "method", *SCALES, "comment", "saved_at", "study")  # study: which
+# model and data the rating is of (core/review/models.py: with_study); blank where the caller gives none
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 

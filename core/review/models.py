@@ -1,9 +1,11 @@
 """The models whose explanations the review study compares: RobustMDiff and its comparison models.
 
 The design's human evaluation rates explanations of RobustMDiff beside those of comparison models trained
-by the same harness (`python -m core train --method NAME`, core/evaluation/methods.py). The study uses
-  - RobustMDiff: the shipped checkpoint, checkpoints/default;
-  - every folder of checkpoints/comparison/ that holds a valid checkpoint,
+by the same harness (`python -m core train --method NAME`, core/evaluation/methods.py). The study runs on the
+model the app opened (core/open_model.py, issue 26: a `Study`) and uses
+  - RobustMDiff: the open checkpoint (the shipped one, checkpoints/default, unless RMD_CHECKPOINT names another);
+  - every comparison checkpoint trained next to it (DIR/comparison/NAME; the shipped one's in
+    checkpoints/comparison/),
 or, when RMD_REVIEW_MODELS is set, exactly the checkpoint folders it lists (comma-separated; relative paths
 are taken from the repository root). Every model must read the study's data spec: the same classes, the
 same modalities and the same lab fields as the cohort whose cases reviewers rate (by default, those the
@@ -12,28 +14,124 @@ sees (issue 29: a model of other classes was shown to reviewers as "model predic
 model is named by its own meta.json (its method; the folder name if it has none), never by a default.
 The comparison models the design names and that are not there are reported with the command that trains
 them; the study then runs with the models it has.
+
+Ratings of a study on another model or data than the shipped model on the embedded cohort are stored under
+its models' names qualified by the study's key (`robustmdiff@breast-cancer-1a2b3c4d5e`): the review database
+keeps its schema, a study on another model never overwrites or mixes with another's ratings, and the export
+says which study (model and data) each rating is of.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
+import shlex
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from core.errors import RobustMDiffError
 from core.names import display_name
 from core.paths import DEFAULT_CHECKPOINT, ROOT
 from core.review.store import REFERENCE_MODEL
 
+if TYPE_CHECKING:
+    from core.open_model import OpenModel
+
 ENV = "RMD_REVIEW_MODELS"
 COMPARISON_DIR = ROOT / "checkpoints" / "comparison"
 COMPARISONS = ("dropout_0.5", "late_fusion")  # the design's comparison models: modality dropout, late fusion
+SHIPPED_STUDY = ""  # the key of the shipped model's study on the embedded cohort (every rating from before issue 26)
+QUALIFIER = "@"  # stored model name = method name @ study key (other studies only)
+
+
+@dataclass(frozen=True)
+class Study:
+    """Which model the review study runs on, and on which data: its key qualifies the stored model names."""
+
+    key: str  # SHIPPED_STUDY, or e.g. breast-cancer-1a2b3c4d5e (data set name, hash of the weights and the data)
+    reference: Path  # the open checkpoint: the study's RobustMDiff
+    comparison_dir: Path  # where its comparison models are trained (train --method NAME --out DIR/comparison/NAME)
+    checkpoint_text: str  # the checkpoint and the data, in words, for the study admin and the export
+    data_text: str
+    data_arg: str = ""  # `--data …` of the train commands (empty for the shipped study: the embedded cohort)
+
+    @property
+    def shipped(self) -> bool:
+        return self.key == SHIPPED_STUDY
+
+    def describe(self) -> str:
+        return f"model {self.checkpoint_text} · data {self.data_text}"
+
+    def stored(self, name: str) -> str:
+        """The name a rating of model `name` is stored under in this study."""
+        return name if self.shipped else f"{name}{QUALIFIER}{self.key}"
+
+    def owns(self, stored: str) -> bool:
+        """Whether a stored model name is one of this study's."""
+        return QUALIFIER not in stored if self.shipped else stored.endswith(f"{QUALIFIER}{self.key}")
+
+    def local(self, ratings: list[dict]) -> list[dict]:
+        """This study's ratings, their model under its plain name (what the summaries and the paired test read)."""
+        return [{**r, "model": method_of(r.get("model") or REFERENCE_MODEL)} for r in ratings
+                if self.owns(r.get("model") or REFERENCE_MODEL)]
+
+
+SHIPPED = Study(SHIPPED_STUDY, DEFAULT_CHECKPOINT, DEFAULT_CHECKPOINT.parent / "comparison", "checkpoints/default",
+                "embedded synthetic cohort")
+
+
+def method_of(stored: str) -> str:
+    """The model's plain name in a stored model name (`late_fusion@key` -> late_fusion)."""
+    return stored.rsplit(QUALIFIER, 1)[0]
+
+
+def study_key_of(stored: str) -> str:
+    """The study a stored model name belongs to (SHIPPED_STUDY for a plain name)."""
+    return stored.rsplit(QUALIFIER, 1)[1] if QUALIFIER in stored else SHIPPED_STUDY
+
+
+def with_study(ratings: list[dict], studies: dict[str, str]) -> list[dict]:
+    """Ratings of any study, each with its model's plain name and the study it is of in words (`studies`:
+    ReviewStore.studies()), as the export writes them."""
+    def text(key: str) -> str:
+        return studies.get(key) or (SHIPPED.describe() if key == SHIPPED_STUDY else f"study {key}")
+
+    return [{**r, "model": method_of(r.get("model") or REFERENCE_MODEL),
+             "study": text(study_key_of(r.get("model") or REFERENCE_MODEL))} for r in ratings]
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def study_of(model: "OpenModel", manifest_csv: str) -> Study:
+    """The study on the open model and its data (`manifest_csv`: the data's manifest, as the prepared
+    explanations' fingerprint reads it). The shipped model on the embedded cohort is the shipped study; any
+    other model or data gets a key of its own, from its weights and its data, so retraining it or pointing it
+    at other data starts a new study rather than mixing ratings of different explanations."""
+    from core.checkpoint import read_meta
+
+    if model.shipped and model.data is None:
+        return SHIPPED
+    meta = read_meta(model.checkpoint)
+    digest = hashlib.sha256(f"{meta.get('weights_sha256')}\0{manifest_csv}".encode()).hexdigest()[:10]
+    name = re.sub(r"[^a-z0-9]+", "-", str((meta.get("spec") or {}).get("name") or "data").lower()).strip("-")
+    data = _shown(Path(model.data)) if model.data is not None else "embedded synthetic cohort"
+    return Study(f"{name or 'data'}-{digest}", model.checkpoint,
+                 (DEFAULT_CHECKPOINT.parent if model.shipped else model.checkpoint) / "comparison",
+                 _shown(model.checkpoint), data, f"--data {shlex.quote(data)} " if model.data is not None else "")
 
 
 @dataclass(frozen=True)
 class ReviewModel:
-    name: str  # the method name, e.g. robustmdiff, late_fusion (stored with each rating; never shown to reviewers)
+    name: str  # the name stored with each rating (never shown to reviewers): the method, e.g. robustmdiff,
+    #            late_fusion, qualified by the study's key in a study on another model (Study.stored)
     label: str  # e.g. "Late fusion" (for the study admin)
     path: Path
     meta: dict = field(compare=False, repr=False, hash=False)
@@ -54,19 +152,26 @@ class Lineup:
         return tuple((m.name, str(m.path), m.meta.get("meta_sha256")) for m in self.models)
 
 
-def train_command(name: str) -> str:
+def train_command(name: str, study: Study = SHIPPED) -> str:
+    """The command that trains a missing model of the study, next to its reference and on its data."""
+    if study.shipped:
+        if name == REFERENCE_MODEL:
+            return "python -m core train --out checkpoints/default"
+        return f"python -m core train --method {name} --out checkpoints/comparison/{name}"
     if name == REFERENCE_MODEL:
-        return "python -m core train --out checkpoints/default"
-    return f"python -m core train --method {name} --out checkpoints/comparison/{name}"
+        return f"python -m core train {study.data_arg}--out {shlex.quote(study.checkpoint_text)}"
+    return (f"python -m core train --method {name} {study.data_arg}"
+            f"--out {shlex.quote(_shown(study.comparison_dir / name))}")
 
 
-def _candidates() -> list[Path]:
+def _candidates(study: Study) -> list[Path]:
     listed = os.environ.get(ENV, "").strip()
     if listed:
         paths = [Path(p.strip()).expanduser() for p in listed.split(",") if p.strip()]
         return [p if p.is_absolute() else ROOT / p for p in paths]
-    comparison = sorted(p for p in COMPARISON_DIR.iterdir() if p.is_dir()) if COMPARISON_DIR.is_dir() else []
-    return [DEFAULT_CHECKPOINT, *comparison]
+    folder = COMPARISON_DIR if study.shipped else study.comparison_dir
+    comparison = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    return [study.reference, *comparison]
 
 
 def spec_of(meta: dict) -> dict:
@@ -111,15 +216,17 @@ def _reference_spec() -> dict | None:
         return None
 
 
-def review_models(reference: dict | None = None) -> Lineup:
+def review_models(reference: dict | None = None, study: Study = SHIPPED) -> Lineup:
     """The models of the study, RobustMDiff first, and what is missing or unusable (with the reason).
-    `reference`: the spec of the study's cases (`cohort_spec`); by default the shipped checkpoint's."""
+    `reference`: the spec of the study's cases (`cohort_spec`); by default the shipped checkpoint's.
+    `study`: the model the study runs on (its reference checkpoint, where its comparison models are, and the
+    key its models' names are stored under); by default the shipped one."""
     from core.checkpoint import WEIGHTS, read_meta
 
     reference = reference or _reference_spec()
     found: list[ReviewModel] = []
     skipped: list[tuple[str, str]] = []
-    for path in _candidates():
+    for path in _candidates(study):
         try:
             meta = read_meta(path)
         except (RobustMDiffError, OSError) as e:
@@ -132,15 +239,15 @@ def review_models(reference: dict | None = None) -> Lineup:
         if why:
             skipped.append((str(path), f"{why}: it cannot explain the study's cases"))
             continue
-        # its own name, never a default one; the shipped checkpoint (whose meta may predate the recorded
-        # method) is RobustMDiff, under which the study's ratings are stored
-        name = str(meta.get("method") or (REFERENCE_MODEL if path.resolve() == Path(DEFAULT_CHECKPOINT).resolve()
-                                          else path.name))
-        if any(m.name == name for m in found):
+        # its own name, never a default one; the study's reference (the shipped checkpoint, or one trained
+        # without --method, whose meta records none) is RobustMDiff, under which the study's ratings are stored
+        is_reference = path.resolve() in (Path(DEFAULT_CHECKPOINT).resolve(), study.reference.resolve())
+        name = str(meta.get("method") or (REFERENCE_MODEL if is_reference else path.name)).replace(QUALIFIER, "_")
+        if any(method_of(m.name) == name for m in found):
             skipped.append((str(path), f"a second checkpoint of {name}"))
             continue
-        found.append(ReviewModel(name, display_name(name), path, meta))
-    found.sort(key=lambda m: (m.name != REFERENCE_MODEL, m.name))
+        found.append(ReviewModel(study.stored(name), display_name(name), path, meta))
+    found.sort(key=lambda m: (method_of(m.name) != REFERENCE_MODEL, m.name))
     models: list[ReviewModel] = []
     for m in found:  # without a reference spec: every model must read the same spec as the first
         why = spec_mismatch(spec_of(m.meta), spec_of(models[0].meta)) if models and reference is None else None
@@ -148,7 +255,7 @@ def review_models(reference: dict | None = None) -> Lineup:
             skipped.append((str(m.path), f"{why} (the study's spec taken from {models[0].name})"))
             continue
         models.append(m)
-    names = {m.name for m in models}
+    names = {method_of(m.name) for m in models}
     missing = [n for n in (REFERENCE_MODEL, *COMPARISONS) if n not in names]
     return Lineup(models, missing, skipped)
 

@@ -14,6 +14,10 @@ says what they are for); their times are epoch seconds (internal bookkeeping, ne
 be injected and sub-second throttles compared). The token secret it kept in `settings` is dropped: the
 secret lives apart from the ratings (`secret()`).
 
+A study on another model or data than the shipped one (issue 26) keeps this schema: its ratings' model names
+are qualified by the study's key (core/review/models.py: Study), and `settings` notes in words which model
+and data each study key stands for (`note_study`), for the export.
+
 Durability: WAL. Ratings, registrations and what ends sessions commit with synchronous=FULL: once
 reported saved they survive a killed process and a power cut (one fsync, a few milliseconds). Sign-in
 bookkeeping (attempts, session renewals, reload tokens) commits with NORMAL: it survives a killed process,
@@ -47,6 +51,7 @@ DEMO_CODE = "demo"
 SCHEMA_VERSION = 3
 REFERENCE_MODEL = "robustmdiff"  # the model every comparison is made against
 ISO = "%Y-%m-%dT%H:%M:%SZ"
+STUDY_SETTING = "study:"  # settings key prefix: which model and data each study runs on, in words
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS ratings (
@@ -287,6 +292,20 @@ class ReviewStore:
         for r in rows:
             r["saved_at"] = iso(r["saved_at"])
         return sorted(rows, key=lambda r: (r["saved_at"], r["reviewer"], r["case_id"], r["model"], r["method"]))
+
+    # ---- studies (which model and data a qualified model name's ratings are of) ----------------------------
+    def note_study(self, key: str, text: str) -> None:
+        """Remember in words which model and data study `key` runs on (core/review/models.py: Study), so that
+        an export names them; the settings table, so that the schema stays as it is."""
+        with self._connect("NORMAL") as db:
+            db.execute("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET "
+                       "value = excluded.value", (f"{STUDY_SETTING}{key}", text))
+
+    def studies(self) -> dict[str, str]:
+        """Every noted study: key -> its model and data in words."""
+        with self._connect() as db:
+            rows = db.execute("SELECT key, value FROM settings WHERE key LIKE ?", (f"{STUDY_SETTING}%",)).fetchall()
+        return {k[len(STUDY_SETTING):]: v for k, v in rows}
 
     # ---- reviewers (PIN-bound names) ----------------------------------------------------------------
     def reviewer(self, name: str) -> Reviewer | None:
