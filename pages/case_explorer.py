@@ -1,4 +1,7 @@
-"""Case explorer: a demo case or your own files → prediction, synthesis confidence, explanations, report."""
+"""Case explorer: a demo case or your own files → prediction, synthesis confidence, explanations, report.
+
+Everything here follows the open model's spec (its modalities by name and kind, its classes): a model of your own
+may read one text, three tables, or two colour photographs and a table; nothing assumes a scan, a note and labs."""
 
 from __future__ import annotations
 
@@ -16,12 +19,14 @@ from core.data.readers.note import clean_note
 from core.data.readers.scan import CT_WINDOWS, Scan
 from core.errors import LabError, RobustMDiffError
 from core.explain.explanation import METHODS as EXPLAIN_METHODS, Explanation
-from core.explain.render import (CMAPS, COMPLETENESS, HELD_FIXED, REMOVED, completeness_text, image_legend_html,
+from core.explain.render import (CMAPS, COMPLETENESS, REMOVED, colour_view, completeness_text, display_image,
+                                 explained_parts_text, held_fixed_text, image_legend_html,
                                  legend_html, note_html, note_units_text, overlay, report_html)
 from core.names import display_name
 from core.serve import upload_key
-from pages.common import (contribution_chart, fail, get_demo_cases, get_predictor, get_service, inside_app, lab_chart,
-                          load_demo_case, missing_contributions_text, notice, probability_chart, session_key, wait_for)
+from pages.common import (contribution_chart, demo_colours, demo_source_text, fail, get_demo_cases, get_predictor,
+                          get_service, has_demo_cases, inside_app, lab_chart, load_demo_case, missing_contributions_text,
+                          no_demo_cases_text, notice, probability_chart, session_key, wait_for)
 
 inside_app()
 st.title("Case explorer")
@@ -30,6 +35,8 @@ predictor = get_predictor()
 service = get_service()
 names = [n for n, _ in predictor.modalities]
 kinds = dict(predictor.modalities)
+colours: dict = {}  # the colour photographs among this case's images, by modality (drawn in colour; the model reads grey)
+INPUT_WORDS = {"image": "an image", "text": "a text", "tabular": "a table of values"}
 
 
 def scan_controls(scan: Scan, key: str) -> tuple[Scan, str]:
@@ -76,14 +83,16 @@ def display_window(name: str) -> tuple[float, float] | None:
     return st.session_state.get("display_window", {}).get(f"scan_{name}")
 
 
-def read_scan_once(data: bytes, name: str) -> Scan:
-    """The uploaded scan read once per session (a rerun, e.g. a moved window slider, reuses it); only the
-    last file per name is kept, and only in this session's memory."""
+def read_scan_once(data: bytes, name: str) -> tuple[Scan, object]:
+    """The uploaded scan read once per session (a rerun, e.g. a moved window slider, reuses it), with its
+    colours when it is a colour photograph (else None); only the last file per name is kept, and only in this
+    session's memory."""
     digest = hashlib.sha256(data).hexdigest()
     kept_scans = st.session_state.setdefault("_scans", {})
     if kept_scans.get(name, (None,))[0] != digest:
-        kept_scans[name] = (digest, read_scan(data, name=name))
-    return kept_scans[name][1]
+        scan = read_scan(data, name=name)
+        kept_scans[name] = (digest, scan, colour_view(data, scan))
+    return kept_scans[name][1:]
 
 
 def labs_preview(panel: LabPanel, catalogue, title: str) -> None:
@@ -109,14 +118,17 @@ def uploaded_case() -> tuple[CaseInputs | None, str]:
         with st.expander(f"{name} ({kind})", expanded=True):
             try:
                 if kind == "image":
-                    f = st.file_uploader("Scan: DICOM, NIfTI, MHA/NRRD, PNG or JPEG", key=f"up_{name}")
+                    f = st.file_uploader("Image: DICOM, NIfTI, MHA/NRRD, PNG or JPEG", key=f"up_{name}")
                     if f is not None:
                         data = f.getvalue()
-                        inputs[name], view = scan_controls(read_scan_once(data, f.name), f"scan_{name}")
+                        scan, colour = read_scan_once(data, f.name)
+                        inputs[name], view = scan_controls(scan, f"scan_{name}")
+                        if colour is not None and not scan.is_volume:
+                            colours[name] = colour
                         parts += [(name, f"scan file {f.name}", data), (name, "scan view", view.encode())]
                 elif kind == "text":
-                    f = st.file_uploader("Note file (any encoding)", type=None, key=f"up_{name}")
-                    pasted = st.text_area("…or paste the note", key=f"paste_{name}", height=160)
+                    f = st.file_uploader("Text file (any encoding)", type=None, key=f"up_{name}")
+                    pasted = st.text_area(f"…or paste the {name} text", key=f"paste_{name}", height=160)
                     if f is not None:
                         parts.append((name, f"note file {f.name}", f.getvalue()))
                         inputs[name] = read_note(f.getvalue(), name=f.name)
@@ -125,29 +137,31 @@ def uploaded_case() -> tuple[CaseInputs | None, str]:
                         inputs[name] = clean_note(pasted, "pasted note")
                 else:
                     catalogue = predictor.lab_catalogue(name)
-                    f = st.file_uploader("Lab table, CSV (wide, or long: name,value,unit)", key=f"up_{name}")
+                    table = "Lab" if name == "labs" else name  # the shipped model's labs; else the modality's own name
+                    f = st.file_uploader(f"{table} table, CSV (wide, or long: name,value,unit)", key=f"up_{name}")
                     if f is not None:
                         parts.append((name, f"lab file {f.name}", f.getvalue()))
                         inputs[name] = read_labs(f.getvalue(), catalogue, name=f.name)
                     else:
-                        base = pd.DataFrame({"lab": [lab.label for lab in catalogue],
+                        first = "lab" if name == "labs" else "variable"
+                        base = pd.DataFrame({first: [lab.label for lab in catalogue],
                                              "value": pd.Series([float("nan")] * len(catalogue), dtype=float),
                                              "unit": [lab.unit for lab in catalogue],
                                              "reference": [lab.ref_text() for lab in catalogue]})
-                        edited = st.data_editor(base, key=f"edit_{name}", disabled=["lab", "unit", "reference"],
+                        edited = st.data_editor(base, key=f"edit_{name}", disabled=[first, "unit", "reference"],
                                                 hide_index=True, height="content", placeholder="",
                                                 column_config={"value": st.column_config.NumberColumn(
                                                     help="in the unit shown; leave empty if not measured")})
                         values = {lab.name: v for lab, v in zip(catalogue, edited["value"]) if pd.notna(v)}
                         if values:
                             parts.append((name, "typed labs", repr(sorted(values.items())).encode()))
-                            inputs[name] = labs_from_mapping(values, catalogue, label="lab table")
+                            inputs[name] = labs_from_mapping(values, catalogue, label=f"{name} table")
                 if isinstance(inputs[name], Scan):
                     scan = inputs[name]
-                    st.image(scan.display(display_window(name)), caption=f"{scan.modality}, "
+                    st.image(display_image(scan, colours.get(name), display_window(name)), caption=f"{scan.modality}, "
                              f"{scan.info.get('TransferSyntax', scan.source_format)}", width=320)
                     if scan.pixel_identifiers:
-                        st.warning(f"{scan.pixel_identifiers}. The scan is shown here only; it is left out of the "
+                        st.warning(f"{scan.pixel_identifiers}. The image is shown here only; it is left out of the "
                                    "downloadable report unless you confirm below that it carries no patient details.")
                 elif isinstance(inputs[name], LabPanel):
                     for w in inputs[name].warnings:
@@ -168,23 +182,32 @@ def uploaded_case() -> tuple[CaseInputs | None, str]:
 
 
 source = st.radio("Start from", ["Demo case", "Upload your own"], horizontal=True, key="source")
+if source == "Demo case" and not has_demo_cases():  # no data of this model here: say why, and go on with uploads
+    st.info(f"No demo cases: {no_demo_cases_text()} Upload your own inputs below.")
+    source = "Upload your own"
 if source == "Demo case":
     demos = get_demo_cases()
-    choice = st.selectbox("Demo case (test split of the embedded cohort)", [d.label for d in demos], key="demo")
+    choice = st.selectbox(f"Demo case ({demo_source_text()})", [d.label for d in demos], key="demo")
     demo = demos[[d.label for d in demos].index(choice)]
     case, case_key = load_demo_case(demo.row), f"demo-{demo.case_id}"
+    colours.update(demo_colours(demo.row))
     with st.expander("Inputs of this case", expanded=False):
-        if case.inputs.get("image") is not None:
-            st.image(case.inputs["image"].display(), width=256)
-        if case.inputs.get("note"):
-            st.text(case.inputs["note"])
-        for name in names:
-            if kinds[name] == "tabular" and case.inputs.get(name) is not None:
-                labs_preview(case.inputs[name], predictor.lab_catalogue(name), name)
+        for name in names:  # each modality as the model reads it, by its kind
+            value = case.inputs.get(name)
+            if value is None:
+                st.caption(f"{name}: not in this case")
+            elif kinds[name] == "image":
+                st.image(display_image(value, colours.get(name)), width=256, caption=name)
+            elif kinds[name] == "text":
+                st.markdown(f"**{name}**")
+                st.text(value)
+            else:
+                labs_preview(value, predictor.lab_catalogue(name), name)
 else:
     case, case_key = uploaded_case()
     if case is None:
-        st.info("Upload a scan, a note or labs (any subset) to get a prediction.")
+        st.info("Give " + ", ".join(f"{INPUT_WORDS[kinds[n]]} for {n}" for n in names)
+                + (" (any subset)" if len(names) > 1 else "") + " to get a prediction.")
         st.stop()
 
 st.subheader("Modalities")
@@ -208,7 +231,7 @@ if mismatches:
     allow = st.checkbox("Use it anyway, to explore (the result will carry a warning and mean little)",
                         key=f"allow_domain_{case_key}")
     if not allow:
-        st.info("Switch the scan off above, upload a scan of the kind the model was trained on, or override.")
+        st.info("Switch that image off above, upload one of the kind the model was trained on, or override.")
         st.stop()
 
 try:
@@ -290,11 +313,30 @@ if c2.button("Explain this prediction", type="primary", key="explain") and key n
     jobs.clear()  # a newer request replaces this session's waiting one in the pool (asked again, it joins one running)
     jobs[key] = service.explain_job(case, case_key, absent, method, allow)
 if key not in explanations and key not in jobs:
-    st.caption("Press the button to compute the heatmap, highlighted note and lab attributions.")
+    shown = [(n, kinds[n]) for n in names if n not in absent and case.inputs.get(n) is not None]
+    st.caption(f"Press the button to compute {explained_parts_text(shown)}.")
     st.stop()
 
 status = st.empty()
 slots = {"contributions": st.container(), **{n: st.container() for n in names}}  # drawn in this order
+
+
+heat_display: list = []  # this run's heatmap display settings, once drawn (every image modality shares them)
+
+
+def heatmap_controls(where) -> tuple[bool, float, str]:
+    """Show / opacity / colour map, drawn beside the first image modality's heatmap and shared by the others (one
+    set of keys: a model with two images, e.g. clinical and dermoscopic, draws them once)."""
+    if heat_display:
+        where.caption("Heatmap display as set above.")
+        return heat_display[0]
+    show = where.toggle("Show heatmap", **kept("heat_on", True))
+    opacity = where.slider("Opacity", 0.0, 1.0, **kept("opacity", 0.55))
+    cmap_args = kept("cmap", CMAPS[0])
+    cmap = where.selectbox("Colour map", CMAPS, index=CMAPS.index(cmap_args.pop("value")), **cmap_args)
+    st.session_state["heat_drawn_cmap"] = cmap  # the colour map the heatmap is drawn with (checked by tests)
+    heat_display.append((show, opacity, cmap))
+    return show, opacity, cmap
 
 
 def draw(stage: str, exp: Explanation) -> None:
@@ -303,17 +345,13 @@ def draw(stage: str, exp: Explanation) -> None:
         if stage == "contributions":
             st.plotly_chart(contribution_chart(exp.contributions, display_name(exp.target)), width="stretch")
             st.caption(REMOVED.format(target=display_name(exp.target)) + ".")
-            st.caption(HELD_FIXED)
+            st.caption(held_fixed_text([(c["modality"], kinds[c["modality"]]) for c in exp.present_contributions()]))
             if missing_contributions_text(exp.contributions):
                 st.caption(missing_contributions_text(exp.contributions))
         elif stage in exp.image:
             c1, c2 = st.columns([2, 1])
-            show = c2.toggle("Show heatmap", **kept("heat_on", True))
-            opacity = c2.slider("Opacity", 0.0, 1.0, **kept("opacity", 0.55))
-            cmap_args = kept("cmap", CMAPS[0])
-            cmap = c2.selectbox("Colour map", CMAPS, index=CMAPS.index(cmap_args.pop("value")), **cmap_args)
-            st.session_state["heat_drawn_cmap"] = cmap  # the colour map the heatmap is drawn with (checked by tests)
-            gray = case.inputs[stage].display(display_window(stage))
+            show, opacity, cmap = heatmap_controls(c2)
+            gray = display_image(case.inputs[stage], colours.get(stage), display_window(stage))
             c1.image(overlay(gray, exp.image[stage], opacity if show else 0.0, cmap, fov=exp.image_fov.get(stage),
                              cells=exp.image_resolution.get(stage)),
                      caption=f"{stage}: {display_name(exp.image_method[stage])}", width=420)
@@ -325,7 +363,7 @@ def draw(stage: str, exp: Explanation) -> None:
                        help=COMPLETENESS)
             st.html(legend_html() + note_html(case.inputs[stage], exp.note[stage], exp.note_phrases.get(stage)))
         elif stage in exp.labs:
-            st.plotly_chart(lab_chart(exp.labs[stage], display_name(exp.method)), width="stretch")
+            st.plotly_chart(lab_chart(exp.labs[stage], display_name(exp.method), stage), width="stretch")
             st.caption(completeness_text(exp, stage), help=COMPLETENESS)
 
 
@@ -362,7 +400,8 @@ status.caption(f"Explained in {exp.seconds:.1f} s" + (f" (after {waited:.1f} s w
 cmap = st.session_state.get("heat_drawn_cmap", CMAPS[0]) if exp.image else CMAPS[0]
 annotated = [n for n in exp.image if case.inputs[n].pixel_identifiers]
 include = bool(annotated) and st.checkbox(
-    f"Include the scan in the report: I checked that its pixels carry no patient details ({', '.join(annotated)})",
+    f"Include the image in the report: I checked that its pixels carry no patient details ({', '.join(annotated)})",
     key=f"include_pixels_{case_key}")
-st.download_button("Download case report (HTML)", report_html(exp, case.inputs, cmap=cmap, include_annotated=include),
+st.download_button("Download case report (HTML)", report_html(exp, case.inputs, cmap=cmap, include_annotated=include,
+                                                               colour=colours),
                    file_name="robustmdiff_report.html", mime="text/html", key="report", on_click="ignore")

@@ -14,8 +14,10 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core.data.dataset import CaseInputs, Dataset
+from core.data.readers import Scan
 from core.demo import DemoCase, demo_cases
 from core.errors import RobustMDiffError
+from core.explain.render import colour_view
 from core.inference import Prediction, Predictor
 from core.names import display_name
 from core.open_model import OpenModel
@@ -61,7 +63,7 @@ def get_service() -> ModelService:
     """The worker pool every session's model work goes through (core/serve.py: why), warmed up in the
     background on a demo case as soon as the first page opens."""
     service = ModelService(get_predictor(), session_of=session_key, session_alive=session_alive)
-    demos = get_demo_cases() if warm_up_enabled() else []
+    demos = get_demo_cases() if warm_up_enabled() and has_demo_cases() else []  # no data here: no warm-up case
     if demos:
         service.warm_up(load_demo_case(demos[0].row))
     return service
@@ -111,6 +113,23 @@ def get_demo_cases() -> list[DemoCase]:
 @st.cache_resource(show_spinner=False, max_entries=64)
 def load_demo_case(row: int) -> CaseInputs:
     return get_cohort().load(row)
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def demo_colours(row: int) -> dict[str, np.ndarray]:
+    """The colour photographs among a demo case's images (core/explain/render.py colour_view), by modality:
+    drawn in colour though the model reads grey."""
+    ds, case = get_cohort(), load_demo_case(row)
+    views = {n: colour_view(ds.path(row, n), scan) for n, scan in case.inputs.items() if isinstance(scan, Scan)}
+    return {n: v for n, v in views.items() if v is not None}
+
+
+def demo_source_text() -> str:
+    """Where the demo cases come from, in words: the open model's own data, never the cohort for another model."""
+    open_model = get_open_model()
+    if open_model.shipped and open_model.data is None:
+        return "test split of the embedded cohort"
+    return f"test split of {get_predictor().spec.name}"
 
 
 def inside_app() -> None:
@@ -200,13 +219,14 @@ def missing_contributions_text(contributions: list[dict]) -> str:
     return ("Synthesized, not observed, so no share: " + ", ".join(items) + ".") if items else ""
 
 
-def lab_chart(rows, method: str) -> go.Figure:
-    """The labs given, ranked by the attribution of the method the user chose (and only that method)."""
+def lab_chart(rows, method: str, modality: str = "labs") -> go.Figure:
+    """The values given of one tabular modality, ranked by the attribution of the method the user chose (and only
+    that method); titled with the modality's name (a table of one's own need not be labs)."""
     shown = [r for r in rows if r.value is not None]
-    labels = [f"{r.label} {r.value:.3g} {r.unit} {r.flag}" for r in shown]
+    labels = [" ".join(filter(None, (r.label, f"{r.value:.3g}", r.unit, r.flag))) for r in shown]
     fig = go.Figure(go.Bar(y=labels, x=[r.score for r in shown], orientation="h", name=method,
                            marker_color=["#2563eb" if r.score >= 0 else "#dc2626" for r in shown]))
     fig.update_layout(height=80 + 28 * len(shown), yaxis=dict(autorange="reversed"),
                       margin=dict(l=10, r=10, t=30, b=10),
-                      title=f"Labs ranked by influence ({method}; + supports the prediction)")
+                      title=f"{display_name(modality)} ranked by influence ({method}; + supports the prediction)")
     return fig

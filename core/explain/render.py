@@ -1,18 +1,22 @@
-"""Turn an explanation into pictures and HTML: the heatmap overlaid on the scan with a colour bar that says
-what it shows, the note with its phrases highlighted (each word's own score in the tooltip), lab bars,
-and a self-contained case report (one HTML file, images inlined)."""
+"""Turn an explanation into pictures and HTML: the heatmap overlaid on each image modality with a colour bar that
+says what it shows, each text modality with its phrases highlighted (each word's own score in the tooltip), the
+values of each tabular modality ranked, and a self-contained case report (one HTML file, images inlined). Every
+heading and sentence names the open model's own modalities (a model of your own need not read a scan, a note and
+labs), and a colour photograph (e.g. a dermoscopic image) is drawn in colour, though the model reads it in grey."""
 
 from __future__ import annotations
 
 import base64
 import html
 import io
+from pathlib import Path
 
 import matplotlib
 import numpy as np
 from PIL import Image
 
 from core.data.readers import Scan
+from core.data.readers.scan import apply_window
 from core.explain.explanation import Explanation
 from core.explain.image import to_scan
 from core.explain.phrases import PhraseAttribution, phrase_attributions
@@ -80,21 +84,53 @@ def _scale(share: np.ndarray, inside: np.ndarray | None, cells: int | None) -> t
 
 def overlay(gray: np.ndarray, heat: np.ndarray, opacity: float = 0.5, cmap: str = "inferno",
             positive_only: bool = True, fov: np.ndarray | None = None, cells: int | None = None) -> np.ndarray:
-    """RGB uint8 image: the scan in grey, the heatmap blended on top where it is strong; nothing is drawn
-    outside the field of view `fov` (when given), and with `cells` the map is drawn as the model's cell grid."""
+    """RGB uint8 image: the scan in grey (or a colour photograph: `gray` (H, W, 3), see `colour_view`), the
+    heatmap blended on top where it is strong; nothing is drawn outside the field of view `fov` (when given),
+    and with `cells` the map is drawn as the model's cell grid."""
     share, inside = evidence_map(heat, fov, cells, positive_only)
     high = _scale(share, inside, cells)[1]
     h = np.clip(share / high, 0, 1) if high > 0 else share  # the colour bar's scale
-    if h.shape != gray.shape:
-        h = np.clip(to_scan(h, gray.shape), 0, 1)
+    shape = gray.shape[:2]
+    if h.shape != shape:
+        h = np.clip(to_scan(h, shape), 0, 1)
         if inside is not None:
-            inside = to_scan(inside.astype(np.float32), gray.shape) > 0.5
+            inside = to_scan(inside.astype(np.float32), shape) > 0.5
     if inside is not None:
         h = np.where(inside, h, 0.0)
     colours = matplotlib.colormaps[cmap](h)[..., :3]
-    base = np.repeat(gray[..., None], 3, -1)
+    base = gray if gray.ndim == 3 else np.repeat(gray[..., None], 3, -1)
     alpha = (opacity * h)[..., None]
     return (np.clip(base * (1 - alpha) + colours * alpha, 0, 1) * 255).astype(np.uint8)
+
+
+def colour_view(source: bytes | str | Path, scan: Scan) -> np.ndarray | None:
+    """The photograph's own colours, (H, W, 3) float32 on the grey plane's pixel grid and scale (0-255), when
+    `source` is a single-frame colour raster (PNG, JPEG, TIFF, BMP) of the 2D `scan` read from it; None
+    otherwise (grey images, DICOM, volumes, anything unreadable: the grey display is then used). The reader
+    reduces colour to luminance because the model reads grey; only the display is given the colours back."""
+    if scan.is_volume or scan.source_format not in ("png", "jpeg", "tiff", "bmp"):
+        return None
+    try:
+        with Image.open(source if not isinstance(source, bytes) else io.BytesIO(source)) as img:
+            if getattr(img, "n_frames", 1) != 1 or img.mode in ("L", "I", "I;16", "I;16B", "F", "1", "LA"):
+                return None
+            h, w = scan.pixels.shape[1:]
+            if max(img.size) > 2 * max(h, w):
+                img.draft("RGB", (w, h))  # a huge JPEG: decode at reduced size
+            rgb = img.convert("RGB")
+            if rgb.size != (w, h):
+                rgb = rgb.resize((w, h), Image.Resampling.BILINEAR)
+            return np.asarray(rgb, dtype=np.float32)
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
+        return None
+
+
+def display_image(scan: Scan, colour: np.ndarray | None = None, window: tuple[float, float] | None = None) -> np.ndarray:
+    """What is drawn of an image: the grey plane windowed to [0, 1] (`Scan.display`), or, for a colour
+    photograph (`colour_view`), each channel through the same window, (H, W, 3)."""
+    if colour is None or colour.shape[:2] != scan.pixels.shape[1:]:
+        return scan.display(window)
+    return apply_window(colour, window or scan.default_window(), scan.invert)
 
 
 def _share(x: float) -> str:
@@ -128,13 +164,36 @@ COMPLETENESS = ("Integrated Gradients' relative completeness error: |Σ attribut
                 "|f(input) − f(baseline)|, f = log p(predicted class); the steps grow until it is ≤ 5 % (or the cap).")
 
 
-HELD_FIXED = ("What is explained is the probability shown. Each input is varied alone from its baseline (the scan: "
-              "its blurred map; the note: every word [PAD]; labs: the training mean) while the other inputs given stay "
-              "as they are. When a modality is missing, its synthesized samples travel with the input, from those the "
-              "model synthesizes for the baseline input to those it synthesized for this case, so the attributions add "
-              "up to the change of the shown prediction; the samples' share is the input's influence through what it "
-              "made the model assume, given beside each input and not drawn on it. Held fixed: the other inputs "
-              "given, the diffusion noise and the calibration.")
+BASELINES = {"image": "its blurred map", "text": "every word [PAD]", "tabular": "the training mean"}
+
+
+def held_fixed_text(modalities: list[tuple[str, str]]) -> str:
+    """What is varied and what held fixed, naming the given (name, kind) modalities and each one's baseline."""
+    baselines = "; ".join(f"{', '.join(n for n, k in modalities if k == kind)}: {base}"
+                          for kind, base in BASELINES.items() if any(k == kind for _, k in modalities))
+    return ("What is explained is the probability shown. Each input is varied alone from its baseline "
+            f"({baselines}) while the other inputs given stay "
+            "as they are. When a modality is missing, its synthesized samples travel with the input, from those the "
+            "model synthesizes for the baseline input to those it synthesized for this case, so the attributions add "
+            "up to the change of the shown prediction; the samples' share is the input's influence through what it "
+            "made the model assume, given beside each input and not drawn on it. Held fixed: the other inputs "
+            "given, the diffusion noise and the calibration.")
+
+
+def explained_modalities(exp: Explanation) -> list[tuple[str, str]]:
+    """The explained (present) modalities of an explanation as (name, kind), in the model's order."""
+    kinds = {**{n: "image" for n in exp.image}, **{n: "text" for n in exp.note}, **{n: "tabular" for n in exp.labs}}
+    return [(c["modality"], kinds[c["modality"]]) for c in exp.contributions if c["modality"] in kinds]
+
+
+def explained_parts_text(modalities: list[tuple[str, str]]) -> str:
+    """What an explanation shows for these (name, kind) modalities, in words: 'a heatmap on clinic, …'."""
+    words = {"image": "a heatmap on {}", "text": "the highlighted words of {}", "tabular": "the ranked values of {}"}
+    parts = [words[k].format(n) for n, k in modalities if k in words]
+    return ", ".join(parts[:-1]) + (" and " if len(parts) > 1 else "") + (parts[-1] if parts else "")
+
+
+HELD_FIXED = held_fixed_text([("the scan", "image"), ("the note", "text"), ("labs", "tabular")])
 
 
 def note_units_text(exp: Explanation, name: str) -> str:
@@ -244,9 +303,10 @@ def guard_banner_html(p) -> str:  # p: core.inference.Prediction
 
 
 def report_html(exp: Explanation, case_inputs: dict, opacity: float = 0.5, cmap: str = "inferno",
-                include_annotated: bool = False) -> str:
+                include_annotated: bool = False, colour: dict[str, np.ndarray] | None = None) -> str:
     """A self-contained HTML case report of a prediction and its explanation. A scan whose pixels may carry
-    burned-in patient details (`Scan.pixel_identifiers`) is left out unless `include_annotated`."""
+    burned-in patient details (`Scan.pixel_identifiers`) is left out unless `include_annotated`. `colour`: the
+    colour photographs of image modalities (`colour_view`), drawn in colour under their heatmaps."""
     p = exp.prediction
     style = "color:#9ca3af;text-decoration:line-through" if p.outside_training else ""
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>RobustMDiff case report</title></head>"
@@ -272,9 +332,9 @@ def report_html(exp: Explanation, case_inputs: dict, opacity: float = 0.5, cmap:
     for name, heat in exp.image.items():
         scan = case_inputs[name]
         if isinstance(scan, Scan) and scan.pixel_identifiers and not include_annotated:
-            parts.append(f"<h2>Scan</h2><p>Left out of this report: {html.escape(scan.pixel_identifiers)}.</p>")
+            parts.append(f"<h2>{html.escape(name)}</h2><p>Left out of this report: {html.escape(scan.pixel_identifiers)}.</p>")
             continue
-        gray = scan.display() if isinstance(scan, Scan) else None
+        gray = display_image(scan, (colour or {}).get(name)) if isinstance(scan, Scan) else None
         if gray is not None:
             img = base64.b64encode(png_bytes(overlay(gray, heat, opacity, cmap, fov=exp.image_fov.get(name),
                                                      cells=exp.image_resolution.get(name)))).decode()
@@ -282,16 +342,16 @@ def report_html(exp: Explanation, case_inputs: dict, opacity: float = 0.5, cmap:
                          f"<p style='color:#555' title='{html.escape(COMPLETENESS)}'>{html.escape(completeness_text(exp, name))}</p>"
                          f"<img style='max-width:512px' src='data:image/png;base64,{img}'>"
                          f"{image_legend_html(exp, name, cmap)}")
-    parts.append(f"<p style='color:#555'>{html.escape(HELD_FIXED)}</p>")
+    parts.append(f"<p style='color:#555'>{html.escape(held_fixed_text(explained_modalities(exp)))}</p>")
     for name, words in exp.note.items():
-        parts.append(f"<h2>Note</h2><p style='color:#555' title='{html.escape(COMPLETENESS)}'>"
+        parts.append(f"<h2>{html.escape(name)}</h2><p style='color:#555' title='{html.escape(COMPLETENESS)}'>"
                      f"{html.escape(completeness_text(exp, name))}. {html.escape(note_units_text(exp, name))}</p>"
                      f"{legend_html()}{note_html(case_inputs[name], words, exp.note_phrases.get(name))}")
     for name, rows in exp.labs.items():
         scale = max([abs(r.score) for r in rows], default=1.0)
         parts.append(f"<h2>{html.escape(name)}, ranked by influence ({html.escape(display_name(exp.method))})</h2>"
                      f"<p style='color:#555' title='{html.escape(COMPLETENESS)}'>{html.escape(completeness_text(exp, name))}"
-                     "</p><table><tr><th>lab</th><th>value</th><th>reference</th><th>flag</th>"
+                     "</p><table><tr><th>variable</th><th>value</th><th>reference</th><th>flag</th>"
                      "<th title='share of the summed absolute attributions of the labs; + supports the prediction'>"
                      "attribution</th><th></th></tr>")
         total = sum(abs(r.score) for r in rows if r.value is not None) or 1.0
