@@ -60,23 +60,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(default_cohort, tmp_path_factory):
-    """One app for every flow, its review database a temporary file, the study admin enabled, no
-    background explanations (RMD_REVIEW_WARM=0) competing with the browser for the CPU, and no file
-    watcher (an edit elsewhere in the tree must not reload modules under a running test); the toolbar as a
-    visitor sees it (no "Deploy" in the screenshots)."""
+def _serve(env: dict[str, str], log: Path):
+    """`streamlit run app.py` on a free port with `env` added; yields its URL, and stops it afterwards."""
     port = _free_port()
-    tmp = tmp_path_factory.mktemp("browser")
-    env = {**os.environ, "RMD_REVIEWER_CODE": REVIEWER_CODE, "RMD_ADMIN_CODE": ADMIN_CODE,
-           "RMD_REVIEW_DB": str(tmp / "review.sqlite3"), "RMD_REVIEW_WARM": "0"}
-    log = ROOT / "test-output" / "browser-server.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless", "true",
                "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
                "--server.fileWatcherType", "none", "--client.toolbarMode", "minimal"]
     with open(log, "wb") as out:
-        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -98,6 +90,18 @@ def server(default_cohort, tmp_path_factory):
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+@pytest.fixture(scope="module")
+def server(default_cohort, tmp_path_factory):
+    """One app for every flow, its review database a temporary file, the study admin enabled, no
+    background explanations (RMD_REVIEW_WARM=0) competing with the browser for the CPU, and no file
+    watcher (an edit elsewhere in the tree must not reload modules under a running test); the toolbar as a
+    visitor sees it (no "Deploy" in the screenshots)."""
+    tmp = tmp_path_factory.mktemp("browser")
+    yield from _serve({"RMD_REVIEWER_CODE": REVIEWER_CODE, "RMD_ADMIN_CODE": ADMIN_CODE,
+                       "RMD_REVIEW_DB": str(tmp / "review.sqlite3"), "RMD_REVIEW_WARM": "0"},
+                      ROOT / "test-output" / "browser-server.log")
 
 
 @pytest.fixture(scope="module")
@@ -423,3 +427,56 @@ def test_admin_opens_results_and_exports_the_rating(server, page, out_dir):
         assert row["case_id"] in saved["case_ids"].split()  # the case the reviewer was shown
         assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d", row["saved_at"]), row["saved_at"]  # ISO-8601
         _screenshot(page, out_dir, "review_results")
+
+
+# ---- 5. a model of your own: open it, a demo case, a modality off, explain, the report ------------------------
+@pytest.fixture(scope="module")
+def own_server(own_model_of, tmp_path_factory):
+    """The app opened on a model of other shape than the shipped one (Derm7pt's layout: two images, clinical and
+    dermoscopic, and a table of the patient), as `make run CHECKPOINT=DIR` does."""
+    checkpoint, _ = own_model_of("derm")
+    tmp = tmp_path_factory.mktemp("browser-own")
+    yield from _serve({"RMD_CHECKPOINT": str(checkpoint), "RMD_REVIEWER_CODE": REVIEWER_CODE,
+                       "RMD_REVIEW_DB": str(tmp / "review.sqlite3"), "RMD_REVIEW_WARM": "0"},
+                      ROOT / "test-output" / "browser-own-server.log")
+
+
+def test_own_model_demo_case_switch_explain_and_report(own_server, page, out_dir, own_model_of):
+    from playwright.sync_api import Error as PlaywrightError
+
+    from core.checkpoint import read_meta
+    from core.paths import DEFAULT_CHECKPOINT
+
+    checkpoint, _ = own_model_of("derm")
+    classes = read_meta(checkpoint)["data_info"]["classes"]
+    shipped = [c for c in read_meta(DEFAULT_CHECKPOINT)["data_info"]["classes"] if c not in classes]
+    with _kept_on_failure(page, out_dir):
+        page.goto(own_server, timeout=120_000)
+        page.get_by_role("heading", name="Case explorer").first.wait_for(timeout=SLOW)
+        page.get_by_text("Predicted").first.wait_for(timeout=SLOW)
+        _idle(page)
+        sidebar = page.locator('[data-testid="stSidebarContent"]').inner_text()
+        assert "Model open" in sidebar and "derm7pt" in sidebar, sidebar
+        assert any(_same_class(_predicted(page), c) for c in classes), _predicted(page)
+        page.locator("label", has=page.get_by_role("switch", name="derm")).click()  # the dermoscopic image off
+        page.get_by_text("Largest change").wait_for(timeout=120_000)
+        _idle(page)
+        page.get_by_role("button", name="Explain this prediction").click()
+        page.get_by_text("Explained in").first.wait_for(timeout=SLOW)
+        _idle(page)
+        assert page.get_by_role("switch", name="Show heatmap").count() >= 1  # the clinical image's heatmap
+        report_button = page.get_by_role("button", name=re.compile("Download case report"))
+        for attempt in range(3):  # a page run just then gives the report a new address and cancels this one
+            _idle(page)
+            try:
+                with page.expect_download(timeout=120_000) as download:
+                    report_button.click()
+                report = Path(download.value.path()).read_text(encoding="utf-8")
+                break
+            except PlaywrightError:
+                if attempt == 2:
+                    raise
+        assert "clinic" in report and "patient" in report and "data:image/png;base64," in report
+        shown = page.locator("body").inner_text() + report
+        assert not [c for c in shipped if c in shown or c.replace("_", " ") in shown.lower()]
+        _screenshot(page, out_dir, "own_model")
