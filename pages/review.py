@@ -481,6 +481,12 @@ def rate_tab() -> None:
     rate_view(reviewer)
 
 
+try:  # a model opened without its data (RMD_CHECKPOINT without RMD_DATA, data moved): no cases to rate
+    get_study()
+except RobustMDiffError as e:
+    st.warning(f"The review study rates explanations of the open model's own cases, and they are not here: {e}")
+    st.stop()
+
 if auth.admin_enabled():
     rate, results = st.tabs(["Rate", "Results (study admin)"])
     with rate:
