@@ -45,12 +45,15 @@ def score_dir(checkpoint: str | Path | None) -> Path:
     return (ASSETS / "score") if is_shipped(checkpoint) else Path(checkpoint) / "score"
 
 
-def _shown(path: Path) -> str:
+def shown(path: Path) -> str:
     """A path as the sidebar shows it: relative to the project when inside it."""
     try:
         return str(path.resolve().relative_to(ROOT))
     except ValueError:
         return str(path)
+
+
+_shown = shown  # its earlier name
 
 
 @dataclass(frozen=True)
@@ -122,10 +125,30 @@ class OpenModel:
         spec = meta.get("spec", {})
         made = meta.get("created") or time.strftime("%Y-%m-%d", time.localtime((self.checkpoint / WEIGHTS).stat().st_mtime))
         data = "embedded synthetic cohort" if self.shipped and self.data is None else \
-            _shown(Path(self.data)) if self.data is not None else self.data_note
-        return {"name": "shipped default" if self.shipped else _shown(self.checkpoint), "data": f"{spec.get('name', '?')}"
+            shown(Path(self.data)) if self.data is not None else self.data_note
+        return {"name": "shipped default" if self.shipped else shown(self.checkpoint), "data": f"{spec.get('name', '?')}"
                 f" ({meta.get('data_size', '?')} cases) · {data}", "date": str(made)[:10],
                 "method": str(meta.get("method") or "robustmdiff")}
+
+    @property
+    def name(self) -> str:
+        """The model in words, as every page names it beside its results."""
+        return "the shipped checkpoint" if self.shipped else f"this model ({shown(self.checkpoint)})"
+
+    @property
+    def data_given(self) -> Path | None:
+        """The data to hand to a command for this model: only what RMD_DATA chose (without it the commands read
+        the data the checkpoint recorded, or the embedded cohort for the shipped model)."""
+        return self.data if self.data_note.startswith(DATA_ENV) else None
+
+    def command(self, name: str, *extra: str) -> str:
+        """`python -m core NAME --checkpoint DIR [--data …] EXTRA` for this model, as a page quotes it: the exact
+        command that makes a result the page does not find yet."""
+        parts = ["python", "-m", "core", name, "--checkpoint", shown(self.checkpoint)]
+        if self.data_given is not None:
+            data = Path(self.data_given)
+            parts += (["--data", shown(data.parent), "--spec", data.name] if data.is_file() else ["--data", shown(data)])
+        return " ".join(parts + list(extra))
 
     def evaluation_dirs(self) -> list[Path]:
         """The comparison results the app shows for this model, best first: the full run, else the quick one."""

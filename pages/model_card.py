@@ -1,4 +1,5 @@
-"""Model card: what the shipped model was trained on, how, how well, and what it is not for."""
+"""Model card: what the open model (the shipped one, or RMD_CHECKPOINT's) was trained on, how, how well, and what
+it is not for; every figure from its meta.json and the evaluation recorded beside it."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ import yaml
 from core.evaluation import report
 from core.evaluation.harness import condition_label
 from core.names import display_name, display_names
-from core.paths import ASSETS, DEFAULT_CHECKPOINT
-from pages.common import NOTICE, get_predictor, inside_app
+from core.open_model import shown
+from pages.common import NOTICE, get_open_model, get_predictor, inside_app
 
 # the test metrics in words (column headers), with their definitions (tooltips)
 # (short headers: nine columns fit a 1440 px screen; the words are in each tooltip)
@@ -51,37 +52,51 @@ CONFIDENCE_COLUMNS = {
 inside_app()
 st.title("Model card")
 predictor = get_predictor()
+open_model = get_open_model()
 meta = predictor.meta
 spec = meta["spec"]
+described = open_model.describe(meta)
 
 kinds = [m["type"] for m in spec["modalities"]]
-shipped = f"weights `{meta['weights_sha256'][:8]}…`, data `{meta['data_fingerprint'][:8]}…`"
+shipped = f"weights `{str(meta.get('weights_sha256', '?'))[:8]}…`, data `{str(meta.get('data_fingerprint', '?'))[:8]}…`"
+trained = (f"Trained in {meta['train_seconds'] / 60:.1f} min on {meta.get('device', '?')} "
+           if meta.get("train_seconds") is not None else "Trained ")
 st.markdown(f"""
+**{"The shipped model" if open_model.shipped else "Your own model"}** `{described['name']}`:
+{display_name(described['method'])}, trained {described['date']}.
+
 **Model.** RobustMDiff: {report.encoders(meta['config'], kinds)}, each with a trained head; knowledge-enhanced
-fusion over {meta['n_concepts']} medical concepts, a conditional latent diffusion model that restores missing
+fusion over {meta.get('n_concepts', '?')} medical concepts, a conditional latent diffusion model that restores missing
 modalities ({report.sampler(meta['config'])}), and a calibrated classifier (see Calibration). This checkpoint:
 {shipped}.
 
-**Training data.** `{spec['name']}`: {meta['data_size']} cases, diagnoses {', '.join(display_names(predictor.classes))}
-(rare: {', '.join(display_names(spec.get('rare_classes', []))) or 'none'}). Data fingerprint `{meta['data_fingerprint'][:16]}…`.
-Trained in {meta['train_seconds'] / 60:.1f} min on {meta['device']} with `{meta['command'] or 'python -m core train'}`.
+**Training data.** `{spec['name']}`: {meta.get('data_size', '?')} cases, diagnoses {', '.join(display_names(predictor.classes))}
+(rare: {', '.join(display_names(spec.get('rare_classes', []))) or 'none'}). Data fingerprint `{str(meta.get('data_fingerprint', '?'))[:16]}…`.
+{trained}with `{meta.get('command') or 'python -m core train'}`.
 """)
 st.subheader("Test metrics for each combination of modalities")
 st.caption(f"This checkpoint ({shipped}) on its own test split: complete test cases with the other modalities "
            "switched off, and the test split with modalities missing as they come. Hover a column title for its "
            "definition.")
-rows = [{"Modalities": condition_label(k), **{METRICS[m][0]: v[m] for m in METRICS}, "Cases": v.get("n")}
-        for k, v in meta["test_metrics"].items()]
-st.dataframe(pd.DataFrame(rows).round(3), hide_index=True, width="stretch",
-             column_config={"Modalities": st.column_config.TextColumn(width="medium"),
-                            **{head: st.column_config.NumberColumn(help=text, width="small")
-                               for head, text in METRICS.values()}})
+rows = [{"Modalities": condition_label(k), **{METRICS[m][0]: v.get(m) for m in METRICS}, "Cases": v.get("n")}
+        for k, v in (meta.get("test_metrics") or {}).items()]
+if rows:
+    st.dataframe(pd.DataFrame(rows).round(3), hide_index=True, width="stretch",
+                 column_config={"Modalities": st.column_config.TextColumn(width="medium"),
+                                **{head: st.column_config.NumberColumn(help=text, width="small")
+                                   for head, text in METRICS.values()}})
+else:
+    st.info("This checkpoint's meta.json records no test metrics. Score it on its test split with "
+            f"`{open_model.command('score')}`.", icon=":material/info:")
 st.subheader("Calibration")
-temps = list(meta.get("calibration_fit", {}).get("temperature", {}).get("temperature", {}).values()) or [meta["temperature"]]
+temps = (list(((meta.get("calibration_fit") or {}).get("temperature") or {}).get("temperature", {}).values())
+         or ([meta["temperature"]] if meta.get("temperature") is not None else []))
+fitted = (f"(a temperature between {min(temps):.2f} and {max(temps):.2f})" if temps else
+          "(this checkpoint records no fitted temperature)")
 st.markdown(f"""
-Class probabilities are softened or sharpened for each combination of modalities (a temperature between
-{min(temps):.2f} and {max(temps):.2f}) and shifted per diagnosis, both fitted on the validation split, so that a stated
-80 % is right about 80 % of the time; this also undoes the over-representation of rare diseases in training.
+Class probabilities are softened or sharpened for each combination of modalities {fitted} and shifted per
+diagnosis, both fitted on the validation split, so that a stated 80 % is right about 80 % of the time; this also
+undoes the over-representation of rare diseases in training.
 """, help="Probabilities are softmax(logits / T + b) averaged over the diffusion samples: a temperature T per "
           "availability pattern and a per-class prior correction b, fitted on exactly that average.")
 st.markdown("""
@@ -124,31 +139,48 @@ if cal:
     with st.expander("Targets"):
         st.table(report.targets_frame([{**t, "measured": round(t["measured"], 4)} for t in cal["targets"]]),
                  hide_index=True)
+else:
+    st.info("This checkpoint's meta.json has no measured synthesis confidence (an older or tiny checkpoint): run "
+            f"`{open_model.command('calibration')}`.", icon=":material/info:")
 st.subheader("Inputs unlike the training data")
 guard = meta.get("guard")
 expect = {m["name"]: m["expect"] for m in spec["modalities"] if m.get("expect")}
-st.markdown("A scan whose DICOM header contradicts what the model was trained on is refused ("
-            + (", ".join(f"{n}: " + "; ".join(f"{k} {' or '.join(v)}" for k, v in e.items()) for n, e in expect.items())
-               or "no expectation declared") + "), unless you override it. Every present input is also scored "
-            "against the training data; above the threshold the diagnosis is greyed under a banner.")
-if guard:
+st.markdown(("A scan whose DICOM header contradicts what the model was trained on is refused ("
+             + (", ".join(f"{n}: " + "; ".join(f"{k} {' or '.join(v)}" for k, v in e.items()) for n, e in expect.items())
+                or "no expectation declared") + "), unless you override it. " if "image" in kinds else "")
+            + "Every present input is scored against the training data; above the threshold the diagnosis is greyed "
+            "under a banner.")
+if guard and guard.get("thresholds"):
     st.dataframe(pd.DataFrame([{"input": display_name(m), "threshold": round(t, 2),
-                                "flagged on validation": f"{guard['val_flagged'].get(m, float('nan')):.1%}",
+                                "flagged on validation": f"{guard.get('val_flagged', {}).get(m, float('nan')):.1%}",
                                 "false alarms on test": f"{guard.get('test_flagged', {}).get(m, float('nan')):.1%}"}
                                for m, t in guard["thresholds"].items()]), hide_index=True, width="stretch")
-    st.caption("Score: for scans and notes, how far the input lies from the training inputs (about 1 for a typical "
-               "input); for labs, how rare the combination or the most extreme value is. Thresholds leave 1 % of "
-               "held-out inputs flagged.", help="Images and notes: the distance to the nearest class of training "
-               "inputs in the frozen encoder's feature space, in units of the typical distance. Labs: -log10 of the "
-               "probability of the combination or of the most extreme value under the training distribution.")
+    # what the score is, for the kinds of input this model reads only
+    encoded = " and ".join(w for k, w in (("image", "scans"), ("text", "notes")) if k in kinds)
+    score_words = ([f"for {encoded}, how far the input lies from the training inputs (about 1 for a typical input)"]
+                   if encoded else []) + (["for tabular values, how rare the combination or the most extreme value "
+                                           "is"] if "tabular" in kinds else [])
+    score_help = ([f"{encoded.capitalize()}: the distance to the nearest class of training inputs in the frozen "
+                   "encoder's feature space, in units of the typical distance."] if encoded else []) + (
+        ["Tabular values: -log10 of the probability of the combination or of the most extreme value under the "
+         "training distribution."] if "tabular" in kinds else [])
+    st.caption("Score: " + "; ".join(score_words) + ". Thresholds leave 1 % of held-out inputs flagged.",
+               help=" ".join(score_help))
 else:
-    st.warning("This checkpoint carries no out-of-distribution statistics: run `python -m core guard --fit`.")
-evaluation = ASSETS / "evaluation" / "results.json"
-if evaluation.exists():
-    result = json.loads(evaluation.read_text(encoding="utf-8"))
-    which, same = report.provenance(result, meta)
+    st.warning("This checkpoint carries no out-of-distribution statistics: run "
+               f"`{open_model.command('guard', '--fit')}`.")
+# the open model's own evaluation: the full run beside it, else its quick one (core.open_model.evaluation_dir)
+found = [d / "results.json" for d in open_model.evaluation_dirs() if (d / "results.json").exists()]
+if not found:
+    st.caption(f"No comparison with baselines and ablations for {open_model.name} yet: `"
+               f"{open_model.command('evaluate')}` makes it (`--quick` in minutes), and it shows here and in the "
+               "Robustness lab.")
+else:
+    result = json.loads(found[0].read_text(encoding="utf-8"))
+    which, same = report.provenance(result, meta, open_model.name)
     title = "Comparison with baselines and ablations (python -m core evaluate)"
-    with st.expander(title if same else title + ": an earlier model"):
+    with st.expander(title if same else title + (": a quick demonstration" if result.get("quick") else
+                                                  ": an earlier model")):
         if not same:  # its figures differ from the table above: say why before anyone compares them
             st.info(which, icon=":material/history:")
         table, helps = report.comparison(result["rows"], result["modalities"])
@@ -158,17 +190,27 @@ if evaluation.exists():
                    "given, mean over the training seeds. The Robustness lab shows accuracy, retention, rare diseases "
                    "and the figures; BENCHMARKS.md the full table with ± std.")
 st.subheader("Intended use and limits")
+trained_on = ("- Trained on a synthetic cohort whose images are far simpler than real radiographs; its numbers say that "
+              "the method works as designed, not how it would perform on patients." if open_model.shipped else
+              f"- Trained on `{spec['name']}` ({meta.get('data_size', '?')} cases, data fingerprint "
+              f"`{str(meta.get('data_fingerprint', '?'))[:8]}…`): its numbers hold for data like its own test split "
+              "only, not for other sites, devices or populations, and they are no clinical validation.")
+next_step = ("- To use it on real data, train and evaluate your own model (`python -m core train --data …`, "
+             "`python -m core evaluate`)." if open_model.shipped else
+             f"- Compare it with baselines and ablations before trusting it: `{open_model.command('evaluate')}`.")
 st.markdown(f"""
 - **{NOTICE}**
-- Trained on a synthetic cohort whose images are far simpler than real radiographs; its numbers say that the
-  method works as designed, not how it would perform on patients.
+{trained_on}
 - A synthesized modality is a statistical guess of a latent representation, never a reconstruction of the
-  missing test; its confidence and the assumed lab values are calibrated on validation data of the same cohort.
-- To use it on real data, train and evaluate your own model (`python -m core train --data …`, `python -m core evaluate`).
+  missing test; its confidence{" and the assumed lab values are" if "tabular" in kinds else " is"} calibrated on
+  validation data of the same {"cohort" if open_model.shipped else "data set"}.
+{next_step}
 """)
 with st.expander("Configuration"):
     st.code(yaml.safe_dump(meta["config"], sort_keys=False), language="yaml")
 with st.expander("Checkpoint files"):
-    st.code("\n".join(f"{p.name}  {p.stat().st_size / 2**20:.1f} MB" for p in sorted(DEFAULT_CHECKPOINT.iterdir())))
-    st.caption(f"weights sha256 {meta['weights_sha256']}")
+    st.caption(f"`{shown(open_model.checkpoint)}`")
+    st.code("\n".join(f"{p.name}/" if p.is_dir() else f"{p.name}  {p.stat().st_size / 2**20:.1f} MB"
+                      for p in sorted(open_model.checkpoint.iterdir())))
+    st.caption(f"weights sha256 {meta.get('weights_sha256', 'not recorded')}")
     st.download_button("Download meta.json", json.dumps(meta, indent=1), "meta.json", key="meta")

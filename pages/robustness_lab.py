@@ -11,21 +11,24 @@ import streamlit as st
 
 from core.evaluation import figures, report
 from core.errors import RobustMDiffError
-from core.evaluation.evaluate import QUICK_LIMIT, QuickJob, start_quick
-from core.evaluation.harness import pattern_label
+from core.evaluation.evaluate import QUICK_LIMIT, QuickJob, start_quick, start_score
+from core.evaluation.harness import condition_label, pattern_label
 from core.evaluation.methods import methods_for
 from core.evaluation.patterns import availability_patterns, pattern_name
 from core.names import display_name
+from core.open_model import score_dir, shown
 from core.paths import ASSETS
 from core.review import auth
 from core.review.auth import admin_enabled
 from core.review.store import ReviewStore
-from pages.common import fail, get_demo_cases, get_predictor, get_service, inside_app, load_demo_case, notice
+from pages.common import (fail, get_demo_cases, get_open_model, get_predictor, get_service, has_demo_cases,
+                          inside_app, load_demo_case, no_demo_cases_text, notice)
 
 inside_app()
 st.title("Robustness lab")
 notice()
 predictor = get_predictor()
+open_model = get_open_model()
 names = [n for n, _ in predictor.modalities]
 METRICS = {"auroc": "Telling diagnoses apart (AUROC)", "accuracy": "Accuracy"}
 
@@ -90,13 +93,14 @@ BOOTSTRAP_HELP = ("Difference in macro AUROC, in points (+: RobustMDiff higher),
 
 def show_results(result: dict, key: str) -> None:
     rows, modalities = result["rows"], result["modalities"]
-    which, shipped_model = report.provenance(result, predictor.meta)
+    which, shipped_model = report.provenance(result, predictor.meta, open_model.name)
     if shipped_model:
         st.caption(which)
     else:  # a table of another model must say so before anyone compares it with the Model card's figures
         st.info(which, icon=":material/history:")
     st.caption(f"{result['n_test_complete']} complete test cases; seeds {result['seeds']}; "
-               f"{result['seconds'] / 60:.0f} min on {result['machine']['cpus']} CPUs ({result['device']}).")
+               + (f"{result['seconds'] / 60:.0f} min" if result["seconds"] >= 120 else f"{result['seconds']:.0f} s")
+               + f" on {result['machine']['cpus']} CPUs ({result['device']}).")
     st.plotly_chart(figures.auroc_by_pattern(rows, modalities), width="stretch", key=f"{key}_heat")
     c1, c2 = st.columns([3, 2])
     c1.plotly_chart(figures.retention_curve(rows, modalities), width="stretch", key=f"{key}_ret")
@@ -116,56 +120,134 @@ def show_results(result: dict, key: str) -> None:
         comparison_tables(result, key)
 
 
-# ---- quick evaluation: its own process (core.evaluation.evaluate.start_quick), polled here ----
+# ---- heavy jobs (a quick evaluation, scoring this model): a process of their own
+# (core.evaluation.evaluate.start_quick / start_score), polled here; session keys "<prefix>_job" etc.
 def minutes(seconds: float) -> str:
     return f"{int(seconds // 60)}:{int(seconds % 60):02d}"
 
 
-def quick_progress() -> None:
-    """The session's quick evaluation, polled from its folder each second by this fragment alone, so the rest of
-    the page (the live demo) stays usable meanwhile; once the run has ended, one full rerun draws its results."""
-    job: QuickJob | None = st.session_state.get("quick_job")
+def job_progress(prefix: str) -> None:
+    """The session's job, polled from its folder each second by a fragment alone, so the rest of the page (the
+    live demo) stays usable meanwhile; once the run has ended, one full rerun draws its results."""
+    job: QuickJob | None = st.session_state.get(f"{prefix}_job")
     if job is None:
         return
     if job.running:
         news = job.news()
         fraction = min(float(news.get("fraction", 0.0)), 1.0)
-        st.progress(fraction, text=f"{news.get('text', 'starting the evaluation process')} · {fraction:.0%}")
+        st.progress(fraction, text=f"{news.get('text', f'starting the {job.kind} process')} · {fraction:.0%}")
         last = time.time() - news.get("time", job.started)
         st.caption(f"{minutes(time.time() - job.started)} elapsed; last news {last:.0f} s ago. It runs in a process "
                    "of its own at low priority: you can leave this page, the run goes on, and its results appear here "
                    "when you come back.")
-        may_stop = not admin_enabled() or st.session_state.get("quick_started_here")  # with a code: who started it
-        if may_stop and st.button("Stop the quick evaluation", key="stop_quick",
-                                  help="One quick evaluation runs per server: stopping it stops it for everyone "
+        may_stop = not admin_enabled() or st.session_state.get(f"{prefix}_started_here")  # with a code: its starter
+        if may_stop and st.button(f"Stop the {job.kind}", key=f"stop_{prefix}",
+                                  help=f"One {job.kind} runs per server: stopping it stops it for everyone "
                                        "following it."):
             job.stop()
         else:
             return
     if job.error() is not None:
-        st.session_state["quick_error"] = job.error()
+        st.session_state[f"{prefix}_error"] = job.error()
     else:
-        st.session_state["quick_result"] = job.result()
-        st.session_state.pop("quick_error", None)
-    del st.session_state["quick_job"]
+        st.session_state[f"{prefix}_result"] = job.result()
+        st.session_state.pop(f"{prefix}_error", None)
+    del st.session_state[f"{prefix}_job"]
     st.rerun()
 
 
-def _on_run_quick() -> None:
-    """Start a quick evaluation, or follow the one running (core.evaluation.evaluate.admit_quick: who may start
-    one); the admin code is checked with the review study's throttle and never left in the form."""
+def quick_progress() -> None:
+    job_progress("quick")
+
+
+def score_progress() -> None:
+    job_progress("score")
+
+
+def _on_run(prefix: str) -> None:
+    """Start a quick evaluation or the scoring of this model, or follow the one running
+    (core.evaluation.evaluate.admit_quick: who may start one); the admin code is checked with the review study's
+    throttle and never left in the form."""
     ss = st.session_state
-    code, ss["quick_admin_code"] = ss.get("quick_admin_code", ""), ""
+    code, ss[f"{prefix}_admin_code"] = ss.get(f"{prefix}_admin_code", ""), ""
 
     def admin() -> None:
         auth.open_admin(ReviewStore(), code, auth.client_key(st.context.ip_address, st.context.headers))
 
     try:
-        job, fresh = start_quick(list(ss.get("quick_methods", [])), admin=admin)
+        if prefix == "score":
+            job, fresh = start_score(open_model.checkpoint, open_model.data_given, admin=admin)
+        else:  # an own model: its data and configuration; the shipped one: the 600-case quick cohort
+            job, fresh = start_quick(list(ss.get("quick_methods", [])), data=open_model.data_given, admin=admin,
+                                     checkpoint=None if open_model.shipped else open_model.checkpoint)
     except RobustMDiffError as e:
-        ss["quick_refused"] = str(e)
+        ss[f"{prefix}_refused"] = str(e)
         return
-    ss["quick_job"], ss["quick_started_here"], ss["quick_followed"] = job, fresh, not fresh
+    ss[f"{prefix}_job"], ss[f"{prefix}_started_here"], ss[f"{prefix}_followed"] = job, fresh, not fresh
+
+
+def _on_run_quick() -> None:
+    _on_run("quick")
+
+
+def _on_run_score() -> None:
+    _on_run("score")
+
+
+def job_controls(prefix: str, label: str, on_click, help_text: str | None = None) -> QuickJob | None:
+    """The admin code (where one is set), the start button, a refusal, and the job's progress."""
+    if admin_enabled():
+        st.text_input("Study-admin code (a new run needs it)", type="password", key=f"{prefix}_admin_code")
+    else:
+        st.caption(QUICK_LIMIT)
+    st.button(label, type="primary", key=f"run_{prefix}", on_click=on_click, help=help_text)
+    if f"{prefix}_refused" in st.session_state:
+        st.error(st.session_state.pop(f"{prefix}_refused"))
+    job = st.session_state.get(f"{prefix}_job")
+    if st.session_state.pop(f"{prefix}_followed", False) and job is not None:
+        st.info(f"A {job.kind} is already running on this server (started {minutes(time.time() - job.started)} ago"
+                + (f"; RobustMDiff against {', '.join(map(display_name, job.methods)) or 'itself'}" if prefix == "quick"
+                   else "") + "). One runs at a time: its progress is below, and its results will show here.")
+    # polled only while a run is going on: an idle page asks nothing of the server
+    st.fragment(quick_progress if prefix == "quick" else score_progress,
+                run_every=1.0 if job is not None and job.running else None)()
+    if f"{prefix}_error" in st.session_state:
+        st.error(st.session_state[f"{prefix}_error"])
+    return job
+
+
+def show_score(result: dict) -> None:
+    """score.json (`python -m core score`): this checkpoint itself on its test split, no comparison."""
+    df = pd.DataFrame(result["rows"])
+    df = df[df.group == "all"]
+    table = pd.DataFrame({"Modalities given": df.condition.map(condition_label), "Cases": df.n,
+                          "AUROC": 100 * df.auroc, "Accuracy": 100 * df.accuracy, "ECE": df.ece})
+    st.markdown(f"**{open_model.name[0].upper() + open_model.name[1:]}, scored on its test split** "
+                f"(`{result['data']}`, {result['n_test']} test cases)")
+    st.dataframe(table, hide_index=True, width="stretch", key="score_table", height=all_rows(table),
+                 column_config=numbers(table, {"AUROC": report.METRIC_HELP["auroc"],
+                                               "Accuracy": report.METRIC_HELP["accuracy"],
+                                               "ECE": "Calibration error (0 = perfect)."}, fmt="%.2f"))
+    st.caption("The checkpoint itself under every combination of modalities (complete test cases, the others "
+               "switched off), random missingness and the data's natural missingness. No other method is trained: "
+               "the comparison needs the evaluation above.")
+
+
+def score_section() -> None:
+    """No evaluation yet: score the checkpoint as it is (minutes, no training), in a process of its own."""
+    found = st.session_state.get("score_result")
+    path = score_dir(open_model.checkpoint) / "score.json"
+    if found is None and path.exists():
+        found = json.loads(path.read_text(encoding="utf-8"))
+    if found is not None and st.session_state.get("score_job") is None:
+        show_score(found)
+        return
+    st.markdown(f"Meanwhile, score {open_model.name} as it is, without training anything: `"
+                f"{open_model.command('score', '--out', shown(score_dir(open_model.checkpoint)), '--json')}` (minutes; "
+                "a process of its own at low priority, one heavy job at a time per server).")
+    job_controls("score", "Score this model", _on_run_score)
+    if "score_result" in st.session_state:
+        show_score(st.session_state["score_result"])
 
 
 def show_regimes(study: dict) -> None:
@@ -190,46 +272,51 @@ def show_regimes(study: dict) -> None:
         f"{REGIMES[n].title}: {t['complete']} complete, {t['labelled']} labelled" for n, t in study["train"].items()))
 
 
-shipped, regimes, quick, live = st.tabs(["Shipped evaluation", "Missing-data regimes", "Run a quick evaluation",
-                                         "Live demo on one case"])
+shipped, regimes, quick, live = st.tabs(["Shipped evaluation" if open_model.shipped else "This model's evaluation",
+                                         "Missing-data regimes", "Run a quick evaluation", "Live demo on one case"])
 with shipped:
-    path = ASSETS / "evaluation" / "results.json"
-    if path.exists():
-        show_results(json.loads(path.read_text()), "shipped")
+    # the full evaluation beside the checkpoint, else its quick one (core.open_model.OpenModel.evaluation_dirs)
+    found = [d / "results.json" for d in open_model.evaluation_dirs() if (d / "results.json").exists()]
+    if found:
+        show_results(json.loads(found[0].read_text(encoding="utf-8")), "shipped")
     else:
-        st.info("No shipped evaluation results yet: run `python -m core evaluate --out assets/evaluation`.")
+        st.info(f"No evaluation of {open_model.name} yet. `{open_model.command('evaluate')}` compares it with every "
+                f"baseline and ablation (3 seeds: hours on a CPU), `{open_model.command('evaluate', '--quick')}` in "
+                f"minutes (short schedule, one seed); the results are written beside the checkpoint "
+                f"({', '.join(shown(d) for d in open_model.evaluation_dirs())}) and show here.",
+                icon=":material/info:")
+        score_section()
 
 with regimes:
-    # the full study when it is shipped, else its quick variant
+    # the full study when it is shipped, else its quick variant; it never trains on another model's data
     found = [p for p in (ASSETS / "evaluation" / d / "regimes.json" for d in ("regimes", "regimes-quick")) if p.exists()]
-    if found:
+    if not open_model.shipped:
+        st.info("The missing-data regime study trains its own models on generated variants of the app's built-in "
+                "demonstration data, with the default configuration (`python -m core evaluate --regimes all`): it says nothing about "
+                f"{open_model.name} or its data, so it is not shown here. Open the shipped model (`make run`) to see "
+                "it.", icon=":material/info:")
+    elif found:
         show_regimes(json.loads(found[0].read_text()))
     else:
         st.info("No regime study shipped yet: run `python -m core evaluate --regimes all --out assets/evaluation/regimes`.")
 
 with quick:
-    st.markdown("Trains the chosen methods on a 600-case cohort for a few epochs and scores them: a demonstration "
-                "of the harness in a few minutes, not a benchmark. It runs as a separate process at low priority, one "
-                "at a time per server.")
+    if open_model.shipped:
+        st.markdown("Trains the chosen methods on a 600-case cohort for a few epochs and scores them: a demonstration "
+                    "of the harness in a few minutes, not a benchmark. It runs as a separate process at low priority, "
+                    "one at a time per server.")
+    else:
+        spec = predictor.meta.get("spec", {})
+        st.markdown(f"Trains the chosen methods on {open_model.name}'s own data (`{spec.get('name', '?')}`, "
+                    f"{predictor.meta.get('data_size', '?')} cases) with its configuration and the short schedule, one "
+                    f"seed, and scores them: `{open_model.command('evaluate', '--quick')}`, a demonstration, not a "
+                    "benchmark. It runs as a separate process at low priority, one at a time per server; its results "
+                    f"are kept beside the checkpoint ({shown(open_model.evaluation_dirs()[1])}).")
     options = [m.name for m in methods_for(names) if m.name != "robustmdiff"]
     st.multiselect("Methods compared with RobustMDiff", options, format_func=display_name,
-                   default=["early_zero", "dropout_0.5", "masked_attention"], key="quick_methods")
-    if admin_enabled():
-        st.text_input("Study-admin code (a new run needs it)", type="password", key="quick_admin_code")
-    else:
-        st.caption(QUICK_LIMIT)
-    st.button("Run quick evaluation", type="primary", key="run_quick", on_click=_on_run_quick)
-    if "quick_refused" in st.session_state:
-        st.error(st.session_state.pop("quick_refused"))
-    job = st.session_state.get("quick_job")
-    if st.session_state.pop("quick_followed", False) and job is not None:
-        st.info(f"A quick evaluation is already running on this server (started {minutes(time.time() - job.started)}"
-                f" ago; RobustMDiff against {', '.join(map(display_name, job.methods)) or 'itself'}). One runs at a "
-                "time: its progress is below, and its results will show here.")
-    # polled only while a run is going on: an idle page asks nothing of the server
-    st.fragment(quick_progress, run_every=1.0 if job is not None and job.running else None)()
-    if "quick_error" in st.session_state:
-        st.error(st.session_state["quick_error"])
+                   default=[m for m in ["early_zero", "dropout_0.5", "masked_attention"] if m in options],
+                   key="quick_methods")
+    job_controls("quick", "Run quick evaluation", _on_run_quick)
     if "quick_result" in st.session_state:
         show_results(st.session_state["quick_result"], "quick")
 
@@ -256,6 +343,9 @@ def confidence_text(value: float | None) -> str:
 
 
 with live:
+    if not has_demo_cases():  # an own model whose data is not on this machine (or has no complete test case)
+        st.info(f"No demo cases for {open_model.name}: {no_demo_cases_text()}", icon=":material/info:")
+        st.stop()
     demos = get_demo_cases()
     choice = st.selectbox("Case", [d.label for d in demos], key="live_case")
     demo = demos[[d.label for d in demos].index(choice)]

@@ -23,7 +23,15 @@ def run(args: argparse.Namespace) -> int:
     from core.paths import default_cohort_dir
 
     data = data_path(args, checkpoint=True) or ensure_cohort(default_cohort_dir(), progress=not args.json)
-    result = score_checkpoint(args.checkpoint, data, args.device, progress=not args.json)
+    news = None
+    if args.out:  # progress news in the output folder, which the app polls when it runs this command (start_score)
+        from pathlib import Path
+
+        from core.evaluation.evaluate import logged
+
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        news = logged(Path(args.out), lambda f, text: None)
+    result = score_checkpoint(args.checkpoint, data, args.device, progress=not args.json, on_progress=news)
     note_other_data(result["other_data"])
     write_outputs(args.out, "score", result, markdown(result))
     print(dumps(result) if args.json else markdown(result))

@@ -30,7 +30,7 @@ from core.evaluation.methods import methods_for, select
 from core.evaluation.regimes import REGIME_METHODS, case_severity, labelled_rows, limit_complete, regime
 from core.features import dataset_features
 from core.device import pick_device
-from core.model.config import Config
+from core.model.config import QUICK_TRAINING, Config
 from core.model.config import quick as quick_config
 from core.paths import CONFIGS, DEFAULT_CHECKPOINT, ROOT, default_cohort_dir
 from core.jsonout import dumps
@@ -123,6 +123,8 @@ def evaluate(checkpoint: str | Path | None = None, data: str | Path | None = Non
         "n_train_complete": int(setup.table.present[ds.indices("train")].all(1).sum()),
         "n_train_labelled": int(len(setup.labelled) if setup.labelled is not None else len(ds.indices("train"))),
         "data": str(data), "data_fingerprint": ds.fingerprint(), "n_test": int(len(ds.indices("test"))),
+        "data_name": ds.spec.name, "data_size": int(len(ds)),  # which data, in words (report.provenance)
+        "checkpoint": str(checkpoint) if checkpoint else None,
         "n_test_complete": int(table.present[ds.indices("test")].all(1).sum()), "methods": labels, "seeds": seed_list,
         "quick": quick, "short": short, "config": config.to_dict(), "machine": machine(), "device": str(dev),
         "seconds": time.perf_counter() - t0, "rows": rows, "significance": report.significance(rows, names),
@@ -186,14 +188,19 @@ def last_news(out: Path) -> dict:
 
 @dataclass
 class QuickJob:
-    """A quick evaluation running as `python -m core evaluate --quick` in a process of its own: at low priority
-    (nice 10) and on one torch thread, so that a server keeps answering its users while it trains; its own
-    folder (`out`) holds the progress log, the log of its output and, at the end, results.json."""
+    """Heavy work of the app running as a `python -m core` command in a process of its own: a quick evaluation
+    (`evaluate --quick`) or the scoring of the open checkpoint (`score`). At low priority (nice 10) and on one
+    torch thread, so that a server keeps answering its users meanwhile; its folder (`out`) holds the progress
+    log, the log of its output and, at the end, `result_file`."""
 
     out: Path
     methods: list[str]
     process: subprocess.Popen
     started: float = field(default_factory=time.time)
+    kind: str = "quick evaluation"  # what it runs, in words: "quick evaluation" or "scoring"
+    result_file: str = "results.json"
+    keep: bool = False  # `out` is a checkpoint's own results folder: kept when the next run starts
+    checkpoint: str | None = None  # the checkpoint it works on (None: the shipped one)
 
     @property
     def running(self) -> bool:
@@ -203,8 +210,8 @@ class QuickJob:
         return last_news(self.out)
 
     def result(self) -> dict | None:
-        """results.json once the run has ended well."""
-        path = self.out / "results.json"
+        """The result file once the run has ended well."""
+        path = self.out / self.result_file
         return json.loads(path.read_text(encoding="utf-8")) if self.process.poll() == 0 and path.exists() else None
 
     def error(self) -> str | None:
@@ -217,7 +224,7 @@ class QuickJob:
         except FileNotFoundError:
             tail = []
         reason = "it was stopped" if code < 0 else f"it ended with status {code}"
-        return f"The quick evaluation did not finish ({reason}). " + (" / ".join(tail) if tail else "")
+        return f"The {self.kind} did not finish ({reason}). " + (" / ".join(tail) if tail else "")
 
     def stop(self, wait: float = 5.0) -> None:
         if self.running:
@@ -228,27 +235,53 @@ class QuickJob:
                 self.process.kill()
                 self.process.wait()
 
+    def discard(self) -> None:
+        """Remove its folder, unless it is a checkpoint's own results folder."""
+        if not self.keep:
+            shutil.rmtree(self.out, ignore_errors=True)
 
-_JOB: QuickJob | None = None  # the server's quick evaluation: one at a time per server process
+
+_JOB: QuickJob | None = None  # the server's heavy job (quick evaluation or scoring): one at a time per server process
 _JOB_LOCK = threading.Lock()  # the one admission to heavy work in a server: every start goes through it
-_STARTED = 0  # quick evaluations this server process has started
+_STARTED = 0  # heavy jobs this server process has started
 QUICK_LIMIT = ("Without a study-admin code (RMD_ADMIN_CODE) a server runs one quick evaluation in its lifetime: "
                "every visitor could otherwise keep its CPU busy training. With the code set, each new run asks for it.")
 
 
-def quick_command(methods: list[str], out: Path, data: str | Path | None = None) -> list[str]:
-    """The command line of a quick evaluation, under `nice` where the system has it."""
+def nice(cmd: list[str]) -> list[str]:
+    """A command line under `nice` where the system has it."""
+    tool = shutil.which("nice")
+    return [tool, "-n", "10", *cmd] if tool else cmd
+
+
+def data_arguments(data: str | Path | None) -> list[str]:
+    """`--data DIR`, or `--data DIR --spec FILE` for a spec file (what OpenModel.data may be)."""
+    if not data:
+        return []
+    path = Path(data)
+    return ["--data", str(path.parent), "--spec", path.name] if path.is_file() else ["--data", str(path)]
+
+
+def quick_command(methods: list[str], out: Path, data: str | Path | None = None,
+                  checkpoint: str | Path | None = None) -> list[str]:
+    """The command line of a quick evaluation, under `nice` where the system has it. `checkpoint`: a model of
+    your own, evaluated on its data (or `data`) with its configuration and the short schedule."""
     cmd = [sys.executable, "-m", "core", "evaluate", "--quick", "--methods", ",".join(["robustmdiff", *methods]),
            "--out", str(out)]
-    if data:
-        cmd += ["--data", str(data)]
-    nice = shutil.which("nice")
-    return [nice, "-n", "10", *cmd] if nice else cmd
+    if checkpoint:
+        cmd += ["--checkpoint", str(checkpoint)]
+    return nice(cmd + data_arguments(data))
 
 
-def admit_quick(admin: Callable[[], None] | None) -> None:
-    """Whether a new quick evaluation may start (issue 27: it trains models for minutes, so not on every
-    visitor's click): with a study-admin code configured, `admin()` must accept the code given (it raises
+def score_command(checkpoint: str | Path, out: Path, data: str | Path | None = None) -> list[str]:
+    """The command line that scores a checkpoint on its test split (`python -m core score`), under `nice`."""
+    return nice([sys.executable, "-m", "core", "score", "--checkpoint", str(checkpoint), "--out", str(out), "--json",
+                 *data_arguments(data)])
+
+
+def admit_quick(admin: Callable[[], None] | None, kind: str = "quick evaluation") -> None:
+    """Whether a new quick evaluation (or scoring) may start (issue 27: it trains models for minutes, so not on
+    every visitor's click): with a study-admin code configured, `admin()` must accept the code given (it raises
     RobustMDiffError otherwise; the page passes core.review.auth's throttled check); without one, only the
     server's first run starts (QUICK_LIMIT)."""
     from core.errors import RobustMDiffError
@@ -256,36 +289,75 @@ def admit_quick(admin: Callable[[], None] | None) -> None:
 
     if admin_enabled():
         if admin is None:
-            raise RobustMDiffError("a new quick evaluation needs the study-admin code")
+            raise RobustMDiffError(f"a new {kind} needs the study-admin code")
         admin()
     elif _STARTED:
-        raise RobustMDiffError("This server has run its one quick evaluation. " + QUICK_LIMIT + " Set RMD_ADMIN_CODE "
-                               "and restart the app to run more.")
+        raise RobustMDiffError(f"This server has run its one heavy job (a quick evaluation or scoring): no new {kind} "
+                               "without a code. " + QUICK_LIMIT + " Set RMD_ADMIN_CODE and restart the app to run more.")
+
+
+def _launch(kind: str, admin: Callable[[], None] | None, command: Callable[[Path], list[str]], out: Path | None,
+            env: dict[str, str] | None, **job: object) -> tuple[QuickJob, bool]:
+    """Start `command(folder)` as the server's one heavy job, unless one is running: (the job, whether it was
+    started now). Following the same kind of run needs nothing; another kind running is refused with why; a
+    start must pass `admit_quick`. `out`: a folder to keep (a checkpoint's results folder), else a fresh
+    temporary one."""
+    from core.errors import RobustMDiffError
+
+    global _JOB, _STARTED
+    with _JOB_LOCK:
+        if _JOB is not None and _JOB.running:
+            if _JOB.kind == kind and _JOB.checkpoint == job.get("checkpoint"):
+                return _JOB, False
+            raise RobustMDiffError(f"A {_JOB.kind} is running on this server (started "
+                                   f"{(time.time() - _JOB.started) / 60:.0f} min ago); one runs at a time: try again "
+                                   "when it has ended.")
+        admit_quick(admin, kind)
+        if _JOB is not None:  # the previous run's temporary folder (its results were shown when it ended): not kept
+            _JOB.discard()
+        if out is None:
+            folder = Path(tempfile.mkdtemp(prefix="rmd-quick-evaluation-"))  # unique, even for two runs in one second
+        else:
+            folder = Path(out)
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / PROGRESS_LOG).unlink(missing_ok=True)  # the news of this run only
+        env = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+                            "RMD_FIGURE_PNG": "0", PARENT_ENV: str(os.getpid())} | (env or {})  # page draws figures
+        with (folder / "output.log").open("wb") as log:
+            process = subprocess.Popen(command(folder), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL)
+        _JOB = QuickJob(folder, process=process, kind=kind, keep=out is not None, **job)  # type: ignore[arg-type]
+        _STARTED += 1
+        return _JOB, True
 
 
 def start_quick(methods: list[str], data: str | Path | None = None, env: dict[str, str] | None = None,
-                admin: Callable[[], None] | None = None) -> tuple[QuickJob, bool]:
+                admin: Callable[[], None] | None = None, checkpoint: str | Path | None = None) -> tuple[QuickJob, bool]:
     """Start a quick evaluation of RobustMDiff against `methods` in its own process and folder, unless one is
     running in this server already: (the job, whether it was started now). A start must pass `admit_quick`
     (`admin`: checks the study-admin code given); following a run already going needs nothing. `data`: a data
     folder instead of the 600-case quick cohort; `env`: more environment for the process (e.g. its own
-    RMD_DATA_DIR)."""
-    global _JOB, _STARTED
-    with _JOB_LOCK:
-        if _JOB is not None and _JOB.running:
-            return _JOB, False
-        admit_quick(admin)
-        if _JOB is not None:  # the previous run's folder (its results were shown when it ended): not kept
-            shutil.rmtree(_JOB.out, ignore_errors=True)
-        out = Path(tempfile.mkdtemp(prefix="rmd-quick-evaluation-"))  # unique, even for two runs in one second
-        env = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-                            "RMD_FIGURE_PNG": "0", PARENT_ENV: str(os.getpid())} | (env or {})  # page draws figures
-        with (out / "output.log").open("wb") as log:
-            process = subprocess.Popen(quick_command(methods, out, data), cwd=ROOT, env=env, stdout=log,
-                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        _JOB = QuickJob(out, list(methods), process)
-        _STARTED += 1
-        return _JOB, True
+    RMD_DATA_DIR). `checkpoint`: a model of your own (not the shipped one): evaluated on its data with its
+    configuration, the results written beside it (core.open_model.evaluation_dir(checkpoint, quick=True)) and
+    kept there."""
+    from core.open_model import evaluation_dir, is_shipped
+
+    own = checkpoint is not None and not is_shipped(checkpoint)
+    args = {"checkpoint": str(checkpoint)} if own else {}  # the tests' stand-ins for quick_command take three
+    return _launch("quick evaluation", admin, lambda out: quick_command(methods, out, data, **args),
+                   evaluation_dir(checkpoint, quick=True) if own else None, env, methods=list(methods),
+                   checkpoint=str(checkpoint) if own else None)
+
+
+def start_score(checkpoint: str | Path, data: str | Path | None = None, env: dict[str, str] | None = None,
+                admin: Callable[[], None] | None = None) -> tuple[QuickJob, bool]:
+    """Score `checkpoint` on its data's test split (`python -m core score`, no training: minutes) in a process
+    of its own, as `start_quick` runs a quick evaluation (same admission, one heavy job per server); score.json
+    is written to core.open_model.score_dir(checkpoint) and kept there."""
+    from core.open_model import score_dir
+
+    return _launch("scoring", admin, lambda out: score_command(checkpoint, out, data), score_dir(checkpoint), env,
+                   methods=[], result_file="score.json", checkpoint=str(checkpoint))
 
 
 def current_quick() -> QuickJob | None:
@@ -297,7 +369,15 @@ def current_quick() -> QuickJob | None:
 def _stop_quick() -> None:  # a server that exits takes its quick evaluation, and its folder, with it
     if _JOB is not None:
         _JOB.stop(wait=2.0)
-        shutil.rmtree(_JOB.out, ignore_errors=True)
+        _JOB.discard()
+
+
+def quick_schedule(config: Config) -> Config:
+    """The short schedule of --quick, but never longer than the checkpoint's own (a model trained for fewer
+    epochs than the quick schedule, e.g. a tiny test model, is not out-trained by its demonstration)."""
+    shorter = quick_config(config)
+    return shorter.override("training", **{k: min(getattr(shorter.training, k), getattr(config.training, k))
+                                           for k in QUICK_TRAINING})
 
 
 def make_setup(checkpoint: str | None, data: Path, quick: bool, device: str, progress: bool = False,  # quick: schedule
@@ -312,7 +392,7 @@ def make_setup(checkpoint: str | None, data: Path, quick: bool, device: str, pro
     config = (Config.load(config_path) if config_path else Config.from_dict(meta["config"]) if meta
               else Config.load(CONFIGS / "default.yaml"))
     if quick and not config_path:  # a given configuration is used as written, its schedule included
-        config = quick_config(config)
+        config = quick_schedule(config)
     ds = Dataset.open(Path(data))
     r = regime(regime_name)
     table = dataset_features(ds, config.model, dev, progress=progress, on_progress=on_cases)

@@ -155,7 +155,8 @@ def comparison(rows: list[dict], names: list[str], metric: str = "auroc") -> tup
     s = s[s.group == "all"]
     cols = pattern_columns(names)
     heads = {c: pattern_label(c).replace(" + ", "+") for c in cols}
-    heads[cols[-1]] = "All modalities"
+    if len(cols) > 1:  # one modality: its name says more than "all"
+        heads[cols[-1]] = "All modalities"
     sig = significance(rows, names, metric)
     avg = averages(rows, names, metric).groupby("method")[metric].mean()
     out = []
@@ -382,26 +383,34 @@ def sampler(config: dict) -> str:
     return f"{d.get('sample_steps')} DDIM steps × {d.get('samples')} samples"
 
 
-def provenance(result: dict, meta: dict | None) -> tuple[str, bool]:
-    """Which models and date an evaluation's tables belong to, in words, and whether they are the shipped
-    checkpoint's (its seed 0 of RobustMDiff is the shipped model only when data and configuration match).
-    The date is the run's `created` (recorded since it was added; older files say so)."""
+def provenance(result: dict, meta: dict | None, model: str = "the shipped checkpoint") -> tuple[str, bool]:
+    """Which models, data and date an evaluation's tables belong to, in words, and whether they are the open
+    checkpoint's (`model`: that checkpoint in words; its seed 0 of RobustMDiff is the open model only when the
+    data and the model and diffusion configuration match its meta.json). The date is the run's `created`
+    (recorded since it was added; older files say so)."""
     when = f"made {result['created']}" if result.get("created") else "date not recorded in the result file"
     fingerprint = str(result.get("data_fingerprint", ""))[:8] or "?"
+    config = result.get("config", {})
+    own_data = meta is not None and result.get("data_fingerprint") == meta.get("data_fingerprint")
     if result.get("quick"):
-        return (f"Models trained by this quick evaluation ({when}) on the 600-case quick cohort with the short "
-                f"schedule, sampler {sampler(result.get('config', {}))}: a demonstration, not the shipped checkpoint.",
-                False)
+        data = (f"the data of {model} ({result.get('data_name') or (meta or {}).get('spec', {}).get('name', '?')}, "
+                f"{result.get('data_size') or (meta or {}).get('data_size', '?')} cases, data {fingerprint}…) with its "
+                "configuration and" if own_data else
+                f"{result['data_name']} ({result.get('data_size', '?')} cases, data {fingerprint}…)"
+                if result.get("data_name") and not str(result.get("data", "")).rstrip("/").endswith("cohort-quick")
+                else "the 600-case quick cohort")
+        return (f"Models trained by this quick evaluation ({when}) on {data}{'' if own_data else ' with'} the short schedule, sampler "
+                f"{sampler(config)}: a demonstration, not {model} itself.", False)
     if meta is None:
-        return f"Evaluation {when}, data {fingerprint}…, sampler {sampler(result.get('config', {}))}.", False
-    same = (result.get("data_fingerprint") == meta.get("data_fingerprint")
-            and sampler(result.get("config", {})) == sampler(meta.get("config", {})))
+        return f"Evaluation {when}, data {fingerprint}…, sampler {sampler(config)}.", False
+    mine = meta.get("config", {})
+    same = own_data and all(config.get(k) == mine.get(k) for k in ("model", "diffusion"))
     if same:
-        return (f"Evaluation of the shipped checkpoint's data and configuration ({when}; data {fingerprint}…, "
-                f"sampler {sampler(meta['config'])}).", True)
-    return (f"An earlier model, not the shipped checkpoint: evaluated {when.removeprefix('made ')} on data "
-            f"{fingerprint}… with sampler {sampler(result.get('config', {}))}; the shipped checkpoint was trained on "
-            f"data {str(meta.get('data_fingerprint', ''))[:8]}… with sampler {sampler(meta.get('config', {}))}, and "
+        return (f"Evaluation of {model}'s data and configuration ({when}; data {fingerprint}…, "
+                f"sampler {sampler(mine)}).", True)
+    return (f"An earlier model, not {model}: evaluated {when.removeprefix('made ')} on data "
+            f"{fingerprint}… with sampler {sampler(config)}; {model} was trained on "
+            f"data {str(meta.get('data_fingerprint', ''))[:8]}… with sampler {sampler(mine)}, and "
             "its own figures are on the Model card.", False)
 
 

@@ -10,13 +10,17 @@ import torch
 
 from core.data.dataset import Dataset
 from core.errors import SpecError
-from core.evaluation.harness import Setup, score
+from core.evaluation.harness import Progress, Setup, score
 from core.features import dataset_features
 from core.inference import Predictor
 
 
 def score_checkpoint(checkpoint: str | Path | None, data: str | Path, device: str | None = None,
-                     progress: bool = False) -> dict:
+                     progress: bool = False, on_progress: Progress | None = None) -> dict:
+    """`on_progress(fraction, text)`: news while the cases are encoded (first half) and scored (second half),
+    which the app polls when it runs the scoring in a process of its own."""
+    news = on_progress or (lambda f, text: None)
+    news(0.0, "loading the checkpoint")
     predictor = Predictor.load(checkpoint, device)
     ds = Dataset.open(data)
     if [m.name for m in ds.spec.modalities] != [n for n, _ in predictor.modalities]:
@@ -24,14 +28,17 @@ def score_checkpoint(checkpoint: str | Path | None, data: str | Path, device: st
                                 f"{[n for n, _ in predictor.modalities]}")
     if list(ds.classes) != predictor.classes:
         raise SpecError("data", f"has classes {list(ds.classes)}; the checkpoint predicts {predictor.classes}")
-    table = dataset_features(ds, predictor.model.config.model, predictor.device, progress=progress)
+    table = dataset_features(ds, predictor.model.config.model, predictor.device, progress=progress,
+                             on_progress=lambda done, n: news(0.5 * done / n, f"encoding cases: {done} of {n}"))
     setup = Setup(ds, table, predictor.model.config, torch.device(predictor.device))
-    rows = score(predictor.model, setup, table, "checkpoint", seed=0).rows
+    rows = score(predictor.model, setup, table, "checkpoint", seed=0,
+                 on_progress=lambda f, text: news(0.5 + 0.5 * f, text)).rows
     out: dict = {"checkpoint": str(checkpoint or "checkpoints/default"), "data": str(data), "rows": rows,
                  "n_test": int(len(ds.indices("test"))),
                  "other_data": ds.identity().difference(predictor.meta.get("data_identity"))}
     if predictor.guard is not None:
         out["ood_flagged_on_test"] = predictor.guard.flag_rates(table, ds.indices("test"))
+    news(1.0, "done")
     return out
 
 
