@@ -1,5 +1,5 @@
-"""Demo cases for the app, and the review study's cases: complete test cases of the embedded cohort, a few
-per diagnosis, rare diagnoses included.
+"""Demo cases for the app, and the review study's cases: complete test cases of the open model's data (the
+embedded cohort for the shipped model), a few per diagnosis, rare diagnoses included.
 
 The two sets are disjoint. The Case explorer shows every model output of its demo cases (probabilities,
 every attribution method), so a study item on one of them could be matched to the explorer's page and

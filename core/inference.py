@@ -186,8 +186,9 @@ class Prediction:
             if s.get("refused") else ""
         if s.get("expected_values"):
             vals = sorted(s["expected_values"].values(), key=lambda v: v["flag"] == "")[:top]
-            return "assumed " + ", ".join(f"{v['label']} {v['median']:g} {v['unit']} ({v['low']:g}–{v['high']:g})"
-                                          f"{' ' + v['flag'] if v['flag'] else ''}" for v in vals) + refused
+            return "assumed " + ", ".join(" ".join(filter(None, (v["label"], f"{v['median']:g}", v["unit"],
+                                                                f"({v['low']:g}–{v['high']:g})", v["flag"])))
+                                          for v in vals) + refused  # (a unitless value: no double space)
         if s.get("implied_concepts"):
             return "implies " + ", ".join(c["concept"] for c in s["implied_concepts"][:top])
         return refused.removeprefix("; ")

@@ -9,6 +9,7 @@ import hashlib
 import html
 import time
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -83,7 +84,7 @@ def display_window(name: str) -> tuple[float, float] | None:
     return st.session_state.get("display_window", {}).get(f"scan_{name}")
 
 
-def read_scan_once(data: bytes, name: str) -> tuple[Scan, object]:
+def read_scan_once(data: bytes, name: str) -> tuple[Scan, np.ndarray | None]:
     """The uploaded scan read once per session (a rerun, e.g. a moved window slider, reuses it), with its
     colours when it is a colour photograph (else None); only the last file per name is kept, and only in this
     session's memory."""

@@ -8,6 +8,7 @@ why), a lab group as CSV (breast_cancer)."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import shutil
@@ -138,7 +139,9 @@ def test_a_demo_case_is_predicted_switched_explained_and_reported(own_model_of, 
     report = from_url(media, at.get("download_button")[0].proto.url).decode()
     assert all(f"<h2>{n}" in report for n, _ in present) and all(n in report for n, _ in modalities)
     assert not [s for s in shipped if s in report], [s for s in shipped if s in report]
-    assert report.count("data:image/png;base64,") == len(images)
+    pictures = report.split("data:image/png;base64,")[1:]
+    assert len(pictures) == len(images)
+    assert all(is_colour(base64.b64decode(p.split("'")[0])) for p in pictures)  # photographs in colour there too
     assert not [s for s in shipped if s in page_text(at)], [s for s in shipped if s in page_text(at)]
     assert "None" not in report and ">nan<" not in report
 
@@ -214,6 +217,8 @@ def test_one_uploaded_table_of_three_and_the_assumed_values_of_the_others(own_mo
     for t in assumed + preview:
         shown = t.to_string()
         assert "None" not in shown and "nan" not in shown.replace("nan", "").lower() and "NaN" not in shown, shown
+    assumed_lines = [c.value for c in at.caption if c.value.startswith("Synthesized ")]
+    assert len(assumed_lines) == 2 and not any("  " in c or "None" in c for c in assumed_lines)  # empty units: no gap
     assert [e.label for e in at.expander if e.label.startswith("Assumed")] == ["Assumed error values (median and 80 % "
                                                                                "interval implied by the synthesized latent)",
                                                                                "Assumed worst values (median and 80 % "

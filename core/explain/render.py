@@ -197,16 +197,17 @@ HELD_FIXED = held_fixed_text([("the scan", "image"), ("the note", "text"), ("lab
 
 
 def note_units_text(exp: Explanation, name: str) -> str:
-    """Which of the note's units (clauses or sentences) carry word attributions, and their share of the note's."""
+    """Which of a text modality's units (clauses or sentences) carry word attributions, and their share of its
+    attribution, naming the modality (a model's text need not be a note)."""
     units = exp.note_units.get(name)
     if not units:
         return ""
     total = sum(abs(u.score) for u in units)
     shown = [u for u in units if u.words]
     if len(shown) == len(units):
-        return f"Every word of the note's {len(units)} parts is attributed."
+        return f"Every word of the {len(units)} parts of {name} is attributed."
     share = sum(abs(u.score) for u in shown) / total if total > 0 else 1.0
-    return (f"Words are attributed in the {len(shown)} of the note's {len(units)} parts (clauses, and negated words "
+    return (f"Words are attributed in the {len(shown)} of the {len(units)} parts of {name} (clauses, and negated words "
             f"read apart) that hold {share:.0%} of its attribution; the others are left unshaded "
             "(every word: `python -m core explain --note-words all`).")
 
