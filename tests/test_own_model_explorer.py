@@ -103,6 +103,11 @@ def test_a_demo_case_is_predicted_switched_explained_and_reported(own_model_of, 
     demo = at.selectbox(key="demo")
     assert "embedded cohort" not in demo.label and meta["spec"]["name"] in demo.label
     assert predicted(at) in {display_name(c) for c in classes}
+    preview = next(e for e in at.expander if e.label == "Inputs of this case")  # each modality by its kind
+    assert sorted(c for img in preview.get("image") for c in img.captions) == sorted(n for n, k in modalities if k == "image")
+    assert len(preview.get("text")) == sum(k == "text" for _, k in modalities)
+    assert [m.value.split("**")[1] for m in preview.markdown if "used" in m.value] == [n for n, k in modalities
+                                                                                        if k == "tabular"]
     shipped = shipped_markers(classes)
     assert not [s for s in shipped if s in page_text(at)]
     assert [t.label for t in at.toggle] == [n for n, _ in modalities]
