@@ -96,12 +96,22 @@ def _coverage(model: RobustMDiff, table: FeatureTable, views: Views) -> dict:
     return out
 
 
-def calibration_report(model: RobustMDiff, ds: Dataset, table: FeatureTable, device=None, seeds=(0, 1)) -> dict:
+def complete_test_views(model: RobustMDiff, ds: Dataset, table: FeatureTable, device=None, seed: int = 0) -> Views:
+    """Every complete test case predicted from every subset of its modalities (the report's first seed)."""
+    te = ds.indices("test")
+    return case_views(model, table, te[table.present[te].all(1)], seed=seed, device=device)
+
+
+def calibration_report(model: RobustMDiff, ds: Dataset, table: FeatureTable, device=None, seeds=(0, 1),
+                       views: Views | None = None, natural: np.ndarray | None = None) -> dict:
+    """`views`: `complete_test_views` under seeds[0] and `natural`: the test split's probabilities as the data come (seed
+    0), when the caller has them already (training computes both for its test metrics): they are not redrawn."""
     te = ds.indices("test")
     complete = te[table.present[te].all(1)]
-    views, other = (case_views(model, table, complete, seed=s, device=device) for s in seeds)
+    views = views if views is not None else case_views(model, table, complete, seed=seeds[0], device=device)
+    other = case_views(model, table, complete, seed=seeds[1], device=device)
     conf, sens = _confidence(model, views, other)
-    probs = predict_table(model, table, te, None, device=device, describe=False).probs
+    probs = natural if natural is not None else predict_table(model, table, te, None, device=device, describe=False).probs
     y = ds.labels[te]
     prevalence = np.bincount(y, minlength=len(model.info.classes)) / len(y)
     mean_p = probs.mean(0)

@@ -92,12 +92,13 @@ def run(args: argparse.Namespace) -> int:
     if args.seed is not None:
         config = config.override("training", seed=args.seed)
     if args.quick:
-        config = quick(config)
+        config = quick(config, sampling=True)
     config = method.change(config)  # as core/evaluation/harness.py does
     data = data_path(args) or (quick_cohort() if args.quick else ensure_cohort(default_cohort_dir()))
     out = Path(args.out) if args.out else ROOT / "runs" / time.strftime("%Y%m%d-%H%M%S")
     command = "python -m core " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    meta = train(data, config, out, device=args.device, command=command, strict=args.strict)
+    meta = train(data, config, out, device=args.device, command=command, strict=args.strict,
+                 schedule="quick" if args.quick else "full")
     if meta is None:  # a torchrun process other than rank 0: rank 0 reports
         return 0
     record_method(out, method.name)
