@@ -59,6 +59,8 @@ def test_every_page_of_an_own_model_shows_only_that_model(own_model_of, own_app,
     meta = read_meta(checkpoint)
     at = own_app(checkpoint).run()
     markers = shipped_markers(meta["data_info"]["classes"])
+    sidebar = "\n".join(m.value for m in at.sidebar.markdown)  # drawn by app.py (AppTest's page switches run a page alone)
+    assert "Model open" in sidebar and meta["spec"]["name"] in sidebar and str(checkpoint) in sidebar, sidebar
     for page in PAGES:
         if page != PAGES[0]:
             at.switch_page(page).run()
@@ -66,8 +68,6 @@ def test_every_page_of_an_own_model_shows_only_that_model(own_model_of, own_app,
         text = page_text(at)
         shown = [m for m in markers if m.lower() in text.lower()]
         assert not shown, (page, shown)
-        sidebar = "\n".join(m.value for m in at.sidebar.markdown)
-        assert "Model open" in sidebar and meta["spec"]["name"] in sidebar, sidebar
     at.switch_page(PAGES[0]).run()
     assert any(display_name(c) in page_text(at) for c in meta["data_info"]["classes"])  # its own classes are shown
 
