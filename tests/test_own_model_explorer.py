@@ -105,6 +105,7 @@ def test_a_demo_case_is_predicted_switched_explained_and_reported(own_model_of, 
     assert predicted(at) in {display_name(c) for c in classes}
     preview = next(e for e in at.expander if e.label == "Inputs of this case")  # each modality by its kind
     assert sorted(c for img in preview.get("image") for c in img.captions) == sorted(n for n, k in modalities if k == "image")
+    assert all(is_colour(from_url(media, img.value[0])) for img in preview.get("image"))  # the photographs' colours
     assert len(preview.get("text")) == sum(k == "text" for _, k in modalities)
     assert [m.value.split("**")[1] for m in preview.markdown if "used" in m.value] == [n for n, k in modalities
                                                                                         if k == "tabular"]
