@@ -37,15 +37,16 @@ DIAGNOSES = {"nevus": ["clark nevus", "blue nevus", "reed or spitz nevus", "cong
 LOCATIONS = ["abdomen", "back", "head neck", "lower limbs", "upper limbs", "chest", "acral", "buttocks"]
 
 
-def write_derm7pt(root: Path) -> list[dict]:
-    """40 cases (8 per group: 4 train, 2 valid, 2 test) and one with a diagnosis outside the release's list.
-    Case 3's clinic image is listed in another letter case than on disk; case 5's dermoscopic image is absent;
-    case 6 has no sex recorded."""
+def write_derm7pt(root: Path, per_group: int = 8) -> list[dict]:
+    """5 × `per_group` cases (half train, a quarter valid, a quarter test per group; 40 by default) and one with
+    a diagnosis outside the release's list. Case 3's clinic image is listed in another letter case than on
+    disk; case 5's dermoscopic image is absent; case 6 has no sex recorded. Each group's lesions look alike
+    (colour, size), so that a model can learn something from the photographs."""
     (root / "meta").mkdir(parents=True)
     rows, splits = [], {"train": [], "valid": [], "test": []}
     for g, (group, names) in enumerate(DIAGNOSES.items()):
-        for j, diagnosis in enumerate(names):
-            i = len(rows)
+        for j in range(per_group):
+            diagnosis, i = names[j % len(names)], len(rows)
             rows.append({"case_num": i + 1, "diagnosis": diagnosis, "seven_point_score": (i * 3) % 8,
                          "pigment_network": ["absent", "typical", "atypical"][i % 3],
                          "streaks": ["absent", "regular", "irregular"][i % 3],
@@ -60,31 +61,39 @@ def write_derm7pt(root: Path) -> list[dict]:
                          "management": ["excision", "clinical follow up", "no further examination"][i % 3],
                          "clinic": f"NEL/NEL{100 + 2 * i:03d}.JPG" if i != 3 else f"NEL/nel{100 + 2 * i:03d}.jpg",
                          "derm": f"NEL/Nel{101 + 2 * i:03d}.jpg", "case_id": "", "notes": ""})
-            splits["train" if j < 4 else "valid" if j < 6 else "test"].append(i)
+            splits["train" if j < per_group // 2 else "valid" if j < 3 * per_group // 4 else "test"].append(i)
     rows.append({**rows[0], "case_num": len(rows) + 1, "diagnosis": "mystery lesion",
                  "clinic": "NEL/NEL900.JPG", "derm": "NEL/Nel901.jpg"})
     splits["train"].append(len(rows) - 1)
     pd.DataFrame(rows, columns=DERM_HEADER).to_csv(root / "meta" / "meta.csv", index=False)
     for name, idx in splits.items():
         pd.DataFrame({"indexes": idx}).to_csv(root / "meta" / f"{name}_indexes.csv", index=False)
+    group_of = {d: g for g, names in enumerate(DIAGNOSES.values()) for d in names}
     for i, r in enumerate(rows):
         clinic = r["clinic"] if i != 3 else r["clinic"].upper()
-        _rgb(root / "images" / clinic, i)
+        look = group_of.get(r["diagnosis"], 0)
+        _rgb(root / "images" / clinic, i, look)
         if i != 5:
-            _rgb(root / "images" / r["derm"], 100 + i)
+            _rgb(root / "images" / r["derm"], 100 + i, look)
     return rows
 
 
-def _rgb(path: Path, seed: int) -> None:
-    """A photograph-like picture: skin-toned background, a pigmented lesion of a size, shape and colour drawn
-    from `seed`, and sensor noise (JPEG, as the release ships)."""
+# per diagnosis group, in DIAGNOSES' order: the lesion's colour (RGB) and its size (a fraction of the picture)
+LESIONS = [((125, 80, 55), 0.18), ((45, 30, 25), 0.3), ((215, 140, 150), 0.22), ((175, 135, 95), 0.34),
+           ((185, 55, 60), 0.12)]
+
+
+def _rgb(path: Path, seed: int, look: int = 0) -> None:
+    """A photograph-like picture: skin-toned background, a lesion of its group's colour and size (`look`) with a
+    shape and position drawn from `seed`, and sensor noise (JPEG, as the release ships)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     side = 96
     yy, xx = np.mgrid[:side, :side] / side - 0.5
     skin = np.array([224, 180, 150]) + rng.normal(0, 8, 3)
-    lesion = np.array([120, 70, 45]) * rng.uniform(0.5, 1.1, 3)
-    a, b = rng.uniform(0.12, 0.3, 2)
+    colour, size = LESIONS[look % len(LESIONS)]
+    lesion = np.array(colour) * rng.uniform(0.85, 1.1, 3)
+    a, b = size * rng.uniform(0.75, 1.25, 2)
     inside = (((xx - rng.uniform(-0.1, 0.1)) / a) ** 2 + ((yy - rng.uniform(-0.1, 0.1)) / b) ** 2) < 1
     img = np.where(inside[..., None], lesion, skin) + rng.normal(0, 6, (side, side, 3))
     Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(path, format="JPEG")
@@ -145,7 +154,7 @@ def write_derm(root: Path) -> Path:
     """The Derm7pt release layout, imported: images `clinic` and `derm`, table `patient`, five classes."""
     from core.data.importers.derm7pt import import_derm7pt
 
-    write_derm7pt(root / "release")
+    write_derm7pt(root / "release", per_group=16)
     import_derm7pt(root / "release", root / "data")
     return root / "data"
 
