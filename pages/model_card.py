@@ -166,6 +166,9 @@ if guard and guard.get("thresholds"):
          "training distribution."] if "tabular" in kinds else [])
     st.caption("Score: " + "; ".join(score_words) + ". Thresholds leave 1 % of held-out inputs flagged.",
                help=" ".join(score_help))
+elif guard:  # fitted, but no input had enough training cases for a threshold
+    st.warning("This checkpoint's out-of-distribution statistics hold no threshold for any input, so none is flagged; "
+               f"`{open_model.command('guard', '--fit')}` fits them again on its training data.")
 else:
     st.warning("This checkpoint carries no out-of-distribution statistics: run "
                f"`{open_model.command('guard', '--fit')}`.")

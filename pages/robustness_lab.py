@@ -281,7 +281,7 @@ with shipped:
         show_results(json.loads(found[0].read_text(encoding="utf-8")), "shipped")
     else:
         st.info(f"No evaluation of {open_model.name} yet. `{open_model.command('evaluate')}` compares it with every "
-                f"baseline and ablation (3 seeds: hours on a CPU), `{open_model.command('evaluate', '--quick')}` in "
+                f"baseline and ablation (3 seeds each: the long run), `{open_model.command('evaluate', '--quick')}` in "
                 f"minutes (short schedule, one seed); the results are written beside the checkpoint "
                 f"({', '.join(shown(d) for d in open_model.evaluation_dirs())}) and show here.",
                 icon=":material/info:")
@@ -307,7 +307,7 @@ with quick:
                     "one at a time per server.")
     else:
         spec = predictor.meta.get("spec", {})
-        st.markdown(f"Trains the chosen methods on {open_model.name}'s own data (`{spec.get('name', '?')}`, "
+        st.markdown(f"Trains the chosen methods on the data of {open_model.name} (`{spec.get('name', '?')}`, "
                     f"{predictor.meta.get('data_size', '?')} cases) with its configuration and the short schedule, one "
                     f"seed, and scores them: `{open_model.command('evaluate', '--quick')}`, a demonstration, not a "
                     "benchmark. It runs as a separate process at low priority, one at a time per server; its results "
