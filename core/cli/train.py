@@ -15,18 +15,22 @@ from core.model.config import Config
 from core.paths import CONFIGS, ROOT, default_cohort_dir
 
 REFERENCE = "robustmdiff"
-# Measured (issue 29): `train --quick`, wall time of the whole command on a 2-core CPU (BENCHMARKS-style figures;
-# "busy": load average 4-6 from other work on the same cores).
-QUICK_HELP = ("the short schedule (phase 1: 6 epochs, phase 2: 20, phase 3: 3, early stopping) on the 600-case "
+# Measured (issues 29 and 26): `train --quick`, wall time of the whole command on a 2-core CPU shared with other work
+# (load average 1.5-2.5 from it), features already cached unless said. Issue 26's sets come from the embedded cohort's
+# manifest: its lab values as three inline tabular groups (inflammation, cardiac, chemistry), and its notes alone.
+QUICK_HELP = ("the short schedule (phase 1: 6 epochs, phase 2: 20, phase 3: 3, early stopping; 8 diffusion samples "
+              "per prediction instead of the config's 40, recorded in the checkpoint's config) on the 600-case "
               "embedded cohort, or on --data: a smoke test of the pipeline, not a model to use. Its time grows with "
               "the cases, the modalities (encoding an image or a note costs far more than a lab group) and the epochs; "
-              "much of it is not epochs: the first run generates the cohort and encodes every case with the frozen "
-              "backbones (cached afterwards), and every run ends with test metrics under every availability pattern, "
-              "calibration and the guard. Measured on a 2-core CPU: the 600-case cohort (image, note, labs) 44 s "
-              "once generated and encoded, 4.6 min the first time on a busy CPU (31 s generating, 56 s encoding); "
-              "2,276 tabular cases in 3 groups 3.4 min (1.3 s per phase-1 epoch; half of it after the epochs), "
-              "7.1 min on a busy CPU (13 s per phase-1 epoch). Other work on the same cores multiplies these (35 min "
-              "was seen for 2,139 tabular cases)")
+              "the first run also encodes every case with the frozen backbones (cached afterwards), and every run ends "
+              "with the calibration, test metrics under every availability pattern, the calibration report and the "
+              "guard, which predict every validation and test case from every subset of its modalities. Measured on "
+              "a 2-core CPU with OMP_NUM_THREADS=1 (unset: 1.7 min and 18 s): 2,329 tabular cases in 3 groups "
+              "1.6 min (epochs 40 s, calibration 22 s, test metrics and report 22 s; 6.1 min before issue 26, 85 %% "
+              "of it after the epochs); 2,219 notes alone 22 s, plus 2.2 min encoding them the first time; the 600-case cohort (image, note, labs) 44 s before issue 26. The full "
+              "schedule (40/150/30 epochs, 40 samples) on those 2,329 cases: about 10 min (epochs about 5.5 min, "
+              "calibration 2.4 min, report 2 min). Other work on the same cores multiplies these (35 min was seen for "
+              "2,139 tabular cases before issue 26)")
 
 
 def trainable_methods(modalities: list[str] | None = None) -> list:
