@@ -26,7 +26,7 @@ QUICK_HELP = ("the short schedule (phase 1: 6 epochs, phase 2: 20, phase 3: 3, e
               "with the calibration, test metrics under every availability pattern, the calibration report and the "
               "guard, which predict every validation and test case from every subset of its modalities. Measured on "
               "a 2-core CPU with OMP_NUM_THREADS=1 (unset: 1.7 min and 18 s): 2,329 tabular cases in 3 groups "
-              "1.6 min (epochs 40 s, calibration 22 s, test metrics and report 22 s; 6.1 min before issue 26, 85 %% "
+              "1.7 min (epochs 41 s, calibration 21 s, test metrics and report 22 s; 6.1 min before issue 26, 85 %% "
               "of it after the epochs); 2,219 notes alone 22 s, plus 2.2 min encoding them the first time; the 600-case cohort (image, note, labs) 44 s before issue 26. The full "
               "schedule (40/150/30 epochs, 40 samples) on those 2,329 cases: about 10 min (epochs about 5.5 min, "
               "calibration 2.4 min, report 2 min). Other work on the same cores multiplies these (35 min was seen for "
