@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from core.cli import TRAINED_ON, add_report_arguments, data_path, note_other_data
+from core.cli import TRAINED_ON, add_report_arguments, data_path, note_other_data, write_outputs
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -18,6 +18,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "values' 80 % intervals, and a reliability figure.")
     add_report_arguments(p, "write calibration.json, calibration.md and reliability.png here",
                          "data folder with the test split " + TRAINED_ON)
+    p.add_argument("--against", action="append", default=[], metavar="DIR",
+                   help="instead: compare the synthesis confidence with confidences that need no generative model, "
+                        "of the checkpoint itself (top probability, entropy) and of these comparison checkpoints "
+                        "(repeatable; e.g. checkpoints/comparison/dropout_0.5: its entropy and its agreement under "
+                        "test-time modality dropout), paired bootstrap over test cases; writes "
+                        "confidence_alternatives.json/.md with --out")
     p.set_defaults(run=run)
 
 
@@ -37,8 +43,28 @@ def run(args: argparse.Namespace) -> int:
     ds = Dataset.open(data_path(args, checkpoint=True) or ensure_cohort(default_cohort_dir(), progress=not args.json))
     note_other_data(ds.identity().difference(predictor.meta.get("data_identity")))
     table = dataset_features(ds, predictor.model.config.model, predictor.device, progress=not args.json)
+    if args.against:
+        return _alternatives(args, predictor, ds, table)
     report = calibration_report(predictor.model, ds, table, predictor.device)
     if args.out:
         write(report, Path(args.out))
+    print(dumps(report) if args.json else markdown(report))
+    return 0
+
+
+def _alternatives(args: argparse.Namespace, predictor, ds, table) -> int:
+    """`--against DIR`: the synthesis confidence against non-generative confidences (issue 28)."""
+    from core.checkpoint import load_checkpoint
+    from core.evaluation.confidence_alternatives import alternatives_report, markdown
+    from core.jsonout import dumps
+
+    others = {}
+    for folder in args.against:
+        model, meta = load_checkpoint(folder, predictor.device)
+        if list(model.info.names) != list(predictor.model.info.names) or model.info.classes != predictor.model.info.classes:
+            raise SystemExit(f"error: {folder} reads other modalities or classes than the checkpoint")
+        others[str(meta.get("method") or Path(folder).name)] = model
+    report = alternatives_report(predictor.model, others, ds, table, predictor.device)
+    write_outputs(args.out, "confidence_alternatives", report, markdown(report))
     print(dumps(report) if args.json else markdown(report))
     return 0
