@@ -53,6 +53,7 @@ class TableOutput:
     confidence: np.ndarray
     expected_change: np.ndarray  # mean total-variation change of the answer over the samples of that modality
     info_gain: np.ndarray  # expected entropy reduction from acquiring it (mutual information, nats)
+    decision_change: np.ndarray  # share of the samples of that modality whose predicted class differs from the answer
     signals: np.ndarray
     sample_probs: np.ndarray  # (K, N, C) per diffusion sample (K copies where nothing was synthesized)
     assumed: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
@@ -74,7 +75,7 @@ def predict_table(model: RobustMDiff, table: FeatureTable, idx: Iterable[int], d
     m = len(model.info.modalities)
     f = len(SIGNALS) + m
     tab = [n for n, kind in model.info.modalities if kind == "tabular"]
-    keys = ("probs", "sample_probs", "given", "spread", "conf", "change", "gain", "signals", "concepts",
+    keys = ("probs", "sample_probs", "given", "spread", "conf", "change", "gain", "decision", "signals", "concepts",
             *[f"{n}/{q}" for n in tab for q in range(3)])
     outs: dict[str, list[np.ndarray]] = {n: [] for n in keys}
     for start in range(0, len(idx), batch_size):
@@ -86,18 +87,18 @@ def predict_table(model: RobustMDiff, table: FeatureTable, idx: Iterable[int], d
         probs = probs_k.mean(0)
         b = len(rows)
         nan = torch.full((b, m), float("nan"), device=probs.device)
-        spread, conf, change, gain = nan.clone(), nan.clone(), nan.clone(), nan.clone()
+        spread, conf, change, gain, decision = nan.clone(), nan.clone(), nan.clone(), nan.clone(), nan.clone()
         signals = torch.full((b, m, f), float("nan"), device=probs.device)
         n_concepts = model.concept_baseline.shape[1] if getattr(model.fusion, "knowledge", None) is not None else 0
         concepts = torch.full((b, m, n_concepts), float("nan"), device=probs.device)
         assumed = {n: [torch.full((b, len(model.info.labs[n])), float("nan"), device=probs.device)] * 3 for n in tab}
         if hs is not None and describe:
             missing = ~present
-            change, gain = _value_of_information(model, hs, present)
+            change, gain, decision = _value_of_information(model, hs, present, probs.argmax(-1))
             signals = model.synthesis_signals(hs, probs_k, present, change, gain)
             spread = torch.where(missing, model.spread(hs), nan)
             conf = torch.where(missing, model.confidence(signals), nan)
-            change, gain = torch.where(missing, change, nan), torch.where(missing, gain, nan)
+            change, gain, decision = (torch.where(missing, v, nan) for v in (change, gain, decision))
             signals = torch.where(missing.unsqueeze(-1), signals, float("nan"))
             for n in tab:
                 i = model.info.names.index(n)
@@ -108,7 +109,7 @@ def predict_table(model: RobustMDiff, table: FeatureTable, idx: Iterable[int], d
                 concepts = torch.where(missing.unsqueeze(-1), lift, float("nan"))
         outs["sample_probs"].append(probs_k.expand(k, -1, -1).cpu().numpy())
         for n, v in (("probs", probs), ("given", present), ("spread", spread), ("conf", conf), ("change", change),
-                     ("gain", gain), ("signals", signals), ("concepts", concepts)):
+                     ("gain", gain), ("decision", decision), ("signals", signals), ("concepts", concepts)):
             outs[n].append(v.cpu().numpy())
         for n in tab:
             for q in range(3):
@@ -117,7 +118,7 @@ def predict_table(model: RobustMDiff, table: FeatureTable, idx: Iterable[int], d
             on_batch(start + b, len(idx))
     cat = {n: np.concatenate(v, axis=1 if n == "sample_probs" else 0) for n, v in outs.items()}
     return TableOutput(cat["probs"], cat["given"], cat["spread"], cat["conf"], cat["change"], cat["gain"],
-                       cat["signals"], cat["sample_probs"], {n: tuple(cat[f"{n}/{q}"] for q in range(3)) for n in tab}, cat["concepts"])
+                       cat["decision"], cat["signals"], cat["sample_probs"], {n: tuple(cat[f"{n}/{q}"] for q in range(3)) for n in tab}, cat["concepts"])
 
 
 @torch.no_grad()
@@ -134,12 +135,16 @@ def encode_table(model: RobustMDiff, table: FeatureTable, idx: np.ndarray, devic
     return torch.cat(hs), torch.cat(ps)
 
 
-def _value_of_information(model: RobustMDiff, hs: torch.Tensor, present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _value_of_information(model: RobustMDiff, hs: torch.Tensor, present: torch.Tensor,
+                          answer: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """For each missing modality: let only its latent vary over the K samples (others at their sample mean)
-    and measure how much the answer moves (expected change) and how much uncertainty it would remove."""
+    and measure how much the probabilities move (expected change), how much uncertainty it would remove
+    (information gain) and how often the decision itself would change (the share of samples whose predicted
+    class differs from `answer` (B,), the current one). Only the first two feed the synthesis confidence."""
     mean = hs.mean(0, keepdim=True)
     change = torch.zeros(present.shape, device=hs.device)
     gain = torch.zeros(present.shape, device=hs.device)
+    decision = torch.zeros(present.shape, device=hs.device)
     for i in range(present.shape[1]):
         rows = ~present[:, i]
         if not rows.any():
@@ -150,7 +155,8 @@ def _value_of_information(model: RobustMDiff, hs: torch.Tensor, present: torch.T
         pbar = p.mean(0)
         change[:, i] = 0.5 * (p - pbar).abs().sum(-1).mean(0)
         gain[:, i] = (entropy(pbar) - entropy(p).mean(0)).clamp_min(0)
-    return change, gain
+        decision[:, i] = (p.argmax(-1) != answer).float().mean(0)
+    return change, gain, decision
 
 
 @dataclass
@@ -164,9 +170,11 @@ class Prediction:
     warnings: list[str] = field(default_factory=list)
     ood: dict[str, dict] = field(default_factory=dict)  # per present modality: score, threshold, flagged, reason
     domain: list[str] = field(default_factory=list)  # "modality: contradiction" the user chose to override
+    next_test_evidence: dict = field(default_factory=dict)  # the checkpoint's measure of its ranking (next_test_evidence)
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "outside_training": self.outside_training}
+        return {**asdict(self), "outside_training": self.outside_training, "next_test": self.next_test,
+                "next_test_text": self.next_test_text()}
 
     @property
     def outside_training(self) -> bool:
@@ -195,25 +203,77 @@ class Prediction:
 
     def chance_of_change(self, modality: str) -> float:
         """The calibrated chance that acquiring a synthesized modality changes the predicted class: 1 − its
-        synthesis confidence. The one quantity by which the page, the report and the CLI rank which test next."""
+        synthesis confidence (the number the page, the report and the CLI show for each missing modality)."""
         return 1.0 - self.synthesized[modality]["confidence"]
+
+    def next_test_score(self, modality: str) -> float:
+        """A synthesized modality's score under the checkpoint's 'which test next' rule (1 − confidence when the
+        checkpoint recorded none)."""
+        key = NEXT_TEST_RULES[self.next_test_evidence.get("rule", "probability_of_change")][0]
+        return self.chance_of_change(modality) if key is None else self.synthesized[modality][key]
 
     @property
     def next_test(self) -> str | None:
-        """The synthesized modality with the highest chance of changing the answer if acquired (ties broken by
-        the expected change over the diffusion samples)."""
-        if not self.synthesized:
+        """The synthesized modality to acquire next: the only one, or the one the checkpoint's chosen rule ranks
+        first where that rule beat chance on test views; otherwise None (no modality is singled out)."""
+        if len(self.synthesized) == 1:
+            return next(iter(self.synthesized))
+        if not self.synthesized or not self.next_test_evidence.get("above_chance"):
             return None
-        return max(self.synthesized, key=lambda n: (self.chance_of_change(n), self.synthesized[n]["expected_change"]))
+        return max(self.synthesized, key=lambda n: (self.next_test_score(n), self.chance_of_change(n)))
 
     def next_test_text(self) -> str:
-        """'Which test next' in words, the same on every surface (page, report, CLI)."""
-        n = self.next_test
-        if n is None:
+        """'Which test next' in words, the one wording of every surface (page, report, CLI). One modality is
+        named first only where the checkpoint's ranking rule beat chance on test views (the lower bound of its
+        95 % interval above the chance level); otherwise each missing modality's chance of changing the answer
+        is listed, with the evidence that the ranking did not beat chance, or that none was measured."""
+        if not self.synthesized:
             return ""
-        others = len(self.synthesized) - 1
-        return (f"Which test next: {n}, with a {self.chance_of_change(n):.0%} chance that acquiring it changes the "
-                f"answer" + (f" (the highest of the {others + 1} synthesized modalities)" if others else "") + ".")
+        ev, chance = self.next_test_evidence, self.chance_of_change
+        n = self.next_test
+        if len(self.synthesized) == 1:
+            return (f"Which test next: {n}, the only missing modality, with a {chance(n):.0%} chance that acquiring "
+                    "it changes the answer.")
+        measured = ""
+        if ev:
+            interval = f", 95 % interval {ev['interval'][0]:.0%}–{ev['interval'][1]:.0%}" if ev.get("interval") else ""
+            measured = (f"agrees with the modality whose real value moves the answer most in {ev['agreement']:.0%} of "
+                        f"{ev['n_views']} test views missing two or more modalities{interval}, chance {ev['chance']:.0%}")
+        if n is not None:
+            return (f"Which test next: {n}, with a {chance(n):.0%} chance that acquiring it changes the answer; ranked "
+                    f"first of the {len(self.synthesized)} missing modalities by {NEXT_TEST_RULES[ev['rule']][1]} "
+                    f"({measured}).")
+        each = ", ".join(f"{m} {chance(m):.0%}" for m in sorted(self.synthesized, key=chance, reverse=True))
+        why = (f"Ranking them by {NEXT_TEST_RULES[ev['rule']][1]} was not shown to beat chance: it {measured}."
+               if ev else "No ranking of them has been measured on test views for this model.")
+        return (f"Which test next: no missing modality is singled out. Chance that acquiring each changes the "
+                f"answer: {each}. {why}")
+
+
+# 'Which test next': the rankings a calibration report compares (core/calibration/next_test.py), each with the key of
+# its score in `Prediction.synthesized` (None: 1 − synthesis confidence) and its description in words
+NEXT_TEST_RULES: dict[str, tuple[str | None, str]] = {
+    "probability_of_change": (None, "the calibrated chance of changing the answer (1 − synthesis confidence)"),
+    "expected_change": ("expected_change", "the expected change of the probabilities over the diffusion samples"),
+    "information_gain": ("expected_information_gain", "the expected information gain over the diffusion samples"),
+    "decision_change": ("decision_change", "the share of diffusion samples in which the predicted class changes"),
+}
+
+
+def next_test_evidence(meta: dict) -> dict:
+    """What a checkpoint's calibration report measured of its 'which test next' rule on test views: rule, top-1
+    agreement, its 95 % interval, chance level, views, and whether the interval lies above chance. A report
+    from before the rule was chosen on validation (no `chosen_rule`) measured 1 − confidence without an
+    interval: never shown to beat chance. {} where nothing was measured."""
+    nt = (meta.get("calibration") or {}).get("next_test") or {}
+    if not nt.get("n_views"):
+        return {}
+    if "chosen_rule" in nt:
+        rule = nt["chosen_rule"]
+        return {"rule": rule, "agreement": nt["test"][rule]["agreement"], "interval": list(nt["test"][rule]["interval"]),
+                "chance": nt["top1_chance"], "n_views": nt["n_views"], "above_chance": bool(nt["above_chance"])}
+    return {"rule": "probability_of_change", "agreement": nt["top1_agreement_probability_of_change"], "interval": None,
+            "chance": nt["top1_chance"], "n_views": nt["n_views"], "above_chance": False}
 
 
 IMPLIED_CONCEPTS = 5
@@ -257,6 +317,7 @@ class Predictor:
         self.classes = list(model.info.classes)
         self.modalities = list(model.info.modalities)
         self._class_concepts: dict[str, set[str]] | None = None
+        self.next_test_evidence = next_test_evidence(meta)
 
     @classmethod
     def load(cls, checkpoint: str | Path | None = None, device: str | torch.device | None = None) -> "Predictor":
@@ -412,6 +473,7 @@ class Predictor:
             syn = {names[j]: {"confidence": float(out.confidence[r, j]), "spread": float(out.spread[r, j]),
                               "expected_change": float(out.expected_change[r, j]),
                               "expected_information_gain": float(out.info_gain[r, j]),
+                              "decision_change": float(out.decision_change[r, j]),
                               **self._assumed(out, r, j, c.refused.get(names[j], {}), predicted)}
                    for j in range(len(names)) if not out.given[r, j]}
             used = [n for n in names if n not in absent_names(drop[r], names) and c.inputs.get(n) is not None]
@@ -422,7 +484,7 @@ class Predictor:
             results.append(Prediction(prediction=predicted, probabilities=probs,
                                       present=[names[j] for j in range(len(names)) if out.given[r, j]], synthesized=syn,
                                       device=str(self.device), latency_ms=latency, warnings=warnings, ood=ood,
-                                      domain=domain))
+                                      domain=domain, next_test_evidence=self.next_test_evidence))
         return results
 
 

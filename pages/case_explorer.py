@@ -297,7 +297,8 @@ if pred.synthesized:
                                               "80 % interval": r["reason"], "unit": r["unit"], "reference": "",
                                               "flag": ""} for r in s.get("refused", {}).values()]),
                              hide_index=True, width="stretch")
-    st.success(pred.next_test_text())
+    # a named modality only where the checkpoint's ranking beat chance on test views (core/inference.py)
+    (st.success if pred.next_test else st.info)(pred.next_test_text())
 for w in pred.warnings:
     st.warning(w)
 

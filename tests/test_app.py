@@ -4,6 +4,7 @@ prediction, and the review page stores a rating in a real (temporary) SQLite dat
 from __future__ import annotations
 
 import io
+import json
 
 import pydicom
 import pytest
@@ -11,8 +12,9 @@ import streamlit as st
 from pydicom.data import get_testdata_file
 from streamlit.testing.v1 import AppTest
 
+from core.inference import next_test_evidence
 from core.names import display_name
-from core.paths import ROOT
+from core.paths import DEFAULT_CHECKPOINT, ROOT
 from core.review.store import ReviewStore
 
 APP = str(ROOT / "app.py")
@@ -31,6 +33,14 @@ def app(monkeypatch, tmp_path, default_cohort):
 
 def _ok(at: AppTest) -> None:
     assert not at.exception, [e.value for e in at.exception]
+
+
+NEXT_TEST = next_test_evidence(json.loads((DEFAULT_CHECKPOINT / "meta.json").read_text()))
+
+
+def _which_test_next(at: AppTest) -> str:
+    """The page's 'Which test next' line: a success where a modality is named, an info where none is singled out."""
+    return next(e.value for e in [*at.success, *at.info] if e.value.startswith("Which test next"))
 
 
 def _predicted(at: AppTest) -> str | None:
@@ -59,7 +69,10 @@ def test_demo_case_prediction_and_switch(app):
     probs_after = at.session_state["explorer"]["probs"]
     assert probs_after != probs_before
     assert any("Largest change" in i.value for i in at.info)
-    assert any("Which test next" in s.value for s in at.success)
+    which = _which_test_next(at)
+    assert "most likely" not in which  # no modality is called the most likely unless its ranking beat chance
+    if not NEXT_TEST["above_chance"]:  # the shipped ranking was not shown to beat chance on test views
+        assert "the only missing modality" in which or "not shown to beat chance" in which
     at.toggle[2].set_value(True).run()  # back on: the prediction kept from before, and the page says so
     _ok(at)
     assert at.session_state["explorer"]["probs"] == probs_before
@@ -176,6 +189,10 @@ def test_a_bad_lab_value_is_refused_alone_and_never_shown_as_assumed(app):
     assumed = next(d.value for d in at.dataframe if "80 % interval" in getattr(d.value, "columns", [])).set_index("lab")
     assert assumed.loc["C-reactive protein", "assumed"] == "not used: your value was refused"
     assert assumed.loc["High-sensitivity troponin T", "assumed"] == "not used: your value was refused"
-    assert "Which test next" in at.success[0].value and "chance" in at.success[0].value
+    which = _which_test_next(at)  # image and labs synthesized: two to rank
+    assert "chance" in which and "most likely" not in which
+    if not NEXT_TEST["above_chance"]:  # the shipped ranking: each one's chance, and the test evidence in numbers
+        assert which.startswith("Which test next: no missing modality is singled out")
+        assert "not shown to beat chance" in which and f"chance {NEXT_TEST['chance']:.0%}" in which
     table = next(d.value for d in at.dataframe if "chance the answer changes if acquired" in getattr(d.value, "columns", []))
-    assert table["modality"].iloc[0] in at.success[0].value  # the sentence names the table's top row
+    assert table["modality"].iloc[0] in which  # the sentence names the table's top row (or lists every chance)

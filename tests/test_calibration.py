@@ -16,7 +16,7 @@ from core.calibration.views import case_views
 from core.checkpoint import load_checkpoint
 from core.data.dataset import Dataset
 from core.features import dataset_features
-from core.inference import Predictor, predict_table
+from core.inference import NEXT_TEST_RULES, Predictor, predict_table
 from core.model.robustmdiff import CONFIDENCE_RANGE, SIGNALS, case_seeds
 from core.paths import ROOT
 from core.training import rare_weights
@@ -113,10 +113,11 @@ def test_assumed_lab_values_are_reported_in_units_with_intervals(quick_checkpoin
     torch.testing.assert_close(enc.inverse(enc.transform(x)), x, rtol=1e-4, atol=1e-4)
 
 
-def test_a_refused_lab_is_named_as_refused_never_assumed_and_which_test_next_uses_one_quantity(quick_checkpoint,
-                                                                                              small_cohort):
+def test_a_refused_lab_is_named_as_refused_never_assumed_and_which_test_next_follows_the_checkpoints_rule(
+        quick_checkpoint, small_cohort):
     """Labs whose every value was refused are synthesized; the labs the user gave are not shown as assumed.
-    'Which test next' ranks by the same chance the page's table and sentence show."""
+    'Which test next' names the first of the checkpoint's chosen rule only where it beat chance on test views;
+    otherwise it lists the chance the page's table shows for each."""
     predictor = Predictor.load(quick_checkpoint)
     ds = Dataset.open(small_cohort)
     row = int(np.flatnonzero([ds.load(i).inputs["note"] is not None for i in range(40)])[0])
@@ -129,8 +130,14 @@ def test_a_refused_lab_is_named_as_refused_never_assumed_and_which_test_next_use
     text = result.assumed_text("labs", top=20)
     assert "C-reactive protein" in text.split("refused")[1] and "C-reactive protein" not in text.split("refused")[0]
     chances = {m: result.chance_of_change(m) for m in result.synthesized}
-    assert set(chances) == {"image", "labs"} and result.next_test == max(chances, key=chances.get)
-    assert f"{chances[result.next_test]:.0%} chance" in result.next_test_text()
+    assert set(chances) == {"image", "labs"} and 0 <= syn["decision_change"] <= 1
+    recorded, text = predictor.meta["calibration"]["next_test"], result.next_test_text()
+    assert result.next_test_evidence["rule"] == recorded["chosen_rule"] in NEXT_TEST_RULES
+    if recorded["above_chance"]:
+        assert result.next_test == max(chances, key=result.next_test_score)
+        assert f"{chances[result.next_test]:.0%} chance" in text
+    else:
+        assert result.next_test is None and all(f"{m} {c:.0%}" in text for m, c in chances.items())
 
 
 def test_a_synthesized_notes_implied_concepts_agree_with_the_predicted_class_for_every_class(quick_checkpoint,
@@ -178,4 +185,11 @@ def test_calibration_command_end_to_end(quick_checkpoint, small_cohort, tmp_path
     assert {"ece", "brier"} <= set(report["probabilities"])
     assert 0.6 < report["assumed_values"]["labs"]["coverage"] < 0.95  # split-conformal 80 % intervals
     assert (tmp_path / "reliability.png").stat().st_size > 5000
+    # which test next: chosen on the validation views, as training's calibration measured them; intervals on test
+    nt, fitted = report["next_test"], json.loads((quick_checkpoint / "meta.json").read_text())["calibration_fit"]["next_test"]
+    assert nt["chosen_rule"] in NEXT_TEST_RULES and nt["validation"]["n_views"] == fitted["n_views"] > 0
+    for rule, v in nt["test"].items():
+        assert v["interval"][0] <= v["agreement"] <= v["interval"][1]
+        assert nt["validation"]["top1_agreement"][rule] == pytest.approx(fitted["top1_agreement"][rule], abs=0.02)
+    assert nt["above_chance"] == (nt["test"][nt["chosen_rule"]]["interval"][0] > nt["top1_chance"])
     json.loads((tmp_path / "calibration.json").read_text(), parse_constant=lambda c: pytest.fail(f"bare {c}"))

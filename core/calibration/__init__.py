@@ -5,8 +5,8 @@
 2. lab decoders and the concept baseline (`assumed.py`) on real latents;
 3. validation views (`views.py`: every case from every subset of its modalities, with the sampler
    settings of prediction) → the temperature per pattern and the class-prior bias (`temperature.py`);
-4. the views again with those probabilities → the synthesis confidence (`confidence.py`) and the lab
-   intervals' coverage factor.
+4. the views again with those probabilities → the synthesis confidence (`confidence.py`), the lab
+   intervals' coverage factor, and each 'which test next' rule's agreement (`next_test.py`, the choice).
 `report.py` measures the result on the test split (`python -m core calibration`).
 """
 
@@ -19,6 +19,7 @@ import torch
 
 from core.calibration.assumed import fit_concept_baseline, fit_decoders, fit_intervals, real_latents
 from core.calibration.confidence import fit_confidence
+from core.calibration.next_test import refitted_confidence, rule_scores, validation_summary
 from core.calibration.temperature import fit_temperature, reset
 from core.calibration.views import case_views
 from core.features import FeatureTable
@@ -67,4 +68,6 @@ def calibrate(model: RobustMDiff, table: FeatureTable, labels: np.ndarray, train
                        on_batch=views_progress(shares[0] + shares[1], shares[2], "learning the synthesis confidence"))
     report["confidence"] = fit_confidence(model, views)
     report["lab_intervals"] = fit_intervals(model, table, views)
+    # the 'which test next' rules on these validation views, with the confidence just fitted (chosen in report.py)
+    report["next_test"] = validation_summary(views, rule_scores(views.out, refitted_confidence(model, views.out)))
     return report

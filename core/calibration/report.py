@@ -6,9 +6,9 @@
   same view gets under another sampler seed (seed sensitivity).
 - Class probabilities under natural missingness: top-label ECE, Brier, and mean predicted probability of
   each class against its prevalence.
-- Which test next: on views missing two or more modalities, whether the modality with the largest
-  expected change is the one whose real value changes the answer most (top-1 agreement), and the
-  Spearman correlation of expected with actual change.
+- Which test next (`next_test.py`): on views missing two or more modalities, how often each ranking rule
+  puts first the modality whose real value changes the answer most (top-1 agreement, bootstrap interval
+  over cases, against chance), the rule chosen on validation views, and whether it beat chance on test.
 - Assumed lab values: coverage of the 80 % intervals on test cases whose labs were hidden.
 """
 
@@ -17,10 +17,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
 from core.calibration.assumed import interval_hits
+from core.calibration.next_test import next_test_report, summary_line, validation_summary
 from core.calibration.views import Views, case_views
 from core.data.dataset import Dataset
 from core.evaluation.metrics import binary_ece, brier, ece_noise_floor, expected_calibration_error, reliability_bins
@@ -52,38 +52,6 @@ def _confidence(model: RobustMDiff, views: Views, other: Views) -> tuple[dict, d
     return conf, sens
 
 
-def _next_test(model: RobustMDiff, views: Views) -> dict:
-    """Two rankings of the missing modalities against the change the real modality actually makes (total
-    variation of the probabilities): by the expected change over the diffusion samples, and by the
-    calibrated probability that the answer changes (1 - synthesis confidence)."""
-    names = model.info.names
-    tv = {}
-    for i in range(len(names)):
-        src, ref = views.pairs(i)
-        tv.update({(int(s), i): 0.5 * float(np.abs(views.out.probs[s] - views.out.probs[r]).sum())
-                   for s, r in zip(src, ref)})
-    rankers = {"expected_change": views.out.expected_change, "probability_of_change": 1 - views.out.confidence}
-    hits: dict[str, list[float]] = {k: [] for k in rankers}
-    scores: dict[str, list[float]] = {k: [] for k in rankers}
-    actual, chance = [], []
-    for v in range(len(views.rows)):
-        cand = [i for i in range(len(names)) if (v, i) in tv]
-        if len(cand) < 2:
-            continue
-        act = np.array([tv[(v, i)] for i in cand])
-        actual += list(act)
-        chance.append(1 / len(cand))
-        for k, r in rankers.items():
-            score = np.array([r[v, i] for i in cand])
-            hits[k].append(float(cand[int(score.argmax())] == cand[int(act.argmax())]))
-            scores[k] += list(score)
-    if not chance:
-        return {"n_views": 0}
-    return {"n_views": len(chance), "top1_chance": float(np.mean(chance)),
-            **{f"top1_agreement_{k}": float(np.mean(hits[k])) for k in rankers},
-            **{f"spearman_{k}_vs_actual_change": float(spearmanr(scores[k], actual).statistic) for k in rankers}}
-
-
 def _coverage(model: RobustMDiff, table: FeatureTable, views: Views) -> dict:
     out = {}
     for name in model.decoders:
@@ -96,6 +64,11 @@ def _coverage(model: RobustMDiff, table: FeatureTable, views: Views) -> dict:
     return out
 
 
+def _validation_next_test(model: RobustMDiff, ds: Dataset, table: FeatureTable, device, seed: int) -> dict:
+    va = ds.indices("val")
+    return validation_summary(case_views(model, table, va[table.present[va].all(1)], seed=seed, device=device))
+
+
 def complete_test_views(model: RobustMDiff, ds: Dataset, table: FeatureTable, device=None, seed: int = 0) -> Views:
     """Every complete test case predicted from every subset of its modalities (the report's first seed)."""
     te = ds.indices("test")
@@ -103,9 +76,12 @@ def complete_test_views(model: RobustMDiff, ds: Dataset, table: FeatureTable, de
 
 
 def calibration_report(model: RobustMDiff, ds: Dataset, table: FeatureTable, device=None, seeds=(0, 1),
-                       views: Views | None = None, natural: np.ndarray | None = None) -> dict:
+                       views: Views | None = None, natural: np.ndarray | None = None,
+                       validation: dict | None = None) -> dict:
     """`views`: `complete_test_views` under seeds[0] and `natural`: the test split's probabilities as the data come (seed
-    0), when the caller has them already (training computes both for its test metrics): they are not redrawn."""
+    0), when the caller has them already (training computes both for its test metrics): they are not redrawn.
+    `validation`: the 'which test next' rules measured on validation views (`calibrate`'s `next_test`); without
+    it the complete validation cases are predicted from every subset of their modalities here."""
     te = ds.indices("test")
     complete = te[table.present[te].all(1)]
     views = views if views is not None else case_views(model, table, complete, seed=seeds[0], device=device)
@@ -124,7 +100,8 @@ def calibration_report(model: RobustMDiff, ds: Dataset, table: FeatureTable, dev
                           "per_class": {c: {"prevalence": float(prevalence[j]), "mean_predicted": float(mean_p[j])}
                                         for j, c in enumerate(model.info.classes)},
                           "bins": reliability_bins(probs.max(1), (probs.argmax(1) == y).astype(float))},
-        "next_test": _next_test(model, views),
+        "next_test": next_test_report(validation if validation is not None else _validation_next_test(
+            model, ds, table, device, seeds[0]), views),
         "assumed_values": _coverage(model, table, views),
     }
     report["targets"] = targets(report)
@@ -167,19 +144,21 @@ def markdown(report: dict) -> str:
     lines += ["", f"Class probabilities, natural missingness: top-label ECE {p['ece']:.3f} (a perfectly calibrated model "
               f"would show {p['ece_noise_floor'][0]:.3f} on these cases, 95th percentile {p['ece_noise_floor'][1]:.3f}), "
               f"Brier {p['brier']:.3f}, worst gap between mean predicted probability and prevalence {p['prevalence_gap']:.3f}."]
-    nt = report["next_test"]
-    if nt.get("n_views"):
-        lines.append(f"Which test next ({nt['n_views']} views missing two or more modalities; chance {nt['top1_chance']:.3f}): "
-                     f"top-1 agreement with the modality whose real value changes the answer most, ranked by "
-                     f"expected change {nt['top1_agreement_expected_change']:.3f} (Spearman "
-                     f"{nt['spearman_expected_change_vs_actual_change']:.3f}), by calibrated probability of change "
-                     f"{nt['top1_agreement_probability_of_change']:.3f} (Spearman "
-                     f"{nt['spearman_probability_of_change_vs_actual_change']:.3f}).")
+    if report["next_test"].get("n_views"):
+        lines.append(summary_line(report["next_test"]) if "test" in report["next_test"] else _old_next_test_line(report["next_test"]))
     for m, a in report["assumed_values"].items():
         lines.append(f"Assumed {m} values: 80 % interval coverage {a['coverage']:.3f} over {a['n_values']} test values.")
     lines += ["", "| target | measured | met |", "|---|---|---|"]
     lines += [f"| {r['target']} | {r['measured']:.4g} | {'yes' if r['met'] else 'no'} |" for r in report["targets"]]
     return "\n".join(lines) + "\n"
+
+
+def _old_next_test_line(nt: dict) -> str:
+    """A report from before the rules were compared on validation (shipped checkpoints until retrained)."""
+    return (f"Which test next ({nt['n_views']} views missing two or more modalities; chance {nt['top1_chance']:.3f}): "
+            f"top-1 agreement with the modality whose real value changes the answer most, ranked by expected change "
+            f"{nt['top1_agreement_expected_change']:.3f}, by calibrated probability of change "
+            f"{nt['top1_agreement_probability_of_change']:.3f} (no interval, no rule chosen on validation).")
 
 
 def reliability_figure(report: dict, path: Path) -> Path:

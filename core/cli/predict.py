@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
               f"that acquiring the real {m} changes the answer)")
         if result.assumed_text(m):
             print(f"  {result.assumed_text(m, top=5)}")
-    if result.next_test:
+    if result.synthesized:  # which to acquire next, or each one's chance where no ranking beat chance
         print(result.next_test_text())
     for w in result.warnings:
         print(f"warning: {w}")
