@@ -95,10 +95,14 @@ def test_quick_evaluation_end_to_end(small_cohort, tmp_path):
     assert set(saved["significance"]) == {"early_zero", "late_fusion"}
     assert all(0 <= r["auroc"] <= 1 for r in saved["rows"] if r["auroc"] is not None)  # null: one class only
     assert set(saved["bootstraps"]) == {"patterns", "random_50", "mnar_50", "natural"}
-    for rows in saved["bootstraps"].values():  # paired over cases, Holm, a direction each
+    for rows in saved["bootstraps"].values():  # Holm, a direction each; one seed: over test cases only, and said so
         boot = {r["method"]: r for r in rows}
-        assert set(boot) == {"early_zero", "late_fusion"} and "paired bootstrap over test cases" in table
+        assert set(boot) == {"early_zero", "late_fusion"} and "paired bootstrap over test cases only" in table
         assert all(r["low"] <= r["difference"] <= r["high"] and r["p_holm"] >= r["p"] for r in boot.values())
+        assert not any(r["seeds_resampled"] for r in rows)
+    assert "One seed per method: the interval covers test cases only" in table and saved["recipe"] == 2
+    assert set(saved["rare_intervals"]) == {"early_zero", "late_fusion", "robustmdiff"}  # rare classes, with intervals
+    assert "rare recall 95 % interval" in table and "optimistic" in table
     assert saved["bootstrap_natural"] == saved["bootstraps"]["natural"]
     kept = np.load(tmp_path / "probabilities.npz")  # every condition's per-case probabilities, for later comparisons
     assert {"robustmdiff|0|natural", "early_zero|0|mnar_50", "rows|image", "y|natural"} <= set(kept.files)
@@ -204,6 +208,7 @@ def test_wilcoxon_tables_show_holm_p_without_a_verdict_of_their_own():
     assert "*" not in "".join(shown.values()) and min(v["p_holm"] for v in sig.values()) < 0.05  # a p that once got a *
     assert all(shown[report.display_name(m)] == report._p_text(v["p_holm"]) for m, v in sig.items())
     assert "Holm" in helps["p (Holm)"] and "bootstrap" in helps["p (Holm)"]  # the verdict: one test, elsewhere
+    assert "optimistic" in helps["p (Holm)"].lower() and "not a verdict" in helps["p (Holm)"]
     main = report.main_table(rows, ["a", "b"])
     assert "*" not in "".join(line.split("|")[1] for line in main.splitlines()[2:])
 

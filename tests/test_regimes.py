@@ -120,7 +120,8 @@ def test_bootstraps_stack_patterns_and_seeds_and_report_both_aurocs():
     assert set(out) == {"patterns", "random_50", "natural"}  # no MNAR conditions here: no MNAR comparison
     rows = {r["method"]: r for r in out["patterns"]}
     assert rows["weak"]["direction"] == "better" and rows["same"]["direction"] == "no clear difference"
-    assert rows["weak"]["n_conditions"] == 3 * 2  # 3 patterns × 2 seeds stacked
+    assert rows["weak"]["n_conditions"] == 3 and rows["weak"]["n_seeds"] == 2  # 3 patterns, 2 seeds resampled
+    assert rows["weak"]["seeds_resampled"]
     y = labels[complete]
     stack = np.stack([kept[("weak", s)][p] for s in (0, 1) for p in pattern_columns(names)])
     assert rows["weak"]["auroc"] == pytest.approx(macro_auroc_stack(y, stack).mean())

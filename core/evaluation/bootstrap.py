@@ -1,4 +1,5 @@
-"""Paired bootstrap intervals for differences in macro AUROC between methods (issue 17).
+"""Paired bootstrap intervals for differences in macro AUROC between methods over test cases (issue 17),
+and the pieces that `core/evaluation/hierarchical.py` (seeds and test cases, issue 28) shares with it.
 
 Why not the Wilcoxon test over patterns × seeds: those pairs share the same test cases, so they are not
 independent and its p-values are optimistic. Here the unit that is resampled is the test case: every
@@ -23,20 +24,43 @@ from scipy.stats import bootstrap, rankdata
 from core.review.stats import holm
 
 
-def macro_auroc_stack(y: np.ndarray, probs: np.ndarray) -> np.ndarray:
+def _scored_classes(y: np.ndarray, n_classes: int, classes: list[int] | None) -> list[int]:
+    """The classes a macro average reads: those (of `classes`, or all) with positives and negatives among `y`."""
+    return [c for c in (range(n_classes) if classes is None else classes) if 0 < int((y == c).sum()) < len(y)]
+
+
+def macro_auroc_stack(y: np.ndarray, probs: np.ndarray, classes: list[int] | None = None) -> np.ndarray:
     """Macro one-vs-rest AUROC of each stacked condition: `probs` (k, n, classes) on cases with labels
     `y` (n,) → (k,). Rank-based (Mann–Whitney, ties averaged), so one call ranks every condition at once;
-    classes without positives or negatives among the cases are left out, as in `metrics.macro_auroc`."""
+    classes without positives or negatives among the cases are left out, as in `metrics.macro_auroc`
+    (`classes`: average over these only, e.g. the rare ones)."""
     out, used = np.zeros(probs.shape[0]), 0
-    for c in range(probs.shape[2]):
+    for c in _scored_classes(y, probs.shape[2], classes):
         pos = y == c
         n_pos, n_neg = int(pos.sum()), int((~pos).sum())
-        if n_pos == 0 or n_neg == 0:
-            continue
         ranks = rankdata(probs[:, :, c], axis=1)
         out += (ranks[:, pos].sum(1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
         used += 1
     return out / used if used else np.full(probs.shape[0], np.nan)
+
+
+def macro_recall_stack(y: np.ndarray, probs: np.ndarray, classes: list[int] | None = None) -> np.ndarray:
+    """Macro recall (the top answer is the true class) of each stacked condition, over `classes` with
+    positives among `y`, as `metrics.classification_metrics` averages it: (k, n, classes) → (k,)."""
+    pred = probs.argmax(2)
+    cs = _scored_classes(y, probs.shape[2], classes)
+    if not cs:
+        return np.full(probs.shape[0], np.nan)
+    return np.mean([(pred[:, y == c] == c).mean(1) for c in cs], axis=0)
+
+
+def accuracy_stack(y: np.ndarray, probs: np.ndarray, classes: list[int] | None = None) -> np.ndarray:
+    """Accuracy on the cases whose label is one of `classes` (with positives among `y`), per condition."""
+    cs = _scored_classes(y, probs.shape[2], classes)
+    sel = np.isin(y, cs)
+    if not sel.any():
+        return np.full(probs.shape[0], np.nan)
+    return (probs[:, sel].argmax(2) == y[sel]).mean(1)
 
 
 def paired_difference(y: np.ndarray, ours: np.ndarray, theirs: np.ndarray, n_resamples: int = 2000,
@@ -56,7 +80,7 @@ def paired_difference(y: np.ndarray, ours: np.ndarray, theirs: np.ndarray, n_res
     res = bootstrap((np.arange(len(y)),), difference, n_resamples=n_resamples, confidence_level=confidence,
                     method="percentile", vectorized=False, rng=np.random.default_rng(seed))
     dist = res.bootstrap_distribution[np.isfinite(res.bootstrap_distribution)]
-    p = min(1.0, 2 * min(float((dist <= 0).mean()), float((dist >= 0).mean())))
+    p = two_sided_p(dist)
     return {"difference": difference(np.arange(len(y))), "low": float(res.confidence_interval.low),
             "high": float(res.confidence_interval.high), "p": p, "n_cases": len(y), "n_conditions": ours.shape[0],
             "n_resamples": n_resamples, "distribution": dist}
@@ -74,24 +98,38 @@ def adjusted_level(p: float, p_holm: float, step: int, alpha: float = 0.05) -> f
 
 
 def adjusted_interval(dist: np.ndarray, level: float) -> tuple[float, float]:
-    """The percentile interval of a bootstrap distribution at two-sided error `level`."""
+    """The percentile interval of a bootstrap distribution at two-sided error `level` (NaN: none)."""
+    if not len(dist):
+        return float("nan"), float("nan")
     lo, hi = np.quantile(dist, [level / 2, 1 - level / 2], method="inverted_cdf")
     return float(lo), float(hi)
 
 
-def compare(y: np.ndarray, probs: Mapping[str, np.ndarray], reference: str, alpha: float = 0.05,
-            n_resamples: int = 2000, seed: int = 0) -> list[dict]:
-    """`reference` against every other method of `probs` (each (k, n, classes) on the same cases and
-    conditions): difference, interval, p, Holm-corrected p across the methods, and the direction:
-    'better' or 'worse' (the reference, where the corrected p < alpha) or 'no clear difference'."""
-    rows = [{"method": m, **paired_difference(y, probs[reference], p, n_resamples, seed=seed)}
-            for m, p in probs.items() if m != reference]
+def two_sided_p(dist: np.ndarray) -> float:
+    """The two-sided bootstrap p of a distribution of differences: twice the share on the far side of zero."""
+    return min(1.0, 2 * min(float((dist <= 0).mean()), float((dist >= 0).mean()))) if len(dist) else 1.0
+
+
+def decide(rows: list[dict], dists: list[np.ndarray], alpha: float = 0.05) -> list[dict]:
+    """Holm across `rows` (each with 'p' and 'difference'), the direction from the adjusted p, and each row's
+    interval at the level of its adjusted test (`adjusted_level`) from its bootstrap distribution."""
     steps = {i: len(rows) - k for k, i in enumerate(np.argsort([r["p"] for r in rows], kind="stable"))}
     for i, (row, adjusted) in enumerate(zip(rows, holm([r["p"] for r in rows]))):
         row["p_holm"] = adjusted
         row["direction"] = ("no clear difference" if not adjusted < alpha
                             else "better" if row["difference"] > 0 else "worse")
         level = adjusted_level(row["p"], adjusted, steps[i], alpha)
-        row["low_holm"], row["high_holm"] = adjusted_interval(row.pop("distribution"), level)
+        row["low_holm"], row["high_holm"] = adjusted_interval(dists[i], level)
         row["confidence_holm"] = 1 - level
     return rows
+
+
+def compare(y: np.ndarray, probs: Mapping[str, np.ndarray], reference: str, alpha: float = 0.05,
+            n_resamples: int = 2000, seed: int = 0) -> list[dict]:
+    """`reference` against every other method of `probs` (each (k, n, classes) on the same cases and
+    conditions), test cases resampled only: difference, interval, p, Holm-corrected p across the methods,
+    and the direction: 'better' or 'worse' (the reference, where the corrected p < alpha) or 'no clear
+    difference'. Training variance is left out: `hierarchical.compare` resamples seeds as well."""
+    rows = [{"method": m, **paired_difference(y, probs[reference], p, n_resamples, seed=seed)}
+            for m, p in probs.items() if m != reference]
+    return decide(rows, [r.pop("distribution") for r in rows], alpha)

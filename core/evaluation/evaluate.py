@@ -21,11 +21,11 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from core.checkpoint import load_checkpoint, read_meta
+from core.checkpoint import read_meta
 from core.data.cohort.generate import ensure_cohort, quick_cohort, redundant_cohort
 from core.data.dataset import Dataset
 from core.evaluation import figures, report
-from core.evaluation.harness import Progress, Setup, condition_rows, run
+from core.evaluation.harness import RECIPE, Progress, Setup, condition_rows, run
 from core.evaluation.methods import methods_for, select
 from core.evaluation.regimes import REGIME_METHODS, case_severity, labelled_rows, limit_complete, regime
 from core.features import dataset_features
@@ -115,8 +115,9 @@ def evaluate(checkpoint: str | Path | None = None, data: str | Path | None = Non
     names = setup.names
     where = condition_rows(setup)
     write_probabilities(out / "probabilities.npz", probs, where, ds.labels)
-    news(STAGES["models"][1], "bootstrapping the differences between methods over test cases")
+    news(STAGES["models"][1], "bootstrapping the differences between methods over seeds and test cases")
     bootstraps = report.bootstraps(probs, where, ds.labels, seed_list, names)
+    rare_intervals = report.rare_intervals(probs, where, ds.labels, seed_list, setup.groups().get("rare"))
     result = {
         "regime": chosen_regime.name, "regime_title": chosen_regime.title,
         "created": time.strftime("%Y-%m-%d %H:%M %Z"),  # which model and date a table belongs to (the pages say)
@@ -128,9 +129,11 @@ def evaluate(checkpoint: str | Path | None = None, data: str | Path | None = Non
         "n_test_complete": int(table.present[ds.indices("test")].all(1).sum()), "methods": labels, "seeds": seed_list,
         "quick": quick, "short": short, "config": config.to_dict(), "machine": machine(), "device": str(dev),
         "seconds": time.perf_counter() - t0, "rows": rows, "significance": report.significance(rows, names),
-        "retention": report.retention(rows, names).to_dict("records"), "targets": report.targets(rows, names),
+        "retention": report.retention(rows, names).to_dict("records"),
+        "targets": report.targets(rows, names, bootstraps),
         "reliability": reliability, "modalities": names, "bootstraps": bootstraps,
-        "bootstrap_natural": bootstraps.get("natural", []),
+        "bootstrap_natural": bootstraps.get("natural", []), "rare_intervals": rare_intervals,
+        "recipe": RECIPE,  # one training recipe for every method, every seed trained fresh (methods.py)
     }
     news(STAGES["models"][1], "writing results and tables")
     (out / "results.json").write_text(dumps(result))
@@ -383,9 +386,9 @@ def quick_schedule(config: Config) -> Config:
 def make_setup(checkpoint: str | None, data: Path, quick: bool, device: str, progress: bool = False,  # quick: schedule
                on_cases: Callable[[int, int], None] | None = None, regime_name: str = "natural",
                config_path: str | None = None) -> Setup:
-    """What every model of the evaluation shares: data, cached encoder features, base configuration, and
-    what the regime changes in them (`on_cases(done, total)`: progress of encoding the cases, when they are
-    not cached yet)."""
+    """What every model of the evaluation shares: data, cached encoder features, base configuration (the
+    checkpoint's, or `config_path`; no trained model of the checkpoint is used), and what the regime changes
+    in them (`on_cases(done, total)`: progress of encoding the cases, when they are not cached yet)."""
     dev = torch.device(device)
     ckpt = Path(checkpoint) if checkpoint else DEFAULT_CHECKPOINT
     meta = read_meta(ckpt) if (ckpt / "meta.json").exists() else None
@@ -400,11 +403,9 @@ def make_setup(checkpoint: str | None, data: Path, quick: bool, device: str, pro
         for split in ("train", "val"):
             table = limit_complete(table, ds.indices(split), r.complete_share)
     labelled = labelled_rows(ds.labels, ds.indices("train"), r.label_share) if r.label_share is not None else None
-    setup = Setup(ds, table, config, dev, labelled=labelled, severity=case_severity(ds))
-    natural = r.complete_share is None and r.label_share is None
-    if natural and meta and not quick and not config_path and ds.identity().difference(meta.get("data_identity")) is None:
-        setup.reuse[("robustmdiff", config.training.seed)] = load_checkpoint(ckpt, dev)[0]  # the shipped model is seed 0
-    return setup
+    # no trained model is reused: the checkpoint gives the configuration only, and RobustMDiff's seed 0 is
+    # trained fresh like every other (method, seed) (issue 28: the reference is not the model picked for shipping)
+    return Setup(ds, table, config, dev, labelled=labelled, severity=case_severity(ds))
 
 
 def write_probabilities(path: Path, probs: dict[tuple[str, int], dict[str, np.ndarray]],
@@ -421,21 +422,19 @@ def markdown(result: dict) -> str:
     rows, names = result["rows"], result["modalities"]
     ret = report.retention(rows, names)
     ret["method"] = ret.method.map(display_name)
+    boots = result.get("bootstraps") or ({"natural": result["bootstrap_natural"]} if result.get("bootstrap_natural") else {})
     lines = ["## Macro AUROC and accuracy (%) under every availability pattern",
              "", f"Test split: {result['n_test_complete']} cases with all modalities, the others switched off per "
-             f"pattern; mean ± std over seeds {result['seeds']}. AVG: mean over the patterns. p: Wilcoxon "
-             "signed-rank test of RobustMDiff against the method, paired over patterns × seeds, Holm-adjusted "
-             "across the methods; no verdict is marked here: it comes from the paired bootstrap below.", "",
-             report.main_table(rows, names), "",
+             f"pattern; mean ± std over seeds {result['seeds']}. AVG: mean over the patterns. " + report.WILCOXON_NOTE,
+             "", report.main_table(rows, names), "",
              "## Retention (share of the all-modalities AUROC kept; first column: that AUROC)", "",
              ret.to_markdown(index=False, floatfmt=".3f"), "", "## Rare vs common classes (natural missingness)", "",
-             report.rare_table(rows).to_markdown(index=False, floatfmt=".3f"), "", "## Targets", "",
-             report.targets_frame(result["targets"]).to_markdown(index=False)]
-    boots = result.get("bootstraps") or ({"natural": result["bootstrap_natural"]} if result.get("bootstrap_natural") else {})
+             report.rare_table(rows, result.get("rare_intervals")).to_markdown(index=False, floatfmt=".3f"), "",
+             "## Targets", "", report.targets_frame(report.targets(rows, names, boots) if boots else result["targets"])
+             .to_markdown(index=False)]
     for key, rows in boots.items():
-        lines += ["", f"## RobustMDiff against each method, paired bootstrap over test cases: {report.BOOTSTRAP_SETS[key]}", "",
-                  "Difference in macro AUROC (points; + means RobustMDiff is higher), paired bootstrap over 2000 "
-                  "resamples of the test cases, both methods on the same resampled cases, every condition and seed "
-                  "stacked; p two-sided. " + report.BOOTSTRAP_RULE, "",
+        lines += ["", f"## RobustMDiff against each method, {report.bootstrap_kind(rows)}: {report.BOOTSTRAP_SETS[key]}",
+                  "", "Difference in macro AUROC (points; + means RobustMDiff is higher), every condition stacked; "
+                  "p two-sided. " + report.bootstrap_caption(rows), "",
                   report.bootstrap_frame(rows).to_markdown(index=False, disable_numparse=True)]
     return "\n".join(lines) + "\n"

@@ -12,7 +12,7 @@ import logging
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -42,7 +42,6 @@ class Setup:
     table: FeatureTable
     config: Config
     device: torch.device
-    reuse: dict[tuple[str, int], RobustMDiff] = field(default_factory=dict)  # (method, seed) → trained model
     labelled: np.ndarray | None = None  # training rows whose labels may be used (None: all; regime labels_10)
     severity: np.ndarray | None = None  # per case, for the MNAR conditions (every evaluation has it; `score` not)
 
@@ -149,8 +148,8 @@ def run(setup: Setup, methods: list[Method], seeds: list[int], on_step: Callable
     """Train and score every (method, seed); returns metric rows, natural probabilities per method (first
     seed) and every condition's per-case probabilities per (method, seed).
 
-    With `parts`, each finished (method, seed) is saved there and reused by a rerun on the same data and
-    configuration, so that an interrupted multi-hour evaluation resumes where it stopped. With `jobs` > 1,
+    With `parts`, each finished (method, seed) is saved there and reused by a rerun on the same data,
+    configuration and recipe (`part_stamp`), so that an interrupted multi-hour evaluation resumes where it stopped. With `jobs` > 1,
     models train in that many worker processes, each rebuilding the setup from `worker_args` (the
     arguments of `core.evaluation.evaluate.make_setup`): small models use one CPU core poorly, so
     two single-threaded trainings on two cores finish well before two two-threaded ones in turn.
@@ -163,7 +162,7 @@ def run(setup: Setup, methods: list[Method], seeds: list[int], on_step: Callable
     todo: list[tuple[Method, int]] = []
     for seed in seeds:
         for m in methods:
-            saved = _read_part(parts, f"{m.name}-seed{seed}", stamp) if parts else None
+            saved = _read_part(parts, f"{m.name}-seed{seed}", part_stamp(stamp, setup, m, seed)) if parts else None
             if saved:
                 done[(m.name, seed)] = saved
             else:
@@ -172,7 +171,7 @@ def run(setup: Setup, methods: list[Method], seeds: list[int], on_step: Callable
     def finish(m: Method, seed: int, result: Scored) -> None:
         done[(m.name, seed)] = result
         if parts:
-            _write_part(parts, f"{m.name}-seed{seed}", stamp, result)
+            _write_part(parts, f"{m.name}-seed{seed}", part_stamp(stamp, setup, m, seed), result)
 
     weights = {(m.name, seed): cost(m, setup.config) for m, seed in todo}
     total, finished = sum(weights.values()) or 1.0, [0.0]
@@ -228,6 +227,15 @@ def run(setup: Setup, methods: list[Method], seeds: list[int], on_step: Callable
     return rows, reliability, {key: scored.probs for key, scored in done.items()}
 
 
+RECIPE = 2  # the training recipe of methods.py; 2: one recipe for all, every seed fresh (issue 28)
+
+
+def part_stamp(stamp: dict, setup: Setup, m: Method, seed: int) -> dict:
+    """What a saved (method, seed) must match to be reused by a rerun: the run's data and configuration, the
+    method's own configuration and the recipe (a part from an older recipe is trained again)."""
+    return stamp | {"recipe": RECIPE, "method": json.loads(json.dumps(method_config(setup, m, seed).to_dict()))}
+
+
 def _write_part(parts: Path, name: str, stamp: dict, result: Scored) -> None:
     """Probabilities first, then the JSON that marks the part done; each written whole, then renamed, so an
     interrupt leaves no half file."""
@@ -256,15 +264,18 @@ TRAIN_SHARE = 0.85
 
 
 def train_and_score(setup: Setup, m: Method, seed: int, on_progress: Progress | None = None) -> Scored:
+    """Train `m` fresh for `seed` (every method and seed alike: no checkpoint is reused, issue 28) and score it."""
     table = restricted(setup.table, m.only) if m.only else setup.table
-    model = setup.reuse.get((m.name, seed))
     scoring = on_progress and (lambda f, text: on_progress(TRAIN_SHARE + (1 - TRAIN_SHARE) * f, text))
-    if model is None:
-        config = m.change(setup.config).override("training", seed=seed)
-        training = on_progress and (lambda f, text: on_progress(TRAIN_SHARE * f, f"training, {text}"))
-        model = train_model(setup.ds, table, config, setup.device, progress=False, on_progress=training,
-                            labelled=setup.labelled).model
+    training = on_progress and (lambda f, text: on_progress(TRAIN_SHARE * f, f"training, {text}"))
+    model = train_model(setup.ds, table, method_config(setup, m, seed), setup.device, progress=False,
+                        on_progress=training, labelled=setup.labelled).model
     return score(model, setup, table, m.name, seed, scoring)
+
+
+def method_config(setup: Setup, m: Method, seed: int) -> Config:
+    """The configuration `m` trains with for `seed`: the shared one with the method's change (methods.py)."""
+    return m.change(setup.config).override("training", seed=seed)
 
 
 _worker_setup: Setup | None = None

@@ -1,8 +1,22 @@
 """The methods compared by the evaluation: baselines from the seeds and RobustMDiff's ablations.
 
-Every method is a variant of one configuration, trained by the same harness (`core/training.py`) on the
-same cached encoder features, so that only the way missing modalities are handled differs. Baselines do
-not get RobustMDiff's own training devices (curriculum, consistency, rare-disease sampling).
+One training recipe for every method (issue 28). Every method is a variant of one configuration, trained
+by the same harness (`core/evaluation/harness.py` → `core/training.py`: one `train_model` call per method
+and seed, each seed trained fresh, none reused) on the same cached encoder features. What every method
+shares: the epochs, batch size, learning rate, early stopping on validation macro AUROC (`patience`), the
+calibration on the validation split, and plain class balancing: every class weighted
+(f_max / f_c)^balance_gamma with the configuration's `balance_gamma` (not one of RobustMDiff's devices).
+
+RobustMDiff's own devices, which baselines do not get:
+  - diffusion restoration of missing latents (`diffusion.enabled`, with its phases 2 and 3);
+  - knowledge-enhanced attention (`model.use_knowledge`, the `knowledge` fusion);
+  - curriculum masking (`training.curriculum`; a baseline masks at its own fixed rate p, 0 for most);
+  - the consistency loss (`training.lambda_cons`);
+  - rare-disease sampling: the spec's rare classes weighted with `rare_gamma` instead of `balance_gamma`.
+    A baseline gives rare classes the same rule as every other class (rare_gamma = balance_gamma).
+Each ablation removes exactly one device: "w/o diffusion" diffusion, "w/o knowledge" the knowledge term,
+"w/o curriculum" the curriculum, "w/o consistency" the consistency loss, "w/o rare-disease sampling"
+rare_gamma (set to balance_gamma; class balancing stays).
 """
 
 from __future__ import annotations
@@ -27,10 +41,16 @@ class Method:
         return display_name(self.name)
 
 
+def without_rare_sampling(c: Config) -> Config:
+    """Rare classes weighted as every other class: the configuration's class balancing, nothing more."""
+    return c.override("training", rare_gamma=c.training.balance_gamma)
+
+
 def _baseline(fusion: str, p: float) -> Callable[[Config], Config]:
+    """A baseline: its fusion and fixed masking rate p, none of RobustMDiff's devices, the shared recipe."""
     def change(c: Config) -> Config:
         c = c.override("model", fusion=fusion).override("diffusion", enabled=False)
-        return c.override("training", curriculum=False, p_min=p, p_max=p, lambda_cons=0.0, rare_gamma=0.0, balance_gamma=0.0)
+        return without_rare_sampling(c.override("training", curriculum=False, p_min=p, p_max=p, lambda_cons=0.0))
     return change
 
 
@@ -60,7 +80,7 @@ def methods_for(modalities: list[str]) -> list[Method]:
         Method("no_knowledge", "ablation", lambda c: c.override("model", use_knowledge=False)),
         Method("no_curriculum", "ablation", lambda c: c.override("training", curriculum=False)),
         Method("no_consistency", "ablation", lambda c: c.override("training", lambda_cons=0.0)),
-        Method("no_rare_sampling", "ablation", lambda c: c.override("training", rare_gamma=0.0, balance_gamma=0.0)),
+        Method("no_rare_sampling", "ablation", without_rare_sampling),
     ]
 
 

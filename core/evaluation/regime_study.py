@@ -1,6 +1,8 @@
 """Every missing-data regime in one run (`python -m core evaluate --regimes all`): one evaluation per regime
 (core/evaluation/regimes.py), then one table and one figure of RobustMDiff's difference to each method
-with its paired-bootstrap interval, regime by regime (issue 17: where the diffusion helps)."""
+with its bootstrap interval, regime by regime (issue 17: where the diffusion helps). The interval is the
+hierarchical bootstrap's (training seeds and test cases resampled, core/evaluation/hierarchical.py) where the
+study trained several seeds per method, and covers test cases only with one seed (`seeds_resampled`)."""
 
 from __future__ import annotations
 
@@ -73,7 +75,8 @@ def summary_rows(names: list[str], results: dict[str, dict]) -> list[dict]:
         for r in results[TRAINED_AS.get(name, name)]["bootstraps"].get(key, []):
             rows.append({"regime": name, "comparison": key, "method": r["method"], "auroc_robustmdiff": r["auroc_reference"],
                          "auroc_method": r["auroc"], "difference": r["difference"], "low": r["low"], "high": r["high"],
-                         "p_holm": r["p_holm"], "direction": r["direction"]})
+                         "p_holm": r["p_holm"], "direction": r["direction"],
+                         "seeds_resampled": bool(r.get("seeds_resampled", False))})
     return rows
 
 
@@ -90,13 +93,22 @@ def markdown(result: dict) -> str:
     lines = ["## RobustMDiff against each method, regime by regime", "",
              "Macro AUROC (%) of RobustMDiff and of the compared method, averaged over every availability pattern of "
              "the complete test cases (MNAR: 50 % of modalities missing, more often for severe and rare cases); the "
-             "difference in points with its 95 % paired-bootstrap interval over test cases, seeds stacked; p Holm-"
-             "corrected across the methods of a regime.", "",
+             "difference in points with its 95 % interval, p Holm-corrected across the methods of a regime. "
+             + interval_words(result["summary"]), "",
              frame(result["summary"]).to_markdown(index=False, disable_numparse=True), "", "Training data per regime:", ""]
     lines += [f"- {REGIMES[n].title}: {t['complete']} complete training cases, {t['labelled']} labelled "
               f"(data/{Path(t['data']).name})"
               for n, t in result["train"].items()]
     return "\n".join(lines) + "\n"
+
+
+def interval_words(rows: list[dict]) -> str:
+    """What the study's intervals resampled: seeds and cases only where every comparison had several seeds."""
+    if rows and all(r.get("seeds_resampled") for r in rows):
+        return ("Intervals from the hierarchical bootstrap: each method's training seeds and the test cases "
+                "resampled, so they include training variance.")
+    return ("Intervals from the paired bootstrap over test cases only (one seed per method, or a study made before "
+            "seeds were resampled): they leave training variance out.")
 
 
 def figure(rows: list[dict]) -> go.Figure:

@@ -40,10 +40,18 @@ def averages(rows: list[dict], names: list[str], metric: str = "auroc", group: s
     return df.groupby(["method", "seed"])[metric].mean().reset_index()
 
 
+# the Wilcoxon column, in words: optimistic, and nothing (verdict, star, target) is decided from it (issue 28)
+WILCOXON_NOTE = ("p (Wilcoxon, optimistic): Wilcoxon signed-rank test of RobustMDiff against the method over "
+                 "patterns × seeds, Holm-adjusted across the methods; it treats patterns × seeds as independent "
+                 "(they share the same test cases), so its p-values are optimistic: not a verdict. The verdicts come "
+                 "from the bootstrap tables below.")
+
+
 def significance(rows: list[dict], names: list[str], metric: str = "auroc") -> dict[str, dict]:
     """Wilcoxon signed-rank test of RobustMDiff against each method, paired over patterns × seeds; `p_holm`:
-    its p adjusted across the methods (Holm), which every table's star and verdict use (the same rule as the
-    bootstrap tables, so one method is not significant in one table and 'no clear difference' in the next)."""
+    its p adjusted across the methods (Holm). Optimistic (WILCOXON_NOTE): it treats patterns × seeds as
+    independent though they share the test cases, so no verdict, star or target is decided from it; the
+    hierarchical bootstrap (`bootstraps`) decides them."""
     from core.review.stats import holm
 
     df = pd.DataFrame(rows)
@@ -64,20 +72,15 @@ def significance(rows: list[dict], names: list[str], metric: str = "auroc") -> d
     return out
 
 
-def significant(test: dict, alpha: float = 0.05) -> bool:
-    """The one rule: the Holm-adjusted p below alpha."""
-    return test["p_holm"] < alpha
-
-
 def _cell(mean: float, std: float) -> str:
     return "–" if np.isnan(mean) else f"{100 * mean:.2f} ± {100 * (0 if np.isnan(std) else std):.2f}"
 
 
 def main_table(rows: list[dict], names: list[str], metric: str = "auroc") -> str:
     """Methods as rows, availability patterns as columns (ACC and the metric), AVG last (CMML Table 2).
-    The best mean of each column is in bold; p is the Wilcoxon test's, Holm-adjusted across the methods. No
-    verdict is marked here: the paired bootstrap over test cases gives it (`bootstrap_frame`), so that one
-    method is never 'better' in one table and 'no clear difference' in the next (issue 29)."""
+    The best mean of each column is in bold; p is the Wilcoxon test's, Holm-adjusted across the methods and
+    optimistic (WILCOXON_NOTE). No verdict is marked here: the hierarchical bootstrap gives it
+    (`bootstrap_frame`), so that one method is never 'better' in one table and 'no clear difference' in the next."""
     s = summary(rows)
     s = s[s.group == "all"]
     cols = pattern_columns(names)
@@ -90,7 +93,8 @@ def main_table(rows: list[dict], names: list[str], metric: str = "auroc") -> str
         text = _cell(mean, std)
         return f"**{text}**" if np.isclose(mean, top) else text
 
-    head = "| Method | " + " | ".join(f"{c} ACC | {c} {metric.upper()}" for c in cols) + f" | AVG ACC | AVG {metric.upper()} | p |"
+    head = ("| Method | " + " | ".join(f"{c} ACC | {c} {metric.upper()}" for c in cols)
+            + f" | AVG ACC | AVG {metric.upper()} | p (Wilcoxon, optimistic) |")
     lines = [head, "|" + "---|" * (2 * len(cols) + 4)]
     for method in s.method.unique():
         sub = s[s.method == method].set_index("condition")
@@ -131,8 +135,11 @@ def retention(rows: list[dict], names: list[str], metric: str = "auroc") -> pd.D
     return pd.DataFrame(out)
 
 
-def rare_table(rows: list[dict]) -> pd.DataFrame:
-    """Rare vs common classes under natural missingness: AUROC and recall, mean over seeds."""
+def rare_table(rows: list[dict], intervals: dict[str, dict] | None = None) -> pd.DataFrame:
+    """Rare vs common classes under natural missingness: AUROC and recall, mean over seeds. With `intervals`
+    (`rare_intervals`, kept in results.json), two more columns: the 95 % hierarchical-bootstrap interval of the
+    rare AUROC and recall (seeds and cases resampled; cases only with one seed). Without, the five columns
+    of result files made before them."""
     s = summary(rows)
     s = s[s.condition == "natural"]
     out = []
@@ -140,10 +147,45 @@ def rare_table(rows: list[dict]) -> pd.DataFrame:
         sub = s[s.method == method].set_index("group")
         if "rare" not in sub.index:
             continue
-        out.append({"method": display_name(method), "rare AUROC": sub.loc["rare", "auroc"],
-                    "rare recall": sub.loc["rare", "recall"], "common AUROC": sub.loc["common", "auroc"],
-                    "common recall": sub.loc["common", "recall"]})
+        row = {"method": display_name(method), "rare AUROC": sub.loc["rare", "auroc"],
+               "rare recall": sub.loc["rare", "recall"], "common AUROC": sub.loc["common", "auroc"],
+               "common recall": sub.loc["common", "recall"]}
+        if intervals is not None:
+            mine = intervals.get(method, {})
+            row |= {f"rare {words} 95 % interval": _interval_text(mine.get(key)) for key, words in
+                    (("auroc", "AUROC"), ("recall", "recall"))}
+        out.append(row)
     return pd.DataFrame(out)
+
+
+def _interval_text(found: dict | None) -> str:
+    return "–" if not found or not np.isfinite(found["low"]) else f"[{found['low']:.3f}, {found['high']:.3f}]"
+
+
+RARE_MEASURES = ("auroc", "recall", "accuracy")
+
+
+def rare_intervals(probs: dict[tuple[str, int], dict[str, np.ndarray]], where: dict[str, np.ndarray],
+                   labels: np.ndarray, seeds: list[int], rare: list[int] | None,
+                   n_resamples: int = 2000) -> dict[str, dict]:
+    """Each method's rare-class AUROC, recall and accuracy under natural missingness, with a 95 % interval of
+    the hierarchical bootstrap (core/evaluation/hierarchical.py: seeds and test cases resampled; cases only
+    where a method has one seed). {} without rare classes or natural probabilities."""
+    from core.evaluation.bootstrap import accuracy_stack, macro_auroc_stack, macro_recall_stack
+    from core.evaluation.hierarchical import interval
+
+    if not rare or "natural" not in where:
+        return {}
+    y = labels[where["natural"]]
+    statistics = dict(zip(RARE_MEASURES, (macro_auroc_stack, macro_recall_stack, accuracy_stack)))
+    out: dict[str, dict] = {}
+    for method in dict.fromkeys(m for m, _ in probs):
+        if not all((method, s) in probs for s in seeds):
+            continue
+        stack = np.stack([probs[(method, s)]["natural"] for s in seeds])
+        out[method] = {k: interval(y, stack, lambda yy, pp, f=f: f(yy, pp, rare), n_resamples)
+                       for k, f in statistics.items()}
+    return out
 
 
 def comparison(rows: list[dict], names: list[str], metric: str = "auroc") -> tuple[pd.DataFrame, dict[str, str]]:
@@ -170,11 +212,12 @@ def comparison(rows: list[dict], names: list[str], metric: str = "auroc") -> tup
                        "switched off; mean over the training seeds (± std: in the downloadable table)." for c in cols}
     helps.update({"Method": "How missing modalities are handled (core/evaluation/methods.py).",
                   "AVG": f"{what} Mean over the {len(cols)} combinations of modalities (AVG, as the papers call it).",
-                  "p (Holm)": "Could the difference between RobustMDiff (ref.) and this method be chance? The p-value "
-                              "of a two-sided Wilcoxon signed-rank test, paired over combinations × seeds, adjusted "
-                              "for comparing several methods (Holm). It treats combinations × seeds as independent, "
-                              "so it is shown without a verdict: 'better' or 'no clear difference' comes from one "
-                              "test only, the paired bootstrap over test cases (the table above)."})
+                  "p (Holm)": "Optimistic, not a verdict: the p-value of a two-sided Wilcoxon signed-rank test of "
+                              "RobustMDiff (ref.) against this method, paired over combinations × seeds, adjusted for "
+                              "comparing several methods (Holm). It treats combinations × seeds as independent though "
+                              "they share the same test cases, so it is too small. 'Better' or 'no clear difference' "
+                              "comes from one test only, the hierarchical bootstrap over training seeds and test "
+                              "cases (the table above)."})
     return pd.DataFrame(out), helps
 
 
@@ -205,9 +248,10 @@ def retention_view(rows: list[dict], names: list[str]) -> tuple[pd.DataFrame, di
     return ret, helps
 
 
-def targets(rows: list[dict], names: list[str]) -> list[dict]:
-    """The project's targets, measured."""
-    sig = significance(rows, names)
+def targets(rows: list[dict], names: list[str], bootstraps: dict[str, list[dict]] | None = None) -> list[dict]:
+    """The project's targets, measured. 'p < 0.05 against every other method' is read from the bootstrap
+    comparisons (`bootstraps`, the result file's: hierarchical over seeds and cases, or cases only in files
+    made before it), Holm-adjusted; without them it is left out (never from the optimistic Wilcoxon test)."""
     avg = averages(rows, names).groupby("method")["auroc"].mean()
     ret = retention(rows, names).set_index("method")
     s = summary(rows)
@@ -215,12 +259,10 @@ def targets(rows: list[dict], names: list[str]) -> list[dict]:
     if len(avg) < 2:  # one method: nothing to compare against, so no comparative target applies
         out: list[dict] = []
     else:
-        better = [v for v in sig.values() if significant(v) and v["mean_difference"] > 0]
         out = [{"target": "best AVG AUROC of all methods",
                 "measured": f"{display_name(avg.idxmax())} ({avg.max():.4f}); RobustMDiff {avg.get(REFERENCE, np.nan):.4f}",
-                "met": bool(avg.get(REFERENCE, -np.inf) >= avg.max())},  # a tie for first counts
-               {"target": "p < 0.05 against every other method (Wilcoxon, Holm-adjusted)",
-                "measured": f"{len(better)} of {len(sig)} significantly better", "met": len(better) == len(sig)}]
+                "met": bool(avg.get(REFERENCE, -np.inf) >= avg.max())}]  # a tie for first counts
+        out += _significance_target(bootstraps or {})
     if REFERENCE in ret.index:
         r = ret.loc[REFERENCE]
         if "1_missing_worst" in r:
@@ -243,6 +285,19 @@ def targets(rows: list[dict], names: list[str]) -> list[dict]:
                     "measured": f"{ours:.3f} vs {theirs:.3f} ({relative_change(ours, theirs)})",
                     "met": gain_met(ours, theirs, 0.15)})
     return out
+
+
+def _significance_target(bootstraps: dict[str, list[dict]]) -> list[dict]:
+    """'p < 0.05 against every other method' from the bootstrap comparison of the pattern average (the main
+    table's AVG; else the first set there is): the Holm-adjusted p of each comparison, 'better' counted."""
+    key = "patterns" if bootstraps.get("patterns") else next((k for k, v in bootstraps.items() if v), None)
+    if key is None:
+        return []
+    rows = bootstraps[key]
+    better = [r for r in rows if r.get("direction") == "better"]
+    return [{"target": f"p < 0.05 against every other method ({bootstrap_kind(rows)}, Holm-adjusted)",
+             "measured": f"{len(better)} of {len(rows)} significantly better ({BOOTSTRAP_SETS.get(key, key)})",
+             "met": len(better) == len(rows)}]
 
 
 def relative_change(ours: float, theirs: float) -> str:
@@ -291,10 +346,14 @@ def bootstrap_conditions(key: str, names: list[str]) -> list[str]:
 
 def bootstraps(probs: dict[tuple[str, int], dict[str, np.ndarray]], where: dict[str, np.ndarray], labels: np.ndarray,
                seeds: list[int], names: list[str], n_resamples: int = 2000) -> dict[str, list[dict]]:
-    """RobustMDiff against every other method for each of BOOTSTRAP_SETS: the paired bootstrap over test
-    cases (core/evaluation/bootstrap.py) of the difference in macro AUROC, the conditions and seeds stacked,
-    from the per-case probabilities the harness keeps. Each row also has both methods' mean AUROC."""
-    from core.evaluation.bootstrap import compare, macro_auroc_stack
+    """RobustMDiff against every other method for each of BOOTSTRAP_SETS: the hierarchical bootstrap
+    (core/evaluation/hierarchical.py: every method's seeds resampled on its own, the test cases shared by
+    both methods of a pair) of the difference in macro AUROC averaged over the set's conditions, from the
+    per-case probabilities the harness keeps; Holm across the methods, the verdict from the adjusted p.
+    Each row also has both methods' mean AUROC and `seeds_resampled` (False with one seed per method: the
+    interval covers test cases only)."""
+    from core.evaluation.bootstrap import macro_auroc_stack
+    from core.evaluation.hierarchical import compare
 
     methods = list(dict.fromkeys(m for m, _ in probs))
     out: dict[str, list[dict]] = {}
@@ -303,26 +362,61 @@ def bootstraps(probs: dict[tuple[str, int], dict[str, np.ndarray]], where: dict[
         if any(c not in where for c in conds) or REFERENCE not in methods:
             continue
         y = labels[where[conds[0]]]
-        stacked = {m: np.stack([probs[(m, s)][c] for s in seeds for c in conds]) for m in methods
-                   if all((m, s) in probs for s in seeds)}
+        stacked = {m: np.stack([np.stack([probs[(m, s)][c] for c in conds]) for s in seeds]) for m in methods
+                   if all((m, s) in probs for s in seeds)}  # (seeds, conditions, cases, classes)
         if REFERENCE not in stacked or len(stacked) < 2:
             continue
         if any(not np.array_equal(where[c], where[conds[0]]) for c in conds):
             raise ValueError(f"the conditions of {key} score different cases; they cannot be stacked")
         rows = compare(y, stacked, REFERENCE, n_resamples=n_resamples)
-        ours = float(macro_auroc_stack(y, stacked[REFERENCE]).mean())
+        def mean_auroc(m: str) -> float:
+            return float(macro_auroc_stack(y, stacked[m].reshape(-1, *stacked[m].shape[2:])).mean())
+
+        ours = mean_auroc(REFERENCE)
         for row in rows:
-            row.update(auroc=float(macro_auroc_stack(y, stacked[row["method"]]).mean()), auroc_reference=ours)
+            row.update(auroc=mean_auroc(row["method"]), auroc_reference=ours)
         out[key] = rows
     return out
 
 
 READING = {"better": "RobustMDiff better", "worse": "RobustMDiff worse", "no clear difference": "no clear difference"}
 # the one verdict rule of every bootstrap table, in words (the page's help and the markdown say it beside the table)
-BOOTSTRAP_RULE = ("'Better' or 'worse' only where the Holm-adjusted p (across the compared methods) is below 0.05; the "
-                  "interval beside it is adjusted the same way, so it excludes zero exactly where the reading says "
-                  "better or worse (≈: approximated from a 95 % interval, for result files made before the adjusted "
-                  "interval was stored).")
+BOOTSTRAP_RULE = ("Hierarchical bootstrap: each of 2000 resamples draws every method's training seeds with replacement "
+                  "and the test cases with replacement (the same cases for both methods of a pair), so the interval "
+                  "includes training variance; with one seed per method, and in result files made before it (no "
+                  "'seeds_resampled' in them), only the test cases are resampled. 'Better' or 'worse' only where the "
+                  "Holm-adjusted p (across the compared methods) is below 0.05; the interval beside it is adjusted "
+                  "the same way, so it excludes zero exactly where the reading says better or worse (≈: approximated "
+                  "from a 95 % interval, for result files made before the adjusted interval was stored).")
+
+
+def seeds_resampled(rows: list[dict]) -> bool:
+    """Whether these comparisons resampled training seeds (older files and one-seed runs did not)."""
+    return bool(rows) and all(r.get("seeds_resampled", False) for r in rows)
+
+
+def bootstrap_kind(rows: list[dict]) -> str:
+    """The bootstrap behind these rows, in words."""
+    return ("hierarchical bootstrap over training seeds and test cases" if seeds_resampled(rows)
+            else "paired bootstrap over test cases only")
+
+
+def bootstrap_caption(rows: list[dict]) -> str:
+    """The caption of one bootstrap table: what its intervals resampled, then the verdict rule."""
+    if seeds_resampled(rows):
+        head = (f"Intervals from a {bootstrap_kind(rows)} ({rows[0].get('n_resamples', 2000)} resamples; the "
+                "seeds of each method resampled on its own, the same resampled cases for both methods of a pair): "
+                "they include training variance.")
+    elif rows and "seeds_resampled" in rows[0]:
+        head = ("One seed per method: the interval covers test cases only (the paired bootstrap over cases), not "
+                "training variance; run more seeds for intervals that include it.")
+    else:
+        head = ("Made before the hierarchical bootstrap: the interval covers test cases only (seeds stacked, not "
+                "resampled), not training variance.")
+    return head + " 'Better' or 'worse' only where the Holm-adjusted p (across the compared methods) is below " \
+        "0.05; the interval beside it is adjusted the same way, so it excludes zero exactly where the reading " \
+        "says better or worse (≈: approximated from a 95 % interval, for result files made before the adjusted " \
+        "interval was stored)."
 
 
 def p_value(p: float) -> str:
@@ -385,8 +479,9 @@ def sampler(config: dict) -> str:
 
 def provenance(result: dict, meta: dict | None, model: str = "the shipped checkpoint") -> tuple[str, bool]:
     """Which models, data and date an evaluation's tables belong to, in words, and whether they are the open
-    checkpoint's (`model`: that checkpoint in words; its seed 0 of RobustMDiff is the open model only when the
-    data and the model and diffusion configuration match its meta.json). The date is the run's `created`
+    checkpoint's (`model`: that checkpoint in words; the evaluation is of the open model's data and configuration
+    when the data and the model and diffusion configuration match its meta.json: its models are trained by the
+    evaluation, the open model itself not among them since issue 28). The date is the run's `created`
     (recorded since it was added; older files say so)."""
     when = f"made {result['created']}" if result.get("created") else "date not recorded in the result file"
     fingerprint = str(result.get("data_fingerprint", ""))[:8] or "?"
