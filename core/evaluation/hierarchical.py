@@ -82,14 +82,20 @@ def compare(y: np.ndarray, probs: Mapping[str, np.ndarray], reference: str, alph
     return decide(rows, dists, alpha)
 
 
-def interval(y: np.ndarray, probs: np.ndarray, statistic: Statistic, n_resamples: int = 2000, seed: int = 0,
-             confidence: float = 0.95) -> dict:
-    """One method's `statistic` (mean over seeds and conditions) with its hierarchical-bootstrap interval
-    (seeds and cases resampled; cases only where there is one seed)."""
+def intervals(y: np.ndarray, probs: np.ndarray, statistics: Mapping[str, Statistic], n_resamples: int = 2000,
+              seed: int = 0, confidence: float = 0.95) -> dict[str, dict]:
+    """One method's `statistics` (each the mean over seeds and conditions) with their hierarchical-bootstrap
+    intervals (seeds and cases resampled, the same draws for every statistic; cases only with one seed)."""
     probs = _checked(y, {"one": probs})["one"]
-    values = np.array([per_seed(y, probs, idx, statistic)[picks["one"]].mean()
-                       for idx, picks in draws(len(y), {"one": probs.shape[0]}, n_resamples, seed)])
-    values = values[np.isfinite(values)]
-    low, high = adjusted_interval(values, 1 - confidence)
-    return {"value": float(per_seed(y, probs, np.arange(len(y)), statistic).mean()), "low": low, "high": high,
-            "n_seeds": probs.shape[0], "seeds_resampled": probs.shape[0] > 1, "n_resamples": n_resamples}
+    values = {k: np.full(n_resamples, np.nan) for k in statistics}
+    for b, (idx, picks) in enumerate(draws(len(y), {"one": probs.shape[0]}, n_resamples, seed)):
+        drawn = probs[picks["one"]][:, :, idx]  # the drawn seeds on the drawn cases
+        for k, statistic in statistics.items():
+            values[k][b] = per_seed(y[idx], drawn, np.arange(len(idx)), statistic).mean()
+    everyone = np.arange(len(y))
+    out = {}
+    for k, statistic in statistics.items():
+        low, high = adjusted_interval(values[k][np.isfinite(values[k])], 1 - confidence)
+        out[k] = {"value": float(per_seed(y, probs, everyone, statistic).mean()), "low": low, "high": high,
+                  "n_seeds": probs.shape[0], "seeds_resampled": probs.shape[0] > 1, "n_resamples": n_resamples}
+    return out

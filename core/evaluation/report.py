@@ -172,19 +172,19 @@ def rare_intervals(probs: dict[tuple[str, int], dict[str, np.ndarray]], where: d
     the hierarchical bootstrap (core/evaluation/hierarchical.py: seeds and test cases resampled; cases only
     where a method has one seed). {} without rare classes or natural probabilities."""
     from core.evaluation.bootstrap import accuracy_stack, macro_auroc_stack, macro_recall_stack
-    from core.evaluation.hierarchical import interval
+    from core.evaluation.hierarchical import intervals
 
     if not rare or "natural" not in where:
         return {}
     y = labels[where["natural"]]
-    statistics = dict(zip(RARE_MEASURES, (macro_auroc_stack, macro_recall_stack, accuracy_stack)))
+    statistics = {k: lambda yy, pp, f=f: f(yy, pp, rare)  # each restricted to the rare classes
+                  for k, f in zip(RARE_MEASURES, (macro_auroc_stack, macro_recall_stack, accuracy_stack))}
     out: dict[str, dict] = {}
     for method in dict.fromkeys(m for m, _ in probs):
         if not all((method, s) in probs for s in seeds):
             continue
         stack = np.stack([probs[(method, s)]["natural"] for s in seeds])
-        out[method] = {k: interval(y, stack, lambda yy, pp, f=f: f(yy, pp, rare), n_resamples)
-                       for k, f in statistics.items()}
+        out[method] = intervals(y, stack, statistics, n_resamples)
     return out
 
 
