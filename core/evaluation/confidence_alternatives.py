@@ -12,7 +12,8 @@ same once i is added. Scores compared, by how well they separate kept from chang
   test-time modality dropout (the share of its answers with one more given modality dropped that equal its answer;
   defined for views of two or more modalities, so reported on those views).
 
-Differences come from a paired bootstrap over test cases (every view of a resampled case goes with it).
+Differences come from a paired bootstrap over test cases (every view of a resampled case goes with it), each on
+the views where the alternative is defined.
 """
 
 from __future__ import annotations
@@ -82,33 +83,31 @@ def _auroc(kept: np.ndarray, score: np.ndarray) -> float:
 
 def compare(entries: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], n_boot: int = 2000,
             seed: int = 0) -> list[dict]:
-    """`entries`: score name -> (case of each labelled view, kept, score). The reference (REFERENCE) against each
-    other score: both AUROCs, their difference with a 95 % interval and a two-sided p from a paired bootstrap over
-    cases (views with an undefined score left out of that score only)."""
-    cases = np.unique(np.concatenate([c for c, _, _ in entries.values()]))
+    """`entries`: score name -> (case of each labelled view, kept, score), every entry's views in the same order
+    (`labelled_pairs` of the same cases and subsets). The reference (REFERENCE) against each other score: both
+    AUROCs on the views where the other score is defined, their difference with a 95 % interval and a two-sided p
+    from a paired bootstrap over cases."""
+    case_ref, kept_ref, score_ref = entries[REFERENCE]
     rng = np.random.default_rng(seed)
-    positions = {name: {c: np.flatnonzero(case == c) for c in cases} for name, (case, _, _) in entries.items()}
+    cases = np.unique(case_ref)
     draws = [rng.choice(cases, len(cases)) for _ in range(n_boot)]
-    boot: dict[str, np.ndarray] = {}
-    for name, (case, kept, score) in entries.items():
-        values = []
-        for drawn in draws:
-            rows = np.concatenate([positions[name][c] for c in drawn])
-            values.append(_auroc(kept[rows], score[rows]))
-        boot[name] = np.array(values)
-    _, ref_kept, ref_score = entries[REFERENCE]
-    ref_auroc = _auroc(ref_kept, ref_score)
+    where = {c: np.flatnonzero(case_ref == c) for c in cases}
+    picks = [np.concatenate([where[c] for c in drawn]) for drawn in draws]
     out = []
-    for name, (_, kept, score) in entries.items():
+    for name, (case, kept, score) in entries.items():
         if name == REFERENCE:
             continue
-        diff = boot[REFERENCE] - boot[name]
+        if not np.array_equal(case, case_ref):
+            raise ValueError(f"{name}: its views are not the reference's (other cases or another order)")
+        ok = np.isfinite(score)
+        ref_auroc, auroc = _auroc(kept_ref[ok], score_ref[ok]), _auroc(kept[ok], score[ok])
+        diff = np.array([_auroc(kept_ref[rows][ok[rows]], score_ref[rows][ok[rows]])
+                         - _auroc(kept[rows][ok[rows]], score[rows][ok[rows]]) for rows in picks])
         diff = diff[np.isfinite(diff)]
         p = float(min(1.0, 2 * min((diff <= 0).mean(), (diff >= 0).mean()))) if len(diff) else float("nan")
-        out.append({"score": name, "auroc": _auroc(kept, score), "reference_auroc": ref_auroc,
-                    "difference": ref_auroc - _auroc(kept, score),
+        out.append({"score": name, "auroc": auroc, "reference_auroc": ref_auroc, "difference": ref_auroc - auroc,
                     "ci95": [float(np.percentile(diff, 2.5)), float(np.percentile(diff, 97.5))] if len(diff) else None,
-                    "p": p, "views": int(np.isfinite(score).sum())})
+                    "p": p, "views": int(ok.sum())})
     return out
 
 
@@ -138,7 +137,7 @@ def markdown(report: dict) -> str:
     lines = [f"Views of {report['n_cases']} complete test cases missing a modality ({report['n_views']} per model): "
              "AUROC for 'the answer stays the same when the missing modality is measured' (each model's own answer). "
              f"Difference = synthesis confidence minus the alternative; paired bootstrap over cases ({report['bootstrap']} "
-             "resamples).", "", "| confidence | views | AUROC | synthesis confidence | difference (95 % interval) | p |",
+             "resamples).", "", "| confidence | views | AUROC | synthesis confidence (same views) | difference (95 % interval) | p |",
              "|---|---|---|---|---|---|"]
     for r in report["rows"]:
         ci = f"[{r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}]" if r["ci95"] else "—"
