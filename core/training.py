@@ -259,7 +259,7 @@ def train_model(ds: Dataset, table: FeatureTable, config: Config, device: str | 
     rare = [ds.classes.index(c) for c in ds.spec.rare_classes if c in ds.classes]
     weights = torch.as_tensor(rare_weights(ds.labels[tr], len(ds.classes), tc.rare_gamma, rare, tc.balance_gamma))
     y_all = torch.as_tensor(ds.labels)
-    drops = validation_drops(table.present[va], tc.p_max, tc.seed)
+    drops = validation_drops(table.present[va], tc.val_mask, tc.seed)  # one rule for every method
     use_diffusion = model.denoiser is not None
     history: list[dict] = []
     news = TrainingProgress(on_progress if ctx.main else None, tc, use_diffusion)
@@ -453,7 +453,8 @@ def train(data: str | Path, config: Config, out: str | Path, device: str | None 
         natural = predict_table(result.model, table, ds.indices("test"), None, seed=0, device=dev, describe=False).probs
         views = complete_test_views(result.model, ds, table, dev) if result.model.denoiser is not None else None
         metrics = test_metrics(result.model, ds, table, dev, views=views, natural=natural)
-        calibration = calibration_report(result.model, ds, table, dev, views=views, natural=natural) \
+        calibration = calibration_report(result.model, ds, table, dev, views=views, natural=natural,
+                                         validation=(result.calibration or {}).get("next_test")) \
             if views is not None else None
         meta = {"spec": ds.spec.to_dict(), "n_concepts": len(result.concept_ids), "concept_ids": result.concept_ids,
                 "data_fingerprint": ds.fingerprint(), "data_identity": ds.identity().to_dict(), "data_size": len(ds),

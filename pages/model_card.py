@@ -12,6 +12,7 @@ import yaml
 
 from core.evaluation import report
 from core.evaluation.harness import condition_label
+from core.inference import NEXT_TEST_RULES
 from core.names import display_name, display_names
 from core.open_model import shown
 from pages.common import NOTICE, get_open_model, get_predictor, inside_app
@@ -128,9 +129,15 @@ if cal:
              f"error {p['brier']:.3f}; the mean predicted probability of every diagnosis is within "
              f"{p['prevalence_gap']:.3f} of how common it is."]
     if nt.get("n_views"):
-        lines.append(f"- Which test next (the missing modality most likely to change the answer): it is the one whose real "
-                     f"value changes the answer most in {nt['top1_agreement_probability_of_change']:.0%} of test views "
-                     f"missing two or more (chance {nt['top1_chance']:.0%}).")
+        rule = nt.get("chosen_rule", "probability_of_change")
+        measured = nt.get("test", {}).get(rule, {})
+        agree = measured.get("agreement", nt.get(f"top1_agreement_{rule}"))
+        ci = measured.get("interval")
+        lines.append(f"- Which test next: ranking the missing modalities by {NEXT_TEST_RULES[rule][1]} puts first the one "
+                     f"whose real value changes the answer most in {agree:.0%} of test views missing two or more"
+                     + (f" (95 % interval {ci[0]:.0%}–{ci[1]:.0%})" if ci else "") + f", chance {nt['top1_chance']:.0%}. "
+                     + ("The app names that modality." if nt.get("above_chance") else "Not shown to beat chance: the "
+                        "app lists each missing modality's chance of changing the answer and names none."))
     lines += [f"- Assumed {display_name(m)} values: their 80 % intervals contain {a['coverage']:.0%} of the real test "
               "values." for m, a in cal["assumed_values"].items()]
     st.markdown("\n".join(lines), help="Calibration error: expected calibration error (ECE), the gap between the "

@@ -64,11 +64,12 @@ def comparison_tables(result: dict, key: str) -> None:
     ret, ret_helps = report.retention_view(rows, modalities)
     st.dataframe(ret, hide_index=True, width="stretch", column_config=numbers(ret, ret_helps), key=f"{key}_retention",
                  height=all_rows(ret))
-    rare = report.rare_table(rows)
+    rare = report.rare_table(rows, result.get("rare_intervals"))
     if not rare.empty:
         st.markdown("**Rare and common diagnoses** (modalities missing as they come)")
-        rare.columns = ["Method", "Rare: AUROC", "Rare: found (recall)", "Common: AUROC", "Common: found (recall)"]
-        rare[rare.columns[1:]] = 100 * rare[rare.columns[1:]]
+        shown = ["Method", "Rare: AUROC", "Rare: found (recall)", "Common: AUROC", "Common: found (recall)"]
+        rare.columns = shown + ["Rare AUROC: 95 % interval", "Rare recall: 95 % interval"][:len(rare.columns) - 5]
+        rare[shown[1:]] = 100 * rare[shown[1:]]
         recall = "Share of the cases with such a diagnosis that get it as the top answer (recall, sensitivity). In %."
         st.dataframe(rare, hide_index=True, width="stretch", key=f"{key}_rare", height=all_rows(rare),
                      column_config=numbers(rare, {
@@ -85,7 +86,10 @@ def targets_table(targets: list[dict], key: str) -> None:
     st.table(report.targets_frame(targets), hide_index=True)
 
 
-BOOTSTRAP_HELP = ("Difference in macro AUROC, in points (+: RobustMDiff higher), from a paired bootstrap: 2000 "
+BOOTSTRAP_HELP = ("Difference in macro AUROC, in points (+: RobustMDiff higher). Results made since issue 28: a "
+                  "hierarchical bootstrap that resamples each method's training seeds and the test cases (the same "
+                  "cases for both methods of a pair), so the interval includes training variance. Older results: a "
+                  "paired bootstrap: 2000 "
                   "resamples of the test cases, both methods scored on the same resampled cases (the pattern average "
                   "stacks every availability pattern; every set stacks the training seeds whose per-case results were "
                   "kept). " + report.BOOTSTRAP_RULE)
@@ -108,14 +112,16 @@ def show_results(result: dict, key: str) -> None:
                     width="stretch", key=f"{key}_rel")
     c2.caption("On the diagonal, a stated confidence of 80 % is right 80 % of the time (calibration).")
     st.markdown("**Targets**")
-    targets_table(report.targets(rows, modalities), key)  # recomputed: older results name methods internally
     boots = result.get("bootstraps") or ({"natural": result["bootstrap_natural"]} if result.get("bootstrap_natural") else {})
+    # recomputed (older results name methods internally); the significance target from the bootstrap's verdicts
+    targets_table(report.targets(rows, modalities, boots or None), key)
     if boots:
         st.markdown("**RobustMDiff against each method, with intervals**", help=BOOTSTRAP_HELP)
         chosen_set = st.segmented_control("Missing data", list(boots), format_func=report.BOOTSTRAP_SETS.get,
                                      default="natural" if "natural" in boots else next(iter(boots)), key=f"{key}_boot")
-        st.table(report.bootstrap_frame(boots[chosen_set or next(iter(boots))]), hide_index=True)
-        st.caption(report.BOOTSTRAP_RULE)
+        chosen_rows = boots[chosen_set or next(iter(boots))]
+        st.table(report.bootstrap_frame(chosen_rows), hide_index=True)
+        st.caption(report.bootstrap_caption(chosen_rows))
     with st.expander("Comparison table (every method under every combination of modalities)"):
         comparison_tables(result, key)
 
@@ -252,7 +258,7 @@ def score_section() -> None:
 
 def show_regimes(study: dict) -> None:
     """Where the diffusion helps: RobustMDiff against each method in every missing-data regime (issue 17)."""
-    from core.evaluation.regime_study import figure, frame
+    from core.evaluation.regime_study import figure, frame, interval_words
     from core.evaluation.regimes import REGIMES
 
     st.markdown("Each regime changes one thing about the data: how many training cases are complete, whether "
@@ -261,7 +267,7 @@ def show_regimes(study: dict) -> None:
                 "modalities: its row is what the diffusion itself adds.")
     st.plotly_chart(figure(study["summary"]), width="stretch", key="regimes_figure")
     st.table(frame(study["summary"]), hide_index=True)
-    st.caption("Reading: 'better' or 'worse' only where the Holm-adjusted p (across the methods of a regime) is below "
+    st.caption(interval_words(study["summary"]) + " Reading: 'better' or 'worse' only where the Holm-adjusted p (across the methods of a regime) is below "
                "0.05. The 95 % interval beside it is not adjusted, so it can exclude zero where the adjusted p does "
                "not reach 0.05. Every model here is trained by the study itself: none is the shipped checkpoint"
                + (f"; made {study['created']}." if study.get("created") else "."))

@@ -25,7 +25,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "one seed: one such training per method (each a few minutes on a 2-core CPU, see `train --help`), "
                    "so the time grows with the number of --methods; the features are encoded once for all")
     p.add_argument("--short", action="store_true", help="the short training schedule of --quick on the full cohort "
-                   "(one seed): tighter intervals than --quick in a fraction of the full time")
+                   "(one seed): tighter intervals over test cases than --quick in a fraction of the full time (with one seed "
+                   "they leave training variance out)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--regime", default="natural", help="missing-data regime: natural (default), complete_5, complete_10, "
                    "complete_20 (that share of complete training cases), mnar (missing not at random at test), "

@@ -14,9 +14,8 @@ RobustMDiff's own devices, which baselines do not get:
   - the consistency loss (`training.lambda_cons`);
   - rare-disease sampling: the spec's rare classes weighted with `rare_gamma` instead of `balance_gamma`.
     A baseline gives rare classes the same rule as every other class (rare_gamma = balance_gamma).
-Each ablation removes exactly one device: "w/o diffusion" diffusion, "w/o knowledge" the knowledge term,
-"w/o curriculum" the curriculum, "w/o consistency" the consistency loss, "w/o rare-disease sampling"
-rare_gamma (set to balance_gamma; class balancing stays).
+Each ablation (no_diffusion, no_knowledge, no_curriculum, no_consistency, no_rare_sampling) removes exactly
+one of them; no_rare_sampling sets rare_gamma to balance_gamma, and class balancing stays.
 """
 
 from __future__ import annotations
