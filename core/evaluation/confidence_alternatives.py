@@ -141,6 +141,7 @@ def markdown(report: dict) -> str:
              "|---|---|---|---|---|---|"]
     for r in report["rows"]:
         ci = f"[{r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}]" if r["ci95"] else "—"
+        p = f"< {1 / report['bootstrap']:.2g}" if r["p"] == 0 else f"{r['p']:.3g}"  # no resample crossed zero
         lines.append(f"| {r['score']} | {r['views']} | {r['auroc']:.3f} | {r['reference_auroc']:.3f} | "
-                     f"{r['difference']:+.3f} {ci} | {r['p']:.3g} |")
+                     f"{r['difference']:+.3f} {ci} | {p} |")
     return "\n".join(lines)
