@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 import streamlit as st
 import yaml
 
-from core.evaluation import report
+from core.evaluation import describe, report
 from core.evaluation.harness import condition_label
 from core.inference import NEXT_TEST_RULES
 from core.names import display_name, display_names
@@ -66,9 +66,9 @@ st.markdown(f"""
 **{"The shipped model" if open_model.shipped else "Your own model"}** `{described['name']}`:
 {display_name(described['method'])}, trained {described['date']}.
 
-**Model.** RobustMDiff: {report.encoders(meta['config'], kinds)}, each with a trained head; knowledge-enhanced
+**Model.** RobustMDiff: {describe.encoders(meta['config'], kinds)}, each with a trained head; knowledge-enhanced
 fusion over {meta.get('n_concepts', '?')} medical concepts, a conditional latent diffusion model that restores missing
-modalities ({report.sampler(meta['config'])}), and a calibrated classifier (see Calibration). This checkpoint:
+modalities ({describe.sampler(meta['config'])}), and a calibrated classifier (see Calibration). This checkpoint:
 {shipped}.
 
 **Training data.** `{spec['name']}`: {meta.get('data_size', '?')} cases, diagnoses {', '.join(display_names(predictor.classes))}
@@ -187,7 +187,7 @@ if not found:
                "Robustness lab.")
 else:
     result = json.loads(found[0].read_text(encoding="utf-8"))
-    which, same = report.provenance(result, meta, open_model.name)
+    which, same = describe.provenance(result, meta, open_model.name)
     title = "Comparison with baselines and ablations (python -m core evaluate)"
     with st.expander(title if same else title + (": a quick demonstration" if result.get("quick") else
                                                   ": an earlier model")):

@@ -9,7 +9,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from core.evaluation import figures, report
+from core.evaluation import describe, figures, report, verdicts
 from core.errors import RobustMDiffError
 from core.evaluation.evaluate import QUICK_LIMIT, QuickJob, start_quick, start_score
 from core.evaluation.harness import condition_label, pattern_label
@@ -92,12 +92,12 @@ BOOTSTRAP_HELP = ("Difference in macro AUROC, in points (+: RobustMDiff higher).
                   "paired bootstrap: 2000 "
                   "resamples of the test cases, both methods scored on the same resampled cases (the pattern average "
                   "stacks every availability pattern; every set stacks the training seeds whose per-case results were "
-                  "kept). " + report.BOOTSTRAP_RULE)
+                  "kept). " + verdicts.BOOTSTRAP_RULE)
 
 
 def show_results(result: dict, key: str) -> None:
     rows, modalities = result["rows"], result["modalities"]
-    which, shipped_model = report.provenance(result, predictor.meta, open_model.name)
+    which, shipped_model = describe.provenance(result, predictor.meta, open_model.name)
     if shipped_model:
         st.caption(which)
     else:  # a table of another model must say so before anyone compares it with the Model card's figures
@@ -117,11 +117,11 @@ def show_results(result: dict, key: str) -> None:
     targets_table(report.targets(rows, modalities, boots or None), key)
     if boots:
         st.markdown("**RobustMDiff against each method, with intervals**", help=BOOTSTRAP_HELP)
-        chosen_set = st.segmented_control("Missing data", list(boots), format_func=report.BOOTSTRAP_SETS.get,
+        chosen_set = st.segmented_control("Missing data", list(boots), format_func=verdicts.BOOTSTRAP_SETS.get,
                                      default="natural" if "natural" in boots else next(iter(boots)), key=f"{key}_boot")
         chosen_rows = boots[chosen_set or next(iter(boots))]
-        st.table(report.bootstrap_frame(chosen_rows), hide_index=True)
-        st.caption(report.bootstrap_caption(chosen_rows))
+        st.table(verdicts.bootstrap_frame(chosen_rows), hide_index=True)
+        st.caption(verdicts.bootstrap_caption(chosen_rows))
     with st.expander("Comparison table (every method under every combination of modalities)"):
         comparison_tables(result, key)
 

@@ -11,7 +11,7 @@ import re
 import pytest
 import yaml
 
-from core.evaluation import report
+from core.evaluation import describe, report
 from core.paths import ASSETS, CONFIGS, DEFAULT_CHECKPOINT, ROOT
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -33,7 +33,7 @@ def test_sampler_steps_and_samples():
     for config in (CONFIG, META["config"]):
         assert (int(steps), int(samples)) == (config["diffusion"]["sample_steps"], config["diffusion"]["samples"])
     # the Model card writes the same words from the checkpoint's config
-    assert report.sampler(META["config"]) == f"{steps} DDIM steps × {samples} samples"
+    assert describe.sampler(META["config"]) == f"{steps} DDIM steps × {samples} samples"
 
 
 def test_training_time():
@@ -102,7 +102,7 @@ def test_the_earlier_comparison_is_quoted_with_its_own_model_and_date():
         pytest.skip("no shipped evaluation")
     result = json.loads(path.read_text())
     date, data, sampler = quoted(r"an earlier model of (\d{4}-\d{2}-\d{2}), data `(\w+)…`, sampler ([^,]+ samples)")
-    assert result["data_fingerprint"].startswith(data) and sampler == report.sampler(result["config"])
+    assert result["data_fingerprint"].startswith(data) and sampler == describe.sampler(result["config"])
     assert result.get("created", date).startswith(date)
     assert result["data_fingerprint"] != META["data_fingerprint"]  # so it must carry that label
     ours, ours_sd, best, best_sd = quoted(rf"RobustMDiff {NUMBER} ± {NUMBER}; best baseline \(modality dropout p = "

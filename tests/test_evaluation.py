@@ -156,7 +156,7 @@ def test_one_verdict_rule_the_adjusted_interval_excludes_zero_exactly_where_the_
     """Every bootstrap table reads 'better'/'worse' from the Holm-adjusted p, and the interval shown beside it is
     adjusted alike: it excludes zero exactly there (the shipped table once showed +2.09 [+0.53, +3.73] beside
     'no clear difference'). Fresh rows and the shipped file (an approximation for rows saved before) alike."""
-    from core.evaluation import bootstrap, report
+    from core.evaluation import bootstrap, verdicts
     from core.paths import ASSETS
 
     rng = np.random.default_rng(3)
@@ -177,7 +177,7 @@ def test_one_verdict_rule_the_adjusted_interval_excludes_zero_exactly_where_the_
         tables += list((saved.get("bootstraps") or {"natural": saved["bootstrap_natural"]}).values())
     readings = set()
     for table in tables:
-        frame = report.bootstrap_frame(table)
+        frame = verdicts.bootstrap_frame(table)
         assert list(frame.columns) == ["method", "difference (AUROC points)", "interval (Holm)", "p (Holm)", "reading"]
         for _, r in frame.iterrows():
             low, high = (float(v) for v in r["interval (Holm)"].lstrip("≈").strip("[]").split(", "))

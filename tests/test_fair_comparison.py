@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from core.evaluation import bootstrap, hierarchical, report
+from core.evaluation import bootstrap, hierarchical, report, verdicts
 from core.evaluation.methods import methods_for
 from core.model.config import Config
 from core.paths import CONFIGS
@@ -43,8 +43,8 @@ def test_resampling_seeds_widens_the_interval_when_seeds_disagree():
     assert _width(seeds) > 1.3 * _width(cases)
     assert seeds["seeds_resampled"] and seeds["n_seeds"] == seeds["n_seeds_reference"] == 3
     assert seeds["n_conditions"] == 2 and seeds["low"] <= seeds["difference"] <= seeds["high"]
-    assert report.bootstrap_kind([seeds]) == "hierarchical bootstrap over training seeds and test cases"
-    assert "include training variance" in report.bootstrap_caption([seeds])
+    assert verdicts.bootstrap_kind([seeds]) == "hierarchical bootstrap over training seeds and test cases"
+    assert "include training variance" in verdicts.bootstrap_caption([seeds])
 
 
 def test_equal_methods_get_no_verdict_and_a_clearly_worse_one_does():
@@ -66,9 +66,9 @@ def test_one_seed_per_method_says_the_interval_covers_test_cases_only():
     rows = hierarchical.compare(y, {"robustmdiff": _method(y, [1.0], 6), "other": _method(y, [2.5], 7)},
                                 "robustmdiff", n_resamples=200)
     assert not rows[0]["seeds_resampled"] and rows[0]["resampled"] == hierarchical.RESAMPLED[False]
-    assert "covers test cases only" in report.bootstrap_caption(rows)
-    assert "covers test cases only" in report.bootstrap_caption([{"method": "x", "p": 0.5}])  # an older file
-    assert report.bootstrap_kind(rows) == "paired bootstrap over test cases only"
+    assert "covers test cases only" in verdicts.bootstrap_caption(rows)
+    assert "covers test cases only" in verdicts.bootstrap_caption([{"method": "x", "p": 0.5}])  # an older file
+    assert verdicts.bootstrap_kind(rows) == "paired bootstrap over test cases only"
 
 
 def test_bootstraps_decide_the_significance_target_not_wilcoxon():

@@ -16,7 +16,7 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from core.evaluation import evaluate as evaluate_module
-from core.evaluation import figures, methods, report
+from core.evaluation import describe, figures, methods, report
 from core.evaluation.evaluate import markdown
 from core.evaluation.harness import RANDOM_RATES, condition_label, pattern_label
 from core.evaluation.methods import methods_for
@@ -206,11 +206,11 @@ def test_model_card_in_words_with_a_comparison_that_fits(app):
     # issue 29: titles that fit, encoders and sampler from the checkpoint's config, each table's model named
     assert all(_titles_fit(d) for d in at.dataframe), [_headers(d) for d in at.dataframe if not _titles_fit(d)]
     meta = json.loads((ROOT / "checkpoints" / "default" / "meta.json").read_text())
-    assert report.sampler(meta["config"]) in text and report.encoders(meta["config"], ["image", "text"]) in text
+    assert describe.sampler(meta["config"]) in text and describe.encoders(meta["config"], ["image", "text"]) in text
     assert f"weights `{meta['weights_sha256'][:8]}…`" in text  # the top table: this checkpoint
     if (ASSETS / "evaluation" / "results.json").exists():
         result = json.loads((ASSETS / "evaluation" / "results.json").read_text())
-        which, same = report.provenance(result, meta)
+        which, same = describe.provenance(result, meta)
         assert same or any(which == i.value for i in at.info)  # an earlier model's table says so
 
 
@@ -294,9 +294,9 @@ def test_quick_evaluation_runs_in_its_own_process_one_at_a_time_and_shows_on_the
 
 def test_encoders_are_named_from_the_checkpoint_config():
     """The Model card hard-coded EfficientNet-Lite0 / MiniLM, wrong for a ViT checkpoint or one without notes."""
-    vit = report.encoders({"model": {"image_encoder": "vit", "vit_depth": 4, "vit_patch": 16}}, ["image", "tabular"])
+    vit = describe.encoders({"model": {"image_encoder": "vit", "vit_depth": 4, "vit_patch": 16}}, ["image", "tabular"])
     assert "ViT" in vit and "EfficientNet" not in vit and "MiniLM" not in vit
-    effnet = report.encoders({"model": {"image_encoder": "efficientnet", "image_features": "stride16",
+    effnet = describe.encoders({"model": {"image_encoder": "efficientnet", "image_features": "stride16",
                                         "note_negation": True}}, ["image", "text", "tabular"])
     assert "EfficientNet-Lite0" in effnet and "MiniLM" in effnet and "negation-aware" in effnet
 

@@ -99,7 +99,8 @@ def test_scarce_labels_never_read_the_hidden_labels(small_cohort):
 
 
 def test_bootstraps_stack_patterns_and_seeds_and_report_both_aurocs():
-    from core.evaluation.report import bootstraps, pattern_columns
+    from core.evaluation.report import pattern_columns
+    from core.evaluation.verdicts import bootstraps
 
     rng = np.random.default_rng(3)
     names = ["image", "note"]

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from core.checkpoint import read_meta
 from core.data.cohort.generate import ensure_cohort, quick_cohort, redundant_cohort
 from core.data.dataset import Dataset
-from core.evaluation import figures, report
+from core.evaluation import figures, report, verdicts
 from core.evaluation.harness import RECIPE, Progress, Setup, condition_rows, run
 from core.evaluation.methods import methods_for, select
 from core.evaluation.regimes import REGIME_METHODS, case_severity, labelled_rows, limit_complete, regime
@@ -116,7 +116,7 @@ def evaluate(checkpoint: str | Path | None = None, data: str | Path | None = Non
     where = condition_rows(setup)
     write_probabilities(out / "probabilities.npz", probs, where, ds.labels)
     news(STAGES["models"][1], "bootstrapping the differences between methods over seeds and test cases")
-    bootstraps = report.bootstraps(probs, where, ds.labels, seed_list, names)
+    bootstraps = verdicts.bootstraps(probs, where, ds.labels, seed_list, names)
     rare_intervals = report.rare_intervals(probs, where, ds.labels, seed_list, setup.groups().get("rare"))
     result = {
         "regime": chosen_regime.name, "regime_title": chosen_regime.title,
@@ -124,7 +124,7 @@ def evaluate(checkpoint: str | Path | None = None, data: str | Path | None = Non
         "n_train_complete": int(setup.table.present[ds.indices("train")].all(1).sum()),
         "n_train_labelled": int(len(setup.labelled) if setup.labelled is not None else len(ds.indices("train"))),
         "data": str(data), "data_fingerprint": ds.fingerprint(), "n_test": int(len(ds.indices("test"))),
-        "data_name": ds.spec.name, "data_size": int(len(ds)),  # which data, in words (report.provenance)
+        "data_name": ds.spec.name, "data_size": int(len(ds)),  # which data, in words (describe.provenance)
         "checkpoint": str(checkpoint) if checkpoint else None,
         "n_test_complete": int(table.present[ds.indices("test")].all(1).sum()), "methods": labels, "seeds": seed_list,
         "quick": quick, "short": short, "config": config.to_dict(), "machine": machine(), "device": str(dev),
@@ -411,7 +411,7 @@ def make_setup(checkpoint: str | None, data: Path, quick: bool, device: str, pro
 def write_probabilities(path: Path, probs: dict[tuple[str, int], dict[str, np.ndarray]],
                         where: dict[str, np.ndarray], labels: np.ndarray) -> None:
     """Every (method, seed, condition)'s per-case probabilities, with each condition's test rows and labels:
-    what any later comparison needs (`report.bootstraps`), kept out of results.json for its size."""
+    what any later comparison needs (`verdicts.bootstraps`), kept out of results.json for its size."""
     arrays = {f"{m}|{seed}|{c}": p for (m, seed), by_condition in probs.items() for c, p in by_condition.items()}
     arrays |= {f"rows|{c}": idx for c, idx in where.items()} | {f"y|{c}": labels[idx] for c, idx in where.items()}
     np.savez_compressed(path, **arrays)
@@ -433,8 +433,8 @@ def markdown(result: dict) -> str:
              "## Targets", "", report.targets_frame(report.targets(rows, names, boots) if boots else result["targets"])
              .to_markdown(index=False)]
     for key, rows in boots.items():
-        lines += ["", f"## RobustMDiff against each method, {report.bootstrap_kind(rows)}: {report.BOOTSTRAP_SETS[key]}",
+        lines += ["", f"## RobustMDiff against each method, {verdicts.bootstrap_kind(rows)}: {verdicts.BOOTSTRAP_SETS[key]}",
                   "", "Difference in macro AUROC (points; + means RobustMDiff is higher), every condition stacked; "
-                  "p two-sided. " + report.bootstrap_caption(rows), "",
-                  report.bootstrap_frame(rows).to_markdown(index=False, disable_numparse=True)]
+                  "p two-sided. " + verdicts.bootstrap_caption(rows), "",
+                  verdicts.bootstrap_frame(rows).to_markdown(index=False, disable_numparse=True)]
     return "\n".join(lines) + "\n"

@@ -13,7 +13,7 @@ from typing import Callable
 import pandas as pd
 import plotly.graph_objects as go
 
-from core.evaluation import report
+from core.evaluation import verdicts
 from core.evaluation.evaluate import evaluate, stage
 from core.evaluation.figures import COLOURS, write_figures
 from core.evaluation.regimes import REGIME_METHODS, REGIMES
@@ -86,7 +86,7 @@ def frame(rows: list[dict]) -> pd.DataFrame:
                           "RobustMDiff": f"{100 * r['auroc_robustmdiff']:.1f}", "method": f"{100 * r['auroc_method']:.1f}",
                           "difference": f"{100 * r['difference']:+.2f}",
                           "95 % interval": f"[{100 * r['low']:+.2f}, {100 * r['high']:+.2f}]",
-                          "p (Holm)": report.p_value(r["p_holm"]), "reading": report.READING[r["direction"]]} for r in rows])
+                          "p (Holm)": verdicts.p_value(r["p_holm"]), "reading": verdicts.READING[r["direction"]]} for r in rows])
 
 
 def markdown(result: dict) -> str:

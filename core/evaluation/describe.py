@@ -1,0 +1,61 @@
+"""An evaluation's or a checkpoint's model in words: its sampler, its encoders, and which model and data a
+table belongs to (what the Robustness lab, the Model card and the README quote)."""
+
+from __future__ import annotations
+
+def sampler(config: dict) -> str:
+    """The diffusion sampler of a configuration in words (what the README and the Model card quote)."""
+    d = config.get("diffusion", {})
+    if not d.get("enabled", True):
+        return "no diffusion"
+    return f"{d.get('sample_steps')} DDIM steps × {d.get('samples')} samples"
+
+
+def provenance(result: dict, meta: dict | None, model: str = "the shipped checkpoint") -> tuple[str, bool]:
+    """Which models, data and date an evaluation's tables belong to, in words, and whether they are the open
+    checkpoint's (`model`: that checkpoint in words; the evaluation is of the open model's data and configuration
+    when the data and the model and diffusion configuration match its meta.json: its models are trained by the
+    evaluation, the open model itself not among them since issue 28). The date is the run's `created`
+    (recorded since it was added; older files say so)."""
+    when = f"made {result['created']}" if result.get("created") else "date not recorded in the result file"
+    fingerprint = str(result.get("data_fingerprint", ""))[:8] or "?"
+    config = result.get("config", {})
+    own_data = meta is not None and result.get("data_fingerprint") == meta.get("data_fingerprint")
+    if result.get("quick"):
+        data = (f"the data of {model} ({result.get('data_name') or (meta or {}).get('spec', {}).get('name', '?')}, "
+                f"{result.get('data_size') or (meta or {}).get('data_size', '?')} cases, data {fingerprint}…) with its "
+                "configuration and" if own_data else
+                f"{result['data_name']} ({result.get('data_size', '?')} cases, data {fingerprint}…)"
+                if result.get("data_name") and not str(result.get("data", "")).rstrip("/").endswith("cohort-quick")
+                else "the 600-case quick cohort")
+        return (f"Models trained by this quick evaluation ({when}) on {data}{'' if own_data else ' with'} the short schedule, sampler "
+                f"{sampler(config)}: a demonstration, not {model} itself.", False)
+    if meta is None:
+        return f"Evaluation {when}, data {fingerprint}…, sampler {sampler(config)}.", False
+    mine = meta.get("config", {})
+    same = own_data and all(config.get(k) == mine.get(k) for k in ("model", "diffusion"))
+    if same:
+        return (f"Evaluation of {model}'s data and configuration ({when}; data {fingerprint}…, "
+                f"sampler {sampler(mine)}).", True)
+    return (f"An earlier model, not {model}: evaluated {when.removeprefix('made ')} on data "
+            f"{fingerprint}… with sampler {sampler(config)}; {model} was trained on "
+            f"data {str(meta.get('data_fingerprint', ''))[:8]}… with sampler {sampler(mine)}, and "
+            "its own figures are on the Model card.", False)
+
+
+def encoders(config: dict, kinds: list[str]) -> str:
+    """The modality encoders of a checkpoint's configuration in words, for the modality types it reads
+    (`kinds`: image, text, tabular), so a ViT model is not described as EfficientNet."""
+    m = config.get("model", {})
+    parts = []
+    if "image" in kinds:
+        parts.append(f"a small ViT trained from scratch ({m.get('vit_depth')} layers, {m.get('vit_patch')} px patches)"
+                     if m.get("image_encoder") == "vit" else
+                     f"frozen EfficientNet-Lite0 ({m.get('image_features', 'final')} features) for images")
+        if m.get("image_encoder") == "vit":
+            parts[-1] += " for images"
+    if "text" in kinds:
+        parts.append("frozen all-MiniLM-L6-v2 for notes" + (", negation-aware" if m.get("note_negation") else ""))
+    if "tabular" in kinds:
+        parts.append("an MLP for tabular values")
+    return "; ".join(parts)
