@@ -45,7 +45,8 @@ from dataclasses import dataclass, field
 
 from core.data.dataset import CaseInputs
 from core.errors import RobustMDiffError
-from core.inference import Prediction, Predictor
+from core.inference import Predictor
+from core.prediction import Prediction
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,6 @@ parts in float32 with TF32 products; random draws from CPU generators, so a seed
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from dataclasses import dataclass
@@ -26,9 +25,10 @@ from core.calibration import calibrate
 from core.calibration.views import Views
 from core.data.dataset import Dataset
 from core.data.leakage import note_alone_leak
-from core.evaluation.metrics import classification_metrics, macro_auroc
+from core.evaluation.metrics import classification_metrics
 from core.features import FeatureTable, dataset_features, modalities_of, unmeasured_labs
 from core.device import pick_device
+from core.early_stopping import Best, validation_drops, validation_scores, validation_scores_without_synthesis
 from core.distributed import BatchDraws, Context, context, process_device
 from core.guard.ood import fit_data_guard
 from core.inference import encode_table, predict_table
@@ -99,15 +99,6 @@ def rare_weights(labels: np.ndarray, n_classes: int, gamma: float, rare: list[in
     return (ratio ** exponent)[labels]
 
 
-def validation_drops(present: np.ndarray, p: float, seed: int) -> list[np.ndarray | None]:
-    """Natural missingness, and the same with each present modality hidden with probability p (fixed draw)."""
-    rng = np.random.default_rng(seed)
-    drop = (rng.random(present.shape) < p) & present
-    all_gone = ~(present & ~drop).any(1)
-    drop[all_gone] = False
-    return [None, drop]
-
-
 def consistency(zs: list[torch.Tensor], givens: list[torch.Tensor]) -> torch.Tensor:
     """||Z(m1) - Z(m2)||^2 (design §3.2.3) per row, averaged over dimensions. The view with more modalities is the
     target (stop-gradient), so the loss pulls the poorer view towards the richer one instead of letting
@@ -153,49 +144,6 @@ def _classify_views(model: RobustMDiff, h: torch.Tensor, present: torch.Tensor, 
         zs.append(z)
         cls = cls + draws.row_mean(F.cross_entropy(model.logits(z).float(), y, reduction="none")) / 2
     return cls, draws.row_mean(consistency(zs, givens))
-
-
-def _nll(y: np.ndarray, probs: np.ndarray) -> float:
-    return float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None))))
-
-
-def _val_score(model: RobustMDiff, table: FeatureTable, va: np.ndarray, y: np.ndarray, drops,
-               device) -> tuple[list[float], float]:
-    """Validation macro AUROC per drop mask, and the mean log loss over them (the tie-breaker)."""
-    model.eval()
-    probs = [predict_table(model, table, va, d, samples=4, device=device, describe=False).probs for d in drops]
-    return [macro_auroc(y, p) for p in probs], float(np.mean([_nll(y, p) for p in probs]))
-
-
-# AUROC differences below this are noise on a few hundred validation cases (and an easy task saturates
-# at 1.0): within it of the best AUROC seen, the epoch with the lower validation loss is kept, so that a
-# saturated or noisy score no longer pins the choice to the first epoch.
-AUROC_TIE = 0.002
-
-
-class _Best:
-    """Early stopping on validation AUROC (ties within AUROC_TIE broken by validation loss), keeping the
-    best weights."""
-
-    def __init__(self, model: RobustMDiff, patience: int):
-        self.model, self.patience = model, patience
-        self.score, self.state, self.epoch, self.waited = -np.inf, copy.deepcopy(model.state_dict()), -1, 0
-        self.top, self.loss = -np.inf, np.inf
-
-    def update(self, score: float, epoch: int, loss: float = np.inf) -> bool:
-        """Record an epoch; True when training should stop."""
-        better = score > self.top + AUROC_TIE or (score >= self.top - AUROC_TIE and loss < self.loss) \
-            or (score > self.score and loss <= self.loss)
-        self.top = max(self.top, score)
-        if better:
-            self.score, self.loss, self.epoch, self.waited = score, loss, epoch, 0
-            self.state = copy.deepcopy(self.model.state_dict())
-            return False
-        self.waited += 1
-        return self.waited >= self.patience
-
-    def restore(self) -> None:
-        self.model.load_state_dict(self.state)
 
 
 class _Loss(nn.Module):
@@ -278,7 +226,7 @@ def train_model(ds: Dataset, table: FeatureTable, config: Config, device: str | 
     step = _distributed(_Loss(model, phase1_loss), ctx, device)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, tc.epochs))
-    best = _Best(model, tc.patience)
+    best = Best(model, tc.patience)
     bar = tqdm(range(tc.epochs), desc="phase 1: encoders + classifier", unit="epoch", disable=not progress)
     for epoch in bar:
         model.train()
@@ -294,8 +242,8 @@ def train_model(ds: Dataset, table: FeatureTable, config: Config, device: str | 
             sums += parts
         sched.step()
         sums = sums.cpu().double().numpy() / max(1, -(-len(order) // tc.batch_size))
-        scores, loss = _val_score(model, table, va, ds.labels[va], drops, device) if not use_diffusion else \
-            _val_score_dropped(model, table, va, ds.labels[va], drops, device)
+        scores, loss = validation_scores(model, table, va, ds.labels[va], drops, device) if not use_diffusion else \
+            validation_scores_without_synthesis(model, table, va, ds.labels[va], drops, device)
         history.append({"phase": 1, "epoch": epoch, "p_mask": p, "cls": sums[0], "cons": sums[1], "diff": sums[2],
                         "val_auroc": scores[0], "val_auroc_masked": scores[1], "val_loss": loss})
         bar.set_postfix(cls=f"{sums[0]:.3f}", cons=f"{sums[1]:.3f}", diff=f"{sums[2]:.3f}", val=f"{np.mean(scores):.3f}")
@@ -337,8 +285,8 @@ def train_model(ds: Dataset, table: FeatureTable, config: Config, device: str | 
         bar.close()
         # ---- phase 3 ------------------------------------------------------------------------------------
         model.eval()
-        best = _Best(model, tc.patience)
-        scores, loss = _val_score(model, table, va, ds.labels[va], drops, device)
+        best = Best(model, tc.patience)
+        scores, loss = validation_scores(model, table, va, ds.labels[va], drops, device)
         best.update(ctx.agree(float(np.mean(scores))), -1, ctx.agree(loss))
 
         def phase3_loss(m: RobustMDiff, idx: torch.Tensor, y: torch.Tensor, draws: BatchDraws):
@@ -362,7 +310,7 @@ def train_model(ds: Dataset, table: FeatureTable, config: Config, device: str | 
                 loss.backward()
                 opt.step()
                 total, n = total + float(loss.detach()), n + 1
-            scores, loss = _val_score(model, table, va, ds.labels[va], drops, device)
+            scores, loss = validation_scores(model, table, va, ds.labels[va], drops, device)
             history.append({"phase": 3, "epoch": epoch, "cls": total / n, "val_auroc": scores[0],
                             "val_auroc_masked": scores[1], "val_loss": loss})
             bar.set_postfix(loss=f"{total / n:.3f}", val=f"{np.mean(scores):.3f}")
@@ -378,19 +326,6 @@ def train_model(ds: Dataset, table: FeatureTable, config: Config, device: str | 
     calibration = calibrate(model, table, ds.labels, tr, va, device, on_progress=news.rest("calibration: "))
     news(news.total, "calibrated")
     return TrainResult(model, history, best_epoch, val_score, time.perf_counter() - t0, concept_ids, calibration)
-
-
-def _val_score_dropped(model: RobustMDiff, table: FeatureTable, va: np.ndarray, y: np.ndarray, drops,
-                       device) -> tuple[list[float], float]:
-    """Phase-1 validation: hidden modalities left out (the denoiser is not ready to fill them yet)."""
-    model.eval()
-    probs = []
-    with torch.no_grad():
-        for d in drops:
-            h, present = encode_table(model, table, va, device, d)
-            z, _ = model.fuse(h, present)
-            probs.append(torch.softmax(model.logits(z).float(), -1).cpu().numpy())
-    return [macro_auroc(y, p) for p in probs], float(np.mean([_nll(y, p) for p in probs]))
 
 
 def test_metrics(model: RobustMDiff, ds: Dataset, table: FeatureTable, device="cpu", seed: int = 0,

@@ -18,7 +18,8 @@ from core.data.readers import Scan
 from core.demo import DemoCase, demo_cases
 from core.errors import RobustMDiffError
 from core.explain.render import colour_view
-from core.inference import Prediction, Predictor
+from core.inference import Predictor
+from core.prediction import Prediction
 from core.names import display_name
 from core.open_model import OpenModel
 from core.serve import Job, ModelService, warm_up_enabled

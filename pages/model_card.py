@@ -12,7 +12,7 @@ import yaml
 
 from core.evaluation import describe, report
 from core.evaluation.harness import condition_label
-from core.inference import NEXT_TEST_RULES
+from core.prediction import NEXT_TEST_RULES
 from core.names import display_name, display_names
 from core.open_model import shown
 from pages.common import NOTICE, get_open_model, get_predictor, inside_app

@@ -12,7 +12,7 @@ import streamlit as st
 from pydicom.data import get_testdata_file
 from streamlit.testing.v1 import AppTest
 
-from core.inference import next_test_evidence
+from core.prediction import next_test_evidence
 from core.names import display_name
 from core.paths import DEFAULT_CHECKPOINT, ROOT
 from core.review.store import ReviewStore

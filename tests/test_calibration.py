@@ -16,7 +16,8 @@ from core.calibration.views import case_views
 from core.checkpoint import load_checkpoint
 from core.data.dataset import Dataset
 from core.features import dataset_features
-from core.inference import NEXT_TEST_RULES, Predictor, predict_table
+from core.inference import Predictor, predict_table
+from core.prediction import NEXT_TEST_RULES
 from core.model.robustmdiff import CONFIDENCE_RANGE, SIGNALS, case_seeds
 from core.paths import ROOT
 from core.training import rare_weights

@@ -15,7 +15,8 @@ import numpy as np
 from core.calibration.next_test import (candidates, choose_rule, grouped_interval, next_test_report, top1_hits,
                                         validation_summary)
 from core.calibration.views import Views
-from core.inference import NEXT_TEST_RULES, Prediction, TableOutput, next_test_evidence
+from core.inference import TableOutput
+from core.prediction import NEXT_TEST_RULES, Prediction, next_test_evidence
 from core.paths import DEFAULT_CHECKPOINT
 
 M = 3

@@ -15,7 +15,7 @@ import pytest
 
 from core.explain.labs import LabAttribution
 from core.explain.text import WordAttribution
-from core.inference import Prediction
+from core.prediction import Prediction
 from core.paths import ROOT
 from core.review import serialize
 from core.review.prepared import PreparedExplanations

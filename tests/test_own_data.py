@@ -77,9 +77,9 @@ def test_one_modality_spec_trains_with_a_data_report_and_scores(reports, tmp_pat
 def test_early_stopping_breaks_auroc_ties_by_validation_loss():
     import torch
 
-    from core.training import AUROC_TIE, _Best
+    from core.early_stopping import AUROC_TIE, Best
 
-    best = _Best(torch.nn.Linear(1, 1), patience=3)
+    best = Best(torch.nn.Linear(1, 1), patience=3)
     for epoch, (auroc, loss) in enumerate([(1.0, 0.50), (1.0, 0.30), (1.0 - AUROC_TIE / 2, 0.20), (0.95, 0.10)]):
         best.update(auroc, epoch, loss)
     assert best.epoch == 2  # a clear AUROC loss (epoch 3) is not traded for a lower loss

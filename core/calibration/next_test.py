@@ -17,7 +17,8 @@ import torch
 from scipy.stats import spearmanr
 
 from core.calibration.views import Views
-from core.inference import NEXT_TEST_RULES, TableOutput
+from core.inference import TableOutput
+from core.prediction import NEXT_TEST_RULES
 from core.model.robustmdiff import RobustMDiff
 
 BOOTSTRAP = 2000

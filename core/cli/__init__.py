@@ -29,7 +29,7 @@ def add_case_arguments(p: argparse.ArgumentParser) -> None:
                         "head CT for a chest radiograph model); the result then carries a warning")
 
 
-def print_guard(result) -> None:  # result: core.inference.Prediction
+def print_guard(result) -> None:  # result: core.prediction.Prediction
     """The warning lines every command that reads one case prints when an input is unlike the training data."""
     for line in result.guard_messages():
         print(f"warning: outside what this model was trained on: {line}", file=sys.stderr)

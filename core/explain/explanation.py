@@ -33,7 +33,8 @@ from core.explain.labs import LabAttribution, lab_attribution, lab_ig
 from core.explain.phrases import PhraseAttribution, phrase_attributions
 from core.explain.text import (TEXT_STEPS, UnitAttribution, WordAttribution, merge_tokens, note_attribution,
                                note_ig, words_of)
-from core.inference import Prediction, Predictor
+from core.inference import Predictor
+from core.prediction import Prediction
 from core.jsonout import clean
 
 METHODS = ("integrated_gradients", "gradient_x_input", "shap", "random")

@@ -29,7 +29,8 @@ from core.data.readers import LabPanel, Scan
 from core.errors import NoModalityError
 from core.explain.ig import IGResult, integrated_gradients
 from core.features import image_input
-from core.inference import Prediction, Predictor
+from core.inference import Predictor
+from core.prediction import Prediction
 from core.model.backbones import ImageBackbone, NoteChunks, TextBackbone, chunk_note, tokenizer
 
 

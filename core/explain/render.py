@@ -294,7 +294,7 @@ def contributions_html(exp: Explanation) -> str:
     return "".join(rows)
 
 
-def guard_banner_html(p) -> str:  # p: core.inference.Prediction
+def guard_banner_html(p) -> str:  # p: core.prediction.Prediction
     """The banner a report carries when an input is unlike the training data (empty otherwise)."""
     if not p.outside_training:
         return ""

@@ -47,7 +47,7 @@ Key = tuple[int, str, str, str]  # (cohort row, case id, model, method)
 Compute = Callable[[int, str, str], object]  # (row, model, method) -> Explanation
 CACHE_VERSION = "3"  # 2: the case set is part of the fingerprint; 3: no pickle (core/review/serialize.py)
 URGENT, AHEAD, BACKGROUND = 0, 1, 2
-_SOURCES = ("core/explain", "core/inference.py", "core/model")
+_SOURCES = ("core/explain", "core/inference.py", "core/prediction.py", "core/model")
 
 
 def fingerprint(checkpoint_meta: dict, manifest_csv: str, case_ids: Iterable[str] = ()) -> str:
