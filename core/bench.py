@@ -204,7 +204,8 @@ def serve_load(reviewers: int = 8, users: int = 4, minutes: float = 10.0, read_s
     from core.review.prepared import study_explanations
     from core.review.store import Item, ReviewStore
     from core.demo import study_cases
-    from core.serve import ModelService, available_cores
+    from core.pool_threads import available_cores
+    from core.serve import ModelService
 
     tmp = Path(tempfile.mkdtemp(prefix="rmd-serve-load-"))
     ds = Dataset.open(ensure_cohort(default_cohort_dir(), progress=False))

@@ -4,10 +4,11 @@ Why: torch's intra-op threads oversubscribe a small machine. Two sessions explai
 default threads (one per core each) ran 15× slower than one thread each (issue 15: 49 s against 3.3 s on
 2 cores). So the server runs at most `workers` model jobs at a time (one per core by default,
 RMD_WORKERS to change it), each with one torch thread (torch's setting is per thread, so every worker
-sets its own), and everything else waits in one priority queue: explanations before work needed soon
-before background work (the warm-up). Predictions (a tenth of a second each) have a lane and a worker
-of their own, so that switching a modality never waits behind someone's explanation; that worker adds
-at most one short thread to the cores. A page shows how many jobs are ahead of its own while it waits.
+sets its own: core/pool_threads.py), and everything else waits in one priority queue: explanations
+before work needed soon before background work (the warm-up). Predictions (a tenth of a second each)
+have a lane and a worker of their own, so that switching a modality never waits behind someone's
+explanation; that worker adds at most one short thread to the cores. A page shows how many jobs are
+ahead of its own while it waits.
 
 No one is stranded (issue 27):
 - a job someone waits for inherits that urgency: asking for work already queued under the same `key`
@@ -22,9 +23,9 @@ No one is stranded (issue 27):
 - a lane holds at most MAX_QUEUED waiting jobs: past it a request is refused with ServerBusy;
 - a job that fails is logged here with its traceback, by kind and label only (no case contents).
 
-Jobs report stages as they go (`Job.stages`), so a page can draw an explanation progressively, and the
-last predictions are kept (`predict` is cached per case and availability), so moving a display control
-never asks the model again.
+Jobs report stages as they go (`Job.stages`, core/pool_job.py), so a page can draw an explanation
+progressively, and the last predictions are kept (`predict` is cached per case and availability), so
+moving a display control never asks the model again.
 """
 
 from __future__ import annotations
@@ -33,19 +34,18 @@ import atexit
 import hashlib
 import itertools
 import logging
-import os
 import queue
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable
-from concurrent.futures import Future, InvalidStateError, TimeoutError as FutureTimeout
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from concurrent.futures import InvalidStateError
 
 from core.data.dataset import CaseInputs
 from core.errors import RobustMDiffError
 from core.inference import Predictor
+from core.pool_job import Job
+from core.pool_threads import default_workers, import_model_stack, one_thread
 from core.prediction import Prediction
 
 log = logging.getLogger(__name__)
@@ -73,55 +73,6 @@ class ServerBusy(RobustMDiffError):
 
 class JobTimeout(RobustMDiffError):
     """No answer within the job kind's time limit."""
-
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def default_workers() -> int:
-    """RMD_WORKERS, else one worker per core (at most 4: beyond that requests are rarely concurrent)."""
-    env = os.environ.get("RMD_WORKERS", "").strip()
-    if env:
-        return max(1, int(env))
-    return max(1, min(4, available_cores()))
-
-
-def warm_up_enabled() -> bool:
-    """Warm the model up in the background when the server starts (RMD_WARM_UP=0: not, e.g. in tests)."""
-    return os.environ.get("RMD_WARM_UP", "1") != "0"
-
-
-def import_model_stack() -> None:
-    """Import what model work imports lazily, in this thread, before any worker starts: transformers'
-    lazy modules are not safe to import from two threads at once (a worker's first prediction and the
-    warm-up failed with "cannot import name 'AutoModel'")."""
-    from transformers import AutoModel, AutoTokenizer  # noqa: F401
-
-    import core.explain.explanation  # noqa: F401 - captum, shap and the explainers
-
-
-def one_thread() -> None:
-    """Run this thread's torch work on one intra-op thread (the setting is per thread)."""
-    import torch
-
-    torch.set_num_threads(1)
-
-
-@contextmanager
-def single_threaded():
-    """One torch thread for the work inside, then this thread's own setting again."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def upload_key(parts: Iterable[tuple[str, str, bytes]]) -> str:
@@ -158,89 +109,6 @@ class _Kept:
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
-
-
-@dataclass
-class Job:
-    """A queued piece of model work. `stages` grows as the work reports progress (read it from any
-    thread: it is only appended to), `partial` is what the work has produced so far (if it says).
-    `kind` sets its time limit (TIMEOUTS); `owners`: the sessions waiting for it (None: someone outside
-    any browser session, e.g. the review-preparation thread); `key`: asking again joins this job."""
-    label: str
-    priority: int
-    future: Future = field(default_factory=Future)
-    stages: list[str] = field(default_factory=list)
-    stage_times: list[float] = field(default_factory=list)  # perf_counter when each stage was reported
-    partial: object = None
-    submitted: float = field(default_factory=time.perf_counter)
-    started: float | None = None
-    finished: float | None = None
-    kept: bool = False  # answered from what was computed before (its timings are those of the first time)
-    kind: str = "work"
-    key: Hashable | None = None
-    owners: set = field(default_factory=set)
-    deadline: float | None = None  # time.monotonic() by which it must be answered (None: no one waits yet)
-    _service: "ModelService | None" = field(default=None, repr=False)
-    _order: int = field(default=-1, repr=False)  # its place in the queue (changes when promoted)
-    _predict_lane: bool = field(default=False, repr=False)
-    _call: tuple | None = field(default=None, repr=False)
-
-    def done(self) -> bool:
-        self._expire_if_late()
-        return self.future.done()
-
-    def result(self, timeout: float | None = None):
-        """The answer; JobTimeout past the kind's time limit, whatever `timeout` says."""
-        end = None if timeout is None else time.monotonic() + timeout
-        while True:  # a second at a time at most: a deadline may be set while it waits (`promote`)
-            limits = [t - time.monotonic() for t in (self.deadline, end) if t is not None]
-            try:
-                return self.future.result(max(0.0, min(limits + [1.0])))
-            except FutureTimeout:
-                if self._expire_if_late():
-                    continue  # now answered with JobTimeout
-                if end is not None and time.monotonic() >= end:
-                    raise
-
-    def _expire_if_late(self) -> bool:
-        late = self.deadline is not None and time.monotonic() >= self.deadline and not self.future.done()
-        if late and self._service is not None:
-            self._service._expire(self)
-        return late
-
-    def ahead(self) -> int:
-        """Jobs that will start before this one (0 once it runs)."""
-        if self.started is not None or self._service is None:
-            return 0
-        return self._service.ahead_of(self)
-
-    @classmethod
-    def answered(cls, label: str, priority: int, result: object, stages: Iterable[str] = ()) -> "Job":
-        """A job whose result was already kept: done at once, with the stages it had."""
-        job = cls(label, priority, kept=True)
-        for stage in stages:
-            job.report(stage, result)
-        job.started = job.finished = job.submitted
-        job.future.set_result(result)
-        return job
-
-    def report(self, stage: str, partial: object = None) -> None:
-        if partial is not None:
-            self.partial = partial
-        self.stage_times.append(time.perf_counter())
-        self.stages.append(stage)
-
-    def waited(self) -> float:
-        """Seconds spent in the queue before a worker took it (so far, if still waiting)."""
-        return (self.started or time.perf_counter()) - self.submitted
-
-    def status(self) -> str:
-        """One line for the page: where the job is."""
-        n = self.ahead()
-        if self.started is None:
-            return (f"Waiting for the model: {n} request{'s' if n != 1 else ''} from other users ahead of yours "
-                    f"({self.waited():.0f} s so far)") if n else "Starting…"
-        return f"{self.label}: {self.stages[-1] if self.stages else 'working'}…"
 
 
 class ModelService:

@@ -22,7 +22,9 @@ from core.inference import Predictor
 from core.prediction import Prediction
 from core.names import display_name
 from core.open_model import OpenModel
-from core.serve import Job, ModelService, warm_up_enabled
+from core.pool_job import Job
+from core.pool_threads import warm_up_enabled
+from core.serve import ModelService
 
 NOTICE = "Research software, not a medical device: not for diagnosis or treatment decisions."
 

@@ -248,7 +248,7 @@ class InlinePool:
         self.ran: list[tuple[object, int]] = []
 
     def submit(self, fn, *args, priority: int, **_):
-        from core.serve import Job
+        from core.pool_job import Job
 
         job = Job("review", priority)
         job.future.set_result(fn(*args))

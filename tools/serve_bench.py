@@ -205,7 +205,7 @@ def serve_bench(users: int = 4, rounds: int = 3, review_items: int = 3, think: t
 
 
 def _bench(users: int, rounds: int, review_items: int, think: tuple[float, float], first_think: float) -> dict:
-    from core.serve import available_cores, default_workers
+    from core.pool_threads import available_cores, default_workers
 
     t0 = time.perf_counter()
     cold = first_explain(first_think)

@@ -39,7 +39,8 @@ from core.paths import ROOT, cache_dir
 from core.review import serialize
 
 if TYPE_CHECKING:
-    from core.serve import Job, ModelService
+    from core.pool_job import Job
+    from core.serve import ModelService
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ def default_folder(key: str, root: Path | None = None) -> Path:
 def _background_policy() -> None:
     """Keep the worker out of the way of people waiting: one torch thread (torch's setting is per thread,
     so pages keep theirs) at a lower CPU priority (Linux nice applies per thread)."""
-    from core.serve import one_thread
+    from core.pool_threads import one_thread
 
     one_thread()
     try:
@@ -247,7 +248,7 @@ class PreparedExplanations:
         if self._pool is not None:
             value = self._in_pool(key, priority)
         else:
-            from core.serve import single_threaded
+            from core.pool_threads import single_threaded
 
             with single_threaded():  # one torch thread, like the app's workers (core/serve.py: why)
                 value = self._compute(row, model, method)
