@@ -18,7 +18,8 @@ import pytest
 from core.errors import RobustMDiffError
 from core.paths import ROOT
 from core.review import auth
-from core.review.store import IDLE, MAX_AGE, RELOAD_FOR, Item, ReviewStore, SignedOut
+from core.review.sessions import IDLE, MAX_AGE, RELOAD_FOR, SignedOut
+from core.review.store import Item, ReviewStore
 from core.review.throttle import FREE_FAILURES, MAX_BACKOFF, MAX_PIN_FAILURES, NAME_FAILURES, WINDOW, Throttled
 
 PIN = "right-pin"

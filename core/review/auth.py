@@ -8,7 +8,7 @@
   decided and recorded in one transaction before it is evaluated, so guesses sent at once cannot slip
   past the limit. A wrong name and a wrong PIN get the same answer, after the same scrypt evaluation, so
   sign-in tells nobody which names exist.
-- A signed-in reviewer holds a server-side session (core/review/store.py): short-lived, renewed on use,
+- A signed-in reviewer holds a server-side session (core/review/sessions.py): short-lived, renewed on use,
   re-validated by every save. Sign-out, a PIN reset, a change of the reviewer code and a new secret end
   it at once. The page address holds only a one-use reload token, replaced at each reload.
 - Results and export need a separate study-admin code (RMD_ADMIN_CODE): reviewers who see per-method
@@ -24,7 +24,8 @@ import secrets
 from collections.abc import Callable, Mapping
 
 from core.errors import RobustMDiffError
-from core.review.store import MAX_NAME, ReviewStore, Session, reviewer_code
+from core.review.sessions import Session, reviewer_code
+from core.review.store import MAX_NAME, ReviewStore
 from core.review.throttle import ADMIN_CODE, PIN, REVIEWER_CODE
 
 MIN_PIN, MAX_PIN = 4, 128
