@@ -130,8 +130,9 @@ def write_reports(root: Path, n: int = 150) -> Path:
 
 
 # ---- three tabular groups ----------------------------------------------------------------------------------
-def write_breast_cancer(root: Path) -> Path:
-    """scikit-learn's breast cancer set as three inline tabular groups: mean, error and worst."""
+def breast_cancer_frame() -> tuple[pd.DataFrame, list[str]]:
+    """scikit-learn's breast cancer set (569 real cases) as a manifest: its 30 measurements (names without spaces),
+    `label` (benign or malignant) and `case_id`; and the measurement columns."""
     from sklearn.datasets import load_breast_cancer
 
     data = load_breast_cancer(as_frame=True)
@@ -140,8 +141,14 @@ def write_breast_cancer(root: Path) -> Path:
     df.columns = cols + ["target"]
     df["label"] = np.where(df["target"] == 1, "benign", "malignant")
     df["case_id"] = [f"bc{i}" for i in range(len(df))]
+    return df.drop(columns="target"), cols
+
+
+def write_breast_cancer(root: Path) -> Path:
+    """scikit-learn's breast cancer set as three inline tabular groups: mean, error and worst."""
+    df, cols = breast_cancer_frame()
     root.mkdir(parents=True, exist_ok=True)
-    df.drop(columns="target").to_csv(root / "manifest.csv", index=False)
+    df.to_csv(root / "manifest.csv", index=False)
     groups = {"mean": cols[:10], "error": cols[10:20], "worst": cols[20:]}
     (root / "spec.yaml").write_text(yaml.safe_dump({
         "name": "breast-cancer", "label": "label", "case_id": "case_id", "classes": ["benign", "malignant"],

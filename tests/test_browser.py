@@ -172,6 +172,24 @@ def _same_class(a: str, b: str) -> bool:
     return re.sub(r"[\s_]+", " ", a).strip().lower() == re.sub(r"[\s_]+", " ", b).strip().lower()
 
 
+def _download_report(page) -> tuple[str, str]:
+    """Press "Download case report" and read the file: (its suggested name, its text)."""
+    from playwright.sync_api import Error as PlaywrightError
+
+    button = page.get_by_role("button", name=re.compile("Download case report"))
+    button.wait_for(timeout=SLOW)
+    for attempt in range(3):  # a page run just then gives the report a new address and cancels this one
+        _idle(page)
+        try:
+            with page.expect_download(timeout=120_000) as download:
+                button.click()
+            return download.value.suggested_filename, Path(download.value.path()).read_text(encoding="utf-8")
+        except PlaywrightError:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
 # ---- 1. case explorer ----------------------------------------------------------------------------------
 def _choose(page, label: str, option: str) -> None:
     """Pick an option of a selectbox (its list opens on a click; a click during a rerun may not open it)."""
@@ -271,19 +289,8 @@ def test_case_explorer_switch_labs_with_a_bad_unit_explain_switch_method_and_rep
         page.get_by_text("Explained in").first.wait_for(timeout=SLOW)
         assert _heatmap_controls(page) == (True, "0.65")  # not reset to off / 0 by the switch
 
-        report_button = page.get_by_role("button", name=re.compile("Download case report"))
-        report_button.wait_for(timeout=SLOW)
-        for attempt in range(3):  # a page run just then gives the report a new address and cancels this one
-            _idle(page)
-            try:
-                with page.expect_download(timeout=120_000) as download:
-                    report_button.click()
-                report = Path(download.value.path()).read_text(encoding="utf-8")
-                break
-            except PlaywrightError:
-                if attempt == 2:
-                    raise
-        assert download.value.suggested_filename.endswith(".html")
+        name, report = _download_report(page)
+        assert name.endswith(".html")
         assert "<html" in report.lower() and "case report" in report.lower()
         bold = re.findall(r"prediction: <b[^>]*>([^<]+)</b>", report)
         assert bold and _same_class(bold[0], predicted), (bold, predicted)  # the class the page shows
@@ -442,8 +449,6 @@ def own_server(own_model_of, tmp_path_factory):
 
 
 def test_own_model_demo_case_switch_explain_and_report(own_server, page, out_dir, own_model_of):
-    from playwright.sync_api import Error as PlaywrightError
-
     from core.checkpoint import read_meta
     from core.paths import DEFAULT_CHECKPOINT
 
@@ -465,17 +470,7 @@ def test_own_model_demo_case_switch_explain_and_report(own_server, page, out_dir
         page.get_by_text("Explained in").first.wait_for(timeout=SLOW)
         _idle(page)
         assert page.get_by_role("switch", name="Show heatmap").count() >= 1  # the clinical image's heatmap
-        report_button = page.get_by_role("button", name=re.compile("Download case report"))
-        for attempt in range(3):  # a page run just then gives the report a new address and cancels this one
-            _idle(page)
-            try:
-                with page.expect_download(timeout=120_000) as download:
-                    report_button.click()
-                report = Path(download.value.path()).read_text(encoding="utf-8")
-                break
-            except PlaywrightError:
-                if attempt == 2:
-                    raise
+        _, report = _download_report(page)
         assert "clinic" in report and "patient" in report and "data:image/png;base64," in report
         shown = page.locator("body").inner_text() + report
         assert not [c for c in shipped if c in shown or c.replace("_", " ") in shown.lower()]

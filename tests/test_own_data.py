@@ -92,20 +92,14 @@ def tabular_groups(tmp_path_factory) -> Path:
     """scikit-learn's breast cancer data (569 real cases) as three inline tabular groups (two with `features:`), the
     spec named breast_cancer.yaml (not a name searched: `--spec` names it), and one more lab of the first group,
     `ki67`, measured only outside the training split (an empty column there, as a lab a site never ordered)."""
-    from sklearn.datasets import load_breast_cancer
-
     from core.data.dataset import stable_split
+    from own_models import breast_cancer_frame
 
-    data = load_breast_cancer(as_frame=True)
-    df = data.frame.copy()
-    cols = [c.replace(" ", "_") for c in data.feature_names]
-    df.columns = cols + ["target"]
-    df["label"] = np.where(df["target"] == 1, "benign", "malignant")
-    df["case_id"] = [f"bc{i}" for i in range(len(df))]
+    df, cols = breast_cancer_frame()
     training = stable_split(df["case_id"], df["label"]) == "train"  # the split Dataset makes without a split column
     df["ki67"] = np.where(training, np.nan, np.random.default_rng(0).uniform(1, 40, len(df)).round(1))
     root = tmp_path_factory.mktemp("tabular")
-    df.drop(columns="target").to_csv(root / "manifest.csv", index=False)
+    df.to_csv(root / "manifest.csv", index=False)
     groups = {"mean": cols[:10] + ["ki67"], "error": cols[10:20], "worst": cols[20:]}
     labs = [{"name": c, "label": c.replace("_", " "), "unit": "", "plausible": [0, 1e5]} for c in cols + ["ki67"]]
     (root / "breast_cancer.yaml").write_text(yaml.safe_dump({

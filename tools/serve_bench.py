@@ -258,6 +258,8 @@ def markdown(res: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
+    from core.cli import write_outputs
+
     p = argparse.ArgumentParser(prog="python -m tools.serve_bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--users", type=int, default=4)
     p.add_argument("--rounds", type=int, default=3)
@@ -266,11 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
     res = serve_bench(users=args.users, rounds=args.rounds, review_items=args.review_items)
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "bench_serve.json").write_text(dumps(res))
-        (out / "bench_serve.md").write_text(markdown(res) + "\n")
+    write_outputs(args.out, "bench_serve", res, markdown(res))
     print(dumps(res) if args.json else markdown(res))
     return 1 if res["errors"] else 0
 

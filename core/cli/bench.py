@@ -50,16 +50,11 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def run_serve_load(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from core.bench import serve_load, serve_load_markdown
+    from core.cli import write_outputs
 
     res = serve_load(reviewers=args.reviewers, users=args.users, minutes=args.minutes)
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "bench_serve_load.json").write_text(dumps(res))
-        (out / "bench_serve_load.md").write_text(serve_load_markdown(res) + "\n")
+    write_outputs(args.out, "bench_serve_load", res, serve_load_markdown(res))
     print(dumps(res) if args.json else serve_load_markdown(res))
     return 1 if res["errors"] or res["ratings"]["lost"] or res["ratings"]["duplicated"] else 0
 
