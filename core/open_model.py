@@ -53,8 +53,6 @@ def shown(path: Path) -> str:
         return str(path)
 
 
-_shown = shown  # its earlier name
-
 
 @dataclass(frozen=True)
 class OpenModel:

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 from core.errors import RobustMDiffError
 from core.names import display_name
 from core.paths import DEFAULT_CHECKPOINT, ROOT
+from core.open_model import shown
 from core.review.store import REFERENCE_MODEL
 
 if TYPE_CHECKING:
@@ -103,13 +104,6 @@ def with_study(ratings: list[dict], studies: dict[str, str]) -> list[dict]:
              "study": text(study_key_of(r.get("model") or REFERENCE_MODEL))} for r in ratings]
 
 
-def _shown(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(ROOT))
-    except ValueError:
-        return str(path)
-
-
 def study_of(model: "OpenModel", manifest_csv: str) -> Study:
     """The study on the open model and its data (`manifest_csv`: the data's manifest, as the prepared
     explanations' fingerprint reads it). The shipped model on the embedded cohort is the shipped study; any
@@ -122,10 +116,10 @@ def study_of(model: "OpenModel", manifest_csv: str) -> Study:
     meta = read_meta(model.checkpoint)
     digest = hashlib.sha256(f"{meta.get('weights_sha256')}\0{manifest_csv}".encode()).hexdigest()[:10]
     name = re.sub(r"[^a-z0-9]+", "-", str((meta.get("spec") or {}).get("name") or "data").lower()).strip("-")
-    data = _shown(Path(model.data)) if model.data is not None else "embedded synthetic cohort"
+    data = shown(Path(model.data)) if model.data is not None else "embedded synthetic cohort"
     return Study(f"{name or 'data'}-{digest}", model.checkpoint,
                  (DEFAULT_CHECKPOINT.parent if model.shipped else model.checkpoint) / "comparison",
-                 _shown(model.checkpoint), data, f"--data {shlex.quote(data)} " if model.data is not None else "")
+                 shown(model.checkpoint), data, f"--data {shlex.quote(data)} " if model.data is not None else "")
 
 
 @dataclass(frozen=True)
@@ -161,7 +155,7 @@ def train_command(name: str, study: Study = SHIPPED) -> str:
     if name == REFERENCE_MODEL:
         return f"python -m core train {study.data_arg}--out {shlex.quote(study.checkpoint_text)}"
     return (f"python -m core train --method {name} {study.data_arg}"
-            f"--out {shlex.quote(_shown(study.comparison_dir / name))}")
+            f"--out {shlex.quote(shown(study.comparison_dir / name))}")
 
 
 def _candidates(study: Study) -> list[Path]:
