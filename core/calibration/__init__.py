@@ -61,7 +61,7 @@ def calibrate(model: RobustMDiff, table: FeatureTable, labels: np.ndarray, train
     reset(model)
     raw = case_views(model, table, val_idx, device=device, describe=False,
                      on_batch=views_progress(shares[0], shares[1], "calibrating the probabilities"))
-    report["temperature"] = fit_temperature(model, raw, labels[raw.rows])
+    report["temperature"] = fit_temperature(model, raw, labels[raw.rows], model.config.training.calibrator)
     if not diffusion:
         return report
     views = case_views(model, table, val_idx, device=device,

@@ -8,7 +8,7 @@ Its training data and its test both come from views: for a case predicted from t
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from itertools import combinations
 
 import numpy as np
@@ -41,6 +41,16 @@ class Views:
 
     def answer(self) -> np.ndarray:
         return self.out.probs.argmax(1)
+
+    def of_cases(self, cases: np.ndarray) -> "Views":
+        """The views of the given table rows only (every field of the predictions sliced alike)."""
+        keep = np.isin(self.rows, cases)
+        o = self.out
+        out = replace(o, **{f.name: getattr(o, f.name)[keep] for f in fields(o)
+                            if isinstance(getattr(o, f.name), np.ndarray) and f.name != "sample_probs"},
+                      sample_probs=o.sample_probs[:, keep],
+                      assumed={k: tuple(a[keep] for a in v) for k, v in o.assumed.items()})
+        return Views(self.rows[keep], self.given[keep], out)
 
 
 def subsets(present: np.ndarray, max_views: int, rng: np.random.Generator) -> list[np.ndarray]:

@@ -63,6 +63,7 @@ class TrainingConfig:
     p_min: float = 0.1
     p_max: float = 0.6
     val_mask: float = 0.6  # validation's second view hides each modality with this probability, for every method
+    calibrator: str = "pattern+bias"  # the temperature calibrator's form (core/calibration/temperature.FORMS)
     curriculum_ratio: float = 0.5
     curriculum: bool = True
     rare_gamma: float = 0.5
