@@ -270,10 +270,14 @@ def show_regimes(study: dict) -> None:
     st.caption(interval_words(study["summary"]) + " Reading: 'better' or 'worse' only where the Holm-adjusted p (across the methods of a regime) is below "
                "0.05. The 95 % interval beside it is not adjusted, so it can exclude zero where the adjusted p does "
                "not reach 0.05. Every model here is trained by the study itself: none is the shipped checkpoint"
-               + (f"; made {study['created']}." if study.get("created") else "."))
-    scale = ("Quick variant (600-case cohorts, short training, one seed): a demonstration, with wide intervals. "
-             if study.get("quick") else "Short training schedule on the full 3,000-case cohorts, one seed: every "
-             "method a few points below its fully trained AUROC. " if study.get("short") else "")
+               + (f"; made {study['created']}" if study.get("created") else "")
+               + (f", code {study['commit']}." if study.get("commit") else "."))
+    n_seeds = len(study.get("seeds") or [0])  # files before issue 28 do not record them: one seed
+    seeds = "one seed" if n_seeds == 1 else f"{n_seeds} seeds"
+    scale = (f"Quick variant (600-case cohorts, short training, {seeds}): a demonstration, with wide intervals. "
+             if study.get("quick") else f"Short training schedule on the full 3,000-case cohorts, {seeds}: every "
+             "method a few points below its fully trained AUROC. " if study.get("short")
+             else f"Full training schedule, {seeds}. ")
     st.caption(scale + "Training data: " + "; ".join(
         f"{REGIMES[n].title}: {t['complete']} complete, {t['labelled']} labelled" for n, t in study["train"].items()))
 

@@ -54,6 +54,9 @@ def test_the_rule_takes_the_cheapest_stable_sampler_within_the_ties_and_the_best
     assert (chosen["samples"], chosen["steps"], chosen["calibrator"]) == (16, 5, FORMS[0])
     rows[1]["mean_confidence_auroc"] = 0.78  # beyond the tie: the next cheapest stable one
     assert (choose(rows, FORMS[0])["samples"], choose(rows, FORMS[0])["steps"]) == (40, 3)
+    for r, sens in zip(rows, (0.07, 0.048, 0.032, 0.044)):  # none meets the target: the most stable one stays in,
+        r["seed_sensitivity"] = {"a": sens}  # although 40 × 10 has the lower loss
+    assert (choose(rows, FORMS[0])["samples"], choose(rows, FORMS[0])["steps"]) == (40, 3)
 
 
 def test_the_choice_reads_validation_only(quick_checkpoint, small_cohort):

@@ -17,7 +17,8 @@ def provenance(result: dict, meta: dict | None, model: str = "the shipped checkp
     when the data and the model and diffusion configuration match its meta.json: its models are trained by the
     evaluation, the open model itself not among them since issue 28). The date is the run's `created`
     (recorded since it was added; older files say so)."""
-    when = f"made {result['created']}" if result.get("created") else "date not recorded in the result file"
+    when = (f"made {result['created']}" if result.get("created") else "date not recorded in the result file") \
+        + (f", code {result['commit']}" if result.get("commit") else "")
     fingerprint = str(result.get("data_fingerprint", ""))[:8] or "?"
     config = result.get("config", {})
     own_data = meta is not None and result.get("data_fingerprint") == meta.get("data_fingerprint")

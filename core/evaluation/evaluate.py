@@ -46,6 +46,19 @@ def stage(news: Progress, lo: float, hi: float) -> Progress:
     return lambda f, text: news(lo + (hi - lo) * min(max(f, 0.0), 1.0), text)
 
 
+def code_commit() -> str | None:
+    """The commit of the code a result was made with ("+changes" when the work tree differed from it), so that
+    a table can say which code it belongs to; None outside a git checkout."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                                 capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+changes" if changed else "")
+
+
 def machine() -> dict[str, str]:
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
             "cpus": str(os.cpu_count()), "torch": torch.__version__,
@@ -121,6 +134,7 @@ def evaluate(checkpoint: str | Path | None = None, data: str | Path | None = Non
     result = {
         "regime": chosen_regime.name, "regime_title": chosen_regime.title,
         "created": time.strftime("%Y-%m-%d %H:%M %Z"),  # which model and date a table belongs to (the pages say)
+        "commit": code_commit(),  # and which code
         "n_train_complete": int(setup.table.present[ds.indices("train")].all(1).sum()),
         "n_train_labelled": int(len(setup.labelled) if setup.labelled is not None else len(ds.indices("train"))),
         "data": str(data), "data_fingerprint": ds.fingerprint(), "n_test": int(len(ds.indices("test"))),

@@ -14,7 +14,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from core.evaluation import verdicts
-from core.evaluation.evaluate import evaluate, stage
+from core.evaluation.evaluate import code_commit, evaluate, stage
 from core.evaluation.figures import COLOURS, write_figures
 from core.evaluation.regimes import REGIME_METHODS, REGIMES
 from core.jsonout import dumps
@@ -55,7 +55,8 @@ def study(regimes: str = "all", quick: bool = False, seeds: int | None = None, o
                                  progress=progress, jobs=jobs, regime_name=name, short=short, config_path=config_path,
                                  on_progress=lambda f, text, name=name, part=part: part(f, f"{name}: {text}"))
     table = summary_rows(names, results)
-    result = {"regimes": names, "quick": quick, "short": short, "config": config_path and str(config_path), "methods": methods.split(","), "seconds": time.perf_counter() - t0,
+    result = {"regimes": names, "created": time.strftime("%Y-%m-%d %H:%M %Z"), "commit": code_commit(),
+              "seeds": results[runs[0]]["seeds"], "quick": quick, "short": short, "config": config_path and str(config_path), "methods": methods.split(","), "seconds": time.perf_counter() - t0,
               "summary": table, "runs": {n: str(out / n) for n in runs},
               "train": {n: {"complete": results[TRAINED_AS.get(n, n)]["n_train_complete"],
                             "labelled": results[TRAINED_AS.get(n, n)]["n_train_labelled"],
