@@ -90,8 +90,8 @@ def sample_mask(present: torch.Tensor, p: float, draws: BatchDraws) -> torch.Ten
 
 def rare_weights(labels: np.ndarray, n_classes: int, gamma: float, rare: list[int], balance_gamma: float = 0.0) -> np.ndarray:
     """Per-case sampling weight w_c = (f_max / f_c)^gamma for the declared rare classes (design §3.2.2) and
-    (f_max / f_c)^balance_gamma for the others (plain class balancing; 0 = none). The prior shift this
-    causes is undone after training by the calibration's class bias."""
+    (f_max / f_c)^balance_gamma for the others (plain class balancing; 0 = none). A calibrator with a class
+    bias (`training.calibrator`: pattern+bias) undoes the prior shift this causes; the chosen one does not."""
     f = np.bincount(labels, minlength=n_classes).astype(float)
     ratio = np.where(f > 0, f.max() / np.maximum(f, 1), 1.0)
     exponent = np.full(n_classes, balance_gamma)

@@ -1,15 +1,18 @@
-"""Temperature per availability pattern with a class-prior correction, fitted on what prediction reports.
+"""Temperature per availability pattern, optionally with a class-prior correction, fitted on what prediction
+reports.
 
 Prediction reports p = mean_k softmax(l_k / T_m + b) over the K diffusion samples, where T_m depends on
 which modalities were given (a case read from its labs alone is less sure than a complete one) and b is
-one bias per class. Both are fitted by minimising the negative log-likelihood of exactly that average on
-validation views (every validation case predicted from every subset of its modalities), each case
-weighted equally; the pattern temperatures are shrunk towards their common value, so a rare pattern
-cannot drift on a handful of cases. At the optimum of b the mean predicted probability of each class
-equals its validation frequency, which undoes the prior shift of rare-class oversampling.
+one bias per class (zero unless the form has one). Both are fitted by minimising the negative
+log-likelihood of exactly that average on validation views (every validation case predicted from every
+subset of its modalities), each case weighted equally; the pattern temperatures are shrunk towards their
+common value, so a rare pattern cannot drift on a handful of cases. At the optimum of b the mean predicted
+probability of each class equals its validation frequency (which would undo the prior shift of class
+balancing), but with a few validation cases per rare class b fits those cases rather than the class.
 
-The form (a temperature per pattern or one for all, with or without the class bias) was chosen on
-validation by cross-fitting (`core/evaluation/inference_choice.py`, `python -m core tune --inference`).
+The form (FORMS: a temperature per pattern or one for all, with or without the class bias) was chosen on
+validation by cross-fitting (`core/evaluation/inference_choice.py`, `python -m core tune --inference`):
+configs/default.yaml's `training.calibrator`; checkpoints from before the choice have pattern+bias.
 """
 
 from __future__ import annotations
