@@ -114,7 +114,7 @@ def show_results(result: dict, key: str) -> None:
     st.markdown("**Targets**")
     boots = result.get("bootstraps") or ({"natural": result["bootstrap_natural"]} if result.get("bootstrap_natural") else {})
     # recomputed (older results name methods internally); the significance target from the bootstrap's verdicts
-    targets_table(report.targets(rows, modalities, boots or None), key)
+    targets_table(report.targets(rows, modalities, boots or None, result.get("config")), key)
     if boots:
         st.markdown("**RobustMDiff against each method, with intervals**", help=BOOTSTRAP_HELP)
         chosen_set = st.segmented_control("Missing data", list(boots), format_func=verdicts.BOOTSTRAP_SETS.get,

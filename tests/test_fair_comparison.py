@@ -168,3 +168,17 @@ def test_make_setup_reuses_no_checkpoint_robustmdiff_seed_0_is_trained_fresh(mon
     ours = next(m for m in methods_for(["image"]) if m.name == "robustmdiff")
     assert harness.train_and_score(setup, ours, setup.config.training.seed) == "fresh"
     assert len(trained) == 1 and trained[0].training.seed == setup.config.training.seed
+
+
+def test_rare_sampling_target_when_the_chosen_weights_make_the_ablation_the_model_itself():
+    """With rare classes weighted like the others (chosen on validation), 'w/o rare-disease sampling' is not
+    trained; its target is reported as not met, by construction, and not silently dropped."""
+    rows = [{"method": m, "seed": 0, "condition": c, "group": g, "accuracy": 0.5, "recall": 0.4, "auroc": 0.9}
+            for m in ("robustmdiff", "dropout_0.5") for c in ("a", "random_30", "random_50", "natural")
+            for g in ("all", "rare")]
+    name = "rare-class recall >= 15 % higher than without rare-disease sampling"
+    same = {"training": {"rare_gamma": 0.5, "balance_gamma": 0.5}}
+    found = {t["target"]: t for t in report.targets(rows, ["a"], config=same)}
+    assert not found[name]["met"] and "by construction" in found[name]["measured"]
+    own = {"training": {"rare_gamma": 1.0, "balance_gamma": 0.5}}  # a device of its own, but not evaluated here
+    assert name not in {t["target"] for t in report.targets(rows, ["a"], config=own)}

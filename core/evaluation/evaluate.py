@@ -144,7 +144,7 @@ def evaluate(checkpoint: str | Path | None = None, data: str | Path | None = Non
         "quick": quick, "short": short, "config": config.to_dict(), "machine": machine(), "device": str(dev),
         "seconds": time.perf_counter() - t0, "rows": rows, "significance": report.significance(rows, names),
         "retention": report.retention(rows, names).to_dict("records"),
-        "targets": report.targets(rows, names, bootstraps),
+        "targets": report.targets(rows, names, bootstraps, config.to_dict()),
         "reliability": reliability, "modalities": names, "bootstraps": bootstraps,
         "bootstrap_natural": bootstraps.get("natural", []), "rare_intervals": rare_intervals,
         "recipe": RECIPE,  # one training recipe for every method, every seed trained fresh (methods.py)
@@ -444,7 +444,7 @@ def markdown(result: dict) -> str:
              "## Retention (share of the all-modalities AUROC kept; first column: that AUROC)", "",
              ret.to_markdown(index=False, floatfmt=".3f"), "", "## Rare vs common classes (natural missingness)", "",
              report.rare_table(rows, result.get("rare_intervals")).to_markdown(index=False, floatfmt=".3f"), "",
-             "## Targets", "", report.targets_frame(report.targets(rows, names, boots) if boots else result["targets"])
+             "## Targets", "", report.targets_frame(report.targets(rows, names, boots, result.get("config")) if boots else result["targets"])
              .to_markdown(index=False)]
     for key, rows in boots.items():
         lines += ["", f"## RobustMDiff against each method, {verdicts.bootstrap_kind(rows)}: {verdicts.BOOTSTRAP_SETS[key]}",
