@@ -13,7 +13,7 @@ CHECKPOINT ?=
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: run test venv cohort browser clean gpu-check
+.PHONY: run test venv cohort browser clean gpu-check comparison
 
 venv: $(STAMP)
 
@@ -55,6 +55,14 @@ test: venv browser
 # CPU, benchmark it and time the default checkpoint's training there; results in runs/gpu-check/.
 gpu-check: venv cohort
 	$(BIN)/python -m core doctor --device cuda --bench --train-default --out runs/gpu-check
+
+# The comparison of BENCHMARKS.md and the Robustness lab (issue 28): every method, each trained fresh with one
+# recipe for 3 seeds, under every availability pattern, random and not-at-random missingness and the data as they
+# come. Hours on a 2-core CPU (JOBS models at once, one thread each); rerunning it resumes from the models finished
+# in runs/eval-full/parts. Copy runs/eval-full/ to assets/evaluation/ for the app to show it.
+JOBS ?= 2
+comparison: venv cohort
+	$(BIN)/python -m core evaluate --config configs/default.yaml --seeds 3 --jobs $(JOBS) --out runs/eval-full
 
 clean:
 	rm -rf $(VENV) .pytest_cache test-output

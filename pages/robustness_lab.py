@@ -104,7 +104,9 @@ def show_results(result: dict, key: str) -> None:
         st.info(which, icon=":material/history:")
     st.caption(f"{result['n_test_complete']} complete test cases; seeds {result['seeds']}; "
                + (f"{result['seconds'] / 60:.0f} min" if result["seconds"] >= 120 else f"{result['seconds']:.0f} s")
-               + f" on {result['machine']['cpus']} CPUs ({result['device']}).")
+               + f" on {result['machine']['cpus']} CPUs ({result['device']})."
+               + "".join(f" {label}: not trained, because the configuration already leaves its device out, so it "
+                         "would be RobustMDiff itself." for label in result.get("same_as_robustmdiff", {}).values()))
     st.plotly_chart(figures.auroc_by_pattern(rows, modalities), width="stretch", key=f"{key}_heat")
     c1, c2 = st.columns([3, 2])
     c1.plotly_chart(figures.retention_curve(rows, modalities), width="stretch", key=f"{key}_ret")

@@ -79,7 +79,10 @@ def test_wilcoxon_detects_a_consistent_gap():
 
 def test_quick_evaluation_end_to_end(small_cohort, tmp_path):
     """The quick schedule on the small cohort (the 600-case quick cohort changes nothing that is tested here)."""
-    evaluate(data=small_cohort, methods="early_zero,late_fusion", quick=True, out=tmp_path, progress=False)
+    # under the configuration's class weights (rare classes weighted like the others) 'w/o rare-disease sampling'
+    # would be RobustMDiff itself: named, not trained
+    evaluate(data=small_cohort, methods="early_zero,late_fusion,no_rare_sampling", quick=True, out=tmp_path,
+             progress=False)
     for f in ("results.json", "results.csv", "table.md", "auroc_by_pattern.html", "retention.html", "reliability.html"):
         assert (tmp_path / f).exists(), f
     df = pd.read_csv(tmp_path / "results.csv")
@@ -92,6 +95,8 @@ def test_quick_evaluation_end_to_end(small_cohort, tmp_path):
     main = table.split("## Retention")[0]
     assert main.count("**") >= 2 * 16  # the best of each of the 7 × 2 + 2 columns in bold
     saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["same_as_robustmdiff"] == {"no_rare_sampling": "w/o rare-disease sampling"}
+    assert "w/o rare-disease sampling: not trained" in table
     assert set(saved["significance"]) == {"early_zero", "late_fusion"}
     assert all(0 <= r["auroc"] <= 1 for r in saved["rows"] if r["auroc"] is not None)  # null: one class only
     assert set(saved["bootstraps"]) == {"patterns", "random_50", "mnar_50", "natural"}

@@ -25,7 +25,7 @@ from core.checkpoint import read_meta
 from core.data.cohort.generate import ensure_cohort, quick_cohort, redundant_cohort
 from core.data.dataset import Dataset
 from core.evaluation import figures, report, verdicts
-from core.evaluation.harness import RECIPE, Progress, Setup, condition_rows, run
+from core.evaluation.harness import RECIPE, Progress, Setup, condition_rows, method_config, run
 from core.evaluation.methods import methods_for, select
 from core.evaluation.regimes import REGIME_METHODS, case_severity, labelled_rows, limit_complete, regime
 from core.features import dataset_features
@@ -104,6 +104,11 @@ def evaluate(checkpoint: str | Path | None = None, data: str | Path | None = Non
     n_seeds = seeds or (1 if quick or short else 3)
     base_seed = config.training.seed
     chosen = select(methods_for(setup.names), methods)
+    # an ablation whose device the configuration already leaves out (e.g. rare classes weighted like the others)
+    # would train RobustMDiff again under another name: it is left out and named in the result instead
+    reference = method_config(setup, next(m for m in chosen if m.name == "robustmdiff"), base_seed)
+    same = [m.name for m in chosen if m.kind == "ablation" and method_config(setup, m, base_seed) == reference]
+    chosen = [m for m in chosen if m.name not in same]
     labels = {m.name: m.label for m in chosen}
     seed_list = [base_seed + i for i in range(n_seeds)]
     total = len(chosen) * len(seed_list)
@@ -147,6 +152,7 @@ def evaluate(checkpoint: str | Path | None = None, data: str | Path | None = Non
         "targets": report.targets(rows, names, bootstraps, config.to_dict()),
         "reliability": reliability, "modalities": names, "bootstraps": bootstraps,
         "bootstrap_natural": bootstraps.get("natural", []), "rare_intervals": rare_intervals,
+        "same_as_robustmdiff": {n: display_name(n) for n in same},  # not trained: the configuration makes them it
         "recipe": RECIPE,  # one training recipe for every method, every seed trained fresh (methods.py)
     }
     news(STAGES["models"][1], "writing results and tables")
@@ -439,7 +445,9 @@ def markdown(result: dict) -> str:
     boots = result.get("bootstraps") or ({"natural": result["bootstrap_natural"]} if result.get("bootstrap_natural") else {})
     lines = ["## Macro AUROC and accuracy (%) under every availability pattern",
              "", f"Test split: {result['n_test_complete']} cases with all modalities, the others switched off per "
-             f"pattern; mean ± std over seeds {result['seeds']}. AVG: mean over the patterns. " + report.WILCOXON_NOTE,
+             f"pattern; mean ± std over seeds {result['seeds']}. AVG: mean over the patterns. " + report.WILCOXON_NOTE
+             + "".join(f" {label}: not trained, because the configuration already leaves its device out, so it would "
+                       "be RobustMDiff itself." for label in result.get("same_as_robustmdiff", {}).values()),
              "", report.main_table(rows, names), "",
              "## Retention (share of the all-modalities AUROC kept; first column: that AUROC)", "",
              ret.to_markdown(index=False, floatfmt=".3f"), "", "## Rare vs common classes (natural missingness)", "",
