@@ -60,6 +60,20 @@ class Prediction:
         key = NEXT_TEST_RULES[self.next_test_evidence.get("rule", "probability_of_change")][0]
         return self.chance_of_change(modality) if key is None else self.synthesized[modality][key]
 
+    def ranked_missing(self) -> list[str]:
+        """The synthesized modalities in the order of the checkpoint's 'which test next' rule (ties by the chance of
+        change): the order of the page's and the report's tables, whose first row is the one the sentence names."""
+        return sorted(self.synthesized, key=lambda n: (self.next_test_score(n), self.chance_of_change(n)), reverse=True)
+
+    def next_test_column(self) -> tuple[str, dict[str, str]] | None:
+        """The chosen rule's score per synthesized modality as a table column (title, text per modality), where the
+        rule is not the chance of change, which the tables show anyway."""
+        rule = self.next_test_evidence.get("rule", "probability_of_change")
+        if NEXT_TEST_RULES[rule][0] is None:
+            return None
+        title, text = RULE_COLUMNS[rule]
+        return title, {m: text(self.next_test_score(m)) for m in self.synthesized}
+
     @property
     def next_test(self) -> str | None:
         """The synthesized modality to acquire next: the only one, or the one the checkpoint's chosen rule ranks
@@ -68,7 +82,7 @@ class Prediction:
             return next(iter(self.synthesized))
         if not self.synthesized or not self.next_test_evidence.get("above_chance"):
             return None
-        return max(self.synthesized, key=lambda n: (self.next_test_score(n), self.chance_of_change(n)))
+        return self.ranked_missing()[0]
 
     def next_test_text(self) -> str:
         """'Which test next' in words, the one wording of every surface (page, report, CLI). One modality is
@@ -105,6 +119,13 @@ NEXT_TEST_RULES: dict[str, tuple[str | None, str]] = {
     "expected_change": ("expected_change", "the expected change of the probabilities over the diffusion samples"),
     "information_gain": ("expected_information_gain", "the expected information gain over the diffusion samples"),
     "decision_change": ("decision_change", "the share of diffusion samples in which the predicted class changes"),
+}
+
+# the same scores as a table column: its title and how one value reads
+RULE_COLUMNS = {
+    "expected_change": ("expected change of the probabilities if acquired", lambda v: f"{v:.0%}"),
+    "information_gain": ("expected information gain if acquired", lambda v: f"{v:.2f} nats"),
+    "decision_change": ("samples in which the class changes", lambda v: f"{v:.0%}"),
 }
 
 

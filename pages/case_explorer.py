@@ -276,10 +276,11 @@ if pred.synthesized:
     st.markdown("**Missing modalities, synthesized in latent space**",
                 help="Synthesis confidence: the probability that the answer stays the same when the real modality "
                      "is added, learned on validation cases (see the Model card for how well it holds on test cases).")
-    ranked = sorted(pred.synthesized, key=pred.chance_of_change, reverse=True)
+    rule = pred.next_test_column()  # the ranking's own score, where it is not the chance of change
     st.dataframe(pd.DataFrame([{"modality": m, "synthesis confidence": f"{pred.synthesized[m]['confidence']:.0%}",
-                                "chance the answer changes if acquired": f"{pred.chance_of_change(m):.0%}"}
-                               for m in ranked]), hide_index=True, width="stretch")
+                                "chance the answer changes if acquired": f"{pred.chance_of_change(m):.0%}",
+                                **({rule[0]: rule[1][m]} if rule else {})}
+                               for m in pred.ranked_missing()]), hide_index=True, width="stretch")
     if pred.outside_training:
         st.caption("These confidences were learned on inputs like the training data; with an input outside it "
                    "they mean little.")

@@ -12,7 +12,7 @@ import streamlit as st
 from pydicom.data import get_testdata_file
 from streamlit.testing.v1 import AppTest
 
-from core.prediction import next_test_evidence
+from core.prediction import RULE_COLUMNS, next_test_evidence
 from core.names import display_name
 from core.paths import DEFAULT_CHECKPOINT, ROOT
 from core.review.store import ReviewStore
@@ -196,3 +196,5 @@ def test_a_bad_lab_value_is_refused_alone_and_never_shown_as_assumed(app):
         assert "not shown to beat chance" in which and f"chance {NEXT_TEST['chance']:.0%}" in which
     table = next(d.value for d in at.dataframe if "chance the answer changes if acquired" in getattr(d.value, "columns", []))
     assert table["modality"].iloc[0] in which  # the sentence names the table's top row (or lists every chance)
+    if NEXT_TEST["rule"] in RULE_COLUMNS:  # the table is in the rule's order and shows the rule's score
+        assert RULE_COLUMNS[NEXT_TEST["rule"]][0] in table.columns

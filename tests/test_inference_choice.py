@@ -70,8 +70,8 @@ def test_the_choice_reads_validation_only(quick_checkpoint, small_cohort):
     others = np.concatenate([ds.indices("test"), ds.indices("train")])
     labels[others] = np.random.default_rng(1).permutation(labels[others] + 1) % len(ds.classes)
     second = inference_choice(model, table, labels, ds.indices("val"), samplers)
-    for a, b in zip(first["rows"], second["rows"]):
-        assert a["forms"] == b["forms"] and a["confidence_auroc"] == b["confidence_auroc"]
-        assert a["seed_sensitivity"] == b["seed_sensitivity"]
+    for a, b in zip(first["rows"], second["rows"]):  # NaN where a fold saw no answer change: equal to itself here
+        np.testing.assert_equal([a["forms"], a["confidence_auroc"], a["seed_sensitivity"]],
+                                [b["forms"], b["confidence_auroc"], b["seed_sensitivity"]])
     assert first["chosen"] == second["chosen"] and first["chosen"]["calibrator"] in FORMS
     assert {(r["samples"], r["steps"]) for r in first["rows"]} == set(samplers)

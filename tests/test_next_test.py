@@ -118,8 +118,14 @@ def test_a_rule_that_beat_chance_names_its_first_modality_with_the_evidence():
     text = p.next_test_text()
     assert text.startswith("Which test next: labs, with a 30% chance")
     assert "in 61% of 552 test views" in text and "95 % interval 55%–66%" in text and "chance 50%" in text
+    # the tables list the missing modalities in the rule's order, with the rule's own score beside the chance
+    p_expected = p
+    assert p_expected.ranked_missing() == ["labs", "image"]
+    assert p_expected.next_test_column() == ("expected change of the probabilities if acquired", {"labs": "20%", "image": "10%"})
     p = prediction(next_test_evidence(new_meta("decision_change", 0.55)), image=IMAGE, labs=LABS)
-    assert p.next_test == "image"
+    assert p.next_test == "image" == p.ranked_missing()[0]
+    p = prediction(next_test_evidence(new_meta("probability_of_change", 0.55)), image=IMAGE, labs=LABS)
+    assert p.next_test_column() is None and p.ranked_missing() == ["image", "labs"]  # the chance is the score
 
 
 def test_a_rule_not_shown_to_beat_chance_names_none_and_lists_each_chance():
@@ -132,14 +138,18 @@ def test_a_rule_not_shown_to_beat_chance_names_none_and_lists_each_chance():
     assert unmeasured.next_test is None and "No ranking of them has been measured" in unmeasured.next_test_text()
 
 
-def test_the_shipped_checkpoint_meta_without_a_chosen_rule_gets_the_cautious_wording_with_its_figures():
+def test_the_shipped_checkpoints_evidence_gives_the_wording_it_earns():
     meta = json.loads((DEFAULT_CHECKPOINT / "meta.json").read_text())
     nt = meta["calibration"]["next_test"]
     evidence = next_test_evidence(meta)
-    if "chosen_rule" not in nt:  # the meta before the rerun of issue 28
+    if "chosen_rule" not in nt:  # a meta from before the choice on validation (issue 28)
         assert evidence["rule"] == "probability_of_change" and not evidence["above_chance"]
-    text = prediction(evidence, image=IMAGE, labs=LABS).next_test_text()
-    if not evidence["above_chance"]:
+    p = prediction(evidence, image=IMAGE, labs=LABS)
+    text = p.next_test_text()
+    if evidence["above_chance"]:  # named, with its evidence: the interval's lower bound above chance
+        assert evidence["interval"][0] > evidence["chance"] and text.startswith(f"Which test next: {p.ranked_missing()[0]},")
+        assert f"95 % interval {evidence['interval'][0]:.0%}–{evidence['interval'][1]:.0%}" in text
+    else:
         assert "not shown to beat chance" in text and "most likely" not in text
         assert f"in {evidence['agreement']:.0%} of {nt['n_views']} test views" in text
         assert f"chance {nt['top1_chance']:.0%}" in text

@@ -36,9 +36,11 @@ def run(args: argparse.Namespace) -> int:
     for c, p in sorted(result.probabilities.items(), key=lambda kv: -kv[1]):
         print(f"  {c:<22} {p:6.1%}")
     print(f"present: {', '.join(result.present)}")
-    for m, s in result.synthesized.items():
+    rule = result.next_test_column()  # the ranking's own score, where it is not the chance of change
+    for m in result.ranked_missing():
+        s = result.synthesized[m]
         print(f"synthesized {m}: synthesis confidence {s['confidence']:.0%} (a {result.chance_of_change(m):.0%} chance "
-              f"that acquiring the real {m} changes the answer)")
+              f"that acquiring the real {m} changes the answer" + (f"; {rule[0]}: {rule[1][m]})" if rule else ")"))
         if result.assumed_text(m):
             print(f"  {result.assumed_text(m, top=5)}")
     if result.synthesized:  # which to acquire next, or each one's chance where no ranking beat chance

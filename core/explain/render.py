@@ -321,14 +321,16 @@ def report_html(exp: Explanation, case_inputs: dict, opacity: float = 0.5, cmap:
     parts.append("</table>")
     parts.append(contributions_html(exp))
     if p.synthesized:
+        rule = p.next_test_column()  # the ranking's own score, where it is not the chance of change
         parts.append("<h2>Missing modalities</h2><p>Synthesis confidence: the probability that the answer stays the "
                      "same when the real modality is added (learned on validation cases).</p><table><tr><th>modality</th>"
                      "<th>synthesis confidence</th><th>chance the answer changes if acquired</th>"
-                     "<th>what the synthesis assumed</th></tr>")
-        for m in sorted(p.synthesized, key=p.chance_of_change, reverse=True):
+                     + (f"<th>{html.escape(rule[0])}</th>" if rule else "") + "<th>what the synthesis assumed</th></tr>")
+        for m in p.ranked_missing():
             s = p.synthesized[m]
             parts.append(f"<tr><td>{html.escape(m)}</td><td>{s['confidence']:.0%}</td><td>{p.chance_of_change(m):.0%}</td>"
-                         f"<td>{html.escape(p.assumed_text(m, top=len(s.get('expected_values', {})) or 3))}</td></tr>")
+                         + (f"<td>{html.escape(rule[1][m])}</td>" if rule else "")
+                         + f"<td>{html.escape(p.assumed_text(m, top=len(s.get('expected_values', {})) or 3))}</td></tr>")
         parts.append(f"</table><p>{html.escape(p.next_test_text())}</p>")
     for name, heat in exp.image.items():
         scan = case_inputs[name]
