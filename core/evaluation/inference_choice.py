@@ -161,13 +161,14 @@ def inference_choice(model: RobustMDiff, table: FeatureTable, labels: np.ndarray
 
 def markdown(result: dict) -> str:
     current = result["chosen"]
-    lines = ["| K × steps | ms per view | log loss (" + " / ".join(FORMS) + ") | macro AUROC | confidence AUROC "
-             "(cross-fitted) | seed sensitivity | chosen |", "|---|---|---|---|---|---|---|"]
+    form = current["calibrator"]
+    lines = ["| K × steps | ms per view | cross-fitted log loss (" + " / ".join(FORMS) + f") | macro AUROC ({form}) | "
+             "confidence AUROC (cross-fitted) | seed sensitivity | chosen |", "|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         here = (r["samples"], r["steps"]) == (current["samples"], current["steps"])
         lines.append(f"| {r['samples']} × {r['steps']} | {r['ms_per_view']:.1f} | "
                      + " / ".join(f"{r['forms'][f]['log_loss']:.4f}" for f in FORMS)
-                     + f" | {r['forms'][FORMS[0]]['macro_auroc']:.4f} | "
+                     + f" | {r['forms'][form]['macro_auroc']:.4f} | "
                      + ", ".join(f"{n} {v:.3f}" for n, v in r["confidence_auroc"].items())
                      + " | " + ", ".join(f"{n} {v:.3f}" for n, v in r["seed_sensitivity"].items())
                      + f" | {'**yes**, ' + current['calibrator'] if here else ''} |")
