@@ -5,7 +5,6 @@ from __future__ import annotations
 import atexit
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from core.evaluation import figures, report, verdicts
 from core.evaluation.harness import RECIPE, Progress, Setup, condition_rows, method_config, run
 from core.evaluation.methods import methods_for, select
 from core.evaluation.regimes import REGIME_METHODS, case_severity, labelled_rows, limit_complete, regime
+from core.evaluation.run_info import code_commit, machine
 from core.features import dataset_features
 from core.device import pick_device
 from core.model.config import QUICK_TRAINING, Config
@@ -44,25 +44,6 @@ STAGES = {"features": (0.02, 0.2), "models": (0.2, 0.95), "figures": (0.95, 1.0)
 def stage(news: Progress, lo: float, hi: float) -> Progress:
     """The callback of a stage that spans [lo, hi] of the whole."""
     return lambda f, text: news(lo + (hi - lo) * min(max(f, 0.0), 1.0), text)
-
-
-def code_commit() -> str | None:
-    """The commit of the code a result was made with ("+changes" when the work tree differed from it), so that
-    a table can say which code it belongs to; None outside a git checkout."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              timeout=10, check=True).stdout.strip()
-        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                                 capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return head + ("+changes" if changed else "")
-
-
-def machine() -> dict[str, str]:
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpus": str(os.cpu_count()), "torch": torch.__version__,
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"}
 
 
 def evaluate(checkpoint: str | Path | None = None, data: str | Path | None = None, methods: str = "all",

@@ -14,7 +14,8 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from core.evaluation import verdicts
-from core.evaluation.evaluate import code_commit, evaluate, stage
+from core.evaluation.evaluate import evaluate, stage
+from core.evaluation.run_info import code_commit
 from core.evaluation.figures import COLOURS, write_figures
 from core.evaluation.regimes import REGIME_METHODS, REGIMES
 from core.jsonout import dumps
