@@ -67,12 +67,11 @@ def _inference(args: argparse.Namespace) -> int:
     """`--inference`: the sampler and the calibrator chosen on one checkpoint's validation split."""
     from pathlib import Path
 
-    import yaml
-
     from core.data.cohort.generate import ensure_cohort
     from core.data.dataset import Dataset
     from core.errors import RobustMDiffError
     from core.evaluation.inference_choice import inference_choice, markdown
+    from core.evaluation.tuning import write
     from core.features import dataset_features
     from core.inference import Predictor
     from core.jsonout import dumps
@@ -93,8 +92,7 @@ def _inference(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "inference.json").write_text(dumps(result))
     (out / "inference.md").write_text(markdown(result), encoding="utf-8")
-    (out / "tuned.yaml").write_text("# sampler and calibrator chosen on validation by `python -m core tune --inference`\n"
-                                    + yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
+    write({"config": config.to_dict()}, out)  # tuned.yaml, as the grid search writes it
     print(markdown(result))
     print(f"chosen: {chosen['samples']} samples × {chosen['steps']} steps, calibrator {chosen['calibrator']} "
           f"(was {result['current']}) → {out / 'tuned.yaml'}")
