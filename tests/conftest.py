@@ -51,9 +51,21 @@ def default_dataset(default_cohort):
 
 
 @pytest.fixture(scope="session")
-def default_features(default_dataset):
-    """Frozen-backbone features of the default cohort (cached on disk after the first run), as the shipped
-    checkpoint reads them (tests pair them with `predictor`; e.g. its note negation setting)."""
+def test_split(default_dataset):
+    """The default cohort's test cases alone, each keeping its split: what the shipped checkpoint's test
+    figures are measured on, without encoding the 2,500 training and validation cases (minutes on CI)."""
+    from core.data.dataset import Dataset
+
+    rows = default_dataset.indices("test")
+    ds = Dataset(default_dataset.spec, default_dataset.manifest.iloc[rows], default_dataset.root)
+    ds.splits, ds.given_splits = default_dataset.splits[rows].copy(), default_dataset.given_splits[rows].copy()
+    return ds
+
+
+@pytest.fixture(scope="session")
+def test_split_features(test_split):
+    """Frozen-backbone features of `test_split` (cached on disk after the first run), as the shipped checkpoint
+    reads them (tests pair them with `predictor`; e.g. its note negation setting)."""
     from core.checkpoint import read_meta
     from core.features import dataset_features
     from core.model.config import Config
@@ -61,7 +73,7 @@ def default_features(default_dataset):
 
     with _exclusive("features"):
         config = Config.from_dict(read_meta(DEFAULT_CHECKPOINT)["config"]).model
-        return dataset_features(default_dataset, config, progress=False)
+        return dataset_features(test_split, config, progress=False)
 
 
 @pytest.fixture(scope="session")

@@ -122,8 +122,8 @@ def test_explain_command(default_cohort, tmp_path):
     assert "<html" in (tmp_path / "report.html").read_text()
 
 
-def test_faithfulness_above_random(predictor, default_dataset, default_features):
-    result = faithfulness(predictor, default_dataset, default_features, n=16, image_methods=("integrated_gradients",),
+def test_faithfulness_above_random(predictor, test_split, test_split_features):
+    result = faithfulness(predictor, test_split, test_split_features, n=16, image_methods=("integrated_gradients",),
                           progress=False, timing_cases=0)
     r = result["metrics"]
     for m in ("note", "labs"):  # steps grow per case until IG is complete to 5 % (the cap is rarely reached)

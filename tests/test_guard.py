@@ -22,7 +22,7 @@ from core.errors import CheckpointError, SpecError
 from core.explain.explanation import explain_case
 from core.explain.render import report_html
 from core.guard.domain import DomainError, domain_mismatches
-from core.guard.ood import FALSE_ALARM, Guard, LabGaussian, Subspace, fit_guard
+from core.guard.ood import FALSE_ALARM, Guard, LabGaussian, Subspace
 from core.paths import DEFAULT_CHECKPOINT, ROOT
 
 CT = get_testdata_file("CT_small.dcm")
@@ -129,18 +129,19 @@ def test_a_lab_never_measured_in_fitting_is_left_out_of_scores_without_warnings(
     assert np.isfinite(with_lab).all() and with_lab[0] == pytest.approx(without[0]) and np.isnan(only_it[0])
 
 
-def test_guard_is_fitted_at_one_percent_and_holds_on_the_test_split(default_dataset, default_features):
-    ds, table = default_dataset, default_features
-    labs = {"labs": [lab for lab in ds.spec.labs]}
-    guard = fit_guard(table, ds.labels, ds.indices("train"), ds.indices("val"), labs)
+def test_shipped_guard_holds_on_the_test_split_and_round_trips(predictor, test_split, test_split_features):
+    """The guard that training fitted at a 1 % false-alarm rate (training and validation cases), scored here
+    on the test cases encoded on this machine rather than read from its record."""
+    guard, table, rows = predictor.guard, test_split_features, test_split.indices("test")
     assert set(guard.thresholds) == {"image", "note", "labs"}
-    for m, rate in guard.flag_rates(table, ds.indices("test")).items():
+    # the threshold is the 99th percentile of validation and cross-fitted training scores together
+    assert max(guard.val_flagged.values()) <= 3 * FALSE_ALARM
+    for m, rate in guard.flag_rates(table, rows).items():
         assert rate <= 4 * FALSE_ALARM, (m, rate)  # target ≤ 2 % (BENCHMARKS.md); 4 % leaves sampling noise
     # storage round trip gives the same scores
     again = Guard.from_storage(json.loads(json.dumps(guard.describe())), guard.tensors())
-    rows = ds.indices("test")[:50]
-    for m, s in guard.scores(table, rows).items():
-        np.testing.assert_allclose(again.scores(table, rows)[m], s, rtol=1e-9, equal_nan=True)
+    for m, s in guard.scores(table, rows[:50]).items():
+        np.testing.assert_allclose(again.scores(table, rows[:50])[m], s, rtol=1e-9, equal_nan=True)
 
 
 def test_shipped_checkpoint_carries_its_guard_and_flags_what_is_not_from_the_cohort(predictor, default_cohort):

@@ -142,7 +142,7 @@ def test_tampered_checkpoint_is_refused(quick_checkpoint, tmp_path):
         load_checkpoint(tmp_path)
 
 
-def test_shipped_checkpoint_reproduces_its_test_metrics(predictor, default_dataset, default_features):
+def test_shipped_checkpoint_reproduces_its_test_metrics(predictor, default_dataset, test_split, test_split_features):
     """The claim "trained on this data, these test metrics", checked on whatever machine runs it: first the
     content of the regenerated cohort (decoded pixels, text, lab values; not the files' bytes), then the
     metrics. The frozen backbones' float paths differ between CPUs (AVX-512, AVX2, ARM) in the last bits of
@@ -152,7 +152,7 @@ def test_shipped_checkpoint_reproduces_its_test_metrics(predictor, default_datas
     assert meta["data_fingerprint"] == default_dataset.fingerprint()
     from core.training import test_metrics
 
-    again = test_metrics(predictor.model, default_dataset, default_features, predictor.device)
+    again = test_metrics(predictor.model, test_split, test_split_features, predictor.device)
     # TF32 products on a GPU move them a little more
     tol = 2e-3 if predictor.device.type == "cpu" else 1e-2
     for pattern, metrics in meta["test_metrics"].items():
@@ -162,18 +162,18 @@ def test_shipped_checkpoint_reproduces_its_test_metrics(predictor, default_datas
     assert size < 20 * 2**20
 
 
-def test_live_features_equal_cached_features(predictor, default_dataset, default_features):
-    rows = [int(i) for i in np.flatnonzero(default_features.present.all(1))[:3]]
-    cases = [default_dataset.load(i) for i in rows]
+def test_live_features_equal_cached_features(predictor, test_split, test_split_features):
+    rows = [int(i) for i in np.flatnonzero(test_split_features.present.all(1))[:3]]
+    cases = [test_split.load(i) for i in rows]
     live = predictor.features(cases)
     # the cache is written on whatever device built it; bf16 backbones on a GPU differ from the CPU's float32
     feat_tol, prob_tol = (1e-4, 1e-4) if predictor.device.type == "cpu" else (0.1, TOLERANCE["cuda"])
-    np.testing.assert_allclose(live.image["image"], default_features.image["image"][rows], atol=feat_tol)
-    for a, b in zip(live.text["note"], [default_features.text["note"][i] for i in rows]):
+    np.testing.assert_allclose(live.image["image"], test_split_features.image["image"][rows], atol=feat_tol)
+    for a, b in zip(live.text["note"], [test_split_features.text["note"][i] for i in rows]):
         np.testing.assert_allclose(a, b, atol=feat_tol)
-    np.testing.assert_allclose(live.tabular["labs"], default_features.tabular["labs"][rows], rtol=1e-6)
+    np.testing.assert_allclose(live.tabular["labs"], test_split_features.tabular["labs"][rows], rtol=1e-6)
     from_files = [p.probabilities for p in predictor.predict_many(cases)]
-    cached = predict_table(predictor.model, default_features, rows).probs
+    cached = predict_table(predictor.model, test_split_features, rows).probs
     np.testing.assert_allclose([[p[c] for c in predictor.classes] for p in from_files], cached, atol=prob_tol)
 
 
