@@ -25,15 +25,22 @@ from core.paths import CONFIGS, ROOT, data_dir, default_cohort_dir  # noqa: E402
 
 
 @contextmanager
-def _exclusive(name: str):
-    """A file lock, so that parallel test workers build shared data once."""
-    data_dir().mkdir(parents=True, exist_ok=True)
-    with open(data_dir() / f".{name}.lock", "w") as lock:
+def _exclusive(name: str, folder: Path | None = None):
+    """A file lock in `folder` (default: the data directory), so that parallel test workers build shared data once."""
+    folder = folder or data_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f".{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _run_dir(tmp_path_factory) -> Path:
+    """A folder of this test run shared by its parallel workers (each worker has its own base temp folder)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
 @pytest.fixture(scope="session")
@@ -86,22 +93,33 @@ def predictor():
 
 @pytest.fixture(scope="session")
 def quick_checkpoint(small_cohort, tmp_path_factory) -> Path:
-    """A model trained for a few epochs on the small cohort (seconds): for tests of the training loop. Twice the
-    quick schedule's phase-1 epochs: on 210 training cases whose notes negate other diagnoses' findings, six
-    epochs leave the logits so flat that the calibrated temperature sits at its lower bound."""
+    """A model trained for a few epochs on the small cohort (a minute): for tests of the training loop, trained
+    once per run and shared by the parallel workers. Twice the quick schedule's phase-1 epochs: on 210 training
+    cases whose notes negate other diagnoses' findings, six epochs leave the logits so flat that the calibrated
+    temperature sits at its lower bound."""
     from core.model.config import Config, quick
     from core.training import train
 
-    config = quick(Config.load(CONFIGS / "default.yaml")).override("training", epochs=12)
-    out = tmp_path_factory.mktemp("ckpt") / "quick"
-    train(small_cohort, config, out, device="cpu", progress=False)
+    root = _run_dir(tmp_path_factory)
+    out = root / "quick-checkpoint"
+    with _exclusive("quick-checkpoint", root):
+        if not (out / "meta.json").exists():
+            config = quick(Config.load(CONFIGS / "default.yaml")).override("training", epochs=12)
+            train(small_cohort, config, out, device="cpu", progress=False)
     return out
 
 
 @pytest.fixture(scope="session")
 def small_cohort(tmp_path_factory) -> Path:
-    """A small cohort (300 cases, no card) for fast tests."""
-    return generate_cohort(tmp_path_factory.mktemp("cohort") / "c", n=300, seed=3, workers=1, progress=False, card=False)
+    """A small cohort (300 cases, no card) for fast tests, generated once per run and shared by the workers
+    (read only)."""
+    root = _run_dir(tmp_path_factory)
+    out, done = root / "small-cohort", root / "small-cohort.done"
+    with _exclusive("small-cohort", root):
+        if not done.exists():
+            generate_cohort(out, n=300, seed=3, workers=1, progress=False, card=False)
+            done.touch()
+    return out
 
 
 @pytest.fixture
@@ -138,6 +156,5 @@ def own_model_of(tmp_path_factory):
     "breast_cancer", "derm"), trained once per test run and shared by the parallel workers."""
     from own_models import own_model
 
-    base = tmp_path_factory.getbasetemp()
-    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "own-models"
+    root = _run_dir(tmp_path_factory) / "own-models"
     return lambda name: own_model(name, root)

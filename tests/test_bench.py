@@ -12,7 +12,8 @@ from core.paths import ROOT
 
 
 def test_bench_json(default_cohort):
-    out = subprocess.run([sys.executable, "-m", "core", "bench", "--json", "--repeats", "2", "--no-accuracy", "--no-app"],
+    out = subprocess.run([sys.executable, "-m", "core", "bench", "--json", "--repeats", "2", "--no-accuracy", "--no-app",
+                          "--batches", "1,4"],
                          cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-2000:]
     res = json.loads(out.stdout)
@@ -25,7 +26,7 @@ def test_bench_json(default_cohort):
     assert set(res["synthesis_and_classification_ms"]) == set(res["must_style_latency_ms"])
     assert all(v["speedup"] > 1 for v in res["synthesis_and_classification_ms"].values())
     assert res["missing_over_complete"] > 0 and res["explanation_ms"] > 0
-    assert set(res["throughput_cases_per_s"]) == {"1", "8", "32"}
+    assert set(res["throughput_cases_per_s"]) == {"1", "4"}
 
 
 def test_ig_step_sweep_error_shrinks_with_steps(predictor, default_dataset):
