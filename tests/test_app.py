@@ -123,6 +123,7 @@ def test_corrupt_upload_gets_a_message_not_a_traceback(app):
 
 def test_review_stores_a_rating(app, tmp_path, monkeypatch):
     monkeypatch.setenv("RMD_REVIEW_WARM", "0")  # explanations on demand only: no background work in tests
+    monkeypatch.setenv("RMD_REVIEW_MODELS", str(DEFAULT_CHECKPOINT))  # one model (tests/test_review_models.py: two)
     at = app.run()
     at.switch_page("pages/review.py").run()
     _ok(at)
