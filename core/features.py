@@ -367,6 +367,17 @@ def dataset_features(ds: Dataset, config: ModelConfig, device: torch.device | st
     return _quarantined(ds, FeatureTable.load(path), Quarantine.load(path / QUARANTINE), strict)
 
 
+def split_features(ds: Dataset, config: ModelConfig, split: str, device: torch.device | str = "cpu",
+                   progress: bool = True) -> tuple[Dataset, FeatureTable]:
+    """Features for a command that reads one split: the whole data set's when they are cached (training
+    left them), else those of the split's cases alone (the default cohort's test split is 450 of 3,000
+    cases). Returns the data set whose rows the table's rows are: index both with `indices(split)`."""
+    if (cache_dir() / f"features-{cache_key(ds.fingerprint(), config)}" / "modalities.json").exists():
+        return ds, dataset_features(ds, config, device, progress=progress)
+    part = ds.subset(ds.indices(split))
+    return part, dataset_features(part, config, device, progress=progress)
+
+
 def _quarantined(ds: Dataset, table: FeatureTable, quarantine: Quarantine, strict: bool) -> FeatureTable:
     """Record what was unreadable on the data set and take cases left with nothing out of the splits."""
     if strict and quarantine:

@@ -58,29 +58,30 @@ def default_dataset(default_cohort):
 
 
 @pytest.fixture(scope="session")
-def test_split(default_dataset):
-    """The default cohort's test cases alone, each keeping its split: what the shipped checkpoint's test
-    figures are measured on, without encoding the 2,500 training and validation cases (minutes on CI)."""
-    from core.data.dataset import Dataset
-
-    rows = default_dataset.indices("test")
-    ds = Dataset(default_dataset.spec, default_dataset.manifest.iloc[rows], default_dataset.root)
-    ds.splits, ds.given_splits = default_dataset.splits[rows].copy(), default_dataset.given_splits[rows].copy()
-    return ds
-
-
-@pytest.fixture(scope="session")
-def test_split_features(test_split):
-    """Frozen-backbone features of `test_split` (cached on disk after the first run), as the shipped checkpoint
-    reads them (tests pair them with `predictor`; e.g. its note negation setting)."""
+def _shipped_test_split(default_dataset):
+    """The default cohort's test split and its frozen-backbone features as the shipped checkpoint reads them
+    (`split_features`: the test cases alone unless the whole cohort's features are cached; encoding all 3,000
+    cases would cost CI minutes). Cached on disk after the first run."""
     from core.checkpoint import read_meta
-    from core.features import dataset_features
+    from core.features import split_features
     from core.model.config import Config
     from core.paths import DEFAULT_CHECKPOINT
 
     with _exclusive("features"):
         config = Config.from_dict(read_meta(DEFAULT_CHECKPOINT)["config"]).model
-        return dataset_features(test_split, config, progress=False)
+        return split_features(default_dataset, config, "test", progress=False)
+
+
+@pytest.fixture(scope="session")
+def test_split(_shipped_test_split):
+    """A data set holding the default cohort's test split (`indices("test")`), rows as in `test_split_features`."""
+    return _shipped_test_split[0]
+
+
+@pytest.fixture(scope="session")
+def test_split_features(_shipped_test_split):
+    """Features of `test_split`, paired with `predictor` in tests (e.g. its note negation setting)."""
+    return _shipped_test_split[1]
 
 
 @pytest.fixture(scope="session")

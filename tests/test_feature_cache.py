@@ -7,7 +7,7 @@ import numpy as np
 
 import core.features as features
 from core.data.dataset import Dataset
-from core.features import FeatureTable, dataset_features, modalities_of, table_from_inputs
+from core.features import FeatureTable, dataset_features, modalities_of, split_features, table_from_inputs
 from core.model.config import Config
 from core.paths import CONFIGS
 
@@ -17,7 +17,14 @@ def test_chunked_memory_mapped_cache_equals_one_pass(small_cohort, tmp_path, mon
     monkeypatch.setattr(features, "CHUNK", 64)  # 300 cases: five chunks spilled to disk, then concatenated
     ds = Dataset.open(small_cohort)
     config = Config.load(CONFIGS / "default.yaml").model
+    # a command that reads the test split alone, before anything is cached, encodes the test cases alone
+    test = ds.indices("test")
+    part, part_table = split_features(ds, config, "test", progress=False)
+    assert len(part) == len(part_table) == len(test) and list(part.indices("test")) == list(range(len(test)))
+    assert [part.case_id(i) for i in range(len(part))] == [ds.case_id(i) for i in test]
+    assert (part.labels == ds.labels[test]).all() and part.fingerprint() != ds.fingerprint()
     cached = dataset_features(ds, config, progress=False)
+    assert split_features(ds, config, "test", progress=False)[0] is ds  # once the whole set is cached, its table
     assert isinstance(cached.image["image"], np.memmap) and isinstance(cached.text["note"][0], np.memmap)
     again = dataset_features(ds, config, progress=False)  # now read from the cache
     mods, labs = modalities_of(ds.spec)
@@ -28,8 +35,11 @@ def test_chunked_memory_mapped_cache_equals_one_pass(small_cohort, tmp_path, mon
         np.testing.assert_allclose(t.image["image"], whole.image["image"], atol=1e-4)
         np.testing.assert_array_equal(t.tabular["labs"], whole.tabular["labs"])
         assert all(np.allclose(a, b, atol=1e-4) for a, b in zip(t.text["note"], whole.text["note"]))
+    np.testing.assert_allclose(part_table.image["image"], whole.image["image"][test], atol=1e-4)
+    np.testing.assert_array_equal(part_table.tabular["labs"], whole.tabular["labs"][test])
+    assert all(np.allclose(a, whole.text["note"][i], atol=1e-4) for a, i in zip(part_table.text["note"], test))
     left = [p.name for p in (tmp_path / "cache").iterdir() if p.name != "identity"]  # the data identity's own
-    assert len(left) == 1 and left[0].startswith("features-")  # no scratch left
+    assert len(left) == 2 and all(n.startswith("features-") for n in left)  # the test split's, the whole's; no scratch
     rows = np.array([5, 0, 299])
     batch = cached.batch(rows)
     np.testing.assert_allclose(batch["image"]["x"].numpy(), whole.image["image"][rows], atol=1e-4)

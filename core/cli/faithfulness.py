@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from core.data.cohort.generate import ensure_cohort
     from core.data.dataset import Dataset
     from core.explain.faithfulness import faithfulness, markdown, negation_counterfactual
-    from core.features import dataset_features
+    from core.features import split_features
     from core.jsonout import dumps
     from core.inference import Predictor
     from core.paths import default_cohort_dir
@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     progress = not args.json
     predictor = Predictor.load(args.checkpoint, args.device)
     ds = Dataset.open(data_path(args, checkpoint=True) or ensure_cohort(default_cohort_dir(), progress=progress))
-    table = dataset_features(ds, predictor.model.config.model, predictor.device, progress=progress)
+    ds, table = split_features(ds, predictor.model.config.model, "test", predictor.device, progress=progress)
     result = faithfulness(predictor, ds, table, n=args.n, progress=progress, timing_cases=args.timing_cases,
                           note_all_words=args.note_all_words)
     if args.negation:

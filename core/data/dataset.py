@@ -239,6 +239,14 @@ class Dataset:
         seen = pd.DataFrame({"group": self.groups, "split": self.given_splits}).groupby("group")["split"].unique()
         return {str(g): sorted(s) for g, s in seen.items() if len(s) > 1}
 
+    def subset(self, rows: np.ndarray | list[int]) -> "Dataset":
+        """The cases `rows` alone, each keeping its split and its patient (a data set of its own: its own
+        fingerprint, so its own feature cache)."""
+        sub = Dataset(self.spec, self.manifest.iloc[list(rows)], self.root)
+        sub.splits, sub.given_splits = self.splits[rows].copy(), self.given_splits[rows].copy()
+        sub.spec_path, sub.manifest_path = self.spec_path, self.manifest_path
+        return sub
+
     def drop(self, rows: list[int]) -> None:
         """Take cases out of every split (those left with no readable modality)."""
         self.splits = self.splits.astype(object)
