@@ -54,7 +54,7 @@ def test_torchrun_two_processes_step_like_one(small_cohort, tmp_path):
     off here: its masks come from each process's own stream (see core/distributed.py)."""
     config = Config.load(CONFIGS / "default.yaml").override(
         "training", epochs=1, diffusion_epochs=1, finetune_epochs=1, patience=1, batch_size=512).override(
-        "model", dropout=0.0)
+        "model", dropout=0.0).override("diffusion", samples=8)  # the calibration after the step: 8 samples suffice
     path = tmp_path / "one_step.yaml"
     path.write_text(yaml.safe_dump(config.to_dict()))
     env = {**os.environ, "RMD_DATA_DIR": str(tmp_path / "data"), "OMP_NUM_THREADS": "1"}  # fresh feature cache

@@ -8,12 +8,15 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
 
 from core.evaluation.evaluate import evaluate
 from core.evaluation.metrics import classification_metrics, expected_calibration_error, macro_auroc
 from core.evaluation.patterns import availability_patterns, pattern_name, random_missing
 from core.evaluation.report import pattern_columns, significance
+from core.model.config import Config
+from core.paths import CONFIGS
 
 
 def test_every_non_empty_subset_once():
@@ -77,12 +80,15 @@ def test_wilcoxon_detects_a_consistent_gap():
     assert sig["same"]["p_value"] == 1.0
 
 
-def test_quick_evaluation_end_to_end(small_cohort, tmp_path):
+def test_quick_evaluation_end_to_end(small_cohort, tmp_path, tmp_path_factory):
     """The quick schedule on the small cohort (the 600-case quick cohort changes nothing that is tested here)."""
     # under the configuration's class weights (rare classes weighted like the others) 'w/o rare-disease sampling'
     # would be RobustMDiff itself: named, not trained
+    # the configuration with `train --quick`'s 8 diffusion samples: the scoring under every condition costs K
+    config = tmp_path_factory.mktemp("config") / "k8.yaml"
+    config.write_text(yaml.safe_dump(Config.load(CONFIGS / "default.yaml").override("diffusion", samples=8).to_dict()))
     evaluate(data=small_cohort, methods="early_zero,late_fusion,no_rare_sampling", quick=True, out=tmp_path,
-             progress=False)
+             progress=False, config_path=config)
     for f in ("results.json", "results.csv", "table.md", "auroc_by_pattern.html", "retention.html", "reliability.html"):
         assert (tmp_path / f).exists(), f
     df = pd.read_csv(tmp_path / "results.csv")
@@ -124,7 +130,7 @@ def test_quick_evaluation_end_to_end(small_cohort, tmp_path):
     (parts / "late_fusion-seed0.json").unlink()
     (parts / "early_zero-seed0.json").write_text('{"stamp": {"da')  # cut short, as by an interrupt: trained again
     again = evaluate(data=small_cohort, methods="early_zero,late_fusion", quick=True, out=tmp_path, progress=False,
-                     jobs=2)
+                     jobs=2, config_path=config)
     assert (parts / "robustmdiff-seed0.json").stat().st_mtime_ns == kept
     assert (parts / "late_fusion-seed0.json").exists() and (parts / "early_zero-seed0.json").exists()
     pd.testing.assert_frame_equal(pd.DataFrame(again["rows"]), pd.DataFrame(saved["rows"]), atol=1e-6)

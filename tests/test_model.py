@@ -227,7 +227,7 @@ def test_two_image_modalities_with_the_vit_encoder(small_cohort, tmp_path):
                           {"name": "lateral", "type": "image", "column": "lateral_path"},
                           {"name": "labs", "type": "tabular", "column": "labs_path"}]
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
-    config = quick(Config.load(CONFIGS / "default.yaml")).override("model", image_encoder="vit")
+    config = quick(Config.load(CONFIGS / "default.yaml"), sampling=True).override("model", image_encoder="vit")
     meta = train(tmp_path, config, tmp_path / "ckpt", device="cpu", progress=False)
     model, _ = load_checkpoint(tmp_path / "ckpt")
     assert [type(model.encoders[n]).__name__ for n in ("frontal", "lateral", "labs")] == ["ViTEncoder", "ViTEncoder", "LabEncoder"]
