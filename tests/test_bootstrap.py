@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.evaluation.bootstrap import compare, macro_auroc_stack, paired_difference
+from scipy.stats import rankdata
+
+from core.evaluation.bootstrap import average_ranks, compare, macro_auroc_stack, paired_difference
 from core.evaluation.metrics import macro_auroc
 
 
@@ -19,6 +21,13 @@ def _cases(n: int = 150, classes: int = 4, seed: int = 0):
         return np.round(p / p.sum(-1, keepdims=True), 2)  # rounded: ties, as real probabilities have
 
     return y, method
+
+
+def test_average_ranks_are_scipys_with_ties_averaged():
+    rng = np.random.default_rng(4)
+    for k, n, values in [(1, 1, 3), (3, 10, 2), (5, 200, 5), (12, 450, 10**9)]:
+        a = rng.integers(0, values, (k, n)) / 7  # few values: long runs of ties, also across row ends
+        np.testing.assert_array_equal(average_ranks(a), rankdata(a, axis=1))
 
 
 def test_stacked_auroc_equals_the_metrics_module_per_condition():

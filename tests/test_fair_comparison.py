@@ -61,6 +61,22 @@ def test_equal_methods_get_no_verdict_and_a_clearly_worse_one_does():
     assert all(r["p_holm"] >= r["p"] for r in rows.values())
 
 
+def test_methods_scored_together_give_each_resample_its_definition():
+    """`compare` scores every method's seeds in one call per resample; each resampled difference is still the
+    definition: each method's statistic on the drawn cases, averaged over its drawn seeds (ties in the scores)."""
+    y = _labels(2)
+    probs = {"robustmdiff": np.round(_method(y, [1.0, 1.4, 2.0], 6, 3), 2), "one_seed": np.round(_method(y, [1.5], 7, 3), 2),
+             "two_seeds": np.round(_method(y, [1.2, 2.2], 8, 3), 2)}
+    rows = {r["method"]: r for r in hierarchical.compare(y, probs, "robustmdiff", n_resamples=200, seed=9)}
+    dist = {m: [] for m in rows}
+    for idx, picks in hierarchical.draws(N, {m: p.shape[0] for m, p in probs.items()}, 200, 9):
+        value = {m: hierarchical.per_seed(y, p, idx, bootstrap.macro_auroc_stack)[picks[m]].mean() for m, p in probs.items()}
+        for m in dist:
+            dist[m].append(value["robustmdiff"] - value[m])
+    for m, d in dist.items():
+        assert rows[m]["p"] == bootstrap.two_sided_p(np.array(d)), m
+
+
 def test_one_seed_per_method_says_the_interval_covers_test_cases_only():
     y = _labels(2)
     rows = hierarchical.compare(y, {"robustmdiff": _method(y, [1.0], 6), "other": _method(y, [2.5], 7)},

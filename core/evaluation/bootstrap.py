@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
-from scipy.stats import bootstrap, rankdata
+from scipy.stats import bootstrap
 
 from core.review.stats import holm
 
@@ -27,6 +27,22 @@ from core.review.stats import holm
 def _scored_classes(y: np.ndarray, n_classes: int, classes: list[int] | None) -> list[int]:
     """The classes a macro average reads: those (of `classes`, or all) with positives and negatives among `y`."""
     return [c for c in (range(n_classes) if classes is None else classes) if 0 < int((y == c).sum()) < len(y)]
+
+
+def average_ranks(a: np.ndarray) -> np.ndarray:
+    """Ranks along the last axis of a 2-D array, ties averaged (scipy's `rankdata(a, axis=1)`, without its
+    per-call overhead: the bootstrap ranks a few hundred thousand small arrays)."""
+    k, n = a.shape
+    order = np.argsort(a, axis=1, kind="stable")
+    ordered = np.take_along_axis(a, order, axis=1)
+    starts_group = np.ones((k, n), bool)
+    starts_group[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    starts = np.flatnonzero(starts_group)  # flat positions; every row starts a group
+    sizes = np.diff(np.append(starts, k * n))
+    mean_rank = starts % n + (sizes + 1) / 2  # 1-based rank of a tie group: its first place plus half its width
+    ranks = np.empty((k, n))
+    np.put_along_axis(ranks, order, np.repeat(mean_rank, sizes).reshape(k, n), axis=1)
+    return ranks
 
 
 def macro_auroc_stack(y: np.ndarray, probs: np.ndarray, classes: list[int] | None = None) -> np.ndarray:
@@ -38,7 +54,7 @@ def macro_auroc_stack(y: np.ndarray, probs: np.ndarray, classes: list[int] | Non
     for c in _scored_classes(y, probs.shape[2], classes):
         pos = y == c
         n_pos, n_neg = int(pos.sum()), int((~pos).sum())
-        ranks = rankdata(probs[:, :, c], axis=1)
+        ranks = average_ranks(probs[:, :, c])
         out += (ranks[:, pos].sum(1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
         used += 1
     return out / used if used else np.full(probs.shape[0], np.nan)
