@@ -65,7 +65,8 @@ def doctor(device: str | None = None, data: str | Path | None = None, bench: boo
         root = Path(data) if data else generate_cohort(Path(tmp) / "cohort", n=300, seed=3, workers=1,
                                                          progress=False, card=False)
         t = time.perf_counter()
-        train(root, quick(Config.load(CONFIGS / "default.yaml")), Path(tmp) / "ckpt", device=str(dev), progress=progress)
+        train(root, quick(Config.load(CONFIGS / "default.yaml"), sampling=True), Path(tmp) / "ckpt", device=str(dev),
+              progress=progress)
         report["quick_train_s"] = time.perf_counter() - t
         on_dev, on_cpu = Predictor.load(Path(tmp) / "ckpt", dev), Predictor.load(Path(tmp) / "ckpt", "cpu")
         ds = Dataset.open(root)
