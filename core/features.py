@@ -311,6 +311,11 @@ def cache_key(fingerprint: str, config: ModelConfig) -> str:
     return hashlib.sha256(json.dumps([FEATURE_VERSION, fingerprint, keys], sort_keys=True).encode()).hexdigest()[:20]
 
 
+def feature_cache(ds: Dataset, config: ModelConfig) -> Path:
+    """The folder that holds (or will hold) the features of `ds` under these encoder settings."""
+    return cache_dir() / f"features-{cache_key(ds.fingerprint(), config)}"
+
+
 def dataset_features(ds: Dataset, config: ModelConfig, device: torch.device | str = "cpu",
                      progress: bool = True, use_cache: bool = True, ctx: "Context | None" = None,
                      strict: bool = False, on_progress: Callable[[int, int], None] | None = None) -> FeatureTable:
@@ -321,7 +326,7 @@ def dataset_features(ds: Dataset, config: ModelConfig, device: torch.device | st
     listed in `ds.quarantine`, cases left with nothing dropped from the splits) unless `strict`.
     `on_progress(done, total)` is called after every chunk of cases (smaller chunks then, for frequent
     news; the features are the same up to float rounding), not when they come from the cache."""
-    path = cache_dir() / f"features-{cache_key(ds.fingerprint(), config)}"
+    path = feature_cache(ds, config)
     if use_cache and (path / "modalities.json").exists():
         return _quarantined(ds, FeatureTable.load(path), Quarantine.load(path / QUARANTINE), strict)
     mods, labs = modalities_of(ds.spec)
@@ -372,7 +377,7 @@ def split_features(ds: Dataset, config: ModelConfig, split: str, device: torch.d
     """Features for a command that reads one split: the whole data set's when they are cached (training
     left them), else those of the split's cases alone (the default cohort's test split is 450 of 3,000
     cases). Returns the data set whose rows the table's rows are: index both with `indices(split)`."""
-    if (cache_dir() / f"features-{cache_key(ds.fingerprint(), config)}" / "modalities.json").exists():
+    if (feature_cache(ds, config) / "modalities.json").exists():
         return ds, dataset_features(ds, config, device, progress=progress)
     part = ds.subset(ds.indices(split))
     return part, dataset_features(part, config, device, progress=progress)
