@@ -94,10 +94,10 @@ def predictor():
 
 @pytest.fixture(scope="session")
 def quick_checkpoint(small_cohort, tmp_path_factory) -> Path:
-    """A model trained for a few epochs on the small cohort (a minute), with `train --quick`'s 8 diffusion samples:
-    for tests of the training loop, trained once per run and shared by the parallel workers. Twice the quick schedule's phase-1 epochs: on 210 training
-    cases whose notes negate other diagnoses' findings, six epochs leave the logits so flat that the calibrated
-    temperature sits at its lower bound."""
+    """A model trained for a few epochs on the small cohort (a minute), with `train --quick`'s 8 diffusion
+    samples: for tests of the training loop, trained once per run and shared by the parallel workers. Twice the
+    quick schedule's phase-1 epochs: on 210 training cases whose notes negate other diagnoses' findings, six
+    epochs leave the logits so flat that the calibrated temperature sits at its lower bound."""
     from core.model.config import Config, quick
     from core.training import train
 

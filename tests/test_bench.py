@@ -12,8 +12,8 @@ from core.paths import ROOT
 
 
 def test_bench_json(default_cohort):
-    out = subprocess.run([sys.executable, "-m", "core", "bench", "--json", "--repeats", "2", "--no-accuracy", "--no-app",
-                          "--batches", "1,4"],
+    out = subprocess.run([sys.executable, "-m", "core", "bench", "--json", "--repeats", "2", "--no-accuracy",
+                          "--no-app", "--batches", "1,4"],
                          cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-2000:]
     res = json.loads(out.stdout)

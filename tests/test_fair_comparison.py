@@ -65,12 +65,13 @@ def test_methods_scored_together_give_each_resample_its_definition():
     """`compare` scores every method's seeds in one call per resample; each resampled difference is still the
     definition: each method's statistic on the drawn cases, averaged over its drawn seeds (ties in the scores)."""
     y = _labels(2)
-    probs = {"robustmdiff": np.round(_method(y, [1.0, 1.4, 2.0], 6, 3), 2), "one_seed": np.round(_method(y, [1.5], 7, 3), 2),
-             "two_seeds": np.round(_method(y, [1.2, 2.2], 8, 3), 2)}
+    probs = {"robustmdiff": np.round(_method(y, [1.0, 1.4, 2.0], 6, 3), 2),
+             "one_seed": np.round(_method(y, [1.5], 7, 3), 2), "two_seeds": np.round(_method(y, [1.2, 2.2], 8, 3), 2)}
     rows = {r["method"]: r for r in hierarchical.compare(y, probs, "robustmdiff", n_resamples=200, seed=9)}
     dist = {m: [] for m in rows}
     for idx, picks in hierarchical.draws(N, {m: p.shape[0] for m, p in probs.items()}, 200, 9):
-        value = {m: hierarchical.per_seed(y, p, idx, bootstrap.macro_auroc_stack)[picks[m]].mean() for m, p in probs.items()}
+        value = {m: hierarchical.per_seed(y, p, idx, bootstrap.macro_auroc_stack)[picks[m]].mean()
+                 for m, p in probs.items()}
         for m in dist:
             dist[m].append(value["robustmdiff"] - value[m])
     for m, d in dist.items():
