@@ -48,8 +48,9 @@ browser:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
 # A test that hangs fails after 20 min with every thread's stack, instead of holding CI to its limit.
+# Two workers take whole files, longest first (tests/conftest.py, HEAVY_FILES), so neither idles at the end.
 test: venv browser
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile --timeout 1200 tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --timeout 1200 tests
 
 # On a machine with an NVIDIA GPU (CUDA build of torch in .venv, see README "GPU"): compare the GPU with the
 # CPU, benchmark it and time the default checkpoint's training there; results in runs/gpu-check/.

@@ -12,7 +12,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Collection
 
 import numpy as np
 import torch
@@ -329,20 +329,27 @@ def train_model(ds: Dataset, table: FeatureTable, config: Config, device: str | 
 
 
 def test_metrics(model: RobustMDiff, ds: Dataset, table: FeatureTable, device="cpu", seed: int = 0,
-                 views: Views | None = None, natural: np.ndarray | None = None) -> dict:
+                 views: Views | None = None, natural: np.ndarray | None = None,
+                 only: Collection[str] | None = None) -> dict:
     """Test-split metrics: as the data come (natural missingness), and for every availability pattern
     imposed on the complete test cases (the other modalities switched off). `views`: the complete test cases
     already predicted from subsets of their modalities under the same seed (`complete_test_views`), and `natural`: the
-    split's probabilities as the data come, when the caller has them; a pattern the views lack is predicted."""
+    split's probabilities as the data come, when the caller has them; a pattern the views lack is predicted.
+    `only`: the conditions to compute ("natural", "image+labs", ...), each the same as in the full set (every
+    pattern is predicted under its own seeded draw), e.g. to check a checkpoint's recorded metrics in less time."""
     from core.evaluation.patterns import availability_patterns, pattern_name
 
     te = ds.indices("test")
     names = [n for n, _ in model.info.modalities]
-    if natural is None:
-        natural = predict_table(model, table, te, None, seed=seed, device=device, describe=False).probs
-    out = {"natural": {**classification_metrics(ds.labels[te], natural), "n": len(te)}}
+    out = {}
+    if only is None or "natural" in only:
+        if natural is None:
+            natural = predict_table(model, table, te, None, seed=seed, device=device, describe=False).probs
+        out["natural"] = {**classification_metrics(ds.labels[te], natural), "n": len(te)}
     complete = te[table.present[te].all(1)]
     for pattern in availability_patterns(len(names)):
+        if only is not None and pattern_name(pattern, names) not in only:
+            continue
         probs = _pattern_probs(views, complete, pattern)
         if probs is None:
             drop = np.tile(~np.asarray(pattern), (len(complete), 1))
