@@ -191,7 +191,9 @@ else:
     title = "Comparison with baselines and ablations (python -m core evaluate)"
     with st.expander(title if same else title + (": a quick demonstration" if result.get("quick") else
                                                   ": an earlier model")):
-        if not same:  # its figures differ from the table above: say why before anyone compares them
+        if same:  # which run, when, on which code
+            st.caption(which)
+        else:  # its figures differ from the table above: say why before anyone compares them
             st.info(which, icon=":material/history:")
         table, helps = report.comparison(result["rows"], result["modalities"])
         st.dataframe(table.round(1), hide_index=True, width="stretch", height=35 * (len(table) + 1) + 3,

@@ -102,9 +102,7 @@ def show_results(result: dict, key: str) -> None:
         st.caption(which)
     else:  # a table of another model must say so before anyone compares it with the Model card's figures
         st.info(which, icon=":material/history:")
-    st.caption(f"{result['n_test_complete']} complete test cases; seeds {result['seeds']}; "
-               + (f"{result['seconds'] / 60:.0f} min" if result["seconds"] >= 120 else f"{result['seconds']:.0f} s")
-               + f" on {result['machine']['cpus']} CPUs ({result['device']})."
+    st.caption(f"{result['n_test_complete']} complete test cases; seeds {result['seeds']}; {describe.run_time(result)}."
                + "".join(f" {label}: not trained, because the configuration already leaves its device out, so it "
                          "would be RobustMDiff itself." for label in result.get("same_as_robustmdiff", {}).values()))
     st.plotly_chart(figures.auroc_by_pattern(rows, modalities), width="stretch", key=f"{key}_heat")

@@ -11,6 +11,7 @@ import pytest
 import yaml
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
 
+from core.evaluation import describe
 from core.evaluation.evaluate import evaluate
 from core.evaluation.metrics import classification_metrics, expected_calibration_error, macro_auroc
 from core.evaluation.patterns import availability_patterns, pattern_name, random_missing
@@ -80,6 +81,18 @@ def test_wilcoxon_detects_a_consistent_gap():
     assert sig["same"]["p_value"] == 1.0
 
 
+def test_run_time_says_how_much_of_a_resumed_run_it_covers():
+    """A run resumed across sessions took far longer than its last part: the pages say what `seconds` covers."""
+    base = {"seconds": 5400, "machine": {"cpus": 2}, "device": "cpu"}
+    assert describe.run_time(base) == "90 min on 2 CPUs (cpu)"  # a file from before `reused` was recorded
+    assert describe.run_time({**base, "models": 48, "reused": 0}) == "90 min on 2 CPUs (cpu)"
+    assert describe.run_time({**base, "models": 48, "reused": 22}) == (
+        "90 min on 2 CPUs (cpu) for 26 of 48 models (the rest saved by earlier runs of the same command)")
+    assert describe.run_time({**base, "seconds": 40, "models": 48, "reused": 48}) == (
+        "every model saved by earlier runs of the same command (resumed), on 2 CPUs (cpu); the tables and "
+        "bootstraps 40 s")
+
+
 def test_quick_evaluation_end_to_end(small_cohort, tmp_path, tmp_path_factory):
     """The quick schedule on the small cohort (the 600-case quick cohort changes nothing that is tested here)."""
     # under the configuration's class weights (rare classes weighted like the others) 'w/o rare-disease sampling'
@@ -132,6 +145,8 @@ def test_quick_evaluation_end_to_end(small_cohort, tmp_path, tmp_path_factory):
     again = evaluate(data=small_cohort, methods="early_zero,late_fusion", quick=True, out=tmp_path, progress=False,
                      jobs=2, config_path=config)
     assert (parts / "robustmdiff-seed0.json").stat().st_mtime_ns == kept
+    assert (saved["models"], saved["reused"], again["models"], again["reused"]) == (3, 0, 3, 1)
+    assert "for 2 of 3 models (the rest saved by earlier runs" in describe.run_time(again)
     assert (parts / "late_fusion-seed0.json").exists() and (parts / "early_zero-seed0.json").exists()
     pd.testing.assert_frame_equal(pd.DataFrame(again["rows"]), pd.DataFrame(saved["rows"]), atol=1e-6)
 

@@ -44,6 +44,20 @@ def provenance(result: dict, meta: dict | None, model: str = "the shipped checkp
             "its own figures are on the Model card.", False)
 
 
+def run_time(result: dict) -> str:
+    """How long an evaluation took, in words, honest about a run resumed from models that earlier runs of the
+    same command saved (`reused` of `models`; older result files record neither)."""
+    took = f"{result['seconds'] / 60:.0f} min" if result["seconds"] >= 120 else f"{result['seconds']:.0f} s"
+    where = f"on {result['machine']['cpus']} CPUs ({result['device']})"
+    reused, models = result.get("reused", 0), result.get("models")
+    if not reused:
+        return f"{took} {where}"
+    if reused == models:
+        return (f"every model saved by earlier runs of the same command (resumed), {where}; the tables and "
+                f"bootstraps {took}")
+    return f"{took} {where} for {models - reused} of {models} models (the rest saved by earlier runs of the same command)"
+
+
 def encoders(config: dict, kinds: list[str]) -> str:
     """The modality encoders of a checkpoint's configuration in words, for the modality types it reads
     (`kinds`: image, text, tabular), so a ViT model is not described as EfficientNet."""

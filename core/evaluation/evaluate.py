@@ -104,7 +104,7 @@ def evaluate(checkpoint: str | Path | None = None, data: str | Path | None = Non
             on_step(step[0], total, name)
         step[0] += 1
 
-    rows, reliability, probs = run(setup, chosen, seed_list, on, parts=out / "parts",
+    rows, reliability, probs, reused = run(setup, chosen, seed_list, on, parts=out / "parts",
                                    jobs=jobs if dev.type == "cpu" else 1,
                                    worker_args=(checkpoint and str(checkpoint), str(data), quick or short, str(dev), False, None,
                                                 chosen_regime.name, config_path and str(config_path)),
@@ -128,7 +128,8 @@ def evaluate(checkpoint: str | Path | None = None, data: str | Path | None = Non
         "checkpoint": str(checkpoint) if checkpoint else None,
         "n_test_complete": int(table.present[ds.indices("test")].all(1).sum()), "methods": labels, "seeds": seed_list,
         "quick": quick, "short": short, "config": config.to_dict(), "machine": machine(), "device": str(dev),
-        "seconds": time.perf_counter() - t0, "rows": rows, "significance": report.significance(rows, names),
+        # this run's time; `reused` of the models were saved by earlier runs of the same command (a resumed run)
+        "seconds": time.perf_counter() - t0, "models": total, "reused": reused, "rows": rows, "significance": report.significance(rows, names),
         "retention": report.retention(rows, names).to_dict("records"),
         "targets": report.targets(rows, names, bootstraps, config.to_dict()),
         "reliability": reliability, "modalities": names, "bootstraps": bootstraps,

@@ -144,9 +144,9 @@ def cost(m: Method, config: Config) -> float:
 
 def run(setup: Setup, methods: list[Method], seeds: list[int], on_step: Callable[[str], None] | None = None,
         parts: Path | None = None, jobs: int = 1, worker_args: tuple | None = None,
-        on_progress: Progress | None = None) -> tuple[list[dict], dict, dict[tuple[str, int], dict[str, np.ndarray]]]:
+        on_progress: Progress | None = None) -> tuple[list[dict], dict, dict[tuple[str, int], dict[str, np.ndarray]], int]:
     """Train and score every (method, seed); returns metric rows, natural probabilities per method (first
-    seed) and every condition's per-case probabilities per (method, seed).
+    seed), every condition's per-case probabilities per (method, seed) and how many models were read from `parts`.
 
     With `parts`, each finished (method, seed) is saved there and reused by a rerun on the same data,
     configuration and recipe (`part_stamp`), so that an interrupted multi-hour evaluation resumes where it stopped. With `jobs` > 1,
@@ -224,7 +224,7 @@ def run(setup: Setup, methods: list[Method], seeds: list[int], on_step: Callable
             rows += done[(m.name, seed)].rows
             if seed == seeds[0]:
                 reliability[m.name] = done[(m.name, seed)].natural
-    return rows, reliability, {key: scored.probs for key, scored in done.items()}
+    return rows, reliability, {key: scored.probs for key, scored in done.items()}, len(done) - len(todo)
 
 
 RECIPE = 2  # the training recipe of methods.py; 2: one recipe for all, every seed fresh (issue 28)
