@@ -261,6 +261,9 @@ def show_regimes(study: dict) -> None:
     from core.evaluation.regime_study import figure, frame, interval_words
     from core.evaluation.regimes import REGIMES
 
+    which, current = describe.study_provenance(study, predictor.meta)
+    if not current:  # an earlier cohort or model: say so before anyone reads it against today's figures
+        st.info(which, icon=":material/history:")
     st.markdown("Each regime changes one thing about the data: how many training cases are complete, whether "
                 "modalities go missing more for severe and rare cases, how many training labels there are, or how "
                 "much the modalities overlap. **w/o diffusion** is the same model without the restoration of missing "
@@ -269,9 +272,8 @@ def show_regimes(study: dict) -> None:
     st.table(frame(study["summary"]), hide_index=True)
     st.caption(interval_words(study["summary"]) + " Reading: 'better' or 'worse' only where the Holm-adjusted p (across the methods of a regime) is below "
                "0.05. The 95 % interval beside it is not adjusted, so it can exclude zero where the adjusted p does "
-               "not reach 0.05. Every model here is trained by the study itself: none is the shipped checkpoint"
-               + (f"; made {study['created']}" if study.get("created") else "")
-               + (f", code {study['commit']}." if study.get("commit") else "."))
+               "not reach 0.05. Every model here is trained by the study itself: none is the shipped checkpoint."
+               + (f" {which}" if current else ""))
     n_seeds = len(study.get("seeds") or [0])  # files before issue 28 do not record them: one seed
     seeds = "one seed" if n_seeds == 1 else f"{n_seeds} seeds"
     scale = (f"Quick variant (600-case cohorts, short training, {seeds}): a demonstration, with wide intervals. "

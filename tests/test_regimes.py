@@ -184,3 +184,22 @@ def test_tuning_reads_validation_only_and_keeps_the_best_value(small_cohort, tmp
     tuned = Config.load(write(first, tmp_path))
     assert tuned.training.rare_gamma == first["chosen"]["rare_gamma"] and tuned.diffusion.denoiser_width == 64
     assert "all chosen together" in markdown(first) and "**chosen**" in markdown(first)
+
+
+def test_a_study_of_an_earlier_cohort_or_model_says_so():
+    """The lab reads a regime study against the shipped checkpoint: another cohort version, another model or
+    diffusion configuration, or a file that records neither (before issue 28) is an earlier study, said so."""
+    from core.evaluation.describe import study_provenance
+
+    config = {"model": {"hidden": 128}, "diffusion": {"samples": 40, "sample_steps": 3}, "training": {"epochs": 40}}
+    meta = {"data_fingerprint": "abcdef0123", "config": config}
+    study = {"created": "2026-12-08 01:00 UTC", "commit": "1234567", "data_fingerprint": "abcdef0123",
+             "run_config": {**config, "training": {"epochs": 6}}}  # the short schedule: the same model
+    which, current = study_provenance(study, meta)
+    assert current and "made 2026-12-08 01:00 UTC, code 1234567" in which
+    for earlier in ({**study, "data_fingerprint": "99999999aa"},
+                    {**study, "run_config": {**config, "diffusion": {"samples": 8, "sample_steps": 10}}},
+                    {"regimes": ["natural"], "summary": []}):
+        which, current = study_provenance(earlier, meta)
+        assert not current and which.startswith("An earlier study") and "abcdef01…" in which
+    assert "date not recorded" in which and "an earlier version of the cohort" in which

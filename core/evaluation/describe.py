@@ -44,6 +44,23 @@ def provenance(result: dict, meta: dict | None, model: str = "the shipped checkp
             "its own figures are on the Model card.", False)
 
 
+def study_provenance(study: dict, meta: dict) -> tuple[str, bool]:
+    """Whether a regime study (core/evaluation/regime_study.py) is of the shipped model's cohort and
+    configuration, in words: its models are its own, but an earlier version of the cohort or of the model is
+    another experiment (files before issue 28 record neither, so they are read as earlier)."""
+    when = f"made {study['created']}" if study.get("created") else "date not recorded in the study file"
+    when += f", code {study['commit']}" if study.get("commit") else ""
+    config = study.get("run_config") or {}
+    same = (study.get("data_fingerprint") == meta.get("data_fingerprint")
+            and all(config.get(k) == meta.get("config", {}).get(k) for k in ("model", "diffusion")))
+    if same:
+        return f"Regime study on the shipped checkpoint's cohort and configuration ({when}).", True
+    return (f"An earlier study, not of today's built-in cohort and configuration ({when}): its models were trained "
+            f"on {'data ' + str(study['data_fingerprint'])[:8] + '…' if study.get('data_fingerprint') else 'an earlier version of the cohort'}"
+            f", the shipped checkpoint on data {str(meta.get('data_fingerprint', ''))[:8]}…; it is to be rerun with 3 "
+            "seeds per method (`python -m core evaluate --regimes all --short --seeds 3`).", False)
+
+
 def run_time(result: dict) -> str:
     """How long an evaluation took, in words, honest about a run resumed from models that earlier runs of the
     same command saved (`reused` of `models`; older result files record neither)."""

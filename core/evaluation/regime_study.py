@@ -56,7 +56,9 @@ def study(regimes: str = "all", quick: bool = False, seeds: int | None = None, o
                                  progress=progress, jobs=jobs, regime_name=name, short=short, config_path=config_path,
                                  on_progress=lambda f, text, name=name, part=part: part(f, f"{name}: {text}"))
     table = summary_rows(names, results)
+    as_it_comes = results.get("natural") or results[runs[0]]  # the built-in cohort, as the shipped model's data
     result = {"regimes": names, "created": time.strftime("%Y-%m-%d %H:%M %Z"), "commit": code_commit(),
+              "data_fingerprint": as_it_comes["data_fingerprint"], "run_config": as_it_comes["config"],
               "seeds": results[runs[0]]["seeds"], "quick": quick, "short": short, "config": config_path and str(config_path), "methods": methods.split(","), "seconds": time.perf_counter() - t0,
               "summary": table, "runs": {n: str(out / n) for n in runs},
               "train": {n: {"complete": results[TRAINED_AS.get(n, n)]["n_train_complete"],
