@@ -25,7 +25,7 @@ def _cases(n: int = 150, classes: int = 4, seed: int = 0):
 
 def test_average_ranks_are_scipys_with_ties_averaged():
     rng = np.random.default_rng(4)
-    for k, n, values in [(1, 1, 3), (3, 10, 2), (5, 200, 5), (12, 450, 10**9)]:
+    for k, n, values in [(1, 1, 3), (3, 10, 2), (5, 200, 5), (12, 450, 10**9), (1100, 30, 4)]:  # last: in blocks
         a = rng.integers(0, values, (k, n)) / 7  # few values: long runs of ties, also across row ends
         np.testing.assert_array_equal(average_ranks(a), rankdata(a, axis=1))
 

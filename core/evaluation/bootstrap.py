@@ -29,9 +29,18 @@ def _scored_classes(y: np.ndarray, n_classes: int, classes: list[int] | None) ->
     return [c for c in (range(n_classes) if classes is None else classes) if 0 < int((y == c).sum()) < len(y)]
 
 
+RANK_ROWS = 512  # rows ranked per pass: 2,688 rows of 184 took 1.5× as long in one pass (out of the CPU's caches)
+
+
 def average_ranks(a: np.ndarray) -> np.ndarray:
     """Ranks along the last axis of a 2-D array, ties averaged (scipy's `rankdata(a, axis=1)`, without its
     per-call overhead: the bootstrap ranks a few hundred thousand small arrays)."""
+    if len(a) <= RANK_ROWS:
+        return _ranks(a)
+    return np.concatenate([_ranks(a[i:i + RANK_ROWS]) for i in range(0, len(a), RANK_ROWS)])
+
+
+def _ranks(a: np.ndarray) -> np.ndarray:
     k, n = a.shape
     order = np.argsort(a, axis=1, kind="stable")
     ordered = np.take_along_axis(a, order, axis=1)
@@ -50,14 +59,20 @@ def macro_auroc_stack(y: np.ndarray, probs: np.ndarray, classes: list[int] | Non
     `y` (n,) → (k,). Rank-based (Mann–Whitney, ties averaged), so one call ranks every condition at once;
     classes without positives or negatives among the cases are left out, as in `metrics.macro_auroc`
     (`classes`: average over these only, e.g. the rare ones)."""
-    out, used = np.zeros(probs.shape[0]), 0
-    for c in _scored_classes(y, probs.shape[2], classes):
-        pos = y == c
-        n_pos, n_neg = int(pos.sum()), int((~pos).sum())
-        ranks = average_ranks(probs[:, :, c])
-        out += (ranks[:, pos].sum(1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
-        used += 1
-    return out / used if used else np.full(probs.shape[0], np.nan)
+    cs = _scored_classes(y, probs.shape[2], classes)
+    k, n = probs.shape[:2]
+    if not cs:
+        return np.full(k, np.nan)
+    # every condition's every class ranked in one call (the per-call overhead dominates on ~200 cases)
+    ranks = average_ranks(np.moveaxis(probs[:, :, cs], 2, 1).reshape(k * len(cs), n)).reshape(k, len(cs), n)
+    pos = y[None, :] == np.asarray(cs)[:, None]  # (classes, n)
+    n_pos = pos.sum(1)
+    rank_sums = (ranks * pos).sum(2)  # sums of half-integers: exact in any order
+    auc = (rank_sums - n_pos * (n_pos + 1) / 2) / (n_pos * (n - n_pos))
+    out = np.zeros(k)
+    for j in range(len(cs)):  # summed class by class, in order, as the macro average always was
+        out += auc[:, j]
+    return out / len(cs)
 
 
 def macro_recall_stack(y: np.ndarray, probs: np.ndarray, classes: list[int] | None = None) -> np.ndarray:
