@@ -26,7 +26,8 @@ from core.review.stats import holm
 
 def _scored_classes(y: np.ndarray, n_classes: int, classes: list[int] | None) -> list[int]:
     """The classes a macro average reads: those (of `classes`, or all) with positives and negatives among `y`."""
-    return [c for c in (range(n_classes) if classes is None else classes) if 0 < int((y == c).sum()) < len(y)]
+    counts = np.bincount(y, minlength=n_classes)  # labels are class indices
+    return [c for c in (range(n_classes) if classes is None else classes) if 0 < counts[c] < len(y)]
 
 
 RANK_ROWS = 512  # rows ranked per pass: 2,688 rows of 184 took 1.5× as long in one pass (out of the CPU's caches)
