@@ -29,6 +29,7 @@ from core.device import backbone_autocast
 from core.model.backbones import CHUNK_DIM, ImageBackbone, embed_texts, image_map_shape
 from core.model.config import ModelConfig
 from core.errors import InputError
+from core.folder_lock import locked
 from core.paths import cache_dir
 
 if TYPE_CHECKING:
@@ -329,9 +330,24 @@ def dataset_features(ds: Dataset, config: ModelConfig, device: torch.device | st
     path = feature_cache(ds, config)
     if use_cache and (path / "modalities.json").exists():
         return _quarantined(ds, FeatureTable.load(path), Quarantine.load(path / QUARANTINE), strict)
+    sharded = ctx is not None and ctx.active and use_cache
+    if use_cache and not sharded:  # (torchrun's ranks encode their shares at once and meet at barriers)
+        # two processes asking for the same features (a test worker and another, the app and a command)
+        # would each encode them and write one folder: one encodes, the other waits and reads its cache
+        with locked(path):
+            if (path / "modalities.json").exists():
+                return _quarantined(ds, FeatureTable.load(path), Quarantine.load(path / QUARANTINE), strict)
+            return _encode(ds, config, path, device, progress, None, strict, on_progress)
+    return _encode(ds, config, path, device, progress, ctx if sharded else None, strict, on_progress, use_cache)
+
+
+def _encode(ds: Dataset, config: ModelConfig, path: Path, device: torch.device | str, progress: bool,
+            ctx: "Context | None", strict: bool, on_progress: Callable[[int, int], None] | None,
+            use_cache: bool = True) -> FeatureTable:
+    """Encode every case (every world-th under torchrun's `ctx`) and, with `use_cache`, write them to `path`."""
     mods, labs = modalities_of(ds.spec)
     quarantine = Quarantine()
-    sharded = ctx is not None and ctx.active and use_cache
+    sharded = ctx is not None
     rows = list(range(ctx.rank, len(ds), ctx.world) if sharded else range(len(ds)))
     log.info("encoding %d cases with the frozen backbones (cached afterwards)", len(rows))
     bar = tqdm(total=len(rows), desc="encoding cases", disable=not progress, unit="case")

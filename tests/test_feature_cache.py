@@ -38,10 +38,42 @@ def test_chunked_memory_mapped_cache_equals_one_pass(small_cohort, tmp_path, mon
     np.testing.assert_allclose(part_table.image["image"], whole.image["image"][test], atol=1e-4)
     np.testing.assert_array_equal(part_table.tabular["labs"], whole.tabular["labs"][test])
     assert all(np.allclose(a, whole.text["note"][i], atol=1e-4) for a, i in zip(part_table.text["note"], test))
-    left = [p.name for p in (tmp_path / "cache").iterdir() if p.name != "identity"]  # the data identity's own
+    left = [p.name for p in (tmp_path / "cache").iterdir()  # the data identity's own, and the encoders' locks
+            if p.name != "identity" and not p.name.endswith(".lock")]
     assert len(left) == 2 and all(n.startswith("features-") for n in left)  # the test split's, the whole's; no scratch
     rows = np.array([5, 0, 149])
     batch = cached.batch(rows)
     np.testing.assert_allclose(batch["image"]["x"].numpy(), whole.image["image"][rows], atol=1e-4)
     stacked = FeatureTable.stack([whole, whole])
     assert len(stacked) == 2 * len(whole) and len(stacked.text["note"]) == 2 * len(whole)
+
+
+def test_two_processes_asking_for_the_same_features_encode_them_once(small_cohort, tmp_path, monkeypatch):
+    """A second caller (here a thread: the lock is per open file, as between processes) waits for the first
+    one's encoding and reads its cache, instead of encoding the same cases again into the same folder."""
+    import threading
+
+    monkeypatch.setenv("RMD_DATA_DIR", str(tmp_path))
+    ds = Dataset.open(small_cohort).subset(np.arange(24))
+    config = Config.load(CONFIGS / "default.yaml").model
+    encoded: list[str] = []
+    tables: dict[str, FeatureTable] = {}
+
+    errors: list[BaseException] = []
+
+    def ask(name: str) -> None:
+        try:
+            tables[name] = dataset_features(ds, config, progress=False,
+                                            on_progress=lambda done, total: encoded.append(name) if done == 0 else None)
+        except BaseException as e:  # noqa: BLE001 - a thread's error would otherwise only be a warning
+            errors.append(e)
+
+    callers = [threading.Thread(target=ask, args=(name,)) for name in ("first", "second")]
+    for t in callers:
+        t.start()
+    for t in callers:
+        t.join()
+    assert not errors, errors
+    assert len(encoded) == 1 and set(tables) == {"first", "second"}  # one encoded; the other read the cache
+    np.testing.assert_array_equal(tables["first"].image["image"], tables["second"].image["image"])
+    np.testing.assert_array_equal(tables["first"].present, tables["second"].present)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -106,7 +107,7 @@ def data_identity(ds: "Dataset") -> DataIdentity:
         pass
     identity = read_identity(ds)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}-{threading.get_ident()}")  # the app's sessions are threads
     tmp.write_text(json.dumps({"spec": identity.spec, "case_ids": identity.case_ids, "cases": identity.cases}))
     os.replace(tmp, path)
     return identity

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import csv
-import fcntl
 import hashlib
 import json
 import multiprocessing
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from tqdm import tqdm
 from core.data.cohort import scenario as sc
 from core.data.cohort.sample import SampledCase, sample_case
 from core.data.spec import DatasetSpec, ModalitySpec
+from core.folder_lock import locked
 from core.startup import phase, say
 
 def _source_digest() -> str:
@@ -209,18 +208,6 @@ def cohort_params(folder: str | Path) -> dict | None:
     return json.loads(p.read_text()) if p.exists() else None
 
 
-@contextmanager
-def _locked(folder: Path) -> Iterator[None]:
-    """One process at a time builds a cohort folder (the others wait, then find it in place)."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with open(folder.with_name(f".{folder.name}.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
 def _swap_in(built: Path, folder: Path) -> None:
     """Replace `folder` by `built` with two renames, so that a reader never meets a half-written cohort."""
     old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
@@ -244,7 +231,7 @@ def ensure_cohort(folder: str | Path, n: int = DEFAULT_N, seed: int = DEFAULT_SE
 
     if current():
         return folder
-    with _locked(folder):
+    with locked(folder):
         if not current():
             _build(folder, want, progress, on_progress)
     return folder
