@@ -57,8 +57,8 @@ def study_provenance(study: dict, meta: dict) -> tuple[str, bool]:
         return f"Regime study on the shipped checkpoint's cohort and configuration ({when}).", True
     return (f"An earlier study, not of today's built-in cohort and configuration ({when}): its models were trained "
             f"on {'data ' + str(study['data_fingerprint'])[:8] + '…' if study.get('data_fingerprint') else 'an earlier version of the cohort'}"
-            f", the shipped checkpoint on data {str(meta.get('data_fingerprint', ''))[:8]}…; it is to be rerun with 3 "
-            "seeds per method (`python -m core evaluate --regimes all --short --seeds 3`).", False)
+            f", the shipped checkpoint on data {str(meta.get('data_fingerprint', ''))[:8]}…. `python -m core evaluate "
+            "--regimes all --short --seeds 3` runs it on today's (hours on a CPU).", False)
 
 
 def run_time(result: dict) -> str:
