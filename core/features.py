@@ -329,16 +329,21 @@ def dataset_features(ds: Dataset, config: ModelConfig, device: torch.device | st
     news; the features are the same up to float rounding), not when they come from the cache."""
     path = feature_cache(ds, config)
     if use_cache and (path / "modalities.json").exists():
-        return _quarantined(ds, FeatureTable.load(path), Quarantine.load(path / QUARANTINE), strict)
+        return _cached(ds, path, strict)
     sharded = ctx is not None and ctx.active and use_cache
     if use_cache and not sharded:  # (torchrun's ranks encode their shares at once and meet at barriers)
         # two processes asking for the same features (a test worker and another, the app and a command)
         # would each encode them and write one folder: one encodes, the other waits and reads its cache
         with locked(path):
             if (path / "modalities.json").exists():
-                return _quarantined(ds, FeatureTable.load(path), Quarantine.load(path / QUARANTINE), strict)
+                return _cached(ds, path, strict)
             return _encode(ds, config, path, device, progress, None, strict, on_progress)
     return _encode(ds, config, path, device, progress, ctx if sharded else None, strict, on_progress, use_cache)
+
+
+def _cached(ds: Dataset, path: Path, strict: bool) -> FeatureTable:
+    """The features cached in `path`, with the unreadable inputs recorded when they were encoded."""
+    return _quarantined(ds, FeatureTable.load(path), Quarantine.load(path / QUARANTINE), strict)
 
 
 def _encode(ds: Dataset, config: ModelConfig, path: Path, device: torch.device | str, progress: bool,
@@ -385,7 +390,7 @@ def _encode(ds: Dataset, config: ModelConfig, path: Path, device: torch.device |
         for s in shards:
             shutil.rmtree(s)
     ctx.barrier()
-    return _quarantined(ds, FeatureTable.load(path), Quarantine.load(path / QUARANTINE), strict)
+    return _cached(ds, path, strict)
 
 
 def split_features(ds: Dataset, config: ModelConfig, split: str, device: torch.device | str = "cpu",
